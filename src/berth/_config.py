@@ -1,0 +1,295 @@
+"""The node configuration: what the operator decides, and so what no request can override.
+
+Loaded from ``berth.toml`` or from a Storm ``storm.yaml``; validated once, at load, so that a
+typo in a key or a relative path is reported by name instead of surfacing later as an odd
+container.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ._exceptions import ConfigError
+from ._validation import raise_validation
+
+IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
+"""Storm's image-reference pattern, kept verbatim so that the same names are accepted."""
+
+DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
+                     "/var/run/docker.sock", "/run/containerd")
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+_strict = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _absolute(value: str, what: str = "an absolute path") -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be {what}, got {value!r}")
+    if "\0" in value or "\n" in value:
+        raise ValueError("must not contain NUL or newline")
+    if ":" in value:
+        # Docker's -v syntax and Storm's command line split on ':'; such a path cannot be mounted
+        # faithfully, so it is refused here instead of being mangled later.
+        raise ValueError(f"must not contain ':', got {value!r}")
+    return os.path.normpath(value)
+
+
+class NodeSection(BaseModel):
+    model_config = _strict
+
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    local_dir: str = "/var/lib/berth/local"
+    log_dir: str = "/var/log/berth"
+    install_dir: str | None = None
+    state_dir: str | None = None
+    runtime: Literal["docker", "process"] = "docker"
+    docker_host: str | None = None
+    min_uid: int = Field(default=1000, ge=1)
+    banned_users: tuple[str, ...] = ("bin",)
+
+    @field_validator("local_dir", "log_dir", "install_dir", "state_dir")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-', got {v!r}")
+        return v
+
+    @field_validator("docker_host")
+    @classmethod
+    def _docker_host(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(unix|tcp|ssh|npipe)://", v):
+            raise ValueError(f"must be a unix://, tcp:// or ssh:// address, got {v!r}")
+        return v
+
+
+class ImagesSection(BaseModel):
+    model_config = _strict
+
+    default: str | None = None
+    allowed: tuple[str, ...] = ()
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, v: str | None) -> str | None:
+        if v is not None and not IMAGE_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not a valid image reference")
+        return v
+
+    @field_validator("allowed")
+    @classmethod
+    def _allowed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name != "*" and not IMAGE_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid image reference (or '*')")
+        return v
+
+
+class ContainerSection(BaseModel):
+    model_config = _strict
+
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_parent: str = "/berth"
+    mount_cgroup_root: bool = True
+    nscd_dir: str = ""
+    seccomp_profile: str = ""
+    readonly_mounts: tuple[str, ...] = ()
+    readwrite_mounts: tuple[str, ...] = ()
+    network: str = "host"
+    umask: str = "0027"
+    shell: str = "bash"
+    cpu_percent: int = Field(default=100, ge=1)
+    memory_mb: int = Field(default=1024, ge=6)
+    pids_limit: int = Field(default=1024, ge=1)
+    max_pids_limit: int = Field(default=32768, ge=1)
+    forbidden_mounts: tuple[str, ...] = DEFAULT_FORBIDDEN
+
+    @field_validator("cgroup_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return _absolute(v)
+
+    @field_validator("nscd_dir", "seccomp_profile")
+    @classmethod
+    def _optional_path(cls, v: str) -> str:
+        if v == "unconfined":
+            raise ValueError("'unconfined' is not allowed; leave empty for the engine's default profile")
+        return _absolute(v) if v else v
+
+    @field_validator("readonly_mounts", "readwrite_mounts", "forbidden_mounts")
+    @classmethod
+    def _path_list(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_absolute(p) for p in v)
+
+    @field_validator("cgroup_parent")
+    @classmethod
+    def _parent(cls, v: str) -> str:
+        # Storm adds the leading '/' to a relative parent; so do we.
+        v = v if v.startswith("/") else "/" + v
+        if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", v) or "/../" in v + "/" or "/./" in v + "/":
+            raise ValueError(f"must be a cgroup path like /berth, got {v!r}")
+        return v
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"must be a network name such as 'host' or 'none', got {v!r}")
+        return v
+
+    @field_validator("umask")
+    @classmethod
+    def _umask(cls, v: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3}", v):
+            raise ValueError(f"must be an octal mask like 0027, got {v!r}")
+        return v
+
+    @field_validator("shell")
+    @classmethod
+    def _shell(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", v):
+            raise ValueError(f"must be a program name or absolute path, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _pids(self) -> ContainerSection:
+        if self.pids_limit > self.max_pids_limit:
+            raise ValueError(f"pids_limit {self.pids_limit} is above max_pids_limit {self.max_pids_limit}")
+        return self
+
+
+class NodeConfig(BaseModel):
+    """The whole node configuration; immutable once loaded."""
+
+    model_config = _strict
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    images: ImagesSection = Field(default_factory=ImagesSection)
+    container: ContainerSection = Field(default_factory=ContainerSection)
+
+    @model_validator(mode="after")
+    def _layout(self) -> NodeConfig:
+        home = self.node.install_dir
+        if home:
+            for key in ("local_dir", "log_dir"):
+                path = getattr(self.node, key)
+                if _is_under(path, home):
+                    # Storm refuses this too: the install dir is mounted read-only into every
+                    # worker, so worker state under it would be exposed to all of them.
+                    raise ValueError(f"node.{key} must not be under node.install_dir ({home})")
+        return self
+
+    @property
+    def state_dir(self) -> str:
+        return self.node.state_dir or os.path.join(self.node.local_dir, "berth")
+
+    @property
+    def docker_socket(self) -> str | None:
+        host = self.node.docker_host or os.environ.get("DOCKER_HOST")
+        if host is None:
+            return DEFAULT_DOCKER_SOCKET
+        return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+    @property
+    def forbidden_mounts(self) -> tuple[str, ...]:
+        """The configured list plus what can never be mounted: berth's own state and the engine."""
+        extra = [self.node.local_dir, os.path.join(self.node.log_dir, "workers-artifacts")]
+        if self.docker_socket:
+            extra.append(self.docker_socket)
+        out: list[str] = []
+        for p in (*self.container.forbidden_mounts, *extra):
+            if p not in out:
+                out.append(p)
+        return tuple(out)
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str = "config",
+                        rename: Mapping[str, str] | None = None) -> NodeConfig:
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise raise_validation(exc, ConfigError, rename=rename) from None
+
+
+# Storm key -> (table, key). Only these storm.* keys are read; the rest of a storm.yaml is the
+# cluster's business and is ignored, except unknown storm.oci.* keys, which are typos.
+STORM_KEYS: dict[str, tuple[str, str]] = {
+    "storm.local.dir": ("node", "local_dir"),
+    "storm.log.dir": ("node", "log_dir"),
+    "storm.home": ("node", "install_dir"),
+    "storm.oci.image": ("images", "default"),
+    "storm.oci.allowed.images": ("images", "allowed"),
+    "storm.oci.cgroup.root": ("container", "cgroup_root"),
+    "storm.oci.cgroup.parent": ("container", "cgroup_parent"),
+    "storm.oci.nscd.dir": ("container", "nscd_dir"),
+    "storm.oci.seccomp.profile": ("container", "seccomp_profile"),
+    "storm.oci.readonly.bindmounts": ("container", "readonly_mounts"),
+    "storm.oci.readwrite.bindmounts": ("container", "readwrite_mounts"),
+}
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def config_from_storm(data: Mapping[str, Any]) -> NodeConfig:
+    tables: dict[str, dict[str, Any]] = {"node": {}, "images": {}, "container": {}}
+    for key, value in data.items():
+        if key in STORM_KEYS:
+            table, name = STORM_KEYS[key]
+            if value is not None:
+                tables[table][name] = _tupled(value)
+        elif isinstance(key, str) and key.startswith("storm.oci."):
+            raise ConfigError(key, "unknown key")
+    rename = {f"{t}.{n}": k for k, (t, n) in STORM_KEYS.items()}
+    return config_from_mapping(tables, rename=rename)
+
+
+def _tuples(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _tuples(v) for k, v in data.items()}
+    return _tupled(data)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
+    """Load the node config from ``path``, ``$BERTH_CONFIG``, or defaults when neither is set."""
+    chosen = os.fspath(path) if path is not None else os.environ.get("BERTH_CONFIG")
+    if not chosen:
+        return NodeConfig()
+    p = Path(chosen)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from None
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{chosen} is not valid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"{chosen} must hold a mapping of storm.* keys")
+        return config_from_storm(data)
+    try:
+        toml = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from None
+    return config_from_mapping(_tuples(toml))

@@ -1,0 +1,54 @@
+"""The one exception hierarchy of berth.
+
+Every failure a user can cause or meet is a ``BerthError`` whose message names the field (or the
+step) and the reason, so the CLI can print ``error: <field>: <reason>`` and a caller can catch one
+base class. The subclasses say *whose* fault it is: the node config, the request, the policy, the
+user database, or the container engine.
+"""
+
+from __future__ import annotations
+
+
+class BerthError(Exception):
+    """Base of every error berth raises on purpose."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class ConfigError(BerthError):
+    """The node configuration (berth.toml or storm.yaml) is invalid."""
+
+
+class SpecError(BerthError):
+    """A worker request is malformed: wrong type, unknown key, out-of-range value."""
+
+
+class PolicyError(BerthError):
+    """A well-formed request that the node's policy refuses (image, mounts, cores, ids)."""
+
+
+class IdentityError(BerthError):
+    """The worker's user cannot be resolved or may not run workers (root, low uid, banned)."""
+
+
+class EngineError(BerthError):
+    """The container engine is unreachable or refused an operation."""
+
+
+class LaunchError(BerthError):
+    """A launch failed at a named step; everything the launch had made was removed."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        self.step = step
+        super().__init__(f"launch failed at {step}", reason)
+
+
+class WorkerNotFound(BerthError):
+    """No worker with this id exists on this node (or it was removed behind berth's back)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        super().__init__("worker_id", f"no worker {worker_id!r} on this node")

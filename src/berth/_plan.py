@@ -1,0 +1,270 @@
+"""The launch plan: one immutable, runtime-neutral value that says exactly what a worker gets.
+
+All policy is applied here, once, by a pure function of (spec, config, identity, host facts).
+Renderers and runtimes only translate a plan; they never decide. The only I/O is checking
+that operator-configured mount sources exist and resolving their symlinks, because a mount
+whose meaning changes behind a symlink is exactly what a reviewer needs to see resolved.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ._config import IMAGE_PATTERN, ImagesSection, NodeConfig
+from ._exceptions import ConfigError, PolicyError, SpecError
+from ._host import HostFacts, format_cpu_list
+from ._identity import Identity, check_identity
+from ._layout import Layout, layout
+from ._script import render_script
+from ._spec import WorkerSpec
+
+LABEL_PREFIX = "berth."
+LABEL_WORKER = "berth.worker"
+LABEL_TOPOLOGY = "berth.topology"
+LABEL_PORT = "berth.port"
+LABEL_USER = "berth.user"
+LABEL_NODE = "berth.node"
+TMP_TARGET = "/tmp"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+    role: str
+    """Why the mount is there (``worker-root``, ``configured-ro``…): shown by ``explain``."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_percent: int
+    memory_mb: int
+    pids_limit: int
+    cores: tuple[int, ...] = ()
+    numa_node: int | None = None
+
+    @property
+    def cpus(self) -> float:
+        return self.cpu_percent / 100.0
+
+    @property
+    def nano_cpus(self) -> int:
+        return self.cpu_percent * 10_000_000
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mb * 1024 * 1024
+
+    @property
+    def cpuset_cpus(self) -> str:
+        return format_cpu_list(self.cores)
+
+    @property
+    def cpuset_mems(self) -> str:
+        return "" if self.numa_node is None else str(self.numa_node)
+
+
+@dataclass(frozen=True)
+class Security:
+    network: str
+    cgroup_parent: str
+    seccomp_profile: str | None
+    read_only_root: bool = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    no_new_privileges: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    worker_id: str
+    topology_id: str
+    port: int
+    node: str
+    image: str
+    identity: Identity
+    mounts: tuple[Mount, ...]
+    resources: Resources
+    security: Security
+    layout: Layout
+    shell: str
+    script: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def workdir(self) -> str:
+        return self.layout.worker_root
+
+    @property
+    def cid_file(self) -> str:
+        return self.layout.cid_file
+
+    @property
+    def script_path(self) -> str:
+        return self.layout.script
+
+    @property
+    def argv(self) -> tuple[str, str]:
+        """What the container runs: the configured shell on the worker script, as Storm does."""
+        return (self.shell, self.layout.script)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def choose_image(requested: str | None, images: ImagesSection) -> str:
+    """Storm's rule: the request's image, else the node default; pattern first, then allow-list."""
+    if not requested:
+        if images.default is None:
+            raise PolicyError("image", "no image requested and the node has no default (images.default)")
+        return images.default
+    if not IMAGE_PATTERN.match(requested):
+        raise SpecError("image", f"{requested!r} is not a valid image reference")
+    if requested == images.default or "*" in images.allowed or requested in images.allowed:
+        return requested
+    if not images.allowed:
+        raise PolicyError("image", f"{requested!r} refused: this node allows only its default image")
+    raise PolicyError("image", f"{requested!r} is not in the node's allowed images")
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def forbidden_reason(source: str, forbidden: tuple[str, ...]) -> str | None:
+    """Why ``source`` may not be mounted, or None. Both the given and the resolved path count."""
+    candidates = {os.path.normpath(source), os.path.realpath(source)}
+    for bad in forbidden:
+        bad_forms = {os.path.normpath(bad), os.path.realpath(bad)}
+        for src in candidates:
+            for b in bad_forms:
+                if _under(src, b):
+                    return f"{source} is {bad} or lies under it (forbidden)"
+                if _under(b, src):
+                    return f"{source} contains the forbidden path {bad}"
+    return None
+
+
+def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...]) -> str:
+    if not os.path.isabs(path):
+        raise ConfigError(field_name, f"{path} must be absolute")
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        raise ConfigError(field_name, f"{path} does not exist on this node")
+    reason = forbidden_reason(path, forbidden)
+    if reason:
+        raise PolicyError(field_name, reason)
+    return real
+
+
+def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resources:
+    c = config.container
+    cpu = spec.cpu_percent if spec.cpu_percent is not None else c.cpu_percent
+    if cpu > host.cpu_count * 100:
+        raise PolicyError("cpu_percent", f"{cpu} is more than this node's {host.cpu_count} cpus "
+                          f"({host.cpu_count * 100})")
+    pids = spec.pids_limit if spec.pids_limit is not None else c.pids_limit
+    if pids > c.max_pids_limit:
+        raise PolicyError("pids_limit", f"{pids} is above the node's max_pids_limit {c.max_pids_limit}")
+    cores = spec.cores or ()
+    missing = sorted(set(cores) - host.cpus)
+    if missing:
+        raise PolicyError("cores", f"cpu {missing[0]} does not exist on this node "
+                          f"(online: {format_cpu_list(tuple(sorted(host.cpus)))})")
+    if spec.numa_node is not None and spec.numa_node not in host.mems:
+        raise PolicyError("numa_node", f"memory node {spec.numa_node} does not exist on this node")
+    memory = spec.memory_mb if spec.memory_mb is not None else c.memory_mb
+    return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
+                     numa_node=spec.numa_node)
+
+
+def _mounts(config: NodeConfig, lay: Layout) -> tuple[Mount, ...]:
+    """Storm's mounts in Storm's order, then the operator's read-only and read-write lists."""
+    c = config.container
+    forbidden = config.forbidden_mounts
+    mounts: list[Mount] = []
+    if c.mount_cgroup_root:
+        # Exempt from the forbidden list: berth adds it itself, read-only, as Storm does.
+        if not os.path.exists(c.cgroup_root):
+            raise ConfigError("container.cgroup_root", f"{c.cgroup_root} does not exist on this node")
+        mounts.append(Mount(c.cgroup_root, c.cgroup_root, True, "cgroup-root"))
+    if config.node.install_dir:
+        src = _configured_source(config.node.install_dir, "node.install_dir", forbidden)
+        mounts.append(Mount(src, src, True, "install-dir"))
+    mounts += [
+        Mount(lay.supervisor_dir, lay.supervisor_dir, True, "supervisor"),
+        Mount(lay.worker_root, lay.worker_root, False, "worker-root"),
+        Mount(lay.artifacts, lay.artifacts, False, "artifacts"),
+        Mount(lay.user_file, lay.user_file, False, "user-file"),
+    ]
+    if c.nscd_dir:
+        src = _configured_source(c.nscd_dir, "container.nscd_dir", forbidden)
+        mounts.append(Mount(src, src, False, "nscd"))
+    mounts += [
+        Mount(lay.shared_by_topology, lay.shared_by_topology, False, "shared-by-topology"),
+        Mount(lay.worker_tmp, TMP_TARGET, False, "tmp"),
+    ]
+    for key, paths, ro in (("readonly_mounts", c.readonly_mounts, True),
+                           ("readwrite_mounts", c.readwrite_mounts, False)):
+        for i, path in enumerate(paths):
+            src = _configured_source(path, f"container.{key}[{i}]", forbidden)
+            mounts.append(Mount(src, src, ro, "configured-ro" if ro else "configured-rw"))
+    seen: dict[str, Mount] = {}
+    for m in mounts:
+        if m.target in seen:
+            # Only an operator-configured mount can collide (berth's own targets are distinct).
+            raise ConfigError("container." + ("readonly_mounts" if m.read_only else "readwrite_mounts"),
+                              f"mount target {m.target} is already used by the {seen[m.target].role} mount")
+        seen[m.target] = m
+    return tuple(mounts)
+
+
+def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts) -> Plan:
+    if identity.user != spec.user:
+        raise PolicyError("user", f"identity is for {identity.user!r}, the request names {spec.user!r}")
+    check_identity(identity, config.node.min_uid, config.node.banned_users)
+    image = choose_image(spec.image, config.images)
+    resources = _resources(spec, config, host)
+    lay = layout(config, spec.worker_id, spec.topology_id, spec.port)
+    mounts = _mounts(config, lay)
+    seccomp = config.container.seccomp_profile or None
+    if seccomp and not os.path.isfile(seccomp):
+        raise ConfigError("container.seccomp_profile", f"{seccomp} is not a file on this node")
+    security = Security(network=config.container.network, cgroup_parent=config.container.cgroup_parent,
+                        seccomp_profile=seccomp)
+    labels = (
+        (LABEL_WORKER, spec.worker_id),
+        (LABEL_TOPOLOGY, spec.topology_id),
+        (LABEL_PORT, str(spec.port)),
+        (LABEL_USER, spec.user),
+        (LABEL_NODE, config.node.name),
+    )
+    return Plan(
+        worker_id=spec.worker_id,
+        topology_id=spec.topology_id,
+        port=spec.port,
+        node=config.node.name,
+        image=image,
+        identity=identity,
+        mounts=mounts,
+        resources=resources,
+        security=security,
+        layout=lay,
+        shell=config.container.shell,
+        script=render_script(spec.command, spec.env, config.container.umask),
+        command=spec.command,
+        env=tuple(spec.env.items()),
+        labels=labels,
+    )
+
+
+def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None) -> Plan:
+    """Resolve the user and the node's facts, then build the plan."""
+    from ._identity import resolve_identity
+
+    identity = resolve_identity(spec.user, config.node.min_uid, config.node.banned_users)
+    return build_plan(spec, config, identity, host or HostFacts.probe())

@@ -1,0 +1,145 @@
+"""Renderers: a plan as Storm's ``docker run`` argv, as an Engine API create body, as text.
+
+Pure translations. Parity with Storm is checked token by token, so the Storm renderer follows
+Storm's builder order exactly; what berth adds (pids limit, no swap beyond the memory limit,
+labels) comes after Storm's flags and is left out by ``storm=True``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ._plan import Plan
+
+
+def _mount_token(source: str, target: str, read_only: bool) -> str:
+    return f"{source}:{target}:ro" if read_only else f"{source}:{target}"
+
+
+def docker_run_argv(plan: Plan, storm: bool = False) -> list[str]:
+    """Tokens after ``docker``: Storm's exactly, then berth's additions unless ``storm``."""
+    r, s = plan.resources, plan.security
+    argv = ["run", f"--name={plan.worker_id}", f"--user={plan.identity.docker_user}", "-d",
+            f"--net={s.network}"]
+    if s.read_only_root:
+        argv.append("--read-only")
+    for m in plan.mounts:
+        argv += ["-v", _mount_token(m.source, m.target, m.read_only)]
+    if r.cores:
+        argv.append(f"--cpuset-cpus={r.cpuset_cpus}")
+    if r.numa_node is not None:
+        argv.append(f"--cpuset-mems={r.cpuset_mems}")
+    argv.append(f"--cgroup-parent={s.cgroup_parent}")
+    for gid in plan.identity.groups:
+        argv += ["--group-add", str(gid)]
+    argv += [f"--workdir={plan.workdir}", f"--cidfile={plan.cid_file}"]
+    argv += [f"--cap-drop={cap}" for cap in s.cap_drop]
+    if s.no_new_privileges:
+        argv += ["--security-opt", "no-new-privileges"]
+    if s.seccomp_profile:
+        argv += ["--security-opt", f"seccomp={s.seccomp_profile}"]
+    argv += [f"--cpus={r.cpus!r}", f"--memory={r.memory_mb}m"]
+    if not storm:
+        argv += berth_extra_flags(plan)
+    argv += [plan.image, *plan.argv]
+    return argv
+
+
+def berth_extra_flags(plan: Plan) -> list[str]:
+    """Flags berth adds beyond Storm; listed in docs/explain.md."""
+    r = plan.resources
+    flags = [f"--pids-limit={r.pids_limit}", f"--memory-swap={r.memory_mb}m"]
+    flags += [f"--label={k}={v}" for k, v in plan.labels]
+    return flags
+
+
+def docker_run_line(plan: Plan, storm: bool = False) -> str:
+    return shlex.join(["docker", *docker_run_argv(plan, storm=storm)])
+
+
+def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str, Any]:
+    """The body of ``POST /containers/create?name=<worker_id>`` that the docker runtime sends.
+
+    Mounts go in ``HostConfig.Mounts`` rather than ``Binds``: a bind string splits on ':' and
+    the structured form does not, and it refuses a missing source instead of creating it.
+    ``MemorySwap`` equals ``Memory`` so the memory limit cannot be exceeded through swap.
+    """
+    r, s = plan.resources, plan.security
+    security_opt = ["no-new-privileges"] if s.no_new_privileges else []
+    if s.seccomp_profile:
+        if seccomp_json is None:
+            raise ValueError("the plan names a seccomp profile; pass its JSON text")
+        security_opt.append(f"seccomp={seccomp_json}")
+    host: dict[str, Any] = {
+        "NetworkMode": s.network,
+        "ReadonlyRootfs": s.read_only_root,
+        "Mounts": [
+            {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only,
+             "BindOptions": {"Propagation": "rprivate"}}
+            for m in plan.mounts
+        ],
+        "CgroupParent": s.cgroup_parent,
+        "GroupAdd": [str(g) for g in plan.identity.groups],
+        "CapDrop": list(s.cap_drop),
+        "SecurityOpt": security_opt,
+        "NanoCpus": r.nano_cpus,
+        "Memory": r.memory_bytes,
+        "MemorySwap": r.memory_bytes,
+        "PidsLimit": r.pids_limit,
+        "Privileged": False,
+        "RestartPolicy": {"Name": "no"},
+        "AutoRemove": False,
+    }
+    if r.cores:
+        host["CpusetCpus"] = r.cpuset_cpus
+    if r.numa_node is not None:
+        host["CpusetMems"] = r.cpuset_mems
+    return {
+        "Image": plan.image,
+        "User": plan.identity.docker_user,
+        "Cmd": list(plan.argv),
+        "WorkingDir": plan.workdir,
+        "Labels": plan.label_map,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "Tty": False,
+        "OpenStdin": False,
+        "HostConfig": host,
+    }
+
+
+def text_summary(plan: Plan) -> str:
+    """A readable account of what the worker gets, for people reviewing a launch."""
+    r, s, ident = plan.resources, plan.security, plan.identity
+    out = [
+        f"worker    {plan.worker_id}  (topology {plan.topology_id}, port {plan.port}, node {plan.node})",
+        f"image     {plan.image}",
+        f"user      {ident.user}  uid={ident.uid} gid={ident.gid} groups={','.join(map(str, ident.groups))}",
+        f"command   {shlex.join(plan.command)}",
+        f"runs as   {shlex.join(plan.argv)}  (workdir {plan.workdir})",
+        "limits",
+        f"  cpu       {r.cpu_percent}% ({r.cpus!r} cpus)",
+        f"  memory    {r.memory_mb} MiB, no swap beyond it",
+        f"  pids      {r.pids_limit}",
+        f"  cpuset    cpus={r.cpuset_cpus or 'any'} mems={r.cpuset_mems or 'any'}",
+        "security",
+        f"  root fs   {'read-only' if s.read_only_root else 'WRITABLE'}",
+        f"  caps      drop {','.join(s.cap_drop)}",
+        f"  no-new-privileges {'yes' if s.no_new_privileges else 'NO'}",
+        f"  seccomp   {s.seccomp_profile or 'engine default profile'}",
+        f"  network   {s.network}",
+        f"  cgroup    parent {s.cgroup_parent}",
+        "mounts",
+    ]
+    width = max(len(m.target) for m in plan.mounts)
+    for m in plan.mounts:
+        src = "" if m.source == m.target else f"  <- {m.source}"
+        out.append(f"  {'ro' if m.read_only else 'rw'}  {m.target:<{width}}  [{m.role}]{src}")
+    if plan.env:
+        out.append("env")
+        out += [f"  {k}={v!r}" for k, v in plan.env]
+    out.append("labels")
+    out += [f"  {k}={v}" for k, v in plan.labels]
+    return "\n".join(out)

@@ -1,0 +1,161 @@
+"""The worker request: what one worker should run, as the cluster asked for it.
+
+Everything here is untrusted input. The model checks shape and the values that make sense on
+any node (ids, port, env names, NUL bytes); what depends on the node (image, cores, identity,
+mounts) is checked when the plan is built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ._exceptions import SpecError
+from ._validation import raise_validation
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Ids become path components and container names: a conservative set, no '/', no leading '.'."""
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+SHELL_RESERVED = frozenset({
+    "_", "UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "SHLVL", "RANDOM", "SRANDOM", "SECONDS",
+    "LINENO", "GROUPS", "HISTCMD", "FUNCNAME", "OPTIND", "DIRSTACK", "EPOCHSECONDS", "EPOCHREALTIME",
+})
+"""Variables the worker shell owns: bash makes them read-only or rewrites them before ``exec``, so
+a value given for one would silently not reach the worker. Refused, like any ``BASH*`` name."""
+
+
+def _clean_text(value: str, what: str) -> str:
+    if "\0" in value:
+        raise ValueError(f"{what} must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid unicode (lone surrogate)") from None
+    return value
+
+
+def _check_id(value: str) -> str:
+    _clean_text(value, "id")
+    if not ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} must be 1-128 of A-Z a-z 0-9 '_' '.' '-', starting with a letter or digit")
+    return value
+
+
+class WorkerSpec(BaseModel):
+    """One worker request; immutable and valid once constructed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    worker_id: str
+    topology_id: str
+    port: int = Field(ge=1, le=65535)
+    user: str = Field(min_length=1, max_length=64)
+    command: tuple[str, ...] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+    cpu_percent: int | None = Field(default=None, ge=1)
+    memory_mb: int | None = Field(default=None, ge=6)
+    cores: tuple[int, ...] | None = None
+    numa_node: int | None = Field(default=None, ge=0)
+    pids_limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("worker_id", "topology_id")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return _check_id(v)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        _clean_text(v, "user")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", v):
+            raise ValueError(f"{v!r} is not a valid user name")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, arg in enumerate(v):
+            _clean_text(arg, f"argument {i}")
+        if not v[0]:
+            raise ValueError("the program (argument 0) must not be empty")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid variable name (letters, digits, '_')")
+            if name in SHELL_RESERVED or name.startswith("BASH"):
+                raise ValueError(f"{name!r} is owned by the worker shell and would not reach the worker")
+            _clean_text(value, f"value of {name}")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return None if v is None else _clean_text(v, "image")
+
+    @field_validator("cores")
+    @classmethod
+    def _cores(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("must list at least one core (or be omitted)")
+        if any(c < 0 for c in v):
+            raise ValueError("core numbers must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a core twice")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_to_tuples(cls, data: Any) -> Any:
+        # YAML and JSON give lists; the model stores tuples so that a spec is hashable and frozen.
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for key in ("command", "cores"):
+                if isinstance(data.get(key), list):
+                    data[key] = tuple(data[key])
+        return data
+
+
+def spec_from_mapping(data: Any, source: str = "spec") -> WorkerSpec:
+    if not isinstance(data, Mapping):
+        raise SpecError(source, f"must be a mapping of worker fields, got {type(data).__name__}")
+    try:
+        return WorkerSpec.model_validate(data)
+    except ValidationError as exc:
+        raise raise_validation(exc, SpecError) from None
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a spec file (YAML or JSON) into a mapping, without validating its fields."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("spec", f"cannot read {p}: {exc}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "JSON" if p.suffix == ".json" else "YAML"
+        raise SpecError("spec", f"{p} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError("spec", f"{p} must hold a mapping of worker fields")
+    return data
+
+
+def load_spec(path: str | Path) -> WorkerSpec:
+    return spec_from_mapping(read_spec_file(path))

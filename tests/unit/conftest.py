@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berth import HostFacts, Identity, NodeConfig
+from berth._config import config_from_mapping
+
+ALICE = Identity(user="alice", uid=1001, gid=1001, groups=(1001, 2001))
+FOUR_CPUS = HostFacts(cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> dict[str, Path]:
+    """A node's operator-owned paths (install dir, nscd dir, a read-only mount, a seccomp file)."""
+    paths = {
+        "home": tmp_path / "storm home",  # a space, which broke Storm's launcher
+        "nscd": tmp_path / "nscd",
+        "ro": tmp_path / "etc-storm",
+        "rw": tmp_path / "scratch",
+        "seccomp": tmp_path / "seccomp.json",
+    }
+    for key in ("home", "nscd", "ro", "rw"):
+        paths[key].mkdir()
+    paths["seccomp"].write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    return paths
+
+
+def make_config(node: dict[str, Path], **container: object) -> NodeConfig:
+    return config_from_mapping({
+        "node": {"name": "node1", "local_dir": "/data/storm", "log_dir": "/logs/storm",
+                 "install_dir": str(node["home"])},
+        "images": {"default": "storm/worker:2.6", "allowed": ("storm/worker:2.6", "storm/py:3")},
+        "container": {"nscd_dir": str(node["nscd"]), "seccomp_profile": str(node["seccomp"]),
+                      "readonly_mounts": (str(node["ro"]),), "cgroup_parent": "storm", **container},
+    })

@@ -1,0 +1,147 @@
+"""Golden tests: the renderers' output pinned token for token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from berth import WorkerSpec, build_plan, docker_run_argv, docker_run_line, engine_create_body
+from berth._render import text_summary
+
+from .conftest import ALICE, FOUR_CPUS, make_config
+
+SPEC = WorkerSpec(worker_id="9c3e-41ab", topology_id="wc-1-1700000000", port=6700, user="alice",
+                  command=("java", "-Xmx768m", "org.apache.storm.daemon.worker.Worker"),
+                  env={"LD_LIBRARY_PATH": "/opt/lib"}, cpu_percent=260, memory_mb=1024)
+
+
+def test_storm_reference_example_matches_storm_token_for_token(node: dict[str, Path]) -> None:
+    """Storm's DockerManager command for: two groups, cpu 260, one ro mount, a seccomp file."""
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    root = "/data/storm/workers/9c3e-41ab"
+    expected = [
+        "run", "--name=9c3e-41ab", "--user=1001:1001", "-d", "--net=host", "--read-only",
+        "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+        "-v", f"{node['home']}:{node['home']}:ro",
+        "-v", "/data/storm/supervisor:/data/storm/supervisor:ro",
+        "-v", f"{root}:{root}",
+        "-v", "/logs/storm/workers-artifacts/wc-1-1700000000/6700:/logs/storm/workers-artifacts/wc-1-1700000000/6700",
+        "-v", "/data/storm/workers-users/9c3e-41ab:/data/storm/workers-users/9c3e-41ab",
+        "-v", f"{node['nscd']}:{node['nscd']}",
+        "-v", "/data/storm/supervisor/stormdist/wc-1-1700000000/shared_by_topology:"
+              "/data/storm/supervisor/stormdist/wc-1-1700000000/shared_by_topology",
+        "-v", f"{root}/tmp:/tmp",
+        "-v", f"{node['ro']}:{node['ro']}:ro",
+        "--cgroup-parent=/storm",
+        "--group-add", "1001", "--group-add", "2001",
+        f"--workdir={root}", f"--cidfile={root}/container.cid",
+        "--cap-drop=ALL", "--security-opt", "no-new-privileges",
+        "--security-opt", f"seccomp={node['seccomp']}",
+        "--cpus=2.6", "--memory=1024m",
+        "storm/worker:2.6", "bash", f"{root}/storm-worker-script.sh",
+    ]
+    assert docker_run_argv(plan, storm=True) == expected
+
+
+def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[str, Path]) -> None:
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    storm = docker_run_argv(plan, storm=True)
+    berth = docker_run_argv(plan)
+    extras = ["--pids-limit=1024", "--memory-swap=1024m", "--label=berth.worker=9c3e-41ab",
+              "--label=berth.topology=wc-1-1700000000", "--label=berth.port=6700",
+              "--label=berth.user=alice", "--label=berth.node=node1"]
+    assert berth == storm[:-3] + extras + storm[-3:]
+
+
+def test_numa_pinning_adds_cpuset_flags_after_mounts(node: dict[str, Path]) -> None:
+    spec = SPEC.model_copy(update={"cores": (1, 3), "numa_node": 0, "cpu_percent": 100})
+    argv = docker_run_argv(build_plan(spec, make_config(node, readonly_mounts=()), ALICE, FOUR_CPUS), storm=True)
+    i = argv.index("--cgroup-parent=/storm")
+    assert argv[i - 2:i] == ["--cpuset-cpus=1,3", "--cpuset-mems=0"]
+    assert argv[i - 4:i - 2] == ["-v", "/data/storm/workers/9c3e-41ab/tmp:/tmp"]
+    assert "--cpus=1.0" in argv
+
+
+@pytest.mark.parametrize(("percent", "token"), [(100, "--cpus=1.0"), (260, "--cpus=2.6"), (50, "--cpus=0.5"),
+                                                (1, "--cpus=0.01"), (333, "--cpus=3.33"), (400, "--cpus=4.0")])
+def test_cpus_printed_like_java_doubles(node: dict[str, Path], percent: int, token: str) -> None:
+    spec = SPEC.model_copy(update={"cpu_percent": percent})
+    assert token in docker_run_argv(build_plan(spec, make_config(node), ALICE, FOUR_CPUS), storm=True)
+
+
+def test_docker_line_is_shell_quoted(node: dict[str, Path]) -> None:
+    line = docker_run_line(build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS), storm=True)
+    assert line.startswith("docker run --name=9c3e-41ab ")
+    # the install dir has a space: quoted as one word, not split in two
+    assert f"'{node['home']}:{node['home']}:ro'" in line
+
+
+def test_engine_body_exact(node: dict[str, Path]) -> None:
+    spec = SPEC.model_copy(update={"cores": (2,), "numa_node": 0, "pids_limit": 64})
+    plan = build_plan(spec, make_config(node), ALICE, FOUR_CPUS)
+    body = engine_create_body(plan, seccomp_json='{"defaultAction": "SCMP_ACT_ALLOW"}')
+    root = "/data/storm/workers/9c3e-41ab"
+    assert body["Image"] == "storm/worker:2.6"
+    assert body["User"] == "1001:1001"
+    assert body["Cmd"] == ["bash", f"{root}/storm-worker-script.sh"]
+    assert body["WorkingDir"] == root
+    assert body["Labels"] == {"berth.worker": "9c3e-41ab", "berth.topology": "wc-1-1700000000",
+                              "berth.port": "6700", "berth.user": "alice", "berth.node": "node1"}
+    host = body["HostConfig"]
+    assert host == {
+        "NetworkMode": "host",
+        "ReadonlyRootfs": True,
+        "Mounts": host["Mounts"],
+        "CgroupParent": "/storm",
+        "GroupAdd": ["1001", "2001"],
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges", 'seccomp={"defaultAction": "SCMP_ACT_ALLOW"}'],
+        "NanoCpus": 2_600_000_000,
+        "Memory": 1024 * 1024 * 1024,
+        "MemorySwap": 1024 * 1024 * 1024,
+        "PidsLimit": 64,
+        "Privileged": False,
+        "RestartPolicy": {"Name": "no"},
+        "AutoRemove": False,
+        "CpusetCpus": "2",
+        "CpusetMems": "0",
+    }
+    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in host["Mounts"]] == [
+        ("/sys/fs/cgroup", "/sys/fs/cgroup", True),
+        (str(node["home"]), str(node["home"]), True),
+        ("/data/storm/supervisor", "/data/storm/supervisor", True),
+        (root, root, False),
+        ("/logs/storm/workers-artifacts/wc-1-1700000000/6700", "/logs/storm/workers-artifacts/wc-1-1700000000/6700",
+         False),
+        ("/data/storm/workers-users/9c3e-41ab", "/data/storm/workers-users/9c3e-41ab", False),
+        (str(node["nscd"]), str(node["nscd"]), False),
+        ("/data/storm/supervisor/stormdist/wc-1-1700000000/shared_by_topology",
+         "/data/storm/supervisor/stormdist/wc-1-1700000000/shared_by_topology", False),
+        (f"{root}/tmp", "/tmp", False),
+        (str(node["ro"]), str(node["ro"]), True),
+    ]
+    assert all(m["Type"] == "bind" for m in host["Mounts"])
+    json.dumps(body)  # serialisable as sent
+
+
+def test_engine_body_without_seccomp_uses_engine_default(node: dict[str, Path]) -> None:
+    plan = build_plan(SPEC, make_config(node, seccomp_profile=""), ALICE, FOUR_CPUS)
+    assert engine_create_body(plan)["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+    assert "CpusetCpus" not in engine_create_body(plan)["HostConfig"]
+
+
+def test_engine_body_refuses_to_drop_a_configured_seccomp_profile(node: dict[str, Path]) -> None:
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    with pytest.raises(ValueError, match="seccomp"):
+        engine_create_body(plan)
+
+
+def test_text_summary_names_limits_mounts_and_security(node: dict[str, Path]) -> None:
+    text = text_summary(build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS))
+    assert "cpu       260% (2.6 cpus)" in text
+    assert "memory    1024 MiB, no swap beyond it" in text
+    assert "rw  /tmp" in text and "<- /data/storm/workers/9c3e-41ab/tmp" in text
+    assert "caps      drop ALL" in text
+    assert f"seccomp   {node['seccomp']}" in text
