@@ -103,7 +103,7 @@ def spec_from_options(opts: dict[str, Any]) -> WorkerSpec:
               show_default=True)
 @click.option("--storm", is_flag=True, help="Exactly Storm's docker run line (no berth additions).")
 @click.pass_context
-def explain(ctx: click.Context, fmt: str, storm: bool, **opts: Any) -> None:
+def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
     """Show the container a launch would create, without creating anything."""
     config = get_config(ctx)
     plan = plan_for(spec_from_options(opts), config)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from berth._cli import main
+
+
+def _config(tmp_path: Path) -> Path:
+    f = tmp_path / "berth.toml"
+    f.write_text(f"""
+[node]
+name = "n1"
+local_dir = "{tmp_path}/local"
+log_dir = "{tmp_path}/log"
+min_uid = 1
+banned_users = []
+[images]
+default = "berth/busybox:latest"
+""")
+    return f
+
+
+def _user() -> str:
+    import pwd
+
+    return next(p.pw_name for p in pwd.getpwall() if p.pw_uid >= 1000 and p.pw_gid != 0)
+
+
+def test_explain_formats_and_creates_nothing(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    base = ["--config", str(cfg), "explain", "--worker-id", "w1", "--topology", "t1", "--port", "6700",
+            "--user", _user(), "--memory", "64", "--env", "A=b c"]
+    r = CliRunner().invoke(main, [*base, "--", "sh", "-c", "echo $A"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("docker run --name=w1 ")
+    assert "--memory=64m" in r.output and "--pids-limit=1024" in r.output
+    r = CliRunner().invoke(main, [*base, "--storm", "--", "sh"])
+    assert "--pids-limit" not in r.output and "--label" not in r.output
+    r = CliRunner().invoke(main, [*base, "--format", "engine", "--", "sh"])
+    body = json.loads(r.output)
+    assert body["name"] == "w1" and body["body"]["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    r = CliRunner().invoke(main, [*base, "--format", "text", "--", "sh"])
+    assert "memory    64 MiB" in r.output
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_explain_spec_file_with_override(tmp_path: Path) -> None:
+    spec = tmp_path / "w.yaml"
+    spec.write_text(f"worker_id: w9\ntopology_id: t\nport: 6701\nuser: {_user()}\nmemory_mb: 256\n"
+                    "command: [python3, -m, worker]\n")
+    r = CliRunner().invoke(main, ["--config", str(_config(tmp_path)), "explain", "--spec", str(spec),
+                                  "--memory", "128"])
+    assert r.exit_code == 0, r.output
+    assert "--memory=128m" in r.output and "--name=w9" in r.output
+
+
+def test_errors_are_one_line_naming_the_field(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--worker-id", "a/b", "--topology", "t",
+                                  "--port", "1", "--user", _user(), "--", "x"])
+    assert r.exit_code == 125
+    assert r.output.startswith("error: worker_id: ")
+    assert "Traceback" not in r.output
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("worker_id: [unclosed\n")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--spec", str(spec)])
+    assert r.exit_code == 125 and r.output.startswith("error: spec: ") and "not valid YAML" in r.output
+    spec.write_text("worker_id: w\ntopology_id: t\nport: 1\nuser: u\ncommand: [x]\nmemroy_mb: 5\n")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--spec", str(spec)])
+    assert r.output == "error: memroy_mb: unknown key\n"

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berth import NodeConfig, load_config
+from berth._config import DEFAULT_FORBIDDEN
+
+
+def test_defaults() -> None:
+    c = NodeConfig()
+    assert c.node.min_uid == 1000
+    assert c.node.banned_users == ("bin",)
+    assert c.node.runtime == "docker"
+    assert c.container.cgroup_root == "/sys/fs/cgroup"
+    assert c.container.cgroup_parent == "/berth"
+    assert c.container.network == "host"
+    assert c.container.umask == "0027"
+    assert c.container.shell == "bash"
+    assert c.container.pids_limit == 1024
+    assert c.container.forbidden_mounts == DEFAULT_FORBIDDEN
+    assert c.images.allowed == ()
+
+
+def test_toml(tmp_path: Path) -> None:
+    f = tmp_path / "berth.toml"
+    f.write_text("""
+[node]
+local_dir = "/srv/storm/"
+log_dir = "/srv/logs"
+name = "n7"
+docker_host = "unix:///run/x/docker.sock"
+[images]
+default = "storm/worker:2.6"
+allowed = ["*"]
+[container]
+cgroup_parent = "storm"
+readonly_mounts = ["/etc/storm"]
+""")
+    c = load_config(f)
+    assert c.node.local_dir == "/srv/storm"
+    assert c.container.cgroup_parent == "/storm"
+    assert c.images.allowed == ("*",)
+    assert c.container.readonly_mounts == ("/etc/storm",)
+    assert c.docker_socket == "/run/x/docker.sock"
+    forbidden = c.forbidden_mounts
+    assert "/srv/storm" in forbidden and "/run/x/docker.sock" in forbidden
+    assert "/srv/logs/workers-artifacts" in forbidden
+
+
+def test_storm_yaml_maps_storm_keys_and_ignores_the_rest(tmp_path: Path) -> None:
+    f = tmp_path / "storm.yaml"
+    f.write_text("""
+storm.local.dir: /storm/local
+storm.log.dir: /storm/logs
+storm.oci.image: storm/rhel7:latest
+storm.oci.allowed.images: [storm/rhel7:latest, storm/rhel8:latest]
+storm.oci.cgroup.parent: /storm
+storm.oci.nscd.dir: /var/run/nscd
+storm.oci.readonly.bindmounts: [/etc/storm]
+nimbus.seeds: [a, b]
+supervisor.slots.ports: [6700, 6701]
+""")
+    c = load_config(f)
+    assert c.node.local_dir == "/storm/local"
+    assert c.images.default == "storm/rhel7:latest"
+    assert c.images.allowed == ("storm/rhel7:latest", "storm/rhel8:latest")
+    assert c.container.nscd_dir == "/var/run/nscd"
+    assert c.container.readonly_mounts == ("/etc/storm",)
+
+
+def test_berth_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "b.toml"
+    f.write_text('[node]\nname = "from-env"\n')
+    monkeypatch.setenv("BERTH_CONFIG", str(f))
+    assert load_config().node.name == "from-env"
