@@ -8,9 +8,11 @@ failed", so ``berth launch --wait`` can pass the worker's own exit codes through
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,7 +21,11 @@ from ._exceptions import BerthError, SpecError
 from ._host import parse_cpu_list
 from ._plan import plan_for
 from ._render import docker_run_line, engine_create_body, text_summary
+from ._runtime import WorkerState
 from ._spec import WorkerSpec, read_spec_file, spec_from_mapping
+
+if TYPE_CHECKING:
+    from ._node import Node
 
 EXIT_BERTH_ERROR = 125
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,6 +124,162 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
         click.echo(json.dumps({"name": plan.worker_id, "body": body}, indent=2))
     else:
         click.echo(text_summary(plan))
+
+
+def get_node(ctx: click.Context) -> Node:
+    from ._node import Node
+
+    obj = ctx.find_root().obj
+    if "node" not in obj:
+        obj["node"] = Node(get_config(ctx))
+        ctx.find_root().call_on_close(obj["node"].close)
+    node: Node = obj["node"]
+    return node
+
+
+@main.command()
+@spec_options
+@click.option("--wait", is_flag=True, help="Wait for the worker to end and exit with its exit code.")
+@click.pass_context
+def launch(ctx: click.Context, /, wait: bool, **opts: Any) -> None:
+    """Launch a worker; print its container id."""
+    node = get_node(ctx)
+    spec = spec_from_options(opts)
+    handle = node.launch(spec, on_exit=(lambda rec: None) if wait else None)
+    click.echo(handle.container_id)
+    if wait:
+        rec = node.wait(spec.worker_id)
+        if rec.signal:
+            click.echo(f"{rec.worker_id}: killed by {rec.signal_name}"
+                       f"{' (out of memory)' if rec.oom_killed else ''}", err=True)
+        ctx.exit(rec.exit_code)
+
+
+def parse_time(value: str) -> datetime:
+    """Engine timestamps carry nanoseconds; Python parses at most microseconds."""
+    m = re.fullmatch(r"([^.Z+]+)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", value)
+    if not m:
+        raise ValueError(value)
+    frac = (m.group(2) or "0")[:6].ljust(6, "0")
+    tz = m.group(3) or "Z"
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{'+00:00' if tz == 'Z' else tz}")
+
+
+def _uptime(w: WorkerState) -> str:
+    if not w.started_at:
+        return "-"
+    start = parse_time(w.started_at)
+    end = parse_time(w.finished_at) if w.finished_at and not w.running else datetime.now(UTC)
+    secs = max(0, int((end - start).total_seconds()))
+    if secs >= 3600:
+        return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
+    return f"{secs // 60}m{secs % 60:02d}s"
+
+
+def _ps_rows(node: Node) -> list[dict[str, Any]]:
+    rows = []
+    for w in node.ps():
+        mem = None
+        if w.running:
+            try:
+                mem = node.memory_usage(w.worker_id)
+            except BerthError:
+                mem = None
+        rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
+                     "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
+                     "memory_bytes": mem, "started_at": w.started_at, "finished_at": w.finished_at,
+                     "uptime": _uptime(w)})
+    return rows
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects.")
+@click.pass_context
+def ps(ctx: click.Context, /, as_json: bool) -> None:
+    """List this node's workers with state, exit code, OOM and memory."""
+    rows = _ps_rows(get_node(ctx))
+    if as_json:
+        for r in rows:
+            r.pop("uptime")
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"berth workers on {get_config(ctx).node.name}")
+    for col in ("worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"):
+        t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
+    for r in rows:
+        mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
+        t.add_row(r["worker_id"], r["topology_id"], str(r["port"]), r["user"], r["image"], r["state"],
+                  "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
+                  mem, r["uptime"])
+    Console().print(t)
+
+
+@main.command()
+@click.argument("worker_id")
+@click.option("--force", is_flag=True, help="SIGKILL at once.")
+@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.pass_context
+def kill(ctx: click.Context, /, worker_id: str, force: bool, grace: float) -> None:
+    """Stop a worker (SIGTERM, then SIGKILL after the grace period)."""
+    node = get_node(ctx)
+    node.force_kill(worker_id) if force else node.kill(worker_id, grace)
+    st = node.inspect(worker_id)
+    click.echo(f"{worker_id}: {st.state}, exit code {st.exit_code}")
+
+
+@main.command()
+@click.argument("worker_id")
+@click.pass_context
+def rm(ctx: click.Context, /, worker_id: str) -> None:
+    """Remove a worker's container and directories (its artifacts stay)."""
+    node = get_node(ctx)
+    node.inspect(worker_id)  # a clear error for an unknown worker
+    node.cleanup(worker_id)
+    click.echo(f"{worker_id}: removed")
+
+
+@main.command()
+@click.argument("worker_id")
+@click.pass_context
+def mem(ctx: click.Context, /, worker_id: str) -> None:
+    """Print a running worker's memory usage in bytes, read from its cgroup."""
+    click.echo(get_node(ctx).memory_usage(worker_id))
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("worker_id")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx: click.Context, /, worker_id: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside a worker's container as the worker's user."""
+    res = get_node(ctx).profile(worker_id, argv)
+    sys.stdout.buffer.write(res.output)
+    sys.stdout.flush()
+    ctx.exit(res.exit_code)
+
+
+@main.command()
+@click.argument("worker_id")
+@click.pass_context
+def logs(ctx: click.Context, /, worker_id: str) -> None:
+    """Print a worker's output."""
+    sys.stdout.buffer.write(get_node(ctx).logs(worker_id))
+    sys.stdout.flush()
+
+
+@main.command()
+@click.pass_context
+def recover(ctx: click.Context, /) -> None:
+    """Adopt this node's workers after a restart: report exits, remove half-made containers."""
+    report = get_node(ctx).recover()
+    click.echo(f"adopted {len(report.adopted)} running: {' '.join(report.adopted) or '-'}")
+    for rec in report.reported:
+        how = f"signal {rec.signal_name}" if rec.signal else f"exit code {rec.exit_code}"
+        click.echo(f"exited while berth was down: {rec.worker_id}: {how}{' (OOM)' if rec.oom_killed else ''}")
+    click.echo(f"removed {len(report.removed)} half-made: {' '.join(report.removed) or '-'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

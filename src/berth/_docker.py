@@ -1,0 +1,291 @@
+"""The Docker runtime: workers as containers of a Docker engine, through the Engine API.
+
+The engine is the source of truth. Every container carries berth's labels, and a worker is
+always looked up by the exact value of its ``berth.worker`` label on this node (never by a
+name prefix, Storm's ``docker ps --filter=name=`` mistake). Exits come from one subscription
+to the engine's event stream, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import docker
+import requests
+from docker import errors as derr
+from docker.constants import DEFAULT_UNIX_SOCKET
+
+from . import _cgroup
+from ._config import NodeConfig
+from ._exceptions import EngineError, WorkerNotFound
+from ._plan import LABEL_NODE, LABEL_PORT, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
+from ._render import engine_create_body
+from ._runtime import ExecResult, ExitRecord, WorkerState, split_status
+
+log = logging.getLogger("berth.docker")
+
+_STREAM_ERRORS = (derr.DockerException, requests.exceptions.RequestException, OSError, ValueError)
+
+
+def _since(time_nano: int) -> str:
+    return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
+
+
+def _timestamp(value: str | None) -> str | None:
+    if not value or value.startswith("0001-01-01"):
+        return None
+    return value
+
+
+class DockerRuntime:
+    """Runs plans as Docker containers. Thread-safe for calls; one thread may iterate exits."""
+
+    name = "docker"
+
+    def __init__(self, config: NodeConfig, base_url: str | None = None) -> None:
+        self._config = config
+        self._node = config.node.name
+        self._url = (base_url or config.node.docker_host or os.environ.get("DOCKER_HOST")
+                     or DEFAULT_UNIX_SOCKET)
+        self._api = self._client()
+        self._closed = threading.Event()
+        self._stream: Any = None
+        self._oom: dict[str, int | None] = {}
+        """Container ids with an ``oom`` event, and the cgroup's oom_kill count read then."""
+
+    def _client(self) -> docker.APIClient:
+        try:
+            return docker.APIClient(base_url=self._url, timeout=60, max_pool_size=128, version="auto")
+        except derr.DockerException as exc:
+            raise EngineError("engine", f"cannot reach the container engine at {self._url}: {exc}") from None
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def _filters(self, worker_id: str | None = None) -> dict[str, list[str]]:
+        labels = [f"{LABEL_NODE}={self._node}"]
+        if worker_id is not None:
+            labels.append(f"{LABEL_WORKER}={worker_id}")
+        return {"label": labels}
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except derr.NotFound:
+            raise
+        except derr.APIError as exc:
+            raise EngineError("engine", f"{what}: {exc.explanation or exc}") from None
+        except (derr.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError("engine", f"{what}: cannot reach the container engine at {self._url}: "
+                              f"{exc}") from None
+
+    def _container_id(self, worker_id: str) -> str:
+        found = self._call("list containers", self._api.containers, all=True,
+                           filters=self._filters(worker_id))
+        if not found:
+            raise WorkerNotFound(worker_id)
+        return str(found[0]["Id"])
+
+    def _inspect_raw(self, worker_id: str) -> dict[str, Any]:
+        cid = self._container_id(worker_id)
+        try:
+            data: dict[str, Any] = self._call("inspect", self._api.inspect_container, cid)
+        except derr.NotFound:
+            raise WorkerNotFound(worker_id) from None
+        return data
+
+    @staticmethod
+    def _state(data: dict[str, Any]) -> WorkerState:
+        labels = data["Config"].get("Labels") or {}
+        st = data["State"]
+        status = st.get("Status", "unknown")
+        ended = status in ("exited", "dead")
+        return WorkerState(
+            worker_id=labels.get(LABEL_WORKER, ""),
+            container_id=data["Id"],
+            topology_id=labels.get(LABEL_TOPOLOGY, ""),
+            port=int(labels.get(LABEL_PORT, "0") or 0),
+            user=labels.get(LABEL_USER, ""),
+            image=data["Config"].get("Image", ""),
+            state=status,
+            exit_code=st.get("ExitCode") if ended else None,
+            oom_killed=bool(st.get("OOMKilled")) and ended,
+            started_at=_timestamp(st.get("StartedAt")),
+            finished_at=_timestamp(st.get("FinishedAt")) if ended else None,
+            pid=st.get("Pid") or None,
+        )
+
+    # -- the Runtime interface ------------------------------------------------------------
+
+    def image_present(self, image: str) -> bool:
+        try:
+            self._call("inspect image", self._api.inspect_image, image)
+        except derr.NotFound:
+            return False
+        return True
+
+    def create(self, plan: Plan) -> str:
+        seccomp = None
+        if plan.security.seccomp_profile:
+            with open(plan.security.seccomp_profile, encoding="utf-8") as fh:
+                seccomp = fh.read()
+        body = engine_create_body(plan, seccomp_json=seccomp)
+        try:
+            out = self._call("create container", self._api.create_container_from_config, body,
+                             name=plan.worker_id)
+        except derr.NotFound as exc:
+            raise EngineError("image", f"{plan.image}: {exc.explanation or exc}") from None
+        return str(out["Id"])
+
+    def start(self, worker_id: str) -> None:
+        self._call("start container", self._api.start, self._container_id(worker_id))
+
+    def stop(self, worker_id: str, grace_s: float) -> None:
+        cid = self._container_id(worker_id)
+        self._call("stop container", self._api.stop, cid, timeout=max(0, math.ceil(grace_s)))
+
+    def force_kill(self, worker_id: str) -> None:
+        cid = self._container_id(worker_id)
+        try:
+            self._api.kill(cid, signal="SIGKILL")
+        except derr.APIError as exc:
+            if exc.status_code == 409:  # not running: already dead, which is what was asked
+                return
+            raise EngineError("engine", f"kill: {exc.explanation or exc}") from None
+
+    def remove(self, worker_id: str) -> None:
+        try:
+            cid = self._container_id(worker_id)
+            self._call("remove container", self._api.remove_container, cid, force=True)
+        except (WorkerNotFound, derr.NotFound):
+            return
+
+    def inspect(self, worker_id: str) -> WorkerState:
+        return self._state(self._inspect_raw(worker_id))
+
+    def memory_usage(self, worker_id: str) -> int:
+        state = self.inspect(worker_id)
+        if not state.running or not state.pid:
+            raise EngineError("worker_id", f"worker {worker_id!r} is not running ({state.state})")
+        try:
+            return _cgroup.memory_usage(state.pid)
+        except (OSError, ValueError) as exc:
+            raise EngineError("memory", f"cannot read the cgroup of {worker_id!r}: {exc}") from None
+
+    def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
+        data = self._inspect_raw(worker_id)
+        user = data["Config"].get("User") or None
+        if user in (None, "", "0", "root", "0:0"):
+            raise EngineError("worker_id", f"worker {worker_id!r} has no non-root user to exec as")
+        ex = self._call("exec", self._api.exec_create, data["Id"], list(argv), user=user,
+                        workdir=data["Config"].get("WorkingDir") or None)
+        output = self._call("exec", self._api.exec_start, ex["Id"])
+        code = self._call("exec", self._api.exec_inspect, ex["Id"]).get("ExitCode")
+        return ExecResult(exit_code=int(code if code is not None else -1), output=bytes(output or b""))
+
+    def logs(self, worker_id: str) -> bytes:
+        out: bytes = self._call("logs", self._api.logs, self._container_id(worker_id), stdout=True, stderr=True)
+        return out
+
+    def list_workers(self) -> list[WorkerState]:
+        found = self._call("list containers", self._api.containers, all=True, filters=self._filters())
+        states = []
+        for c in found:
+            try:
+                states.append(self._state(self._call("inspect", self._api.inspect_container, c["Id"])))
+            except derr.NotFound:
+                continue  # removed between list and inspect
+        return states
+
+    def exit_record(self, worker_id: str) -> ExitRecord | None:
+        return self._record_from_state(self.inspect(worker_id))
+
+    def _record_from_state(self, st: WorkerState) -> ExitRecord | None:
+        if st.state not in ("exited", "dead") or st.exit_code is None:
+            return None
+        code, sig = split_status(st.exit_code)
+        return ExitRecord(worker_id=st.worker_id, container_id=st.container_id, exit_code=code, signal=sig,
+                          oom_killed=st.oom_killed and sig == 9, started_at=st.started_at,
+                          finished_at=st.finished_at)
+
+    def _on_oom(self, cid: str) -> None:
+        count = None
+        try:
+            data = self._api.inspect_container(cid)
+            pid = data["State"].get("Pid")
+            if pid:
+                count = _cgroup.oom_kills(pid)
+        except (derr.DockerException, OSError, ValueError):
+            pass
+        self._oom[cid] = count
+
+    def _record_from_die(self, ev: dict[str, Any]) -> ExitRecord:
+        cid = ev["id"]
+        attrs = ev.get("Actor", {}).get("Attributes", {})
+        code, sig = split_status(int(attrs.get("exitCode", "-1")))
+        started = finished = None
+        oom_flag = cid in self._oom
+        try:
+            data = self._api.inspect_container(cid)
+            started = _timestamp(data["State"].get("StartedAt"))
+            finished = _timestamp(data["State"].get("FinishedAt"))
+            oom_flag = oom_flag or bool(data["State"].get("OOMKilled"))
+        except (derr.DockerException, requests.exceptions.RequestException):
+            pass  # removed already: the event carries what we need
+        if finished is None and "timeNano" in ev:
+            t = ev["timeNano"] / 1e9
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ev['timeNano'] % 1e9):09d}Z"
+        # Killed by the OOM killer = the engine saw an OOM in the container's cgroup (its oom event,
+        # or a non-zero oom_kill counter read while the cgroup still existed) *and* the worker died
+        # of SIGKILL. The flag alone is not enough: a child can be OOM-killed while the worker
+        # itself exits 0, and exit code 137 alone is any SIGKILL.
+        counted = self._oom.pop(cid, None)
+        oom = (oom_flag or bool(counted)) and sig == 9
+        return ExitRecord(worker_id=attrs.get(LABEL_WORKER, ""), container_id=cid, exit_code=code, signal=sig,
+                          oom_killed=oom, started_at=started, finished_at=finished)
+
+    def exit_events(self) -> Iterator[ExitRecord | None]:
+        since: str | None = None
+        delay = 0.1
+        events_api = self._client()
+        while not self._closed.is_set():
+            try:
+                stream = events_api.events(decode=True, since=since, filters={  # type: ignore[call-overload]
+                    "type": ["container"], "label": [f"{LABEL_NODE}={self._node}"], "event": ["die", "oom"]})
+            except _STREAM_ERRORS as exc:
+                log.warning("event stream: cannot connect (%s); retrying in %.1fs", exc, delay)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._stream = stream
+            delay = 0.1
+            yield None
+            try:
+                for ev in stream:
+                    if "timeNano" in ev:
+                        since = _since(int(ev["timeNano"]))
+                    action = ev.get("Action") or ev.get("status")
+                    if action == "oom":
+                        self._on_oom(ev["id"])
+                    elif action == "die":
+                        yield self._record_from_die(ev)
+            except _STREAM_ERRORS as exc:
+                if not self._closed.is_set():
+                    log.warning("event stream cut (%s); reconnecting", exc)
+            finally:
+                self._stream = None
+            if not self._closed.is_set():
+                self._closed.wait(delay)
+
+    def close(self) -> None:
+        self._closed.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()

@@ -1,0 +1,194 @@
+"""The process runtime: workers as plain child processes, for development only.
+
+No isolation at all (no namespaces, no limits), which is why the node refuses it unless the
+config names it. Exits are watched through pidfds in the single watcher thread, so even here
+there is no thread per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ._config import NodeConfig
+from ._exceptions import EngineError, WorkerNotFound
+from ._plan import Plan
+from ._runtime import ExecResult, ExitRecord, WorkerState, split_status
+
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class _Proc:
+    plan: Plan
+    container_id: str
+    popen: subprocess.Popen[bytes] | None = None
+    state: str = "created"
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.plan.workdir, "berth-process.log")
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, config: NodeConfig) -> None:
+        if config.node.runtime != "process":
+            raise EngineError("node.runtime", "the process runtime gives no isolation; set "
+                              "node.runtime = \"process\" in the config to use it")
+        self._procs: dict[str, _Proc] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = False
+
+    def _get(self, worker_id: str) -> _Proc:
+        try:
+            return self._procs[worker_id]
+        except KeyError:
+            raise WorkerNotFound(worker_id) from None
+
+    def image_present(self, image: str) -> bool:
+        return True
+
+    def create(self, plan: Plan) -> str:
+        with self._lock:
+            proc = _Proc(plan, uuid.uuid4().hex)
+            self._procs[plan.worker_id] = proc
+        return proc.container_id
+
+    def start(self, worker_id: str) -> None:
+        p = self._get(worker_id)
+        ident = p.plan.identity
+        with open(p.log_path, "ab") as log:
+            p.popen = subprocess.Popen(
+                list(p.plan.argv), cwd=p.plan.workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, user=ident.uid, group=ident.gid,
+                extra_groups=list(ident.groups), start_new_session=True)
+        p.state, p.started_at = "running", _now()
+        os.write(self._wake_w, b"x")
+
+    def _signal(self, p: _Proc, sig: int) -> None:
+        if p.popen is not None and p.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.popen.pid, sig)
+
+    def stop(self, worker_id: str, grace_s: float) -> None:
+        p = self._get(worker_id)
+        self._signal(p, signal.SIGTERM)
+        if p.popen is not None:
+            try:
+                p.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(p, signal.SIGKILL)
+
+    def force_kill(self, worker_id: str) -> None:
+        self._signal(self._get(worker_id), signal.SIGKILL)
+
+    def remove(self, worker_id: str) -> None:
+        p = self._procs.get(worker_id)
+        if p is not None:
+            self._signal(p, signal.SIGKILL)
+            with self._lock:
+                self._procs.pop(worker_id, None)
+
+    def _state(self, p: _Proc) -> WorkerState:
+        if p.popen is not None and p.state == "running" and p.popen.poll() is not None:
+            self._finish(p)
+        plan = p.plan
+        return WorkerState(worker_id=plan.worker_id, container_id=p.container_id, topology_id=plan.topology_id,
+                           port=plan.port, user=plan.identity.user, image="(process)", state=p.state,
+                           exit_code=p.exit_code, started_at=p.started_at, finished_at=p.finished_at,
+                           pid=p.popen.pid if p.popen and p.state == "running" else None)
+
+    def _finish(self, p: _Proc) -> None:
+        assert p.popen is not None
+        rc = p.popen.wait()
+        p.exit_code = 128 - rc if rc < 0 else rc
+        p.state, p.finished_at = "exited", p.finished_at or _now()
+
+    def inspect(self, worker_id: str) -> WorkerState:
+        return self._state(self._get(worker_id))
+
+    def memory_usage(self, worker_id: str) -> int:
+        st = self.inspect(worker_id)
+        if st.pid is None:
+            raise EngineError("worker_id", f"worker {worker_id!r} is not running")
+        with open(f"/proc/{st.pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
+        ident = self._get(worker_id).plan.identity
+        out = subprocess.run(list(argv), capture_output=True, env={"PATH": _PATH}, user=ident.uid,
+                             group=ident.gid, extra_groups=list(ident.groups), check=False,
+                             cwd=self._get(worker_id).plan.workdir)
+        return ExecResult(out.returncode if out.returncode >= 0 else 128 - out.returncode, out.stdout + out.stderr)
+
+    def logs(self, worker_id: str) -> bytes:
+        try:
+            with open(self._get(worker_id).log_path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return b""
+
+    def list_workers(self) -> list[WorkerState]:
+        with self._lock:
+            procs = list(self._procs.values())
+        return [self._state(p) for p in procs]
+
+    def exit_record(self, worker_id: str) -> ExitRecord | None:
+        st = self.inspect(worker_id)
+        if st.exit_code is None:
+            return None
+        code, sig = split_status(st.exit_code)
+        return ExitRecord(st.worker_id, st.container_id, code, sig, False, st.started_at, st.finished_at)
+
+    def exit_events(self) -> Iterator[ExitRecord | None]:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        fds: dict[int, str] = {}
+        yield None
+        while not self._closed:
+            with self._lock:
+                procs = list(self._procs.items())
+            for wid, p in procs:
+                if p.state == "running" and p.popen is not None and wid not in fds.values():
+                    fd = os.pidfd_open(p.popen.pid)
+                    fds[fd] = wid
+                    sel.register(fd, selectors.EVENT_READ)
+            for key, _ in sel.select():
+                if key.fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                wid = fds.pop(int(key.fd))
+                sel.unregister(key.fd)
+                os.close(int(key.fd))
+                done = self._procs.get(wid)
+                if done is not None:
+                    self._finish(done)
+                    rec = self.exit_record(wid)
+                    if rec is not None:
+                        yield rec
+        sel.close()
+
+    def close(self) -> None:
+        self._closed = True
+        os.write(self._wake_w, b"x")

@@ -1,0 +1,125 @@
+"""A real engine for the integration tests: started by the project's own script, never mocked.
+
+Where no engine can be had (not root, no docker.io) the tests skip, except under CI, where
+they fail: a green CI run must mean the engine was really there.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from berth import NodeConfig
+from berth._config import config_from_mapping
+from berth._node import Node
+
+ROOT = Path(__file__).resolve().parents[2]
+SOCKET = os.environ.get("BERTH_TEST_DOCKER_HOST", "unix:///run/berth-dev/docker.sock")
+PY_IMAGE = "berth/python:latest"
+BB_IMAGE = "berth/busybox:latest"
+BASE = Path("/var/lib/berth-test")
+
+USERS = {"berth-alice": (2101, ["berth-shared"]), "berth-bob": (2102, [])}
+GROUPS = {"berth-shared": 2200}
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"integration engine unavailable under CI: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    if os.geteuid() != 0:
+        _unavailable("integration tests need root (they start dockerd and chown worker dirs)")
+    status = subprocess.run([ROOT / "scripts/engine", "status"], capture_output=True)
+    if status.returncode != 0:
+        started = subprocess.run([ROOT / "scripts/engine", "start"], capture_output=True, text=True)
+        if started.returncode != 0:
+            _unavailable(f"cannot start dockerd: {started.stdout[-2000:]}{started.stderr[-2000:]}")
+    client = docker.APIClient(base_url=SOCKET, version="auto")
+    have = {t for img in client.images() for t in (img.get("RepoTags") or [])}
+    if PY_IMAGE not in have or BB_IMAGE not in have:
+        built = subprocess.run([ROOT / "scripts/build-images"], capture_output=True, text=True,
+                               env={**os.environ, "DOCKER_HOST": SOCKET})
+        if built.returncode != 0:
+            _unavailable(f"cannot build test images: {built.stdout[-2000:]}{built.stderr[-2000:]}")
+    return SOCKET
+
+
+@pytest.fixture(scope="session")
+def users() -> dict[str, pwd.struct_passwd]:
+    """Two worker users: alice (uid 2101, also in berth-shared) and bob (uid 2102)."""
+    if os.geteuid() != 0:
+        _unavailable("creating test users needs root")
+    for name, gid in GROUPS.items():
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            subprocess.run(["groupadd", "-g", str(gid), name], check=True)
+    for name, (uid, extra) in USERS.items():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            cmd = ["useradd", "-u", str(uid), "-U", "-M", "-s", "/usr/sbin/nologin", name]
+            if extra:
+                cmd += ["-G", ",".join(extra)]
+            subprocess.run(cmd, check=True)
+    return {name: pwd.getpwnam(name) for name in USERS}
+
+
+def make_config(base: Path, node_name: str, **container: Any) -> NodeConfig:
+    return config_from_mapping({
+        "node": {"name": node_name, "local_dir": str(base / "local"), "log_dir": str(base / "log"),
+                 "docker_host": SOCKET, "state_dir": str(base / "state")},
+        "images": {"default": PY_IMAGE, "allowed": (BB_IMAGE,)},
+        "container": {"cgroup_parent": "/berth-test", **container},
+    })
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = BASE / uuid.uuid4().hex[:10]
+    path.mkdir(parents=True, mode=0o755)
+    os.chmod(BASE, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def purge(node_name: str) -> None:
+    client = docker.APIClient(base_url=SOCKET, version="auto")
+    for c in client.containers(all=True, filters={"label": f"berth.node={node_name}"}):
+        try:
+            client.remove_container(c["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.fixture
+def node_name() -> Iterator[str]:
+    name = "t" + uuid.uuid4().hex[:10]
+    yield name
+    purge(name)
+
+
+@pytest.fixture
+def config(engine: str, users: dict[str, Any], base: Path, node_name: str) -> NodeConfig:
+    return make_config(base, node_name)
+
+
+@pytest.fixture
+def node(config: NodeConfig) -> Iterator[Node]:
+    n = Node(config)
+    yield n
+    n.close()
