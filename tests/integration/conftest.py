@@ -6,6 +6,7 @@ they fail: a green CI run must mean the engine was really there.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -100,10 +101,8 @@ def base() -> Iterator[Path]:
 def purge(node_name: str) -> None:
     client = docker.APIClient(base_url=SOCKET, version="auto")
     for c in client.containers(all=True, filters={"label": f"berth.node={node_name}"}):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             client.remove_container(c["Id"], force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 @pytest.fixture

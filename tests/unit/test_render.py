@@ -145,3 +145,28 @@ def test_text_summary_names_limits_mounts_and_security(node: dict[str, Path]) ->
     assert "rw  /tmp" in text and "<- /data/storm/workers/9c3e-41ab/tmp" in text
     assert "caps      drop ALL" in text
     assert f"seccomp   {node['seccomp']}" in text
+
+
+def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
+    from berth._render import oci_config
+
+    spec = SPEC.model_copy(update={"cores": (1,), "numa_node": 0})
+    plan = build_plan(spec, make_config(node), ALICE, FOUR_CPUS)
+    cfg = oci_config(plan, "/rootfs/python")
+    proc = cfg["process"]
+    assert proc["user"] == {"uid": 1001, "gid": 1001, "additionalGids": [1001, 2001]}
+    assert proc["args"] == ["bash", "/data/storm/workers/9c3e-41ab/storm-worker-script.sh"]
+    assert proc["cwd"] == "/data/storm/workers/9c3e-41ab"
+    assert proc["noNewPrivileges"] is True
+    assert all(v == [] for v in proc["capabilities"].values())
+    assert cfg["root"] == {"path": "/rootfs/python", "readonly": True}
+    assert cfg["linux"]["resources"] == {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "memory": {"limit": 1024 * 2**20, "swap": 1024 * 2**20},
+        "cpu": {"quota": 260_000, "period": 100_000, "cpus": "1", "mems": "0"},
+        "pids": {"limit": 1024},
+    }
+    assert cfg["linux"]["cgroupsPath"] == "/storm/9c3e-41ab"
+    assert {"type": "network"} not in cfg["linux"]["namespaces"]  # network host, as configured
+    binds = [(m["source"], m["destination"], m["options"][-1]) for m in cfg["mounts"] if m["type"] == "bind"]
+    assert binds == [(m.source, m.target, "ro" if m.read_only else "rw") for m in plan.mounts]
