@@ -7,7 +7,6 @@ they fail: a green CI run must mean the engine was really there.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import pwd
 import shutil
@@ -30,8 +29,7 @@ PY_IMAGE = "berth/python:latest"
 BB_IMAGE = "berth/busybox:latest"
 BASE = Path("/var/lib/berth-test")
 
-USERS = {"berth-alice": (2101, ["berth-shared"]), "berth-bob": (2102, [])}
-GROUPS = {"berth-shared": 2200}
+USERS = ("berth-alice", "berth-bob")  # made by scripts/users
 
 
 def _unavailable(why: str) -> None:
@@ -64,19 +62,7 @@ def users() -> dict[str, pwd.struct_passwd]:
     """Two worker users: alice (uid 2101, also in berth-shared) and bob (uid 2102)."""
     if os.geteuid() != 0:
         _unavailable("creating test users needs root")
-    for name, gid in GROUPS.items():
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            subprocess.run(["groupadd", "-g", str(gid), name], check=True)
-    for name, (uid, extra) in USERS.items():
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            cmd = ["useradd", "-u", str(uid), "-U", "-M", "-s", "/usr/sbin/nologin", name]
-            if extra:
-                cmd += ["-G", ",".join(extra)]
-            subprocess.run(cmd, check=True)
+    subprocess.run([ROOT / "scripts/users"], check=True, capture_output=True)
     return {name: pwd.getpwnam(name) for name in USERS}
 
 
