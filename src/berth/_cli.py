@@ -25,6 +25,8 @@ from ._runtime import WorkerState
 from ._spec import WorkerSpec, read_spec_file, spec_from_mapping
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from ._node import Node
 
 EXIT_BERTH_ERROR = 125
@@ -204,17 +206,22 @@ def ps(ctx: click.Context, /, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 160).print(ps_table(get_node(ctx), rows))
+
+
+def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     from rich.table import Table
 
-    t = Table(title=f"berth workers on {get_config(ctx).node.name}")
+    t = Table(title=f"berth workers on {node.config.node.name}")
     for col in ("worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"):
         t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
-    for r in rows:
+    for r in rows if rows is not None else _ps_rows(node):
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
         t.add_row(r["worker_id"], r["topology_id"], str(r["port"]), r["user"], r["image"], r["state"],
                   "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
                   mem, r["uptime"])
-    Console().print(t)
+    return t
 
 
 @main.command()
@@ -280,6 +287,17 @@ def recover(ctx: click.Context, /) -> None:
         how = f"signal {rec.signal_name}" if rec.signal else f"exit code {rec.exit_code}"
         click.echo(f"exited while berth was down: {rec.worker_id}: {how}{' (OOM)' if rec.oom_killed else ''}")
     click.echo(f"removed {len(report.removed)} half-made: {' '.join(report.removed) or '-'}")
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context, /) -> None:
+    """Run a small topology end to end: limits, OOM, graceful kill, exit codes, cleanup."""
+    from rich.console import Console
+
+    from ._demo import run_demo
+
+    ctx.exit(run_demo(get_node(ctx), Console(width=None if sys.stdout.isatty() else 132)))
 
 
 if __name__ == "__main__":  # pragma: no cover
