@@ -17,7 +17,7 @@ from ._host import HostFacts, format_cpu_list
 from ._identity import Identity, check_identity
 from ._layout import Layout, layout
 from ._script import render_script
-from ._spec import WorkerSpec
+from ._spec import WorkerSpec, spec_digest
 
 LABEL_PREFIX = "berth."
 LABEL_WORKER = "berth.worker"
@@ -25,6 +25,7 @@ LABEL_TOPOLOGY = "berth.topology"
 LABEL_PORT = "berth.port"
 LABEL_USER = "berth.user"
 LABEL_NODE = "berth.node"
+LABEL_SPEC = "berth.spec"
 TMP_TARGET = "/tmp"
 
 
@@ -242,6 +243,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         (LABEL_PORT, str(spec.port)),
         (LABEL_USER, spec.user),
         (LABEL_NODE, config.node.name),
+        (LABEL_SPEC, spec_digest(spec)),
     )
     return Plan(
         worker_id=spec.worker_id,

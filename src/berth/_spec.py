@@ -131,6 +131,18 @@ class WorkerSpec(BaseModel):
         return data
 
 
+def spec_digest(spec: WorkerSpec) -> str:
+    """A short, stable digest of the request: a container carries it, so a changed assignment
+    (image, limits, command, env) is recognised even by a berth that restarted."""
+    import hashlib
+
+    # exclude_defaults: a field added to WorkerSpec later (with a default) leaves digests unchanged,
+    # so upgrading berth does not make a supervisor replace every running worker.
+    canonical = json.dumps(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def spec_from_mapping(data: Any, source: str = "spec") -> WorkerSpec:
     if not isinstance(data, Mapping):
         raise SpecError(source, f"must be a mapping of worker fields, got {type(data).__name__}")

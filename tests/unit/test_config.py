@@ -75,3 +75,14 @@ def test_berth_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     f.write_text('[node]\nname = "from-env"\n')
     monkeypatch.setenv("BERTH_CONFIG", str(f))
     assert load_config().node.name == "from-env"
+
+
+def test_spec_digest_is_stable_and_tracks_changes() -> None:
+    from berth import WorkerSpec
+    from berth._spec import spec_digest
+
+    a = WorkerSpec(worker_id="w", topology_id="t", port=1, user="u", command=("x",), memory_mb=64)
+    same = WorkerSpec(worker_id="w", topology_id="t", port=1, user="u", command=("x",), memory_mb=64, env={})
+    assert spec_digest(a) == spec_digest(same) == "c80872fe31e45443"
+    assert spec_digest(a.model_copy(update={"memory_mb": 65})) != spec_digest(a)
+    assert spec_digest(a.model_copy(update={"command": ("y",)})) != spec_digest(a)
