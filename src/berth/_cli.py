@@ -8,7 +8,6 @@ failed", so ``berth launch --wait`` can pass the worker's own exit codes through
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from ._plan import plan_for
 from ._render import docker_run_line, engine_create_body, text_summary
 from ._runtime import WorkerState
 from ._spec import WorkerSpec, read_spec_file, spec_from_mapping
+from ._time import parse_time
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -157,16 +157,6 @@ def launch(ctx: click.Context, /, wait: bool, **opts: Any) -> None:
         ctx.exit(rec.exit_code)
 
 
-def parse_time(value: str) -> datetime:
-    """Engine timestamps carry nanoseconds; Python parses at most microseconds."""
-    m = re.fullmatch(r"([^.Z+]+)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", value)
-    if not m:
-        raise ValueError(value)
-    frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    tz = m.group(3) or "Z"
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}{'+00:00' if tz == 'Z' else tz}")
-
-
 def _uptime(w: WorkerState) -> str:
     if not w.started_at:
         return "-"
@@ -180,7 +170,7 @@ def _uptime(w: WorkerState) -> str:
 
 def _ps_rows(node: Node) -> list[dict[str, Any]]:
     rows = []
-    for w in node.ps():
+    for w in node.ps(detail=True):
         mem = None
         if w.running:
             try:

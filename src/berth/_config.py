@@ -171,6 +171,61 @@ class ContainerSection(BaseModel):
         return self
 
 
+class SupervisorSection(BaseModel):
+    """How the supervisor keeps assigned workers running."""
+
+    model_config = _strict
+
+    grace_s: float = Field(default=10.0, ge=0)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_cap_s: float = Field(default=60.0, gt=0)
+    crashloop_after: int = Field(default=5, ge=1)
+    """Consecutive failed runs after which a worker is marked crash-looping (restarts at the cap)."""
+    healthy_after_s: float = Field(default=30.0, ge=0)
+    """A run this long that ends with exit code 0 does not count as a failure."""
+    resync_s: float = Field(default=10.0, gt=0)
+
+
+class ApiSection(BaseModel):
+    """The HTTP API: a unix socket by default; TCP only with a bearer token."""
+
+    model_config = _strict
+
+    socket: str | None = None
+    socket_mode: str = "0660"
+    socket_group: str | None = None
+    tcp: str | None = None
+    """``host:port``; loopback unless an address is given explicitly."""
+    token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute(v)
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3}", v):
+            raise ValueError(f"must be an octal mode like 0660, got {v!r}")
+        return v
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host, _, port = v.rpartition(":")
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"must be host:port or :port, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _token(self) -> ApiSection:
+        if self.tcp and not self.token:
+            raise ValueError("tcp needs a token (api.token, at least 16 characters)")
+        return self
+
+
 class NodeConfig(BaseModel):
     """The whole node configuration; immutable once loaded."""
 
@@ -179,6 +234,8 @@ class NodeConfig(BaseModel):
     node: NodeSection = Field(default_factory=NodeSection)
     images: ImagesSection = Field(default_factory=ImagesSection)
     container: ContainerSection = Field(default_factory=ContainerSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
     @model_validator(mode="after")
     def _layout(self) -> NodeConfig:
@@ -195,6 +252,10 @@ class NodeConfig(BaseModel):
     @property
     def state_dir(self) -> str:
         return self.node.state_dir or os.path.join(self.node.local_dir, "berth")
+
+    @property
+    def api_socket(self) -> str:
+        return self.api.socket or os.path.join(self.state_dir, "api.sock")
 
     @property
     def docker_socket(self) -> str | None:

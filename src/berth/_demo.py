@@ -20,6 +20,7 @@ from ._exceptions import BerthError, LaunchError
 from ._node import Node
 from ._runtime import ExitRecord
 from ._spec import WorkerSpec
+from ._time import seconds_between
 
 WORKER = r"""
 import json, os, signal, sys, time
@@ -90,11 +91,8 @@ def exit_table(records: list[ExitRecord]) -> Table:
     for col in ("worker", "exit code", "signal", "OOM-killed", "ran"):
         t.add_column(col)
     for r in records:
-        ran = "-"
-        if r.started_at and r.finished_at:
-            from ._cli import parse_time
-
-            ran = f"{(parse_time(r.finished_at) - parse_time(r.started_at)).total_seconds():.1f}s"
+        secs = seconds_between(r.started_at, r.finished_at)
+        ran = "-" if secs is None else f"{secs:.1f}s"
         t.add_row(r.worker_id, str(r.exit_code), r.signal_name or "-", "YES" if r.oom_killed else "no", ran)
     return t
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,12 +26,14 @@ from docker.constants import DEFAULT_UNIX_SOCKET
 from . import _cgroup
 from ._config import NodeConfig
 from ._exceptions import EngineError, WorkerNotFound
+from ._mounts import read_only_all_the_way_down
 from ._plan import LABEL_NODE, LABEL_PORT, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
 from ._render import engine_create_body
 from ._runtime import ExecResult, ExitRecord, WorkerState, split_status
 
 log = logging.getLogger("berth.docker")
 
+_EXITED = re.compile(r"Exited \((-?\d+)\)")
 _STREAM_ERRORS = (derr.DockerException, requests.exceptions.RequestException, OSError, ValueError)
 
 
@@ -119,7 +122,18 @@ class DockerRuntime:
             started_at=_timestamp(st.get("StartedAt")),
             finished_at=_timestamp(st.get("FinishedAt")) if ended else None,
             pid=st.get("Pid") or None,
+            labels=labels,
         )
+
+    @staticmethod
+    def _state_from_list(c: dict[str, Any]) -> WorkerState:
+        labels = c.get("Labels") or {}
+        status = c.get("State", "unknown")
+        m = _EXITED.match(c.get("Status") or "")
+        return WorkerState(
+            worker_id=labels.get(LABEL_WORKER, ""), container_id=c["Id"], topology_id=labels.get(LABEL_TOPOLOGY, ""),
+            port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""), image=c.get("Image", ""),
+            state=status, exit_code=int(m.group(1)) if m and status in ("exited", "dead") else None, labels=labels)
 
     # -- the Runtime interface ------------------------------------------------------------
 
@@ -136,6 +150,8 @@ class DockerRuntime:
             with open(plan.security.seccomp_profile, encoding="utf-8") as fh:
                 seccomp = fh.read()
         body = engine_create_body(plan, seccomp_json=seccomp)
+        # The engine makes a read-only bind read-only at the top only; see read_only_all_the_way_down.
+        body["HostConfig"]["Mounts"] = read_only_all_the_way_down(body["HostConfig"]["Mounts"])
         try:
             out = self._call("create container", self._api.create_container_from_config, body,
                              name=plan.worker_id)
@@ -195,13 +211,7 @@ class DockerRuntime:
 
     def list_workers(self) -> list[WorkerState]:
         found = self._call("list containers", self._api.containers, all=True, filters=self._filters())
-        states = []
-        for c in found:
-            try:
-                states.append(self._state(self._call("inspect", self._api.inspect_container, c["Id"])))
-            except derr.NotFound:
-                continue  # removed between list and inspect
-        return states
+        return [self._state_from_list(c) for c in found]
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
         return self._record_from_state(self.inspect(worker_id))

@@ -283,8 +283,23 @@ class Node:
     def inspect(self, worker_id: str) -> WorkerState:
         return self.runtime.inspect(worker_id)
 
-    def ps(self) -> list[WorkerState]:
-        return sorted(self.runtime.list_workers(), key=lambda w: (w.topology_id, w.port, w.worker_id))
+    def ps(self, detail: bool = False) -> list[WorkerState]:
+        """This node's workers; ``detail`` adds times, pid and the OOM flag (one inspect each)."""
+        found = self.runtime.list_workers()
+        if detail:
+            full = []
+            for w in found:
+                try:
+                    full.append(self.runtime.inspect(w.worker_id))
+                except WorkerNotFound:
+                    continue  # removed between the listing and the inspect
+            found = full
+        return sorted(found, key=lambda w: (w.topology_id, w.port, w.worker_id))
+
+    def set_default_callback(self, on_exit: ExitCallback | None) -> None:
+        """The callback for exits of workers launched without one (adopted ones, for instance)."""
+        with self._lock:
+            self._default_cb = on_exit
 
     def cleanup(self, worker_id: str) -> None:
         """Remove the container, the worker's directories and reservations; artifacts stay."""

@@ -114,7 +114,7 @@ class ProcessRuntime:
         return WorkerState(worker_id=plan.worker_id, container_id=p.container_id, topology_id=plan.topology_id,
                            port=plan.port, user=plan.identity.user, image="(process)", state=p.state,
                            exit_code=p.exit_code, started_at=p.started_at, finished_at=p.finished_at,
-                           pid=p.popen.pid if p.popen and p.state == "running" else None)
+                           pid=p.popen.pid if p.popen and p.state == "running" else None, labels=plan.label_map)
 
     def _finish(self, p: _Proc) -> None:
         assert p.popen is not None

@@ -7,8 +7,8 @@ own that matters: the engine is the source of truth, found again by labels after
 from __future__ import annotations
 
 import signal as _signal
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ._plan import Plan
@@ -31,6 +31,7 @@ class WorkerState:
     started_at: str | None = None
     finished_at: str | None = None
     pid: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -111,7 +112,8 @@ class Runtime(Protocol):
     def logs(self, worker_id: str) -> bytes: ...
 
     def list_workers(self) -> list[WorkerState]:
-        """Every worker of this node the runtime knows, in any state."""
+        """Every worker of this node the runtime knows, in any state, from one cheap listing:
+        state, labels and exit code are filled in; times, pid and the OOM flag may not be."""
         ...
 
     def exit_events(self) -> Iterator[ExitRecord | None]:

@@ -274,7 +274,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     child = subprocess.Popen([sys.executable, "-c", RECOVER_CHILD, str(cfg_file)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert child.stdout is not None and child.stdout.readline().strip() == "launched"
-    before = {w.worker_id: (w.container_id, w.started_at) for w in Node(config).ps()}
+    before = {w.worker_id: (w.container_id, w.started_at) for w in Node(config).ps(detail=True)}
     assert len(before) == 13
     child.kill()  # SIGKILL: berth dies without any cleanup
     child.wait()
@@ -288,7 +288,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     report = fresh.recover()
     assert sorted((r.worker_id, r.exit_code) for r in report.reported) == [("r0", 10), ("r1", 11), ("r2", 12)]
     assert sorted(report.adopted) == sorted(f"r{i}" for i in range(3, 13))
-    after = {w.worker_id: (w.container_id, w.started_at) for w in fresh.ps()}
+    after = {w.worker_id: (w.container_id, w.started_at) for w in fresh.ps(detail=True)}
     assert after == before  # same containers, none restarted
     assert len(got.wait_for(3)) == 3
     Path(config.node.local_dir, "workers", "r5", "go").write_text("7")
