@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ._config import NodeConfig, load_config
-from ._exceptions import BerthError, SpecError
+from ._exceptions import BerthError, ConfigError, SpecError
 from ._host import parse_cpu_list
 from ._plan import plan_for
 from ._render import docker_run_line, engine_create_body, text_summary
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ._node import Node
+    from ._supervisor import Supervisor
 
 EXIT_BERTH_ERROR = 125
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +169,24 @@ def _uptime(w: WorkerState) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
+def _supervisor_states(config: NodeConfig) -> dict[str, str] | None:
+    """States from a running supervisor's API socket, or None when none answers."""
+    import os
+
+    path = config.api_socket
+    if not os.path.exists(path):
+        return None
+    import httpx
+
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=2.0) as client:
+            r = client.get("http://berth/workers")
+            r.raise_for_status()
+            return {w["worker_id"]: w["state"] for w in r.json()}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _ps_rows(node: Node) -> list[dict[str, Any]]:
     rows = []
     for w in node.ps(detail=True):
@@ -190,6 +209,15 @@ def _ps_rows(node: Node) -> list[dict[str, Any]]:
 def ps(ctx: click.Context, /, as_json: bool) -> None:
     """List this node's workers with state, exit code, OOM and memory."""
     rows = _ps_rows(get_node(ctx))
+    states = _supervisor_states(get_config(ctx))
+    if states is not None:
+        for r in rows:
+            r["supervisor_state"] = states.get(r["worker_id"], "unassigned")
+        seen = {r["worker_id"] for r in rows}
+        rows += [{"worker_id": w, "topology_id": "", "port": 0, "user": "", "image": "", "state": "-",
+                  "exit_code": None, "oom_killed": False, "memory_bytes": None, "started_at": None,
+                  "finished_at": None, "uptime": "-", "supervisor_state": st}
+                 for w, st in sorted(states.items()) if w not in seen]
     if as_json:
         for r in rows:
             r.pop("uptime")
@@ -204,13 +232,17 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     from rich.table import Table
 
     t = Table(title=f"berth workers on {node.config.node.name}")
-    for col in ("worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"):
+    rows = rows if rows is not None else _ps_rows(node)
+    supervised = any("supervisor_state" in r for r in rows)
+    cols = ["worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"]
+    for col in [*cols, "supervisor"] if supervised else cols:
         t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
-    for r in rows if rows is not None else _ps_rows(node):
+    for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
-        t.add_row(r["worker_id"], r["topology_id"], str(r["port"]), r["user"], r["image"], r["state"],
-                  "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
-                  mem, r["uptime"])
+        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
+                 "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
+                 mem, r["uptime"]]
+        t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
     return t
 
 
@@ -288,6 +320,92 @@ def demo(ctx: click.Context, /) -> None:
     from ._demo import run_demo
 
     ctx.exit(run_demo(get_node(ctx), Console(width=None if sys.stdout.isatty() else 132)))
+
+
+def _supervisor(ctx: click.Context, assignments: str | None) -> Supervisor:
+    import logging
+
+    from ._supervisor import Supervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return Supervisor(get_node(ctx), assignments_path=assignments)
+
+
+@main.command()
+@click.option("--assignments", required=True, type=click.Path(exists=True),
+              help="A YAML/JSON file {workers: [spec, …]} or a directory of them; watched for changes.")
+@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
+@click.pass_context
+def supervise(ctx: click.Context, /, assignments: str, drain: bool) -> None:
+    """Keep the assigned workers running: launch, restart with backoff, replace, stop."""
+    import signal
+    import threading
+
+    sup = _supervisor(ctx, assignments)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    sup.start()
+    for r in sup.rejected:
+        click.echo(f"rejected: {r}", err=True)
+    done.wait()
+    sup.stop(drain=drain)
+
+
+@main.command()
+@click.option("--assignments", type=click.Path(exists=True),
+              help="Take assignments from this file/dir (then PUT /assignments is refused).")
+@click.option("--socket", "socket_path", help="Unix socket path (default: api.socket, or <state_dir>/api.sock).")
+@click.option("--tcp", help="Listen on HOST:PORT instead (needs api.token in the config).")
+@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
+@click.pass_context
+def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | None, tcp: str | None,
+          drain: bool) -> None:
+    """Run the supervisor with its HTTP API (and /metrics)."""
+    from ._api import serve as run_api
+
+    config = get_config(ctx)
+    tcp = tcp or config.api.tcp
+    if tcp and not config.api.token:
+        raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
+    sup = _supervisor(ctx, assignments)
+    sup.start()
+    try:
+        run_api(sup, socket_path or config.api_socket, tcp, config.api.token,
+                socket_mode=int(config.api.socket_mode, 8), socket_group=config.api.socket_group)
+    finally:
+        sup.stop(drain=drain)
+
+
+EXIT_AUDIT_FAILED = 1
+
+
+@main.command()
+@click.argument("worker_id", required=False)
+@click.option("--all", "all_workers", is_flag=True, help="Audit every running worker of this node.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: one report object (a list with --all).")
+@click.pass_context
+def audit(ctx: click.Context, /, worker_id: str | None, all_workers: bool, as_json: bool) -> None:
+    """Check from the host that a running worker gets exactly what berth would plan for it.
+
+    One line per check (capabilities, no-new-privileges, seccomp, ids, mounts, cgroup limits,
+    network namespace) with the observed and expected values; exit status 1 if any check fails.
+    """
+    from ._audit import audit_all, audit_worker, report_lines
+
+    if bool(worker_id) == all_workers:
+        raise click.UsageError("give a worker id or --all (not both)")
+    node = get_node(ctx)
+    reports = audit_all(node) if all_workers else [audit_worker(node, worker_id or "")]
+    if as_json:
+        data: Any = [r.to_dict() for r in reports] if all_workers else reports[0].to_dict()
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for line in report_lines(reports):
+            click.echo(line)
+        if all_workers and not reports:
+            click.echo("no running workers to audit")
+    ctx.exit(0 if all(r.ok for r in reports) else EXIT_AUDIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

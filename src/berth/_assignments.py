@@ -1,0 +1,119 @@
+"""Assignments: the desired state of a node, ``{workers: [spec, …]}``, from files or the API.
+
+Parsing is tolerant per entry: one bad spec is rejected with its error and the others stand,
+because a typo in one worker's entry must not stop (or kill) the rest of the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._exceptions import BerthError
+from ._spec import WorkerSpec, spec_from_mapping
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    index: int | None
+    """Position in the document's ``workers`` list; None when the whole document is bad."""
+    worker_id: str | None
+    field: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "index": self.index, "worker_id": self.worker_id, "field": self.field,
+                "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = self.source + (f"[{self.index}]" if self.index is not None else "")
+        who = f" ({self.worker_id})" if self.worker_id else ""
+        return f"{where}{who}: {self.field + ': ' if self.field else ''}{self.reason}"
+
+
+@dataclass
+class Assignments:
+    specs: dict[str, WorkerSpec] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """worker_id -> where its spec came from."""
+    rejected: list[Rejection] = field(default_factory=list)
+    broken_sources: set[str] = field(default_factory=set)
+    """Sources that could not be read at all (their previous specs should be kept)."""
+
+    def add(self, spec: WorkerSpec, source: str, index: int | None) -> None:
+        if spec.worker_id in self.specs:
+            also = self.sources[spec.worker_id]
+            self.rejected.append(Rejection(source, index, spec.worker_id, "worker_id",
+                                           f"{spec.worker_id!r} is assigned twice (also in {also})"))
+            return
+        for other in self.specs.values():
+            if other.port == spec.port:
+                self.rejected.append(Rejection(source, index, spec.worker_id, "port",
+                                               f"port {spec.port} is already assigned to {other.worker_id!r}"))
+                return
+        self.specs[spec.worker_id] = spec
+        self.sources[spec.worker_id] = source
+
+
+def parse_document(doc: Any, source: str, into: Assignments | None = None) -> Assignments:
+    out = into if into is not None else Assignments()
+    if not isinstance(doc, Mapping) or set(doc) - {"workers"} or not isinstance(doc.get("workers"), list):
+        extra = sorted(set(doc) - {"workers"}) if isinstance(doc, Mapping) else []
+        reason = (f"unknown key {extra[0]!r}" if extra else "must be a mapping {workers: [spec, …]}")
+        out.rejected.append(Rejection(source, None, None, extra[0] if extra else "workers", reason))
+        out.broken_sources.add(source)
+        return out
+    for i, entry in enumerate(doc["workers"]):
+        wid = entry.get("worker_id") if isinstance(entry, Mapping) else None
+        try:
+            spec = spec_from_mapping(entry, source=f"workers[{i}]")
+        except BerthError as exc:
+            out.rejected.append(Rejection(source, i, wid if isinstance(wid, str) else None, exc.field, exc.reason))
+            continue
+        out.add(spec, source, i)
+    return out
+
+
+def _files(path: Path) -> Iterable[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith("."))
+    return [path]
+
+
+def load_assignments(path: str | os.PathLike[str]) -> Assignments:
+    """Read a file, or every ``*.yaml|*.yml|*.json`` file of a directory, in name order."""
+    out = Assignments()
+    root = Path(path)
+    if not root.exists():
+        out.rejected.append(Rejection(str(root), None, None, "assignments", "does not exist"))
+        out.broken_sources.add(str(root))
+        return out
+    for f in _files(root):
+        try:
+            text = f.read_text(encoding="utf-8")
+            doc = json.loads(text) if f.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            kind = "JSON" if f.suffix == ".json" else "YAML"
+            out.rejected.append(Rejection(str(f), None, None, None, f"not valid {kind}: {exc}"))
+            out.broken_sources.add(str(f))
+            continue
+        parse_document(doc if doc is not None else {"workers": []}, str(f), into=out)
+    return out
+
+
+def signature(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """What changes when an assignment file is edited, added or removed: cheap to poll."""
+    root = Path(path)
+    try:
+        return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in _files(root) if f.exists())
+    except OSError:
+        return ()
