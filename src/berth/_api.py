@@ -125,8 +125,14 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
 def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
           socket_mode: int = 0o660, socket_group: str | None = None) -> None:
     """Run the API until SIGINT/SIGTERM (uvicorn's handlers), on one listener."""
+    import signal
+
     import uvicorn
 
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down; a no-op handler underneath lets the
+    # caller finish its own shutdown (leave workers running, or drain them) instead of dying.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     if tcp:
         host, _, port = tcp.rpartition(":")
         config = uvicorn.Config(create_app(sup, token=token), host=host or "127.0.0.1", port=int(port),

@@ -1,0 +1,187 @@
+"""The HTTP API: each endpoint, auth on TCP, bad bodies, metrics, a real unix socket, fuzzing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from berth import NodeConfig
+from berth._api import create_app
+from berth._node import Node
+from berth._supervisor import Supervisor
+
+from .conftest import ROOT
+from .test_supervisor import FOREVER, Watch, fast
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def spec(wid: str, port: int) -> dict[str, Any]:
+    return {"worker_id": wid, "topology_id": "topo-api", "port": port, "user": "berth-bob",
+            "command": ["python3", "-c", FOREVER], "memory_mb": 48}
+
+
+@pytest.fixture
+def sup(config: NodeConfig) -> Iterator[Supervisor]:
+    s = Supervisor(Node(fast(config)))
+    s.start()
+    yield s
+    s.stop(drain=True)
+
+
+def test_endpoints(sup: Supervisor) -> None:
+    watch = Watch(sup)
+    client = TestClient(create_app(sup))
+    assert client.get("/healthz").json()["status"] == "ok"
+
+    r = client.put("/assignments", json={"workers": [spec("a0", 6800), spec("a1", 6801)]})
+    assert r.status_code == 200 and r.json() == {"accepted": ["a0", "a1"], "rejected": []}
+    watch.until(lambda: watch.states() == {"a0": "running", "a1": "running"}, "both running")
+
+    listed = client.get("/workers").json()
+    assert [w["worker_id"] for w in listed] == ["a0", "a1"]
+    assert all(w["state"] == "running" and w["container_id"] for w in listed)
+    one = client.get("/workers/a0").json()
+    assert one["spec"]["user"] == "berth-bob" and one["restarts"] == 0
+    assert client.get("/workers/nope").status_code == 404
+
+    cid = one["container_id"]
+    r = client.post("/workers/a0/kill", params={"grace": 1})
+    assert r.status_code == 202 and r.json()["worker_id"] == "a0"
+    watch.until(lambda: sup.status("a0")["restarts"] == 1 and watch.states()["a0"] == "running", "a0 restarted")
+    assert client.get("/workers/a0").json()["container_id"] != cid
+    assert client.post("/workers/nope/kill").status_code == 404
+
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    by_state = {s.labels["state"]: s.value for s in families["berth_workers"].samples}
+    assert by_state["running"] == 2
+    assert next(s.value for s in families["berth_launches"].samples if s.name == "berth_launches_total") >= 3
+    assert next(s.value for s in families["berth_restarts"].samples if s.name == "berth_restarts_total") == 1
+    assert {s.labels["worker"] for s in families["berth_worker_memory_bytes"].samples} == {"a0", "a1"}
+    assert all(s.value > 0 for s in families["berth_worker_memory_bytes"].samples)
+    launch_counts = [s.value for s in families["berth_launch_seconds"].samples if s.name.endswith("_count")]
+    assert launch_counts == [3.0]
+    assert any(s.labels.get("code") for s in families["berth_exits"].samples)
+
+    r = client.put("/assignments", json={"workers": [spec("a1", 6801)]})
+    assert r.status_code == 200
+    watch.until(lambda: list(watch.states()) == ["a1"], "a0 removed")
+
+
+@pytest.mark.parametrize(("body", "loc_part"), [
+    ({"workers": [{**spec("b0", 6810), "port": 0}]}, "port"),
+    ({"workers": [{**spec("b0", 6810), "memroy_mb": 3}]}, "memroy_mb"),
+    ({"workers": [{**spec("b0", 6810), "user": "root"}]}, "user"),
+    ({"workers": "not a list"}, "workers"),
+    ({"wrkers": []}, "wrkers"),
+    ([1, 2], "body"),
+])
+def test_bad_bodies_get_4xx_naming_the_field(sup: Supervisor, body: Any, loc_part: str) -> None:
+    r = TestClient(create_app(sup)).put("/assignments", json=body)
+    assert r.status_code == 422
+    locs = [str(p) for d in r.json()["detail"] for p in d["loc"]]
+    assert loc_part in locs, r.json()
+    assert sup.desired() == {}  # nothing was assigned
+
+
+def test_a_bad_entry_is_rejected_and_the_valid_ones_are_applied(sup: Supervisor) -> None:
+    r = TestClient(create_app(sup)).put("/assignments", json={"workers": [spec("c0", 6820),
+                                                                          {**spec("c1", 6821), "port": 70000}]})
+    assert r.status_code == 422
+    assert r.json()["accepted"] == ["c0"] and r.json()["rejected"][0]["worker_id"] == "c1"
+    assert list(sup.desired()) == ["c0"]
+
+
+def test_tcp_needs_the_token(sup: Supervisor) -> None:
+    client = TestClient(create_app(sup, token=TOKEN))
+    for method, url in (("get", "/workers"), ("get", "/workers/x"), ("put", "/assignments"),
+                        ("post", "/workers/x/kill"), ("get", "/metrics")):
+        r = client.request(method.upper(), url, json={"workers": []})
+        assert r.status_code == 401, (method, url)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/workers", headers={"Authorization": "Bearer wrong-token-xxxxxxx"}).status_code == 401
+    assert client.get("/workers", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200  # liveness needs no secret
+    assert "/workers" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_tcp_listener_without_a_token_is_refused_at_load() -> None:
+    from berth import ConfigError
+    from berth._config import config_from_mapping
+
+    with pytest.raises(ConfigError, match="token"):
+        config_from_mapping({"api": {"tcp": "127.0.0.1:7070"}})
+
+
+def test_serve_on_a_unix_socket_and_ps_shows_supervisor_states(config: NodeConfig, base: Path) -> None:
+    from .test_supervisor import _toml
+
+    cfg = base / "berth.toml"
+    cfg.write_text(_toml(fast(config)))
+    sock = Path(config.api_socket)
+    proc = subprocess.Popen([sys.executable, "-m", "berth._cli", "--config", str(cfg), "serve", "--drain"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        tick = threading.Event()
+        left = 60.0
+        while not sock.exists():  # another process: poll for its socket, bounded
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            tick.wait(0.05)
+            left -= 0.05
+            assert left > 0, "the API socket never appeared"
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://berth") as c:
+            assert c.get("/healthz").json()["status"] == "ok"
+            assert c.put("/assignments", json={"workers": [spec("u0", 6830)]}).status_code == 200
+            while not any(w["state"] == "running" for w in c.get("/workers").json()):
+                tick.wait(0.05)
+        out = subprocess.run([sys.executable, "-m", "berth._cli", "--config", str(cfg), "ps", "--json"],
+                             cwd=ROOT, capture_output=True, text=True, check=True)
+        import json
+
+        rows = json.loads(out.stdout)
+        assert [(r["worker_id"], r["supervisor_state"]) for r in rows] == [("u0", "running")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert Node(config).ps() == []  # --drain stopped it
+
+
+def test_openapi_fuzzing_finds_no_server_error(config: NodeConfig) -> None:
+    """schemathesis generates requests for every operation of the served OpenAPI document."""
+    from hypothesis import given
+
+    app = create_app(Supervisor(Node(fast(config))))  # loop not started: nothing is ever launched
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    errors: list[str] = []
+    seen = 0
+    for result in schema.get_all_operations():
+        op = result.ok()
+
+        @given(case=op.as_strategy())
+        @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case: Any) -> None:
+            nonlocal seen
+            response = case.call()
+            seen += 1
+            if response.status_code >= 500:
+                errors.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")
+
+        fuzz()
+    assert seen >= 100
+    assert errors == []
