@@ -50,3 +50,11 @@ def test_signature_changes_when_a_file_changes(tmp_path: Path) -> None:
     f.write_text("workers: []  # edited\n")
     assert signature(tmp_path) != before
     assert load_assignments(tmp_path / "missing").broken_sources == {str(tmp_path / "missing")}
+
+
+def test_the_examples_parse() -> None:
+    from berth import load_spec
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    assert list(load_assignments(root / "assignments.yaml").specs) == ["wc-1", "sess-1"]
+    assert load_spec(root / "worker.yaml").memory_mb == 128
