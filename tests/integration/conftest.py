@@ -11,8 +11,10 @@ import os
 import pwd
 import shutil
 import subprocess
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,26 @@ def node(config: NodeConfig) -> Iterator[Node]:
     n = Node(config)
     yield n
     n.close()
+
+
+def config_toml(config: NodeConfig) -> str:
+    """The config as a berth.toml, for tests that run berth in another process."""
+    n, c, s = config.node, config.container, config.supervisor
+    return (f'[node]\nname = "{n.name}"\nlocal_dir = "{n.local_dir}"\nlog_dir = "{n.log_dir}"\n'
+            f'state_dir = "{n.state_dir}"\ndocker_host = "{n.docker_host}"\n'
+            f'[images]\ndefault = "{config.images.default}"\n[container]\ncgroup_parent = "{c.cgroup_parent}"\n'
+            f'[supervisor]\ngrace_s = {s.grace_s}\nbackoff_base_s = {s.backoff_base_s}\n'
+            f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n')
+
+
+def poll_until(pred: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.05) -> None:
+    """For state owned by *another process* (a worker, a berth child): check, wait a tick, repeat.
+
+    Bounded by ``timeout``; in-process state is waited for on events instead.
+    """
+    tick = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        tick.wait(every)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from berth._api import create_app
 from berth._node import Node
 from berth._supervisor import Supervisor
 
-from .conftest import ROOT
+from .conftest import ROOT, config_toml, poll_until
 from .test_supervisor import FOREVER, Watch, fast
 
 pytestmark = pytest.mark.integration
@@ -129,30 +129,24 @@ def test_a_tcp_listener_without_a_token_is_refused_at_load() -> None:
 
 
 def test_serve_on_a_unix_socket_and_ps_shows_supervisor_states(config: NodeConfig, base: Path) -> None:
-    from .test_supervisor import _toml
-
     cfg = base / "berth.toml"
-    cfg.write_text(_toml(fast(config)))
+    cfg.write_text(config_toml(fast(config)))
     sock = Path(config.api_socket)
     proc = subprocess.Popen([sys.executable, "-m", "berth._cli", "--config", str(cfg), "serve", "--drain"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        tick = threading.Event()
-        left = 60.0
-        while not sock.exists():  # another process: poll for its socket, bounded
+        def bound() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            tick.wait(0.05)
-            left -= 0.05
-            assert left > 0, "the API socket never appeared"
+            return sock.exists()
+
+        poll_until(bound, "the API socket", timeout=60)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://berth") as c:
             assert c.get("/healthz").json()["status"] == "ok"
             assert c.put("/assignments", json={"workers": [spec("u0", 6830)]}).status_code == 200
-            while not any(w["state"] == "running" for w in c.get("/workers").json()):
-                tick.wait(0.05)
+            poll_until(lambda: any(w["state"] == "running" for w in c.get("/workers").json()), "u0 running")
         out = subprocess.run([sys.executable, "-m", "berth._cli", "--config", str(cfg), "ps", "--json"],
                              cwd=ROOT, capture_output=True, text=True, check=True)
-        import json
 
         rows = json.loads(out.stdout)
         assert [(r["worker_id"], r["supervisor_state"]) for r in rows] == [("u0", "running")]

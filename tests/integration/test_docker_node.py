@@ -17,7 +17,7 @@ from berth._cgroup import cgroup_dir
 from berth._node import Node
 from berth._runtime import ExitRecord
 
-from .conftest import ROOT, SOCKET, make_config
+from .conftest import ROOT, SOCKET, config_toml, make_config, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +86,16 @@ def test_kill_with_grace_sends_sigterm_first(node: Node) -> None:
     assert rec.exit_code == 42 and rec.signal is None
 
 
-def _wait_file(path: Path, node: Node, worker_id: str, timeout: float = WAIT) -> None:
+def _wait_file(path: Path, node: Node, worker_id: str) -> None:
     """Wait for a running worker to create a file; fail at once, with its output, if it ends."""
-    tick = threading.Event()
-    left = timeout
-    while not path.exists():
+    def ready() -> bool:
+        if path.exists():
+            return True
         if node.all_dead(worker_id):
             pytest.fail(f"{worker_id} ended before creating {path.name}:\n{node.logs(worker_id).decode()}")
-        tick.wait(0.05)  # polls the host filesystem for the worker's file; bounded by `timeout`
-        left -= 0.05
-        assert left > 0, f"{path} never appeared"
+        return False
+
+    poll_until(ready, f"{path.name} from {worker_id}")
 
 
 def test_isolation_seen_from_inside_the_worker(node: Node, users: dict[str, Any]) -> None:
@@ -270,7 +270,7 @@ sys.stdin.read()
 
 def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: NodeConfig, base: Path) -> None:
     cfg_file = base / "berth.toml"
-    cfg_file.write_text(_toml(config))
+    cfg_file.write_text(config_toml(config))
     child = subprocess.Popen([sys.executable, "-c", RECOVER_CHILD, str(cfg_file)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert child.stdout is not None and child.stdout.readline().strip() == "launched"
@@ -282,7 +282,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     for i in range(3):
         Path(config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
     for i in range(3):  # wait until the engine has them exited; no berth process is watching
-        _wait_state(observer, f"r{i}", "exited")
+        poll_until(lambda i=i: observer.inspect(f"r{i}").state == "exited", f"r{i} exited")
     got = Collector()
     fresh = Node(config, on_exit=got)
     report = fresh.recover()
@@ -298,23 +298,6 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     again = Node(config, on_exit=got).recover()
     assert again.reported == []
     fresh.close()
-
-
-def _wait_state(node: Node, worker_id: str, state: str, timeout: float = WAIT) -> None:
-    ev = threading.Event()
-    left = timeout
-    while node.inspect(worker_id).state != state:
-        ev.wait(0.05)
-        left -= 0.05
-        assert left > 0, f"{worker_id} never reached {state}"
-
-
-def _toml(config: NodeConfig) -> str:
-    n, c = config.node, config.container
-    return (f'[node]\nname = "{n.name}"\nlocal_dir = "{n.local_dir}"\nlog_dir = "{n.log_dir}"\n'
-            f'state_dir = "{n.state_dir}"\ndocker_host = "{n.docker_host}"\n'
-            f'[images]\ndefault = "{config.images.default}"\n'
-            f'[container]\ncgroup_parent = "{c.cgroup_parent}"\n')
 
 
 def test_recover_removes_half_made_containers(node: Node) -> None:

@@ -19,7 +19,7 @@ from berth._node import Node
 from berth._spec import spec_digest, spec_from_mapping
 from berth._supervisor import Supervisor
 
-from .conftest import ROOT
+from .conftest import ROOT, config_toml, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,15 +144,6 @@ main()
 """
 
 
-def _toml(config: NodeConfig) -> str:
-    n, c, s = config.node, config.container, config.supervisor
-    return (f'[node]\nname = "{n.name}"\nlocal_dir = "{n.local_dir}"\nlog_dir = "{n.log_dir}"\n'
-            f'state_dir = "{n.state_dir}"\ndocker_host = "{n.docker_host}"\n'
-            f'[images]\ndefault = "{config.images.default}"\n[container]\ncgroup_parent = "{c.cgroup_parent}"\n'
-            f'[supervisor]\ngrace_s = {s.grace_s}\nbackoff_base_s = {s.backoff_base_s}\n'
-            f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n')
-
-
 def _events(config: NodeConfig) -> list[dict[str, Any]]:
     p = Path(config.state_dir, "events.jsonl")
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
@@ -161,26 +152,24 @@ def _events(config: NodeConfig) -> list[dict[str, Any]]:
 def test_supervisor_sigkilled_and_restarted_adopts_and_restarts_once(config: NodeConfig, base: Path) -> None:
     config = fast(config)
     cfg, path = base / "berth.toml", base / "assignments.yaml"
-    cfg.write_text(_toml(config))
+    cfg.write_text(config_toml(config))
     write(path, [worker(f"k{i}", 6770 + i, UNTIL_GO) for i in range(3)])
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(cfg), str(path)], cwd=ROOT,
                              stderr=subprocess.DEVNULL)
     try:
         observer = Node(config)
-        tick = threading.Event()
-        left = WAIT
-        while sum(w.running for w in observer.ps()) < 3:  # the child is another process: poll the engine
+
+        def three_running() -> bool:
             assert child.poll() is None, "supervise died"
-            tick.wait(0.1)
-            left -= 0.1
-            assert left > 0, "3 workers never ran"
+            return sum(w.running for w in observer.ps()) == 3
+
+        poll_until(three_running, "3 workers running under the child supervisor")
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     before = {w.worker_id: (w.container_id, w.started_at) for w in observer.ps(detail=True)}
     Path(config.node.local_dir, "workers", "k1", "go").write_text("5")  # k1 exits while no supervisor runs
-    while observer.inspect("k1").state != "exited":
-        tick.wait(0.05)
+    poll_until(lambda: observer.inspect("k1").state == "exited", "k1 exited")
     n_events = len(_events(config))
 
     sup = Supervisor(Node(config), assignments_path=str(path))
