@@ -75,6 +75,10 @@ class Security:
     read_only_root: bool = True
     cap_drop: tuple[str, ...] = ("ALL",)
     no_new_privileges: bool = True
+    init: bool = True
+    """A minimal init (the engine's tini) as PID 1: the kernel ignores SIGTERM sent to a PID 1 that
+    installed no handler, so without it a kill would always wait out the grace period; it also
+    reaps the worker's orphaned children."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def berth_extra_flags(plan: Plan) -> list[str]:
     """Flags berth adds beyond Storm; listed in docs/explain.md."""
     r = plan.resources
     flags = [f"--pids-limit={r.pids_limit}", f"--memory-swap={r.memory_mb}m"]
+    if plan.security.init:
+        flags.append("--init")
     flags += [f"--label={k}={v}" for k, v in plan.labels]
     return flags
 
@@ -88,6 +90,7 @@ def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str,
         "MemorySwap": r.memory_bytes,
         "PidsLimit": r.pids_limit,
         "Privileged": False,
+        "Init": s.init,
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
     }
@@ -128,6 +131,7 @@ def text_summary(plan: Plan) -> str:
         f"  root fs   {'read-only' if s.read_only_root else 'WRITABLE'}",
         f"  caps      drop {','.join(s.cap_drop)}",
         f"  no-new-privileges {'yes' if s.no_new_privileges else 'NO'}",
+        f"  init      {'tini as PID 1 (signals reach the worker, orphans reaped)' if s.init else 'none'}",
         f"  seccomp   {s.seccomp_profile or 'engine default profile'}",
         f"  network   {s.network}",
         f"  cgroup    parent {s.cgroup_parent}",

@@ -49,7 +49,7 @@ def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
     storm = docker_run_argv(plan, storm=True)
     berth = docker_run_argv(plan)
-    extras = ["--pids-limit=1024", "--memory-swap=1024m", "--label=berth.worker=9c3e-41ab",
+    extras = ["--pids-limit=1024", "--memory-swap=1024m", "--init", "--label=berth.worker=9c3e-41ab",
               "--label=berth.topology=wc-1-1700000000", "--label=berth.port=6700",
               "--label=berth.user=alice", "--label=berth.node=node1", "--label=berth.spec=67a27f9ff4761e1a"]
     assert berth == storm[:-3] + extras + storm[-3:]
@@ -104,6 +104,7 @@ def test_engine_body_exact(node: dict[str, Path]) -> None:
         "MemorySwap": 1024 * 1024 * 1024,
         "PidsLimit": 64,
         "Privileged": False,
+        "Init": True,
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
         "CpusetCpus": "2",
