@@ -64,11 +64,19 @@ def cgroup_dir(pid: int, controller: str = "memory") -> tuple[str, int]:
     raise FileNotFoundError(f"no {controller} cgroup found for pid {pid}")
 
 
-def memory_usage(pid: int) -> int:
+def memory_file(pid: int) -> str:
+    """The file holding the memory usage of ``pid``'s cgroup (v1 or v2)."""
     d, version = cgroup_dir(pid, "memory")
-    name = "memory.usage_in_bytes" if version == 1 else "memory.current"
-    with open(os.path.join(d, name), encoding="ascii") as fh:
+    return os.path.join(d, "memory.usage_in_bytes" if version == 1 else "memory.current")
+
+
+def read_int(path: str) -> int:
+    with open(path, encoding="ascii") as fh:
         return int(fh.read())
+
+
+def memory_usage(pid: int) -> int:
+    return read_int(memory_file(pid))
 
 
 def oom_kills(pid: int) -> int | None:

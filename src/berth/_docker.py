@@ -41,6 +41,11 @@ def _since(time_nano: int) -> str:
     return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
 
 
+def _iso(time_nano: int) -> str:
+    secs, nanos = divmod(time_nano, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+
+
 def _timestamp(value: str | None) -> str | None:
     if not value or value.startswith("0001-01-01"):
         return None
@@ -60,6 +65,10 @@ class DockerRuntime:
         self._api = self._client()
         self._closed = threading.Event()
         self._stream: Any = None
+        self._cids: dict[str, str] = {}
+        self._memfiles: dict[str, str] = {}
+        self._started: dict[str, str] = {}
+        """Start times from the event stream, so an exit needs no inspect round trip."""
         self._oom: dict[str, int | None] = {}
         """Container ids with an ``oom`` event, and the cgroup's oom_kill count read then."""
 
@@ -89,18 +98,33 @@ class DockerRuntime:
                               f"{exc}") from None
 
     def _container_id(self, worker_id: str) -> str:
+        cached = self._cids.get(worker_id)
+        if cached is not None:
+            return cached
         found = self._call("list containers", self._api.containers, all=True,
                            filters=self._filters(worker_id))
         if not found:
             raise WorkerNotFound(worker_id)
-        return str(found[0]["Id"])
+        cid = self._cids[worker_id] = str(found[0]["Id"])
+        return cid
+
+    def _on_container(self, worker_id: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(container_id, …)``. The id is cached (a lookup by label costs a request); a
+        cached id whose container is gone is looked up again once, since container names are
+        unique in an engine and a worker's new container means its old one was removed."""
+        for attempt in (0, 1):
+            cid = self._container_id(worker_id)
+            try:
+                return self._call(what, fn, cid, *args, **kwargs)
+            except derr.NotFound:
+                self._cids.pop(worker_id, None)
+                self._memfiles.pop(cid, None)
+                if attempt:
+                    raise WorkerNotFound(worker_id) from None
+        raise AssertionError("unreachable")
 
     def _inspect_raw(self, worker_id: str) -> dict[str, Any]:
-        cid = self._container_id(worker_id)
-        try:
-            data: dict[str, Any] = self._call("inspect", self._api.inspect_container, cid)
-        except derr.NotFound:
-            raise WorkerNotFound(worker_id) from None
+        data: dict[str, Any] = self._on_container(worker_id, "inspect", self._api.inspect_container)
         return data
 
     @staticmethod
@@ -157,42 +181,53 @@ class DockerRuntime:
                              name=plan.worker_id)
         except derr.NotFound as exc:
             raise EngineError("image", f"{plan.image}: {exc.explanation or exc}") from None
-        return str(out["Id"])
+        cid = self._cids[plan.worker_id] = str(out["Id"])
+        return cid
 
     def start(self, worker_id: str) -> None:
-        self._call("start container", self._api.start, self._container_id(worker_id))
+        self._on_container(worker_id, "start container", self._api.start)
 
     def stop(self, worker_id: str, grace_s: float) -> None:
-        cid = self._container_id(worker_id)
-        self._call("stop container", self._api.stop, cid, timeout=max(0, math.ceil(grace_s)))
+        self._on_container(worker_id, "stop container", self._api.stop, timeout=max(0, math.ceil(grace_s)))
 
     def force_kill(self, worker_id: str) -> None:
-        cid = self._container_id(worker_id)
         try:
-            self._api.kill(cid, signal="SIGKILL")
-        except derr.APIError as exc:
-            if exc.status_code == 409:  # not running: already dead, which is what was asked
+            self._on_container(worker_id, "kill", self._api.kill, signal="SIGKILL")
+        except EngineError as exc:
+            if "is not running" in exc.reason:  # already dead, which is what was asked
                 return
-            raise EngineError("engine", f"kill: {exc.explanation or exc}") from None
+            raise
 
     def remove(self, worker_id: str) -> None:
-        try:
-            cid = self._container_id(worker_id)
-            self._call("remove container", self._api.remove_container, cid, force=True)
-        except (WorkerNotFound, derr.NotFound):
-            return
+        with contextlib.suppress(WorkerNotFound):
+            self._on_container(worker_id, "remove container", self._api.remove_container, force=True)
+        cid = self._cids.pop(worker_id, None)
+        if cid is not None:
+            self._memfiles.pop(cid, None)
 
     def inspect(self, worker_id: str) -> WorkerState:
         return self._state(self._inspect_raw(worker_id))
 
     def memory_usage(self, worker_id: str) -> int:
+        """One file read once the worker's cgroup file is known (found from its pid, then kept):
+        microseconds, where the engine's stats call takes about a second."""
+        cid = self._cids.get(worker_id)
+        path = self._memfiles.get(cid) if cid else None
+        if path is not None:
+            try:
+                return _cgroup.read_int(path)
+            except (OSError, ValueError):
+                self._memfiles.pop(cid or "", None)  # the container ended or was replaced: resolve again
         state = self.inspect(worker_id)
         if not state.running or not state.pid:
             raise EngineError("worker_id", f"worker {worker_id!r} is not running ({state.state})")
         try:
-            return _cgroup.memory_usage(state.pid)
+            path = _cgroup.memory_file(state.pid)
+            value = _cgroup.read_int(path)
         except (OSError, ValueError) as exc:
             raise EngineError("memory", f"cannot read the cgroup of {worker_id!r}: {exc}") from None
+        self._memfiles[state.container_id] = path
+        return value
 
     def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
         data = self._inspect_raw(worker_id)
@@ -206,7 +241,7 @@ class DockerRuntime:
         return ExecResult(exit_code=int(code if code is not None else -1), output=bytes(output or b""))
 
     def logs(self, worker_id: str) -> bytes:
-        out: bytes = self._call("logs", self._api.logs, self._container_id(worker_id), stdout=True, stderr=True)
+        out: bytes = self._on_container(worker_id, "logs", self._api.logs, stdout=True, stderr=True)
         return out
 
     def list_workers(self) -> list[WorkerState]:
@@ -239,18 +274,20 @@ class DockerRuntime:
         cid = ev["id"]
         attrs = ev.get("Actor", {}).get("Attributes", {})
         code, sig = split_status(int(attrs.get("exitCode", "-1")))
-        started = finished = None
         oom_flag = cid in self._oom
-        try:
-            data = self._api.inspect_container(cid)
-            started = _timestamp(data["State"].get("StartedAt"))
-            finished = _timestamp(data["State"].get("FinishedAt"))
-            oom_flag = oom_flag or bool(data["State"].get("OOMKilled"))
-        except (derr.DockerException, requests.exceptions.RequestException):
-            pass  # removed already: the event carries what we need
-        if finished is None and "timeNano" in ev:
-            t = ev["timeNano"] / 1e9
-            finished = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ev['timeNano'] % 1e9):09d}Z"
+        started = self._started.pop(cid, None)
+        finished = _iso(int(ev["timeNano"])) if "timeNano" in ev else None
+        self._memfiles.pop(cid, None)
+        if started is None or finished is None:
+            # Started before we subscribed: ask the engine (an inspect waits ~10 ms for the
+            # engine to finish tearing the container down, so it is not on the usual path).
+            try:
+                data = self._api.inspect_container(cid)
+                started = _timestamp(data["State"].get("StartedAt"))
+                finished = finished or _timestamp(data["State"].get("FinishedAt"))
+                oom_flag = oom_flag or bool(data["State"].get("OOMKilled"))
+            except (derr.DockerException, requests.exceptions.RequestException):
+                pass  # removed already: the event carries what we need
         # Killed by the OOM killer = the engine saw an OOM in the container's cgroup (its oom event,
         # or a non-zero oom_kill counter read while the cgroup still existed) *and* the worker died
         # of SIGKILL. The flag alone is not enough: a child can be OOM-killed while the worker
@@ -267,7 +304,7 @@ class DockerRuntime:
         while not self._closed.is_set():
             try:
                 stream = events_api.events(decode=True, since=since, filters={  # type: ignore[call-overload]
-                    "type": ["container"], "label": [f"{LABEL_NODE}={self._node}"], "event": ["die", "oom"]})
+                    "type": ["container"], "label": [f"{LABEL_NODE}={self._node}"], "event": ["start", "die", "oom"]})
             except _STREAM_ERRORS as exc:
                 log.warning("event stream: cannot connect (%s); retrying in %.1fs", exc, delay)
                 self._closed.wait(delay)
@@ -281,7 +318,9 @@ class DockerRuntime:
                     if "timeNano" in ev:
                         since = _since(int(ev["timeNano"]))
                     action = ev.get("Action") or ev.get("status")
-                    if action == "oom":
+                    if action == "start" and "timeNano" in ev:
+                        self._started[ev["id"]] = _iso(int(ev["timeNano"]))
+                    elif action == "oom":
                         self._on_oom(ev["id"])
                     elif action == "die":
                         yield self._record_from_die(ev)

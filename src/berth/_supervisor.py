@@ -264,7 +264,9 @@ class Supervisor:
     def _reconcile_one(self, wid: str, spec: WorkerSpec, actual: WorkerState | None) -> None:
         rec = self._record(wid, spec)
         digest = spec_digest(spec)
-        if actual is not None and actual.running:
+        # The engine's listing can still say "running" just after the die event was delivered:
+        # a container whose exit we already handled is not running, whatever the listing says.
+        if actual is not None and actual.running and actual.container_id != rec.handled_exit:
             if self._label(actual, LABEL_SPEC) != digest:
                 self._set(rec, State.STOPPING, "assignment changed: replacing")
                 self._stop_worker(wid, "replaced", record=False)
