@@ -3,6 +3,7 @@
 The public API is what this module exports; everything in ``berth._*`` is private.
 """
 
+from ._audit import AuditReport, Check, audit_all, audit_worker
 from ._config import NodeConfig, load_config
 from ._exceptions import (
     BerthError,
@@ -23,7 +24,9 @@ from ._spec import WorkerSpec, load_spec, spec_from_mapping
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
     "BerthError",
+    "Check",
     "ConfigError",
     "EngineError",
     "HostFacts",
@@ -39,6 +42,8 @@ __all__ = [
     "SpecError",
     "WorkerNotFound",
     "WorkerSpec",
+    "audit_all",
+    "audit_worker",
     "build_plan",
     "docker_run_argv",
     "docker_run_line",

@@ -77,13 +77,18 @@ def reachable(table: list[MountEntry]) -> list[MountEntry]:
     covered = {m.parent_id for m in table
                if m.parent_id in by_id and by_id[m.parent_id].mount_point == m.mount_point}
 
-    def visible(m: MountEntry, depth: int = 0) -> bool:
-        if m.mount_id in covered:
-            return False
+    def path_open(m: MountEntry, depth: int = 0) -> bool:
+        # Can a lookup get to where ``m`` is mounted? Only through its parent, unless ``m`` is
+        # stacked on that parent's own mount point, in which case through the parent's parent.
         parent = by_id.get(m.parent_id)
         if parent is None or parent is m or depth > len(table):
             return True
-        return visible(parent, depth + 1)
+        if parent.mount_point == m.mount_point:
+            return path_open(parent, depth + 1)
+        return parent.mount_id not in covered and path_open(parent, depth + 1)
+
+    def visible(m: MountEntry) -> bool:
+        return m.mount_id not in covered and path_open(m)
 
     return [m for m in table if visible(m)]
 

@@ -133,3 +133,89 @@ def poll_until(pred: Callable[[], bool], what: str, timeout: float = 120.0, ever
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         tick.wait(every)
+
+
+# -- a private engine, for the tests that stop, restart or kill dockerd --------------------------------
+
+PRIVATE_ENV = {"BERTH_DEV_ROOT": "/var/lib/berth-fault", "BERTH_DEV_RUN": "/run/berth-f",
+               "BERTH_DEV_LIVE_RESTORE": "1"}
+PRIVATE_SOCKET = "unix:///run/berth-f/docker.sock"
+
+
+class PrivateEngine:
+    """A dockerd of the fault tests' own: ``scripts/engine`` with other paths, with live-restore.
+
+    Stopping, restarting or killing it cannot disturb the shared engine at ``SOCKET``, on which
+    other people's tests run at the same time.
+    """
+
+    socket = PRIVATE_SOCKET
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ROOT / "scripts/engine", command], env={**os.environ, **PRIVATE_ENV},
+                              capture_output=True, text=True)
+
+    def _must(self, command: str) -> None:
+        done = self.run(command)
+        if done.returncode != 0:
+            pytest.fail(f"scripts/engine {command} (private engine): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        self._must("start")
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM); with live-restore the workers keep running meanwhile."""
+        self._must("stop")
+
+    def kill(self) -> None:
+        """SIGKILL dockerd, as a crash would; containerd and the workers are left running."""
+        pidfile = Path(PRIVATE_ENV["BERTH_DEV_RUN"], "dockerd.pid")
+        pid = int(pidfile.read_text())
+        os.kill(pid, 9)
+        poll_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), f"dockerd {pid} to die", 60)
+        # Where init does not reap orphans, the dead dockerd stays a zombie that the pidfile still
+        # names, and scripts/engine would take it for a live one; a reaped crash leaves no such pid.
+        pidfile.unlink(missing_ok=True)
+
+    def client(self) -> docker.APIClient:
+        return docker.APIClient(base_url=self.socket, version="auto")
+
+    def config(self, base: Path, node_name: str, **container: Any) -> NodeConfig:
+        cfg = make_config(base, node_name, **container)
+        return cfg.model_copy(update={"node": cfg.node.model_copy(update={"docker_host": self.socket})})
+
+    def purge(self, node_name: str | None = None) -> None:
+        client = self.client()
+        filters = {"label": f"berth.node={node_name}" if node_name else "berth.node"}
+        for c in client.containers(all=True, filters=filters):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.remove_container(c["Id"], force=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.fixture(scope="session")
+def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine]:
+    """Start the private engine (with live-restore) and its images; stop it at the end of the session."""
+    eng = PrivateEngine()
+    if eng.run("status").returncode == 0 and not eng.client().info().get("LiveRestoreEnabled"):
+        eng.stop()  # left over from another run without live-restore: restart it with
+    started = eng.run("start")
+    if started.returncode != 0:
+        _unavailable(f"cannot start the private dockerd: {started.stdout[-2000:]}{started.stderr[-2000:]}")
+    env = {k: v for k, v in os.environ.items() if k != "BERTH_DEV_ROOT"}  # reuse the cached root filesystems
+    built = subprocess.run([ROOT / "scripts/build-images"], capture_output=True, text=True,
+                           env={**env, "DOCKER_HOST": eng.socket})
+    if built.returncode != 0:
+        eng.stop()
+        _unavailable(f"cannot import the test images into the private engine: {built.stdout[-2000:]}"
+                     f"{built.stderr[-2000:]}")
+    yield eng
+    if eng.run("status").returncode == 0:
+        eng.purge()
+    eng.stop()

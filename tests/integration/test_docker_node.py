@@ -309,22 +309,3 @@ def test_recover_removes_half_made_containers(node: Node) -> None:
     assert node.all_dead("w-half")
     client = docker.APIClient(base_url=SOCKET, version="auto")
     assert client.containers(all=True, filters={"label": "berth.worker=w-half"}) == []
-
-
-def test_no_exit_lost_when_the_engine_restarts(node: Node) -> None:
-    got = Collector()
-    ids = [f"e{i}" for i in range(4)]
-    for i, w in enumerate(ids):
-        node.launch(spec(w, WAIT_FOR_GO + f"raise SystemExit({20 + i})", port=6900 + i, memory_mb=32), on_exit=got)
-    go(node, "e0")
-    got.wait_for(1)
-    subprocess.run([ROOT / "scripts/engine", "stop"], check=True, capture_output=True)
-    # the stream is down; workers may be killed by the stop (no live restore) or keep running
-    for w in ids[1:]:
-        p = Path(node.config.node.local_dir, "workers", w, "go")
-        p.touch()
-    subprocess.run([ROOT / "scripts/engine", "start"], check=True, capture_output=True)
-    recs = got.wait_for(4)
-    assert sorted(r.worker_id for r in recs) == ids
-    assert len(recs) == 4
-    assert next(r for r in recs if r.worker_id == "e0").exit_code == 20
