@@ -22,7 +22,12 @@ from ._exceptions import ConfigError
 from ._validation import raise_validation
 
 IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
-"""Storm's image-reference pattern, kept verbatim so that the same names are accepted."""
+"""Storm's image-reference pattern, kept verbatim so that the same names are accepted…"""
+
+
+def valid_image(name: str) -> bool:
+    """…except one that starts with '-': on a ``docker run`` line it would be read as an option."""
+    return bool(IMAGE_PATTERN.match(name)) and not name.startswith("-")
 
 DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
                      "/var/run/docker.sock", "/run/containerd")
@@ -85,7 +90,7 @@ class ImagesSection(BaseModel):
     @field_validator("default")
     @classmethod
     def _default(cls, v: str | None) -> str | None:
-        if v is not None and not IMAGE_PATTERN.match(v):
+        if v is not None and not valid_image(v):
             raise ValueError(f"{v!r} is not a valid image reference")
         return v
 
@@ -93,7 +98,7 @@ class ImagesSection(BaseModel):
     @classmethod
     def _allowed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for name in v:
-            if name != "*" and not IMAGE_PATTERN.match(name):
+            if name != "*" and not valid_image(name):
                 raise ValueError(f"{name!r} is not a valid image reference (or '*')")
         return v
 

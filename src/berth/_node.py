@@ -77,9 +77,13 @@ class _ExitJournal:
     def ensure(self) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".probe-") as probe:
-                probe.write(b"ok")
-                probe.flush()
+            fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".probe-")
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
         except OSError as exc:
             raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from None
 
@@ -177,6 +181,7 @@ class Node:
         step = "directories"
         container_id: str | None = None
         try:
+            self._remove_stale(plan)
             self._make_dirs(plan, made)
             step = "script"
             self._write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550,
@@ -195,6 +200,15 @@ class Node:
             raise LaunchError(step, reason) from None
         return WorkerHandle(plan.worker_id, container_id, plan)
 
+    @staticmethod
+    def _remove_stale(plan: Plan) -> None:
+        """No container of this worker exists (checked): its old root and user file are leftovers,
+        and the root was the worker's to tamper with (symlinks), so it is not reused."""
+        if os.path.lexists(plan.layout.worker_root):
+            shutil.rmtree(plan.layout.worker_root)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(plan.layout.user_file)
+
     def _make_dirs(self, plan: Plan, made: list[Path]) -> None:
         lay, ident = plan.layout, plan.identity
         owner = (ident.uid, ident.gid)
@@ -208,9 +222,11 @@ class Node:
 
     @staticmethod
     def _mkdir(path: Path, made: list[Path], owner: tuple[int, int] | None = None, mode: int = 0o755) -> None:
+        """Make ``path`` (and missing parents, root-owned); give it to ``owner`` without ever
+        following a symlink, and never take a directory away from another user."""
         missing = []
         p = path
-        while not p.exists():
+        while not os.path.lexists(p):
             missing.append(p)
             p = p.parent
         for d in reversed(missing):
@@ -219,9 +235,24 @@ class Node:
             except FileExistsError:
                 continue  # a concurrent launch made it: it is not ours to roll back
             made.append(d)
-        if owner is not None:
-            os.chown(path, *owner)
-            os.chmod(path, mode)
+        if owner is None:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise PolicyError("directories", f"{path} is not a plain directory ({exc.strerror}); refusing "
+                              "to follow it") from None
+        try:
+            uid = os.fstat(fd).st_uid
+            if uid not in (0, owner[0]):
+                # A topology runs as one user: its shared and artifacts dirs are not handed over to
+                # whoever names the same topology in a request.
+                raise PolicyError("topology_id", f"{path} belongs to uid {uid}, not to the worker's user "
+                                  f"(uid {owner[0]})")
+            os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _write(path: Path, data: bytes, made: list[Path], mode: int, owner: tuple[int, int] | None = None) -> None:
@@ -333,7 +364,7 @@ class Node:
             self._adopt_all = True
         for w in self.runtime.list_workers():
             if w.state == "created":
-                self.runtime.remove(w.worker_id)
+                self.cleanup(w.worker_id)  # the container and the directories its launch made
                 report.removed.append(w.worker_id)
             elif w.running:
                 with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ._config import IMAGE_PATTERN, ImagesSection, NodeConfig
+from ._config import ImagesSection, NodeConfig, valid_image
 from ._exceptions import ConfigError, PolicyError, SpecError
 from ._host import HostFacts, format_cpu_list
 from ._identity import Identity, check_identity
@@ -127,7 +127,7 @@ def choose_image(requested: str | None, images: ImagesSection) -> str:
         if images.default is None:
             raise PolicyError("image", "no image requested and the node has no default (images.default)")
         return images.default
-    if not IMAGE_PATTERN.match(requested):
+    if not valid_image(requested):
         raise SpecError("image", f"{requested!r} is not a valid image reference")
     if requested == images.default or "*" in images.allowed or requested in images.allowed:
         return requested

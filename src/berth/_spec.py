@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ._exceptions import SpecError
 from ._validation import raise_validation
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-"""Ids become path components and container names: a conservative set, no '/', no leading '.'."""
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}")
+"""Ids become path components and container names: a conservative set, no '/', no leading '.',
+and at least two characters, the engine's minimum for a container name."""
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -46,7 +47,7 @@ def _check_id(value: str) -> str:
     _clean_text(value, "id")
     if not ID_PATTERN.fullmatch(value):
         raise ValueError(
-            f"{value!r} must be 1-128 of A-Z a-z 0-9 '_' '.' '-', starting with a letter or digit")
+            f"{value!r} must be 2-128 of A-Z a-z 0-9 '_' '.' '-', starting with a letter or digit")
     return value
 
 

@@ -74,7 +74,7 @@ def test_cli_lifecycle(config: NodeConfig, base: Path) -> None:
 def test_launch_errors_are_one_line(config: NodeConfig, base: Path) -> None:
     cfg = base / "berth.toml"
     cfg.write_text(config_toml(config))
-    code, out = run(cfg, "launch", "--worker-id", "c1", "--topology", "t", "--port", "1", "--user", "berth-alice",
+    code, out = run(cfg, "launch", "--worker-id", "c1", "--topology", "tt", "--port", "1", "--user", "berth-alice",
                     "--image", "berth/busybox:missing", "--", "true")
     assert code == 125 and out.startswith("error: image: ") and out.count("\n") == 1
     code, out = run(cfg, "kill", "nobody-here")

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from berth import BerthError, IdentityError, LaunchError, PolicyError, WorkerSpec
 from berth._node import Node
 
 from ._helpers import WAIT, snapshot, worker
-from .conftest import BB_IMAGE, make_config
+from .conftest import BB_IMAGE, SOCKET, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ BAD: list[tuple[str, WorkerSpec, type[BerthError], str]] = [
     ("a core the node lacks", worker("w-bad7", "pass", cores=(4096,)), PolicyError, "cores"),
     ("pids above the node's max", worker("w-bad8", "pass", pids_limit=10**6), PolicyError, "pids_limit"),
     ("a worker id taken", worker("w-good", "pass", port=6799), PolicyError, "worker_id"),
-    ("a name the engine refuses", worker("x", "pass"), LaunchError, "launch failed at create"),
+    ("a name another node's container holds", worker("w-held", "pass"), LaunchError, "launch failed at create"),
 ]
 
 
@@ -46,6 +47,9 @@ def test_bad_requests_through_the_node_leave_nothing_behind(strict_node: Node) -
     cfg = strict_node.config
     strict_node.launch(worker("w-good", "pass"), on_exit=lambda r: None)
     assert strict_node.wait("w-good", WAIT).exit_code == 0
+    # container names are engine-wide: a container of another node already holds this one
+    other = docker.APIClient(base_url=SOCKET, version="auto")
+    held = other.create_container(BB_IMAGE, "true", name="w-held", labels={"berth.node": "someone-else"})
     dirs = (cfg.node.local_dir, cfg.node.log_dir, cfg.state_dir)
     before, workers_before = snapshot(*dirs), strict_node.ps(detail=True)
     assert before and [w.worker_id for w in workers_before] == ["w-good"]
@@ -56,4 +60,5 @@ def test_bad_requests_through_the_node_leave_nothing_behind(strict_node: Node) -
         assert str(info.value).startswith(words), f"{case}: {info.value}"
         assert snapshot(*dirs) == before, case
         assert strict_node.ps(detail=True) == workers_before, case
-    assert not Path(cfg.node.local_dir, "workers", "x").exists()
+    assert not Path(cfg.node.local_dir, "workers", "w-held").exists()
+    other.remove_container(held["Id"], force=True)

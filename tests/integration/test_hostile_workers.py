@@ -380,10 +380,8 @@ def test_cpu_hog_stays_within_its_quota(node: Node) -> None:
     assert node.wait("w-cpu", WAIT).exit_code == 0
 
 
-# -- known holes (xfail until the core is fixed; strict, so a fix turns them red) --------------------
+# -- holes found while writing these tests, fixed in the core ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_node._make_dirs chowns a topology's shared dir to whoever launches a "
-                   "worker of that topology: another user's request takes it over")
 def test_another_users_request_cannot_take_over_a_topologys_shared_dir(node: Node, users: dict[str, Any]) -> None:
     shared = Path(node.plan(worker("w-own", "pass", topology_id="topo-s")).layout.shared_by_topology)
     node.launch(worker("w-own", "open(__import__('sys').argv[1] + '/alice.txt', 'w').write('mine')", str(shared),
@@ -401,8 +399,6 @@ def test_another_users_request_cannot_take_over_a_topologys_shared_dir(node: Nod
     assert (shared / "alice.txt").read_text() == "mine"
 
 
-@pytest.mark.xfail(strict=True, reason="_node._mkdir follows a symlink a worker planted in its root (tmp -> "
-                   "anywhere) and chowns/chmods the target as root when the worker is launched again")
 def test_a_symlink_planted_by_a_worker_is_never_followed_by_berth(node: Node, base: Path) -> None:
     victim = base / "victim"
     victim.mkdir(mode=0o755)

@@ -29,14 +29,14 @@ def test_refused_unless_the_config_names_it(tmp_path: Path) -> None:
 def test_exit_codes_signals_and_identity(base: Path, users: dict[str, Any]) -> None:
     node = Node(_config(base))
     try:
-        spec = WorkerSpec(worker_id="p1", topology_id="t", port=1, user="berth-bob",
+        spec = WorkerSpec(worker_id="p1", topology_id="tt", port=1, user="berth-bob",
                           command=("sh", "-c", "id -u > uid; exit 3"))
         node.launch(spec, on_exit=lambda r: None)
         rec = node.wait("p1", 60)
         assert (rec.exit_code, rec.signal) == (3, None)
         assert Path(base, "local", "workers", "p1", "uid").read_text().strip() == "2102"
         threads = threading.active_count()
-        node.launch(WorkerSpec(worker_id="p2", topology_id="t", port=2, user="berth-bob",
+        node.launch(WorkerSpec(worker_id="p2", topology_id="tt", port=2, user="berth-bob",
                                command=("sleep", "600")), on_exit=lambda r: None)
         assert threading.active_count() == threads
         assert node.memory_usage("p2") > 0

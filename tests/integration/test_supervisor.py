@@ -126,14 +126,14 @@ def test_a_failing_worker_backs_off_and_is_marked_crash_looping(supervised: tupl
 
 def test_a_rejected_entry_does_not_disturb_the_others(supervised: tuple[Supervisor, Watch, Path]) -> None:
     sup, watch, path = supervised
-    write(path, [worker("ok1", 6760), {**worker("nope", 6761), "user": "root"}, {"worker_id": "x", "port": 0}])
+    write(path, [worker("ok1", 6760), {**worker("nope", 6761), "user": "root"}, {"worker_id": "xx", "port": 0}])
     sup.poke()
     watch.until(lambda: watch.states().get("ok1") == "running", "ok1 running")
     assert "nope" not in watch.states()
     by_id = {r.worker_id: r for r in sup.rejected}
     assert by_id["nope"].field == "user" and "root" in by_id["nope"].reason
-    assert "port: Input should be greater than or equal to 1" in str(by_id["x"])
-    assert "topology_id: is required" in str(by_id["x"])
+    assert "port: Input should be greater than or equal to 1" in str(by_id["xx"])
+    assert "topology_id: is required" in str(by_id["xx"])
 
 
 CHILD = """

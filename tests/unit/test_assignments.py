@@ -9,17 +9,18 @@ from berth._assignments import load_assignments, parse_document, signature
 
 
 def w(wid: str, port: int, **kw: Any) -> dict[str, Any]:
-    return {"worker_id": wid, "topology_id": "t", "port": port, "user": "alice", "command": ["x"], **kw}
+    return {"worker_id": wid, "topology_id": "tt", "port": port, "user": "alice", "command": ["x"], **kw}
 
 
 def test_each_bad_entry_is_rejected_alone() -> None:
-    out = parse_document({"workers": [w("a", 1), w("b", 0), {"worker_id": "c"}, w("a", 2), w("d", 1), "x"]}, "f")
-    assert list(out.specs) == ["a"]
+    out = parse_document({"workers": [w("wa", 1), w("wb", 0), {"worker_id": "wc"}, w("wa", 2), w("wd", 1), "x"]},
+                         "f")
+    assert list(out.specs) == ["wa"]
     got = [(r.index, r.worker_id, r.field) for r in out.rejected]
-    assert got == [(1, "b", "port"), (2, "c", "topology_id"), (3, "a", "worker_id"), (4, "d", "port"),
+    assert got == [(1, "wb", "port"), (2, "wc", "topology_id"), (3, "wa", "worker_id"), (4, "wd", "port"),
                    (5, None, "workers[5]")]
     assert "assigned twice" in out.rejected[2].reason
-    assert "already assigned to 'a'" in out.rejected[3].reason
+    assert "already assigned to 'wa'" in out.rejected[3].reason
 
 
 def test_document_shape_errors_reject_the_whole_source() -> None:
@@ -30,15 +31,15 @@ def test_document_shape_errors_reject_the_whole_source() -> None:
 
 
 def test_directory_of_files_in_name_order(tmp_path: Path) -> None:
-    (tmp_path / "b.yaml").write_text("workers:\n  - {worker_id: b, topology_id: t, port: 2, user: u, command: [x]}\n")
-    (tmp_path / "a.json").write_text('{"workers": [{"worker_id": "a", "topology_id": "t", "port": 1, '
+    (tmp_path / "b.yaml").write_text("workers:\n  - {worker_id: wb, topology_id: tt, port: 2, user: u, command: [x]}\n")
+    (tmp_path / "a.json").write_text('{"workers": [{"worker_id": "wa", "topology_id": "tt", "port": 1, '
                                      '"user": "u", "command": ["x"]}]}')
     (tmp_path / "c.yml").write_text("workers: [\n")
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / "empty.yaml").write_text("")
     out = load_assignments(tmp_path)
-    assert list(out.specs) == ["a", "b"]
-    assert out.sources == {"a": str(tmp_path / "a.json"), "b": str(tmp_path / "b.yaml")}
+    assert list(out.specs) == ["wa", "wb"]
+    assert out.sources == {"wa": str(tmp_path / "a.json"), "wb": str(tmp_path / "b.yaml")}
     assert out.broken_sources == {str(tmp_path / "c.yml")}
     assert "not valid YAML" in out.rejected[0].reason
 

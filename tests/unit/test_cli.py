@@ -51,7 +51,7 @@ def test_explain_formats_and_creates_nothing(tmp_path: Path) -> None:
 
 def test_explain_spec_file_with_override(tmp_path: Path) -> None:
     spec = tmp_path / "w.yaml"
-    spec.write_text(f"worker_id: w9\ntopology_id: t\nport: 6701\nuser: {_user()}\nmemory_mb: 256\n"
+    spec.write_text(f"worker_id: w9\ntopology_id: tt\nport: 6701\nuser: {_user()}\nmemory_mb: 256\n"
                     "command: [python3, -m, worker]\n")
     r = CliRunner().invoke(main, ["--config", str(_config(tmp_path)), "explain", "--spec", str(spec),
                                   "--memory", "128"])
@@ -61,7 +61,7 @@ def test_explain_spec_file_with_override(tmp_path: Path) -> None:
 
 def test_errors_are_one_line_naming_the_field(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--worker-id", "a/b", "--topology", "t",
+    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--worker-id", "a/b", "--topology", "tt",
                                   "--port", "1", "--user", _user(), "--", "x"])
     assert r.exit_code == 125
     assert r.output.startswith("error: worker_id: ")
@@ -70,6 +70,6 @@ def test_errors_are_one_line_naming_the_field(tmp_path: Path) -> None:
     spec.write_text("worker_id: [unclosed\n")
     r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--spec", str(spec)])
     assert r.exit_code == 125 and r.output.startswith("error: spec: ") and "not valid YAML" in r.output
-    spec.write_text("worker_id: w\ntopology_id: t\nport: 1\nuser: u\ncommand: [x]\nmemroy_mb: 5\n")
+    spec.write_text("worker_id: ww\ntopology_id: tt\nport: 1\nuser: u\ncommand: [x]\nmemroy_mb: 5\n")
     r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--spec", str(spec)])
     assert r.output == "error: memroy_mb: unknown key\n"

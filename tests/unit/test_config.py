@@ -81,8 +81,8 @@ def test_spec_digest_is_stable_and_tracks_changes() -> None:
     from berth import WorkerSpec
     from berth._spec import spec_digest
 
-    a = WorkerSpec(worker_id="w", topology_id="t", port=1, user="u", command=("x",), memory_mb=64)
-    same = WorkerSpec(worker_id="w", topology_id="t", port=1, user="u", command=("x",), memory_mb=64, env={})
-    assert spec_digest(a) == spec_digest(same) == "c80872fe31e45443"
+    a = WorkerSpec(worker_id="ww", topology_id="tt", port=1, user="u", command=("x",), memory_mb=64)
+    same = WorkerSpec(worker_id="ww", topology_id="tt", port=1, user="u", command=("x",), memory_mb=64, env={})
+    assert spec_digest(a) == spec_digest(same) == "35741cbdb84069fe"
     assert spec_digest(a.model_copy(update={"memory_mb": 65})) != spec_digest(a)
     assert spec_digest(a.model_copy(update={"command": ("y",)})) != spec_digest(a)

@@ -225,15 +225,11 @@ def test_a_spec_file_with_unknown_keys_names_each(tmp_path: Path) -> None:
     assert "privileged" in str(info.value) and "volumes" in str(info.value) and "unknown key" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="ID_PATTERN accepts one-character ids; the engine refuses container names "
-                   "shorter than two characters, so the launch fails late, at 'create'")
 def test_a_one_character_worker_id_is_refused_up_front() -> None:
     with pytest.raises(SpecError):
         spec_from_mapping({**GOOD, "worker_id": "w"})
 
 
-@pytest.mark.xfail(strict=True, reason="IMAGE_PATTERN (Storm's) accepts names that start with '-'; with '*' "
-                   "allowed, the rendered `docker run` line then carries an option where the image should be")
 def test_an_image_name_that_is_an_option_is_refused() -> None:
     anything = CONFIG.model_copy(update={"images": CONFIG.images.model_copy(update={"allowed": ("*",)})})
     with pytest.raises(SpecError):
