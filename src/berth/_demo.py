@@ -108,6 +108,7 @@ def run_demo(node: Node, console: Console) -> int:
             node.cleanup(w.worker_id)
     exits = _Exits()
     paths: dict[str, tuple[Path, Path]] = {}
+    audits_ok = True
     try:
         for wid, topo, port, user, cpu, mem, cores in DEMO_WORKERS:
             spec = WorkerSpec(worker_id=wid, topology_id=topo, port=port, user=user, command=("python3", "-c", WORKER),
@@ -134,6 +135,14 @@ def run_demo(node: Node, console: Console) -> int:
         from ._cli import ps_table
 
         console.print(ps_table(node))
+        from ._audit import audit_worker
+
+        for wid in paths:
+            report = audit_worker(node, wid)
+            audits_ok = audits_ok and report.ok
+            bad = ", ".join(c.name for c in report.failed) or "none"
+            console.print(f"  berth audit {wid}: {'PASS' if report.ok else 'FAIL'} — {len(report.checks)} checks "
+                          f"read from /proc and the cgroup on the host (failed: {bad})")
         for wid, (_, art) in paths.items():
             p = json.loads((art / "progress.json").read_text())
             console.print(f"  {wid}: uid {p['uid']} groups {p['groups']}, checked {p['checked']} numbers, "
@@ -171,6 +180,6 @@ def run_demo(node: Node, console: Console) -> int:
     console.print(f"cleaned up: containers and worker dirs removed ({len(left)} left); artifacts kept under "
                   f"{cfg.node.log_dir}/workers-artifacts")
     oom, done = exits.records.get("wc-a2"), exits.records.get("wc-a1")
-    ok = bool(oom and oom.oom_killed and done and done.exit_code == 0)
+    ok = bool(oom and oom.oom_killed and done and done.exit_code == 0 and audits_ok)
     return 0 if ok and not left else 1
 

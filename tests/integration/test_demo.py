@@ -19,5 +19,6 @@ def test_demo_runs_and_cleans_up(node: Node) -> None:
     text = out.getvalue()
     assert "wc-a2 ended: exit code 137, signal SIGKILL, OOM-killed" in text
     assert "sess-b1 ended: exit code 0" in text
+    assert text.count(": PASS — ") == 3  # berth audit passes on each of the demo's workers
     ids = {w[0] for w in DEMO_WORKERS}
     assert not [w for w in node.ps() if w.worker_id in ids]
