@@ -17,6 +17,8 @@ from berth import WorkerSpec
 from berth._node import Node
 from berth._runtime import ExitRecord
 
+from .conftest import poll_until
+
 WAIT = 120.0
 """An upper bound for anything a worker does here; reached only when something is broken."""
 
@@ -39,14 +41,14 @@ def go(node: Node, worker_id: str, text: str = "") -> None:
 
 def wait_file(path: Path, node: Node, worker_id: str, timeout: float = WAIT) -> None:
     """Wait for a running worker to create ``path``; fail at once, with its output, if it ends first."""
-    tick = threading.Event()
-    left = timeout
-    while not path.exists():
+    def ready() -> bool:
+        if path.exists():
+            return True
         if node.all_dead(worker_id) and not path.exists():
             pytest.fail(f"{worker_id} ended before creating {path.name}:\n{node.logs(worker_id).decode()}")
-        tick.wait(0.05)  # polls the host filesystem for the worker's file; bounded by `timeout`
-        left -= 0.05
-        assert left > 0, f"{path} never appeared"
+        return False
+
+    poll_until(ready, f"{path.name} from {worker_id}", timeout)
 
 
 class Exits:

@@ -12,45 +12,16 @@ from typing import Any
 import docker
 import pytest
 
-from berth import LaunchError, NodeConfig, WorkerSpec
+from berth import LaunchError, NodeConfig
 from berth._cgroup import cgroup_dir
 from berth._node import Node
-from berth._runtime import ExitRecord
 
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, wait_file
+from ._helpers import worker as spec
 from .conftest import ROOT, SOCKET, config_toml, make_config, poll_until
 
 pytestmark = pytest.mark.integration
 
-WAIT = 120.0  # an upper bound for a worker to end; the tests never sleep, they wait on events
-
-
-def spec(worker_id: str, script: str, user: str = "berth-alice", **kw: Any) -> WorkerSpec:
-    return WorkerSpec(worker_id=worker_id, topology_id="topo-1", port=kw.pop("port", 6700), user=user,
-                      command=("python3", "-c", script), **kw)
-
-
-def go(node: Node, worker_id: str) -> None:
-    """Release a worker blocked in WAIT_FOR_GO by creating its 'go' file."""
-    Path(node.config.node.local_dir, "workers", worker_id, "go").touch()
-
-
-WAIT_FOR_GO = "import os,time\nwhile not os.path.exists('go'): time.sleep(0.02)\n"
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.records: list[ExitRecord] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, rec: ExitRecord) -> None:
-        with self.cond:
-            self.records.append(rec)
-            self.cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = WAIT) -> list[ExitRecord]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.records) >= n, timeout), self.records
-            return list(self.records)
 
 
 def test_exit_code_is_the_workers_own(node: Node) -> None:
@@ -80,22 +51,10 @@ def test_kill_with_grace_sends_sigterm_first(node: Node) -> None:
               "open('ready','w').close()\n"
               "while True: signal.pause()\n")
     node.launch(spec("w-term", script), on_exit=lambda r: None)
-    _wait_file(Path(node.config.node.local_dir, "workers", "w-term", "ready"), node, "w-term")
+    wait_file(Path(node.config.node.local_dir, "workers", "w-term", "ready"), node, "w-term")
     node.kill("w-term", grace_s=30)
     rec = node.wait("w-term", WAIT)
     assert rec.exit_code == 42 and rec.signal is None
-
-
-def _wait_file(path: Path, node: Node, worker_id: str) -> None:
-    """Wait for a running worker to create a file; fail at once, with its output, if it ends."""
-    def ready() -> bool:
-        if path.exists():
-            return True
-        if node.all_dead(worker_id):
-            pytest.fail(f"{worker_id} ended before creating {path.name}:\n{node.logs(worker_id).decode()}")
-        return False
-
-    poll_until(ready, f"{path.name} from {worker_id}")
 
 
 def test_isolation_seen_from_inside_the_worker(node: Node, users: dict[str, Any]) -> None:
@@ -117,7 +76,7 @@ def test_isolation_seen_from_inside_the_worker(node: Node, users: dict[str, Any]
                               pids_limit=77), on_exit=lambda r: None)
     lay = handle.plan.layout
     report_path = Path(lay.worker_tmp, "report.json")
-    _wait_file(report_path, node, "w-iso")
+    wait_file(report_path, node, "w-iso")
     rep = json.loads(report_path.read_text())
     alice = users["berth-alice"]
     assert rep["CapEff"] == rep["CapPrm"] == rep["CapBnd"] == "0000000000000000"
@@ -161,7 +120,7 @@ def test_memory_usage_profile_and_logs(node: Node) -> None:
     node.launch(spec("w-mem", "print('hello from the worker', flush=True)\n"
                      "x = bytearray(20 * 1024 * 1024)\nopen('ready','w').close()\n" + WAIT_FOR_GO,
                      memory_mb=128), on_exit=lambda r: None)
-    _wait_file(Path(node.config.node.local_dir, "workers", "w-mem", "ready"), node, "w-mem")
+    wait_file(Path(node.config.node.local_dir, "workers", "w-mem", "ready"), node, "w-mem")
     assert node.memory_usage("w-mem") > 20 * 1024 * 1024
     res = node.profile("w-mem", ["id", "-u"])
     assert res.exit_code == 0 and res.output.strip() == b"2101"
@@ -225,14 +184,14 @@ def test_engine_refusing_a_setting_leaves_nothing_behind(base: Path, node_name: 
     assert client.containers(all=True, filters={"label": f"berth.node={node_name}"}) == []
     assert not Path(cfg.node.local_dir, "workers", "w-refused").exists()
     assert not Path(cfg.node.local_dir, "workers-users", "w-refused").exists()
-    assert not Path(cfg.node.log_dir, "workers-artifacts", "topo-1").exists()
+    assert not Path(cfg.node.log_dir, "workers-artifacts", "topo-h").exists()
     n.close()
 
 
 def test_fifty_concurrent_launches_each_exit_reported_once_with_flat_threads(node: Node) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    got = Collector()
+    got = Exits()
     node._ensure_watching()
     baseline = threading.active_count()
     ids = [f"c{i:02d}" for i in range(50)]
@@ -283,7 +242,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
         Path(config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
     for i in range(3):  # wait until the engine has them exited; no berth process is watching
         poll_until(lambda i=i: observer.inspect(f"r{i}").state == "exited", f"r{i} exited")
-    got = Collector()
+    got = Exits()
     fresh = Node(config, on_exit=got)
     report = fresh.recover()
     assert sorted((r.worker_id, r.exit_code) for r in report.reported) == [("r0", 10), ("r1", 11), ("r2", 12)]
