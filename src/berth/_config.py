@@ -48,6 +48,12 @@ def _absolute(value: str, what: str = "an absolute path") -> str:
     return os.path.normpath(value)
 
 
+def _octal(value: str, what: str) -> str:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"must be an octal {what}, got {value!r}")
+    return value
+
+
 class NodeSection(BaseModel):
     model_config = _strict
 
@@ -158,9 +164,7 @@ class ContainerSection(BaseModel):
     @field_validator("umask")
     @classmethod
     def _umask(cls, v: str) -> str:
-        if not re.fullmatch(r"0?[0-7]{3}", v):
-            raise ValueError(f"must be an octal mask like 0027, got {v!r}")
-        return v
+        return _octal(v, "mask like 0027")
 
     @field_validator("shell")
     @classmethod
@@ -211,9 +215,7 @@ class ApiSection(BaseModel):
     @field_validator("socket_mode")
     @classmethod
     def _mode(cls, v: str) -> str:
-        if not re.fullmatch(r"0?[0-7]{3}", v):
-            raise ValueError(f"must be an octal mode like 0660, got {v!r}")
-        return v
+        return _octal(v, "mode like 0660")
 
     @field_validator("tcp")
     @classmethod
