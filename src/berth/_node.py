@@ -123,6 +123,7 @@ class Node:
         self._callbacks: dict[str, ExitCallback] = {}
         self._reservations: dict[str, Reservation] = {}
         self._watched: set[str] = set()
+        self._launching: set[str] = set()
         self._adopt_all = False
         self._journal = _ExitJournal(config.state_dir)
         self._reported: set[str] = self._journal.known()
@@ -161,6 +162,17 @@ class Node:
         left behind (container, directories, files).
         """
         plan = self.plan(spec)
+        with self._lock:
+            if plan.worker_id in self._launching:
+                raise PolicyError("worker_id", f"a launch of {plan.worker_id!r} is already under way")
+            self._launching.add(plan.worker_id)
+        try:
+            return self._launch(plan, on_exit)
+        finally:
+            with self._lock:
+                self._launching.discard(plan.worker_id)
+
+    def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> WorkerHandle:
         try:
             existing = self.runtime.inspect(plan.worker_id)
         except WorkerNotFound:
