@@ -37,13 +37,17 @@ def worker_root(config: NodeConfig, worker_id: str) -> str:
     return os.path.join(config.node.local_dir, "workers", worker_id)
 
 
+def user_file(config: NodeConfig, worker_id: str) -> str:
+    return os.path.join(config.node.local_dir, "workers-users", worker_id)
+
+
 def layout(config: NodeConfig, worker_id: str, topology_id: str, port: int) -> Layout:
     root = worker_root(config, worker_id)
     sup = supervisor_dir(config)
     return Layout(
         worker_root=root,
         worker_tmp=os.path.join(root, "tmp"),
-        user_file=os.path.join(config.node.local_dir, "workers-users", worker_id),
+        user_file=user_file(config, worker_id),
         supervisor_dir=sup,
         shared_by_topology=os.path.join(sup, "stormdist", topology_id, "shared_by_topology"),
         artifacts=os.path.join(config.node.log_dir, "workers-artifacts", topology_id, str(port)),

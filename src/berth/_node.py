@@ -68,6 +68,14 @@ def make_runtime(config: NodeConfig) -> Runtime:
     return ProcessRuntime(config)
 
 
+def _remove_worker_files(root: str, user_file: str) -> None:
+    """A worker's root (never followed if it is a symlink) and its user file; artifacts stay."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(root)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(user_file)
+
+
 class _ExitJournal:
     """One small file per reported exit, so exactly-once survives a restart of berth."""
 
@@ -216,10 +224,7 @@ class Node:
     def _remove_stale(plan: Plan) -> None:
         """No container of this worker exists (checked): its old root and user file are leftovers,
         and the root was the worker's to tamper with (symlinks), so it is not reused."""
-        if os.path.lexists(plan.layout.worker_root):
-            shutil.rmtree(plan.layout.worker_root)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(plan.layout.user_file)
+        _remove_worker_files(plan.layout.worker_root, plan.layout.user_file)
 
     def _make_dirs(self, plan: Plan, made: list[Path]) -> None:
         lay, ident = plan.layout, plan.identity
@@ -351,14 +356,9 @@ class Node:
         except WorkerNotFound:
             state = None
         self.runtime.remove(worker_id)
-        from ._layout import worker_root
+        from ._layout import user_file, worker_root
 
-        root = Path(worker_root(self.config, worker_id))
-        user_file = Path(self.config.node.local_dir, "workers-users", worker_id)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(root)
-        with contextlib.suppress(FileNotFoundError):
-            user_file.unlink()
+        _remove_worker_files(worker_root(self.config, worker_id), user_file(self.config, worker_id))
         with self._lock:
             self._reservations.pop(worker_id, None)
             self._callbacks.pop(worker_id, None)
