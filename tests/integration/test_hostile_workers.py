@@ -133,15 +133,17 @@ def test_bobs_worker_cannot_read_alices_worker_files(node: Node, users: dict[str
 SETUID_PROBE = r"""
 import json, os, subprocess, sys, time
 # su is setuid root in the image; it blocks reading a password from stdin, which is when its
-# effective uid can be read from /proc: it is fixed by execve, before su runs a single line.
+# effective uid can be read from /proc.
 r, w = os.pipe()
 su = subprocess.Popen(["/usr/bin/su", "root", "-c", "id"], stdin=r, stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
 os.close(r)
+# The name changes before execve commits the new credentials; su is past execve (and past its
+# setuid) once it sleeps reading the password, so wait for both.
 uids = None
 for _ in range(3000):
     status = dict(l.split(":\t", 1) for l in open(f"/proc/{su.pid}/status").read().splitlines() if ":\t" in l)
-    if status["Name"] == "su":
+    if status["Name"] == "su" and status["State"].startswith("S"):
         uids = status["Uid"].split()
         break
     time.sleep(0.01)
