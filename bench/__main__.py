@@ -163,7 +163,7 @@ def _cleanup(args: argparse.Namespace, console: Any) -> int:
 def _profile(args: argparse.Namespace, console: Any) -> int:
     from rich.table import Table
 
-    from berth._host import HostFacts
+    from berth import HostFacts
 
     from . import _env
     from ._launchers import BerthLauncher, make_launcher
@@ -210,7 +210,7 @@ def _profile(args: argparse.Namespace, console: Any) -> int:
 def _run(args: argparse.Namespace, console: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from berth._host import HostFacts
+    from berth import HostFacts
 
     from . import _env, _measure, _report
     from ._common import DEFAULT_ROOTFS
@@ -374,7 +374,7 @@ def _watch_in_child(name: str, params: dict[str, Any], engine: Any, run: str, ru
 
 
 def _child(args: argparse.Namespace) -> int:
-    from berth._host import HostFacts
+    from berth import HostFacts
 
     from . import _measure
     from ._launchers import make_launcher

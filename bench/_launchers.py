@@ -15,7 +15,7 @@
   (pidfd_open) in an epoll set and reaps with ``waitid(P_PIDFD)``, which gives the real status.
 
 Every launcher creates the worker's directories and script (berth inside ``launch``, the others
-with berth's own ``Node._make_dirs``), so the mount sources exist and the same work is timed.
+with berth's own ``berth.prepare_worker_dirs``), so the mount sources exist and the same work is timed.
 """
 
 from __future__ import annotations
@@ -30,17 +30,24 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from berth import NodeConfig, Plan, WorkerSpec, docker_run_argv, engine_create_body, plan_for
-from berth._config import config_from_mapping
-from berth._host import HostFacts
-from berth._node import Node
+from berth import (
+    HostFacts,
+    Node,
+    NodeConfig,
+    Plan,
+    WorkerSpec,
+    docker_run_argv,
+    engine_create_body,
+    plan_for,
+    prepare_worker_dirs,
+    remove_worker_dirs,
+)
+from berth._core.config import config_from_mapping
+from berth._core.layout import worker_root
 
 from ._common import CGROUP_PARENT, IMAGE, RUNC_ROOT, USER, WORKER_CMD, BenchError, Stopping
-
-if TYPE_CHECKING:
-    from berth._runtime import Runtime
 
 ExitFn = Callable[[str, int], None]
 """Called once with (worker_id, exit code as the launcher knows it)."""
@@ -68,10 +75,9 @@ class Launcher:
         self.config = config
         self.url = url
         self.host = host
-        self._dirs = Node(config, runtime=cast("Runtime", object()), host=host)
 
     def worker_root(self, worker_id: str) -> Path:
-        return Path(self.config.node.local_dir, "workers", worker_id)
+        return Path(worker_root(self.config, worker_id))
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
         raise NotImplementedError
@@ -95,16 +101,11 @@ class Launcher:
         if Stopping.event.is_set():
             raise BenchError("stopping")
         plan = plan_for(spec, self.config, self.host)
-        made: list[Path] = []
-        self._dirs._make_dirs(plan, made)
-        self._dirs._write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550,
-                          owner=(0, plan.identity.gid))
+        prepare_worker_dirs(plan, [])
         return plan
 
     def _remove_dirs(self, worker_id: str) -> None:
-        shutil.rmtree(self.worker_root(worker_id), ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            Path(self.config.node.local_dir, "workers-users", worker_id).unlink()
+        remove_worker_dirs(self.config, worker_id)
 
 
 class BerthLauncher(Launcher):
@@ -260,7 +261,7 @@ class RuncLauncher(Launcher):
         self._watcher.start()
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
-        from berth._render import oci_config
+        from berth._core.oci import oci_config
 
         plan = self._plan_and_dirs(spec)
         bundle = self.bundles / spec.worker_id

@@ -204,7 +204,7 @@ def burst(launcher: Launcher, exits: Exits, ids: Ids, n: int, timeout: float = 3
 class Memory:
     per_call_us: list[float]
     berth_cgroup_read_us: list[float] = field(default_factory=list)
-    """berth only: the cgroup file read alone (berth._cgroup.memory_usage(pid)), without the lookup."""
+    """berth only: the cgroup file read alone (berth._linux.cgroup.memory_usage(pid)), without the lookup."""
 
 
 def memory(launcher: Launcher, exits: Exits, ids: Ids, iters: int, timeout: float = 60.0) -> Memory:
@@ -222,7 +222,7 @@ def memory(launcher: Launcher, exits: Exits, ids: Ids, iters: int, timeout: floa
             times.append((time.perf_counter_ns() - t) / 1e3)
         out = Memory(times)
         if launcher.name == "berth":
-            from berth._cgroup import memory_usage
+            from berth._linux.cgroup import memory_usage
 
             pid = launcher.node.inspect(wid).pid  # type: ignore[attr-defined]
             for _ in range(max(iters, 1000)):

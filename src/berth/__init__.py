@@ -1,10 +1,17 @@
 """berth: launch the workers of a multi-tenant cluster node in hardened containers.
 
-The public API is what this module exports; everything in ``berth._*`` is private.
+The public API is what this module exports; everything in ``berth._*`` is private and may
+change. The layers underneath, lowest first: ``_core`` (request, config, plan, renderers),
+``_linux`` (cgroups, mount tables, /proc), ``_runtimes`` (docker, process, …), ``_node``
+(launch, watch, audit), ``_service`` (supervisor, HTTP API), ``_cli``.
 """
 
-from ._audit import AuditReport, Check, audit_all, audit_worker
-from ._config import NodeConfig, load_config
+from ._core.config import NodeConfig, load_config
+from ._core.hostfacts import HostFacts
+from ._core.identity import Identity, resolve_identity
+from ._core.plan import Mount, Plan, Resources, Security, build_plan, plan_for
+from ._core.render import docker_run_argv, docker_run_line, engine_create_body, text_summary
+from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
 from ._exceptions import (
     BerthError,
     ConfigError,
@@ -13,44 +20,74 @@ from ._exceptions import (
     LaunchError,
     PolicyError,
     SpecError,
+    WaitTimeout,
     WorkerNotFound,
+    WorkerNotRunning,
 )
-from ._host import HostFacts
-from ._identity import Identity, resolve_identity
-from ._plan import Mount, Plan, Resources, Security, build_plan, plan_for
-from ._render import docker_run_argv, docker_run_line, engine_create_body, text_summary
-from ._spec import WorkerSpec, load_spec, spec_from_mapping
-
-__version__ = "0.1.0"
+from ._node.audit import AuditReport, Check, audit_all, audit_worker
+from ._node.node import Node, RecoveryReport, WorkerHandle
+from ._node.workdirs import prepare as prepare_worker_dirs
+from ._node.workdirs import remove as remove_worker_dirs
+from ._runtimes.base import (
+    Capabilities,
+    ExecResult,
+    ExitRecord,
+    Runtime,
+    WorkerDescription,
+    WorkerState,
+    WorkerStatus,
+)
+from ._service.assignments import Assignments, Rejection, load_assignments
+from ._service.supervisor import Supervisor
+from ._version import __version__
 
 __all__ = [
+    "Assignments",
     "AuditReport",
     "BerthError",
+    "Capabilities",
     "Check",
     "ConfigError",
     "EngineError",
+    "ExecResult",
+    "ExitRecord",
     "HostFacts",
     "Identity",
     "IdentityError",
     "LaunchError",
     "Mount",
+    "Node",
     "NodeConfig",
     "Plan",
     "PolicyError",
+    "RecoveryReport",
+    "Rejection",
     "Resources",
+    "Runtime",
     "Security",
     "SpecError",
+    "Supervisor",
+    "WaitTimeout",
+    "WorkerDescription",
+    "WorkerHandle",
     "WorkerNotFound",
+    "WorkerNotRunning",
     "WorkerSpec",
+    "WorkerState",
+    "WorkerStatus",
+    "__version__",
     "audit_all",
     "audit_worker",
     "build_plan",
     "docker_run_argv",
     "docker_run_line",
     "engine_create_body",
+    "load_assignments",
     "load_config",
     "load_spec",
     "plan_for",
+    "prepare_worker_dirs",
+    "remove_worker_dirs",
     "resolve_identity",
     "spec_from_mapping",
     "text_summary",

@@ -3,7 +3,7 @@
 Every failure a user can cause or meet is a ``BerthError`` whose message names the field (or the
 step) and the reason, so the CLI can print ``error: <field>: <reason>`` and a caller can catch one
 base class. The subclasses say *whose* fault it is: the node config, the request, the policy, the
-user database, or the container engine.
+user database, or the container engine. A backend's own exception is kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,19 @@ class LaunchError(BerthError):
     def __init__(self, step: str, reason: str) -> None:
         self.step = step
         super().__init__(f"launch failed at {step}", reason)
+
+
+class WorkerNotRunning(EngineError):
+    """The worker exists but has no running process for what was asked (memory, exec, audit)."""
+
+    def __init__(self, worker_id: str, state: str) -> None:
+        self.worker_id = worker_id
+        self.state = state
+        super().__init__("worker_id", f"worker {worker_id!r} is not running ({state})")
+
+
+class WaitTimeout(BerthError):
+    """Something berth waited for (an exit, a subscription, a lock) did not happen in time."""
 
 
 class WorkerNotFound(BerthError):

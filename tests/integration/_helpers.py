@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from berth import WorkerSpec
-from berth._node import Node
-from berth._runtime import ExitRecord
+from berth import Node, WorkerSpec
+from berth._runtimes.base import ExitRecord
 
 from .conftest import poll_until
 
@@ -45,7 +44,8 @@ def wait_file(path: Path, node: Node, worker_id: str, timeout: float = WAIT) -> 
         if path.exists():
             return True
         if node.all_dead(worker_id) and not path.exists():
-            pytest.fail(f"{worker_id} ended before creating {path.name}:\n{node.logs(worker_id).decode()}")
+            output = b"".join(node.logs(worker_id, tail=50)).decode(errors="replace")
+            pytest.fail(f"{worker_id} ended before creating {path.name}:\n{output}")
         return False
 
     poll_until(ready, f"{path.name} from {worker_id}", timeout)

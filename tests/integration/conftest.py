@@ -21,9 +21,8 @@ from typing import Any
 import docker
 import pytest
 
-from berth import NodeConfig
-from berth._config import config_from_mapping
-from berth._node import Node
+from berth import Node, NodeConfig
+from berth._core.config import config_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET = os.environ.get("BERTH_TEST_DOCKER_HOST", "unix:///run/berth-dev/docker.sock")
@@ -201,7 +200,15 @@ def _zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine]:
-    """Start the private engine (with live-restore) and its images; stop it at the end of the session."""
+    """Start the private engine (with live-restore) and its images; stop it at the end of the session.
+
+    Held under an exclusive lock: two test runs on one machine (two checkouts) would otherwise stop
+    each other's private engine half-way through a test.
+    """
+    import fcntl
+
+    lock = open("/run/berth-fault-tests.lock", "w")  # noqa: SIM115 - held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
     eng = PrivateEngine()
     if eng.run("status").returncode == 0 and not eng.client().info().get("LiveRestoreEnabled"):
         eng.stop()  # left over from another run without live-restore: restart it with
@@ -219,3 +226,4 @@ def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine
     if eng.run("status").returncode == 0:
         eng.purge()
     eng.stop()
+    lock.close()

@@ -18,10 +18,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from berth import NodeConfig
-from berth._api import create_app
-from berth._node import Node
-from berth._supervisor import Supervisor
+from berth import Node, NodeConfig, Supervisor
+from berth._service.api import create_app
 
 from .conftest import ROOT, config_toml, poll_until
 from .test_supervisor import FOREVER, Watch, fast
@@ -122,7 +120,7 @@ def test_tcp_needs_the_token(sup: Supervisor) -> None:
 
 def test_a_tcp_listener_without_a_token_is_refused_at_load() -> None:
     from berth import ConfigError
-    from berth._config import config_from_mapping
+    from berth._core.config import config_from_mapping
 
     with pytest.raises(ConfigError, match="token"):
         config_from_mapping({"api": {"tcp": "127.0.0.1:7070"}})
@@ -132,7 +130,7 @@ def test_serve_on_a_unix_socket_and_ps_shows_supervisor_states(config: NodeConfi
     cfg = base / "berth.toml"
     cfg.write_text(config_toml(fast(config)))
     sock = Path(config.api_socket)
-    proc = subprocess.Popen([sys.executable, "-m", "berth._cli", "--config", str(cfg), "serve", "--drain"],
+    proc = subprocess.Popen([sys.executable, "-m", "berth", "--config", str(cfg), "serve", "--drain"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         def bound() -> bool:
@@ -145,7 +143,7 @@ def test_serve_on_a_unix_socket_and_ps_shows_supervisor_states(config: NodeConfi
             assert c.get("/healthz").json()["status"] == "ok"
             assert c.put("/assignments", json={"workers": [spec("u0", 6830)]}).status_code == 200
             poll_until(lambda: any(w["state"] == "running" for w in c.get("/workers").json()), "u0 running")
-        out = subprocess.run([sys.executable, "-m", "berth._cli", "--config", str(cfg), "ps", "--json"],
+        out = subprocess.run([sys.executable, "-m", "berth", "--config", str(cfg), "ps", "--json"],
                              cwd=ROOT, capture_output=True, text=True, check=True)
 
         rows = json.loads(out.stdout)

@@ -12,13 +12,12 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from berth import AuditReport, NodeConfig, WorkerNotFound, audit_all, audit_worker
-from berth._cgroup import cgroup_dir
+from berth import AuditReport, Node, NodeConfig, WorkerNotFound, audit_all, audit_worker
 from berth._cli import main
-from berth._config import load_config
-from berth._demo import DEMO_WORKERS, WORKER
-from berth._mounts import submounts
-from berth._node import Node
+from berth._cli.demo import DEMO_WORKERS, WORKER
+from berth._core.config import load_config
+from berth._linux.cgroup import cgroup_dir
+from berth._linux.mountinfo import submounts
 
 from ._helpers import WAIT, WAIT_FOR_GO, go, root_of, wait_file, worker
 from .conftest import ROOT, SOCKET, config_toml
@@ -189,9 +188,9 @@ def test_audit_catches_a_limit_changed_in_the_kernel_behind_berths_back(node: No
 def test_without_the_recursive_read_only_fix_the_audit_sees_a_writable_cgroupfs(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's own behaviour (ReadOnly applies to the top of a recursive bind only) is caught."""
-    import berth._docker
+    import berth._runtimes.docker
 
-    monkeypatch.setattr(berth._docker, "read_only_all_the_way_down", lambda mounts: mounts)
+    monkeypatch.setattr(berth._runtimes.docker, "read_only_all_the_way_down", lambda mounts: mounts)
     node.launch(worker("w-rw-cg", WAIT_FOR_GO), on_exit=lambda r: None)
     report = audit_worker(node, "w-rw-cg")
     assert _failed(report) == {"mounts.no_other_writable"}

@@ -62,7 +62,7 @@ def test_cli_lifecycle(config: NodeConfig, base: Path) -> None:
     assert code == 0 and "exited, exit code 143" in out  # python's default SIGTERM action: 128+15
 
     code, out = run(cfg, "recover")
-    assert code == 0 and "c-run: signal SIGTERM" in out and "c-exit: exit code 7" not in out  # already reported
+    assert code == 0 and "c-run: killed by SIGTERM" in out and "c-exit: exit code 7" not in out  # already reported
     code, out = run(cfg, "rm", "c-run")
     assert code == 0 and "removed" in out
     code, out = run(cfg, "mem", "c-run")

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from berth._demo import DEMO_WORKERS, run_demo
-from berth._node import Node
+from berth import Node
+from berth._cli.demo import DEMO_WORKERS, run_demo
 
 pytestmark = pytest.mark.integration
 

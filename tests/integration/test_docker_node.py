@@ -12,9 +12,8 @@ from typing import Any
 import docker
 import pytest
 
-from berth import LaunchError, NodeConfig
-from berth._cgroup import cgroup_dir
-from berth._node import Node
+from berth import LaunchError, Node, NodeConfig, prepare_worker_dirs
+from berth._linux.cgroup import cgroup_dir
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, wait_file
 from ._helpers import worker as spec
@@ -116,16 +115,16 @@ def _cgroup_limits(pid: int) -> dict[str, Any]:
     return out
 
 
-def test_memory_usage_profile_and_logs(node: Node) -> None:
+def test_memory_usage_exec_and_logs(node: Node) -> None:
     node.launch(spec("w-mem", "print('hello from the worker', flush=True)\n"
                      "x = bytearray(20 * 1024 * 1024)\nopen('ready','w').close()\n" + WAIT_FOR_GO,
                      memory_mb=128), on_exit=lambda r: None)
     wait_file(Path(node.config.node.local_dir, "workers", "w-mem", "ready"), node, "w-mem")
     assert node.memory_usage("w-mem") > 20 * 1024 * 1024
-    res = node.profile("w-mem", ["id", "-u"])
+    res = node.exec("w-mem", ["id", "-u"])
     assert res.exit_code == 0 and res.output.strip() == b"2101"
-    assert node.profile("w-mem", ["sh", "-c", "exit 5"]).exit_code == 5
-    assert b"hello from the worker" in node.logs("w-mem")
+    assert node.exec("w-mem", ["sh", "-c", "exit 5"]).exit_code == 5
+    assert b"hello from the worker" in b"".join(node.logs("w-mem"))
     go(node, "w-mem")
     node.wait("w-mem", WAIT)
 
@@ -213,8 +212,8 @@ def test_fifty_concurrent_launches_each_exit_reported_once_with_flat_threads(nod
 
 RECOVER_CHILD = r"""
 import json, sys
-from berth._config import load_config
-from berth._node import Node
+from berth._core.config import load_config
+from berth import Node
 from berth import WorkerSpec
 cfg = load_config(sys.argv[1])
 node = Node(cfg)
@@ -261,7 +260,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
 
 def test_recover_removes_half_made_containers(node: Node) -> None:
     plan = node.plan(spec("w-half", "pass"))
-    node._make_dirs(plan, [])
+    prepare_worker_dirs(plan, [])
     node.runtime.create(plan)  # as if berth died between create and start
     report = Node(node.config).recover()
     assert report.removed == ["w-half"]

@@ -17,8 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from berth import EngineError, LaunchError, NodeConfig, WorkerNotFound, audit_worker
-from berth._node import Node
+from berth import EngineError, LaunchError, Node, NodeConfig, WorkerNotFound, audit_worker
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, snapshot, worker
 from .conftest import ROOT, PrivateEngine, config_toml, make_config
@@ -109,8 +108,8 @@ def test_engine_unreachable_is_a_clear_error_naming_it_and_makes_nothing(base: P
 MID_LAUNCH = r"""
 import os, sys
 from berth import WorkerSpec, load_config
-from berth._docker import DockerRuntime
-from berth._node import Node
+from berth._runtimes.docker import DockerRuntime
+from berth import Node
 
 config, when, script = sys.argv[1:4]
 original = DockerRuntime.start

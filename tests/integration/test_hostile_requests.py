@@ -10,8 +10,7 @@ from typing import Any
 import docker
 import pytest
 
-from berth import BerthError, IdentityError, LaunchError, PolicyError, WorkerSpec
-from berth._node import Node
+from berth import BerthError, IdentityError, LaunchError, Node, PolicyError, WorkerSpec
 
 from ._helpers import WAIT, snapshot, worker
 from .conftest import BB_IMAGE, SOCKET, make_config

@@ -18,9 +18,8 @@ from typing import Any
 import docker
 import pytest
 
-from berth import BerthError, audit_worker
-from berth._cgroup import cgroup_dir
-from berth._node import Node
+from berth import BerthError, Node, audit_worker
+from berth._linux.cgroup import cgroup_dir
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file, worker
 from .conftest import SOCKET
@@ -336,7 +335,7 @@ def test_memory_hog_is_oom_killed_and_its_neighbour_lives_on(node: Node) -> None
     go(node, "w-neighbour")
     rec = got.of("w-neighbour")
     assert (rec.exit_code, rec.signal, rec.oom_killed) == (0, None, False)
-    assert b"still here" in node.logs("w-neighbour")
+    assert b"still here" in b"".join(node.logs("w-neighbour"))
 
 
 CPU_HOG = r"""

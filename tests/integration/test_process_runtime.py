@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from berth import EngineError, WorkerSpec
-from berth._config import config_from_mapping
-from berth._node import Node
-from berth._process import ProcessRuntime
+from berth import EngineError, Node, WorkerSpec
+from berth._core.config import config_from_mapping
+from berth._runtimes.process import ProcessRuntime
 
 
 def _config(base: Path, runtime: str = "process") -> Any:

@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from berth import NodeConfig
-from berth._node import Node
-from berth._spec import spec_digest, spec_from_mapping
-from berth._supervisor import Supervisor
+from berth import Node, NodeConfig, Supervisor
+from berth._core.spec import spec_digest, spec_from_mapping
 
 from .conftest import ROOT, config_toml, poll_until
 
@@ -100,12 +98,11 @@ def test_assign_remove_and_replace(supervised: tuple[Supervisor, Watch, Path]) -
     write(path, changed)
     sup.poke()
     new_digest = spec_digest(spec_from_mapping(changed[2]))
-    watch.until(lambda: any(w.worker_id == "s2" and w.running and w.labels.get("berth.spec") == new_digest
+    watch.until(lambda: any(w.worker_id == "s2" and w.running and w.spec_digest == new_digest
                             for w in sup.node.ps()), "s2 replaced")
     now = {w.worker_id: w.container_id for w in sup.node.ps() if w.running}
     assert now["s2"] != running["s2"] and now["s0"] == running["s0"] and now["s1"] == running["s1"]
-    raw = sup.node.runtime._inspect_raw("s2")  # type: ignore[attr-defined]
-    assert raw["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    assert sup.node.describe("s2").request["memory_mb"] == 64
     events = [json.loads(x) for x in Path(sup.config.state_dir, "events.jsonl").read_text().splitlines()]
     assert any(e["worker_id"] == "s2" and e["reason"] == "assignment changed: replacing" for e in events)
     assert any(e["worker_id"] == "s4" and e["to"] == "stopped" for e in events)

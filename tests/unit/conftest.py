@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from berth import HostFacts, Identity, NodeConfig
-from berth._config import config_from_mapping
+from berth._core.config import config_from_mapping
 
 ALICE = Identity(user="alice", uid=1001, gid=1001, groups=(1001, 2001))
 FOUR_CPUS = HostFacts(cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}))

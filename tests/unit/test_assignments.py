@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from berth._assignments import load_assignments, parse_document, signature
+from berth._service.assignments import load_assignments, parse_document, signature
 
 
 def w(wid: str, port: int, **kw: Any) -> dict[str, Any]:

@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 
 from berth import Plan, build_plan, spec_from_mapping
-from berth._audit import (
+from berth._core.config import config_from_mapping
+from berth._linux.mountinfo import parse_mountinfo, reachable, read_only_all_the_way_down
+from berth._node.audit import (
     NO_CAPS,
     audit_processes,
     cgroup_checks,
     mount_checks,
     namespace_checks,
     process_checks,
-    spec_from_container,
+    spec_from_request,
 )
-from berth._config import config_from_mapping
-from berth._mounts import parse_mountinfo, reachable, read_only_all_the_way_down
+from berth._runtimes.docker import request_from_inspect
 
 from .conftest import ALICE, FOUR_CPUS
 
@@ -276,7 +277,7 @@ def test_the_request_a_container_stands_for() -> None:
                                                          "berth.port": "6701", "berth.user": "alice"}},
             "HostConfig": {"NanoCpus": 1_500_000_000, "Memory": 64 * 2**20 + 1, "PidsLimit": 0,
                            "CpusetCpus": "0-1,3", "CpusetMems": "0-1"}}
-    spec = spec_from_container(data)
+    spec = spec_from_request(request_from_inspect(data))
     assert (spec.worker_id, spec.topology_id, spec.port, spec.user, spec.image) == ("w1", "t1", 6701, "alice",
                                                                                    "storm/py:3")
     assert (spec.cpu_percent, spec.memory_mb, spec.pids_limit, spec.cores, spec.numa_node) == (150, 65, None,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from berth import NodeConfig, load_config
-from berth._config import DEFAULT_FORBIDDEN
+from berth._core.config import DEFAULT_FORBIDDEN
 
 
 def test_defaults() -> None:
@@ -79,7 +79,7 @@ def test_berth_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_spec_digest_is_stable_and_tracks_changes() -> None:
     from berth import WorkerSpec
-    from berth._spec import spec_digest
+    from berth._core.spec import spec_digest
 
     a = WorkerSpec(worker_id="ww", topology_id="tt", port=1, user="u", command=("x",), memory_mb=64)
     same = WorkerSpec(worker_id="ww", topology_id="tt", port=1, user="u", command=("x",), memory_mb=64, env={})

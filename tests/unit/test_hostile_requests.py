@@ -31,8 +31,8 @@ from berth import (
     resolve_identity,
     spec_from_mapping,
 )
-from berth._config import config_from_mapping
-from berth._spec import ENV_NAME, ID_PATTERN, SHELL_RESERVED, read_spec_file
+from berth._core.config import config_from_mapping
+from berth._core.spec import ENV_NAME, ID_PATTERN, SHELL_RESERVED, read_spec_file
 
 from .conftest import ALICE, FOUR_CPUS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from berth import WorkerSpec, build_plan, docker_run_argv, docker_run_line, engine_create_body
-from berth._render import text_summary
+from berth._core.render import text_summary
 
 from .conftest import ALICE, FOUR_CPUS, make_config
 
@@ -150,7 +150,7 @@ def test_text_summary_names_limits_mounts_and_security(node: dict[str, Path]) ->
 
 
 def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
-    from berth._render import oci_config
+    from berth._core.oci import oci_config
 
     spec = SPEC.model_copy(update={"cores": (1,), "numa_node": 0})
     plan = build_plan(spec, make_config(node), ALICE, FOUR_CPUS)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from berth._script import quote, render_script
+from berth._core.script import quote, render_script
 
 DUMPER = ("import json, os, sys; "
           "json.dump({'argv': [os.fsencode(a).hex() for a in sys.argv[1:]], "

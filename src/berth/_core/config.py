@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._exceptions import ConfigError
-from ._validation import raise_validation
+from .._exceptions import ConfigError
+from .._paths import is_under
+from .validation import raise_validation
 
 IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
 """Storm's image-reference pattern, kept verbatim so that the same names are accepted…"""
@@ -250,7 +251,7 @@ class NodeConfig(BaseModel):
         if home:
             for key in ("local_dir", "log_dir"):
                 path = getattr(self.node, key)
-                if _is_under(path, home):
+                if is_under(path, home):
                     # Storm refuses this too: the install dir is mounted read-only into every
                     # worker, so worker state under it would be exposed to all of them.
                     raise ValueError(f"node.{key} must not be under node.install_dir ({home})")
@@ -284,10 +285,6 @@ class NodeConfig(BaseModel):
         return tuple(out)
 
 
-def _is_under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
 def config_from_mapping(data: Mapping[str, Any], source: str = "config",
                         rename: Mapping[str, str] | None = None) -> NodeConfig:
     try:
@@ -296,44 +293,15 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config",
         raise raise_validation(exc, ConfigError, rename=rename) from None
 
 
-# Storm key -> (table, key). Only these storm.* keys are read; the rest of a storm.yaml is the
-# cluster's business and is ignored, except unknown storm.oci.* keys, which are typos.
-STORM_KEYS: dict[str, tuple[str, str]] = {
-    "storm.local.dir": ("node", "local_dir"),
-    "storm.log.dir": ("node", "log_dir"),
-    "storm.home": ("node", "install_dir"),
-    "storm.oci.image": ("images", "default"),
-    "storm.oci.allowed.images": ("images", "allowed"),
-    "storm.oci.cgroup.root": ("container", "cgroup_root"),
-    "storm.oci.cgroup.parent": ("container", "cgroup_parent"),
-    "storm.oci.nscd.dir": ("container", "nscd_dir"),
-    "storm.oci.seccomp.profile": ("container", "seccomp_profile"),
-    "storm.oci.readonly.bindmounts": ("container", "readonly_mounts"),
-    "storm.oci.readwrite.bindmounts": ("container", "readwrite_mounts"),
-}
-
-
-def _tupled(value: Any) -> Any:
+def tupled(value: Any) -> Any:
+    """YAML and TOML give lists; the frozen models hold tuples."""
     return tuple(value) if isinstance(value, list) else value
-
-
-def config_from_storm(data: Mapping[str, Any]) -> NodeConfig:
-    tables: dict[str, dict[str, Any]] = {"node": {}, "images": {}, "container": {}}
-    for key, value in data.items():
-        if key in STORM_KEYS:
-            table, name = STORM_KEYS[key]
-            if value is not None:
-                tables[table][name] = _tupled(value)
-        elif isinstance(key, str) and key.startswith("storm.oci."):
-            raise ConfigError(key, "unknown key")
-    rename = {f"{t}.{n}": k for k, (t, n) in STORM_KEYS.items()}
-    return config_from_mapping(tables, rename=rename)
 
 
 def _tuples(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _tuples(v) for k, v in data.items()}
-    return _tupled(data)
+    return tupled(data)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
@@ -355,6 +323,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError("config", f"{chosen} must hold a mapping of storm.* keys")
+        from .storm import config_from_storm
+
         return config_from_storm(data)
     try:
         toml = tomllib.loads(text)

@@ -23,13 +23,22 @@ import requests
 from docker import errors as derr
 from docker.constants import DEFAULT_UNIX_SOCKET
 
-from . import _cgroup
-from ._config import NodeConfig
-from ._exceptions import EngineError, WorkerNotFound
-from ._mounts import read_only_all_the_way_down
-from ._plan import LABEL_NODE, LABEL_PORT, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
-from ._render import engine_create_body
-from ._runtime import ExecResult, ExitRecord, WorkerState, split_status
+from .._core.config import NodeConfig
+from .._core.hostfacts import parse_cpu_list
+from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
+from .._core.render import engine_create_body, read_seccomp
+from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from .._linux import cgroup as _cgroup
+from .._linux.mountinfo import read_only_all_the_way_down
+from .base import (
+    Capabilities,
+    ExecResult,
+    ExitRecord,
+    WorkerDescription,
+    WorkerState,
+    WorkerStatus,
+    split_status,
+)
 
 log = logging.getLogger("berth.docker")
 
@@ -46,6 +55,49 @@ def _iso(time_nano: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
 
 
+def _status(value: str | None) -> WorkerStatus:
+    """The engine's state words as berth's: ``dead`` (removal failed half-way) has ended too."""
+    if value in ("exited", "dead"):
+        return WorkerStatus.EXITED
+    if value in ("running", "restarting", "removing"):
+        return WorkerStatus.RUNNING
+    if value == "paused":
+        return WorkerStatus.PAUSED
+    if value == "created":
+        return WorkerStatus.CREATED
+    return WorkerStatus.UNKNOWN
+
+
+def request_from_inspect(data: dict[str, Any]) -> dict[str, Any]:
+    """The request fields a container stands for: ids and user from its labels, the image, and
+    the resources from what the engine applied (HostConfig), rounded up to the request's units."""
+    labels = (data.get("Config") or {}).get("Labels") or {}
+    host = data.get("HostConfig") or {}
+    fields: dict[str, Any] = {}
+    for key, label in (("worker_id", LABEL_WORKER), ("topology_id", LABEL_TOPOLOGY), ("user", LABEL_USER)):
+        if label in labels:
+            fields[key] = labels[label]
+    if LABEL_PORT in labels:
+        port = labels[LABEL_PORT]
+        fields["port"] = int(port) if port.isdigit() else port
+    image = (data.get("Config") or {}).get("Image")
+    if image:
+        fields["image"] = image
+    mib = 1024 * 1024
+    if host.get("NanoCpus"):
+        fields["cpu_percent"] = -(-int(host["NanoCpus"]) // 10_000_000)
+    if host.get("Memory"):
+        fields["memory_mb"] = -(-int(host["Memory"]) // mib)
+    if host.get("PidsLimit") and int(host["PidsLimit"]) > 0:
+        fields["pids_limit"] = int(host["PidsLimit"])
+    if host.get("CpusetCpus"):
+        fields["cores"] = tuple(sorted(parse_cpu_list(host["CpusetCpus"])))
+    mems = parse_cpu_list(host.get("CpusetMems") or "")
+    if len(mems) == 1:
+        fields["numa_node"] = next(iter(mems))
+    return fields
+
+
 def _timestamp(value: str | None) -> str | None:
     if not value or value.startswith("0001-01-01"):
         return None
@@ -56,6 +108,7 @@ class DockerRuntime:
     """Runs plans as Docker containers. Thread-safe for calls; one thread may iterate exits."""
 
     name = "docker"
+    capabilities = Capabilities(isolated=True, exact_status=False, survives_restart=True, oom_reported=True)
 
     def __init__(self, config: NodeConfig, base_url: str | None = None) -> None:
         self._config = config
@@ -76,7 +129,7 @@ class DockerRuntime:
         try:
             return docker.APIClient(base_url=self._url, timeout=60, max_pool_size=128, version="auto")
         except derr.DockerException as exc:
-            raise EngineError("engine", f"cannot reach the container engine at {self._url}: {exc}") from None
+            raise EngineError("engine", f"cannot reach the container engine at {self._url}: {exc}") from exc
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -92,10 +145,10 @@ class DockerRuntime:
         except derr.NotFound:
             raise
         except derr.APIError as exc:
-            raise EngineError("engine", f"{what}: {exc.explanation or exc}") from None
+            raise EngineError("engine", f"{what}: {exc.explanation or exc}") from exc
         except (derr.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError("engine", f"{what}: cannot reach the container engine at {self._url}: "
-                              f"{exc}") from None
+                              f"{exc}") from exc
 
     def _container_id(self, worker_id: str) -> str:
         cached = self._cids.get(worker_id)
@@ -131,8 +184,8 @@ class DockerRuntime:
     def _state(data: dict[str, Any]) -> WorkerState:
         labels = data["Config"].get("Labels") or {}
         st = data["State"]
-        status = st.get("Status", "unknown")
-        ended = status in ("exited", "dead")
+        status = _status(st.get("Status"))
+        ended = status == WorkerStatus.EXITED
         return WorkerState(
             worker_id=labels.get(LABEL_WORKER, ""),
             container_id=data["Id"],
@@ -141,6 +194,7 @@ class DockerRuntime:
             user=labels.get(LABEL_USER, ""),
             image=data["Config"].get("Image", ""),
             state=status,
+            spec_digest=labels.get(LABEL_SPEC),
             exit_code=st.get("ExitCode") if ended else None,
             oom_killed=bool(st.get("OOMKilled")) and ended,
             started_at=_timestamp(st.get("StartedAt")),
@@ -152,12 +206,13 @@ class DockerRuntime:
     @staticmethod
     def _state_from_list(c: dict[str, Any]) -> WorkerState:
         labels = c.get("Labels") or {}
-        status = c.get("State", "unknown")
+        status = _status(c.get("State"))
         m = _EXITED.match(c.get("Status") or "")
         return WorkerState(
             worker_id=labels.get(LABEL_WORKER, ""), container_id=c["Id"], topology_id=labels.get(LABEL_TOPOLOGY, ""),
             port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""), image=c.get("Image", ""),
-            state=status, exit_code=int(m.group(1)) if m and status in ("exited", "dead") else None, labels=labels)
+            state=status, spec_digest=labels.get(LABEL_SPEC),
+            exit_code=int(m.group(1)) if m and status == WorkerStatus.EXITED else None, labels=labels)
 
     # -- the Runtime interface ------------------------------------------------------------
 
@@ -169,18 +224,14 @@ class DockerRuntime:
         return True
 
     def create(self, plan: Plan) -> str:
-        seccomp = None
-        if plan.security.seccomp_profile:
-            with open(plan.security.seccomp_profile, encoding="utf-8") as fh:
-                seccomp = fh.read()
-        body = engine_create_body(plan, seccomp_json=seccomp)
+        body = engine_create_body(plan, seccomp_json=read_seccomp(plan))
         # The engine makes a read-only bind read-only at the top only; see read_only_all_the_way_down.
         body["HostConfig"]["Mounts"] = read_only_all_the_way_down(body["HostConfig"]["Mounts"])
         try:
             out = self._call("create container", self._api.create_container_from_config, body,
                              name=plan.worker_id)
         except derr.NotFound as exc:
-            raise EngineError("image", f"{plan.image}: {exc.explanation or exc}") from None
+            raise EngineError("image", f"{plan.image}: {exc.explanation or exc}") from exc
         cid = self._cids[plan.worker_id] = str(out["Id"])
         return cid
 
@@ -194,8 +245,9 @@ class DockerRuntime:
         try:
             self._on_container(worker_id, "kill", self._api.kill, signal="SIGKILL")
         except EngineError as exc:
-            if "is not running" in exc.reason:  # already dead, which is what was asked
-                return
+            cause = exc.__cause__
+            if isinstance(cause, derr.APIError) and cause.status_code == 409:
+                return  # 409 Conflict: the container is not running, which is what was asked
             raise
 
     def remove(self, worker_id: str) -> None:
@@ -207,6 +259,12 @@ class DockerRuntime:
 
     def inspect(self, worker_id: str) -> WorkerState:
         return self._state(self._inspect_raw(worker_id))
+
+    def describe(self, worker_id: str) -> WorkerDescription:
+        data = self._inspect_raw(worker_id)
+        state = self._state(data)
+        return WorkerDescription(state=state, request=request_from_inspect(data),
+                                 pid=state.pid if state.running else None)
 
     def memory_usage(self, worker_id: str) -> int:
         """One file read once the worker's cgroup file is known (found from its pid, then kept):
@@ -220,12 +278,12 @@ class DockerRuntime:
                 self._memfiles.pop(cid or "", None)  # the container ended or was replaced: resolve again
         state = self.inspect(worker_id)
         if not state.running or not state.pid:
-            raise EngineError("worker_id", f"worker {worker_id!r} is not running ({state.state})")
+            raise WorkerNotRunning(worker_id, state.state)
         try:
             path = _cgroup.memory_file(state.pid)
             value = _cgroup.read_int(path)
         except (OSError, ValueError) as exc:
-            raise EngineError("memory", f"cannot read the cgroup of {worker_id!r}: {exc}") from None
+            raise EngineError("memory", f"cannot read the cgroup of {worker_id!r}: {exc}") from exc
         self._memfiles[state.container_id] = path
         return value
 
@@ -240,9 +298,17 @@ class DockerRuntime:
         code = self._call("exec", self._api.exec_inspect, ex["Id"]).get("ExitCode")
         return ExecResult(exit_code=int(code if code is not None else -1), output=bytes(output or b""))
 
-    def logs(self, worker_id: str) -> bytes:
-        out: bytes = self._on_container(worker_id, "logs", self._api.logs, stdout=True, stderr=True)
-        return out
+    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        stream = self._on_container(worker_id, "logs", self._api.logs, stdout=True, stderr=True, stream=True,
+                                    follow=follow, tail="all" if tail is None else tail)
+        try:
+            for chunk in stream:
+                yield bytes(chunk)
+        except (derr.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError("engine", f"logs: the stream was cut: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
 
     def list_workers(self) -> list[WorkerState]:
         found = self._call("list containers", self._api.containers, all=True, filters=self._filters())
@@ -252,7 +318,7 @@ class DockerRuntime:
         return self._record_from_state(self.inspect(worker_id))
 
     def _record_from_state(self, st: WorkerState) -> ExitRecord | None:
-        if st.state not in ("exited", "dead") or st.exit_code is None:
+        if st.state != WorkerStatus.EXITED or st.exit_code is None:
             return None
         code, sig = split_status(st.exit_code)
         return ExitRecord(worker_id=st.worker_id, container_id=st.container_id, exit_code=code, signal=sig,

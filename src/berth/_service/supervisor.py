@@ -23,13 +23,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ._assignments import Assignments, Rejection, load_assignments, signature
-from ._exceptions import BerthError, WorkerNotFound
-from ._node import Node
-from ._plan import LABEL_SPEC
-from ._runtime import ExitRecord, WorkerState
-from ._spec import WorkerSpec, spec_digest
-from ._time import seconds_between
+from .._core.spec import WorkerSpec, spec_digest
+from .._core.timefmt import seconds_between
+from .._exceptions import BerthError, WorkerNotFound
+from .._node.node import Node
+from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
+from .assignments import Assignments, Rejection, load_assignments, signature
 
 log = logging.getLogger("berth.supervisor")
 
@@ -267,7 +266,7 @@ class Supervisor:
         # The engine's listing can still say "running" just after the die event was delivered:
         # a container whose exit we already handled is not running, whatever the listing says.
         if actual is not None and actual.running and actual.container_id != rec.handled_exit:
-            if self._label(actual, LABEL_SPEC) != digest:
+            if actual.spec_digest != digest:
                 self._set(rec, State.STOPPING, "assignment changed: replacing")
                 self._stop_worker(wid, "replaced", record=False)
                 rec.spec, rec.failures = spec, 0
@@ -277,9 +276,9 @@ class Supervisor:
             if rec.state != State.RUNNING:
                 self._set(rec, State.RUNNING, "running")
             return
-        if actual is not None and actual.container_id != rec.handled_exit and actual.state in ("exited", "dead"):
+        if actual is not None and actual.container_id != rec.handled_exit and actual.state == WorkerStatus.EXITED:
             # An exit the watcher did not hand us (e.g. reported before a crash of berth).
-            rec_exit = self.node.runtime.exit_record(wid)
+            rec_exit = self.node.exit_record(wid)
             if rec_exit is not None:
                 self._handle_exit(rec_exit)
         if rec.state in WAITING and self._clock() < rec.next_start:
@@ -361,10 +360,6 @@ class Supervisor:
         finally:
             with self._lock:
                 self._stopping.discard(wid)
-
-    @staticmethod
-    def _label(w: WorkerState, key: str) -> str | None:
-        return w.labels.get(key)
 
     # -- events -----------------------------------------------------------------------------
 

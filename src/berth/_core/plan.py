@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ._config import ImagesSection, NodeConfig, valid_image
-from ._exceptions import ConfigError, PolicyError, SpecError
-from ._host import HostFacts, format_cpu_list
-from ._identity import Identity, check_identity
-from ._layout import Layout, layout
-from ._script import render_script
-from ._spec import WorkerSpec, spec_digest
+from .._exceptions import ConfigError, PolicyError, SpecError
+from .._paths import is_under
+from .config import ImagesSection, NodeConfig, valid_image
+from .hostfacts import HostFacts, format_cpu_list
+from .identity import Identity, check_identity
+from .layout import Layout, layout
+from .script import render_script
+from .spec import WorkerSpec, spec_digest
 
 LABEL_PREFIX = "berth."
 LABEL_WORKER = "berth.worker"
@@ -136,10 +137,6 @@ def choose_image(requested: str | None, images: ImagesSection) -> str:
     raise PolicyError("image", f"{requested!r} is not in the node's allowed images")
 
 
-def _under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
 def forbidden_reason(source: str, forbidden: tuple[str, ...]) -> str | None:
     """Why ``source`` may not be mounted, or None. Both the given and the resolved path count."""
     candidates = {os.path.normpath(source), os.path.realpath(source)}
@@ -147,9 +144,9 @@ def forbidden_reason(source: str, forbidden: tuple[str, ...]) -> str | None:
         bad_forms = {os.path.normpath(bad), os.path.realpath(bad)}
         for src in candidates:
             for b in bad_forms:
-                if _under(src, b):
+                if is_under(src, b):
                     return f"{source} is {bad} or lies under it (forbidden)"
-                if _under(b, src):
+                if is_under(b, src):
                     return f"{source} contains the forbidden path {bad}"
     return None
 
@@ -270,7 +267,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
 
 def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None) -> Plan:
     """Resolve the user and the node's facts, then build the plan."""
-    from ._identity import resolve_identity
+    from .identity import resolve_identity
 
     identity = resolve_identity(spec.user, config.node.min_uid, config.node.banned_users)
     return build_plan(spec, config, identity, host or HostFacts.probe())

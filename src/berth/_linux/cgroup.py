@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .mountinfo import read_mountinfo
+
 
 @dataclass(frozen=True)
 class CgroupMount:
@@ -20,22 +22,48 @@ class CgroupMount:
     controllers: frozenset[str]
 
 
+@dataclass(frozen=True)
+class ProcCgroup:
+    """One line of ``/proc/<pid>/cgroup``: hierarchy id (0 = the v2 one), controllers, path."""
+
+    hierarchy: int
+    controllers: frozenset[str]
+    path: str
+
+
 @lru_cache(maxsize=1)
-def _mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[CgroupMount, ...]:
+def _mounts() -> tuple[CgroupMount, ...]:
     out = []
-    with open(mountinfo, encoding="utf-8") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if not rfields or rfields[0] not in ("cgroup", "cgroup2"):
-                continue
-            root, point = fields[3], fields[4].replace("\\040", " ")
-            if rfields[0] == "cgroup2":
-                out.append(CgroupMount(point, root, 2, frozenset()))
-            else:
-                opts = set(rfields[2].split(",")) if len(rfields) > 2 else set()
-                out.append(CgroupMount(point, root, 1, frozenset(opts)))
+    for m in read_mountinfo():
+        if m.fstype == "cgroup2":
+            out.append(CgroupMount(m.mount_point, m.root, 2, frozenset()))
+        elif m.fstype == "cgroup":
+            out.append(CgroupMount(m.mount_point, m.root, 1, frozenset(m.super_options)))
     return tuple(out)
+
+
+def proc_cgroups(pid: int | str, proc: str = "/proc") -> list[ProcCgroup]:
+    """The cgroups ``pid`` belongs to, one per hierarchy, as the kernel lists them."""
+    out = []
+    with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3 and parts[0].isdigit():
+                out.append(ProcCgroup(int(parts[0]), frozenset(filter(None, parts[1].split(","))), parts[2]))
+    return out
+
+
+def cgroup_path(pid: int | str, controller: str = "memory", proc: str = "/proc") -> str:
+    """``pid``'s cgroup path (relative to the hierarchy's root) for ``controller`` on v1, else its
+    v2 path: what a cgroup parent is checked against."""
+    lines = proc_cgroups(pid, proc)
+    for c in lines:
+        if c.hierarchy != 0 and controller in c.controllers:
+            return c.path
+    for c in lines:
+        if c.hierarchy == 0:
+            return c.path
+    raise ValueError(f"no cgroup listed for pid {pid}")
 
 
 def _join(mount: CgroupMount, path: str) -> str:
@@ -47,18 +75,17 @@ def _join(mount: CgroupMount, path: str) -> str:
 
 def cgroup_dir(pid: int, controller: str = "memory") -> tuple[str, int]:
     """The directory of ``pid``'s cgroup for ``controller`` and the cgroup version it is on."""
-    with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
-        lines = [line.rstrip("\n").split(":", 2) for line in fh]
-    for hid, ctrls, path in lines:
-        if hid != "0" and controller in ctrls.split(","):
+    lines = proc_cgroups(pid)
+    for c in lines:
+        if c.hierarchy != 0 and controller in c.controllers:
             for m in _mounts():
                 if m.version == 1 and controller in m.controllers:
-                    return _join(m, path), 1
-    for hid, _ctrls, path in lines:
-        if hid == "0":
+                    return _join(m, c.path), 1
+    for c in lines:
+        if c.hierarchy == 0:
             for m in _mounts():
                 if m.version == 2:
-                    d = _join(m, path)
+                    d = _join(m, c.path)
                     if os.path.exists(os.path.join(d, "memory.current")) or controller != "memory":
                         return d, 2
     raise FileNotFoundError(f"no {controller} cgroup found for pid {pid}")
@@ -82,9 +109,15 @@ def memory_usage(pid: int) -> int:
 def oom_kills(pid: int) -> int | None:
     """The cgroup's count of OOM kills, or None where the kernel does not keep one."""
     d, version = cgroup_dir(pid, "memory")
+    return oom_kills_in(d, version)
+
+
+def oom_kills_in(directory: str, version: int) -> int | None:
+    """The ``oom_kill`` count of a memory cgroup directory (v1 ``memory.oom_control``, v2
+    ``memory.events``), or None where the kernel does not keep one."""
     name = "memory.oom_control" if version == 1 else "memory.events"
     try:
-        with open(os.path.join(d, name), encoding="ascii") as fh:
+        with open(os.path.join(directory, name), encoding="ascii") as fh:
             for line in fh:
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":

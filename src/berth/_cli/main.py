@@ -10,25 +10,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ._config import NodeConfig, load_config
-from ._exceptions import BerthError, ConfigError, SpecError
-from ._host import parse_cpu_list
-from ._plan import plan_for
-from ._render import docker_run_line, engine_create_body, text_summary
-from ._runtime import WorkerState
-from ._spec import WorkerSpec, read_spec_file, spec_from_mapping
-from ._time import parse_time
+from .._core.config import NodeConfig, load_config
+from .._core.hostfacts import parse_cpu_list
+from .._core.plan import plan_for
+from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
+from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
+from .._exceptions import BerthError, ConfigError, SpecError
+from .views import ps_rows, ps_table
 
 if TYPE_CHECKING:
-    from rich.table import Table
 
-    from ._node import Node
-    from ._supervisor import Supervisor
+    from .._node.node import Node
+    from .._service.supervisor import Supervisor
 
 EXIT_BERTH_ERROR = 125
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,18 +116,14 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
     if fmt == "docker" or storm:
         click.echo(docker_run_line(plan, storm=storm))
     elif fmt == "engine":
-        seccomp = None
-        if plan.security.seccomp_profile:
-            with open(plan.security.seccomp_profile, encoding="utf-8") as fh:
-                seccomp = fh.read()
-        body = engine_create_body(plan, seccomp_json=seccomp)
+        body = engine_create_body(plan, seccomp_json=read_seccomp(plan))
         click.echo(json.dumps({"name": plan.worker_id, "body": body}, indent=2))
     else:
         click.echo(text_summary(plan))
 
 
 def get_node(ctx: click.Context) -> Node:
-    from ._node import Node
+    from .._node.node import Node
 
     obj = ctx.find_root().obj
     if "node" not in obj:
@@ -152,21 +145,9 @@ def launch(ctx: click.Context, /, wait: bool, **opts: Any) -> None:
     click.echo(handle.container_id)
     if wait:
         rec = node.wait(spec.worker_id)
-        if rec.signal:
-            click.echo(f"{rec.worker_id}: killed by {rec.signal_name}"
-                       f"{' (out of memory)' if rec.oom_killed else ''}", err=True)
-        ctx.exit(rec.exit_code)
-
-
-def _uptime(w: WorkerState) -> str:
-    if not w.started_at:
-        return "-"
-    start = parse_time(w.started_at)
-    end = parse_time(w.finished_at) if w.finished_at and not w.running else datetime.now(UTC)
-    secs = max(0, int((end - start).total_seconds()))
-    if secs >= 3600:
-        return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
-    return f"{secs // 60}m{secs % 60:02d}s"
+        if rec.signal or rec.status_lost:
+            click.echo(f"{rec.worker_id}: {rec.how}", err=True)
+        ctx.exit(EXIT_BERTH_ERROR if rec.exit_code is None else rec.exit_code)
 
 
 def _supervisor_states(config: NodeConfig) -> dict[str, str] | None:
@@ -187,28 +168,12 @@ def _supervisor_states(config: NodeConfig) -> dict[str, str] | None:
         return None
 
 
-def _ps_rows(node: Node) -> list[dict[str, Any]]:
-    rows = []
-    for w in node.ps(detail=True):
-        mem = None
-        if w.running:
-            try:
-                mem = node.memory_usage(w.worker_id)
-            except BerthError:
-                mem = None
-        rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
-                     "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
-                     "memory_bytes": mem, "started_at": w.started_at, "finished_at": w.finished_at,
-                     "uptime": _uptime(w)})
-    return rows
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of objects.")
 @click.pass_context
 def ps(ctx: click.Context, /, as_json: bool) -> None:
     """List this node's workers with state, exit code, OOM and memory."""
-    rows = _ps_rows(get_node(ctx))
+    rows = ps_rows(get_node(ctx))
     states = _supervisor_states(get_config(ctx))
     if states is not None:
         for r in rows:
@@ -226,24 +191,6 @@ def ps(ctx: click.Context, /, as_json: bool) -> None:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 160).print(ps_table(get_node(ctx), rows))
-
-
-def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
-    from rich.table import Table
-
-    t = Table(title=f"berth workers on {node.config.node.name}")
-    rows = rows if rows is not None else _ps_rows(node)
-    supervised = any("supervisor_state" in r for r in rows)
-    cols = ["worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"]
-    for col in [*cols, "supervisor"] if supervised else cols:
-        t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
-    for r in rows:
-        mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
-        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
-                 "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
-                 mem, r["uptime"]]
-        t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
-    return t
 
 
 @main.command()
@@ -284,7 +231,7 @@ def mem(ctx: click.Context, /, worker_id: str) -> None:
 @click.pass_context
 def exec_(ctx: click.Context, /, worker_id: str, argv: tuple[str, ...]) -> None:
     """Run a command inside a worker's container as the worker's user."""
-    res = get_node(ctx).profile(worker_id, argv)
+    res = get_node(ctx).exec(worker_id, argv)
     sys.stdout.buffer.write(res.output)
     sys.stdout.flush()
     ctx.exit(res.exit_code)
@@ -292,11 +239,17 @@ def exec_(ctx: click.Context, /, worker_id: str, argv: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("worker_id")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the worker ends.")
 @click.pass_context
-def logs(ctx: click.Context, /, worker_id: str) -> None:
-    """Print a worker's output."""
-    sys.stdout.buffer.write(get_node(ctx).logs(worker_id))
-    sys.stdout.flush()
+def logs(ctx: click.Context, /, worker_id: str, tail: int | None, follow: bool) -> None:
+    """Print a worker's output (streamed: a large log is never held in memory)."""
+    out = sys.stdout.buffer
+    for chunk in get_node(ctx).logs(worker_id, tail=tail, follow=follow):
+        out.write(chunk)
+        if follow:
+            out.flush()
+    out.flush()
 
 
 @main.command()
@@ -306,8 +259,7 @@ def recover(ctx: click.Context, /) -> None:
     report = get_node(ctx).recover()
     click.echo(f"adopted {len(report.adopted)} running: {' '.join(report.adopted) or '-'}")
     for rec in report.reported:
-        how = f"signal {rec.signal_name}" if rec.signal else f"exit code {rec.exit_code}"
-        click.echo(f"exited while berth was down: {rec.worker_id}: {how}{' (OOM)' if rec.oom_killed else ''}")
+        click.echo(f"exited while berth was down: {rec.worker_id}: {rec.how}")
     click.echo(f"removed {len(report.removed)} half-made: {' '.join(report.removed) or '-'}")
 
 
@@ -317,7 +269,7 @@ def demo(ctx: click.Context, /) -> None:
     """Run a small topology end to end: limits, OOM, graceful kill, exit codes, cleanup."""
     from rich.console import Console
 
-    from ._demo import run_demo
+    from .demo import run_demo
 
     ctx.exit(run_demo(get_node(ctx), Console(width=None if sys.stdout.isatty() else 132)))
 
@@ -325,7 +277,7 @@ def demo(ctx: click.Context, /) -> None:
 def _supervisor(ctx: click.Context, assignments: str | None) -> Supervisor:
     import logging
 
-    from ._supervisor import Supervisor
+    from .._service.supervisor import Supervisor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return Supervisor(get_node(ctx), assignments_path=assignments)
@@ -362,7 +314,7 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool) -> None:
 def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | None, tcp: str | None,
           drain: bool) -> None:
     """Run the supervisor with its HTTP API (and /metrics)."""
-    from ._api import serve as run_api
+    from .._service.api import serve as run_api
 
     config = get_config(ctx)
     tcp = tcp or config.api.tcp
@@ -391,7 +343,7 @@ def audit(ctx: click.Context, /, worker_id: str | None, all_workers: bool, as_js
     One line per check (capabilities, no-new-privileges, seccomp, ids, mounts, cgroup limits,
     network namespace) with the observed and expected values; exit status 1 if any check fails.
     """
-    from ._audit import audit_all, audit_worker, report_lines
+    from .._node.audit import audit_all, audit_worker, report_lines
 
     if bool(worker_id) == all_workers:
         raise click.UsageError("give a worker id or --all (not both)")

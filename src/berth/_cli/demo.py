@@ -8,7 +8,6 @@ stopped with a grace period, and every exit code is the worker's own.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ._exceptions import BerthError, LaunchError
-from ._node import Node
-from ._runtime import ExitRecord
-from ._spec import WorkerSpec
-from ._time import seconds_between
+from .._core.spec import WorkerSpec
+from .._core.timefmt import seconds_between
+from .._exceptions import BerthError, LaunchError
+from .._node.node import Node
+from .._runtimes.base import ExitRecord
+from .views import ps_table
 
 WORKER = r"""
 import json, os, signal, sys, time
@@ -61,23 +61,6 @@ DEMO_WORKERS = (
 )
 
 
-class _Exits:
-    def __init__(self) -> None:
-        self.records: dict[str, ExitRecord] = {}
-        self.cond = threading.Condition()
-
-    def __call__(self, rec: ExitRecord) -> None:
-        with self.cond:
-            self.records[rec.worker_id] = rec
-            self.cond.notify_all()
-
-    def wait(self, worker_id: str, timeout: float = 120) -> ExitRecord:
-        with self.cond:
-            if not self.cond.wait_for(lambda: worker_id in self.records, timeout):
-                raise BerthError(worker_id, f"did not exit within {timeout:.0f}s")
-            return self.records[worker_id]
-
-
 def _wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -106,7 +89,12 @@ def run_demo(node: Node, console: Console) -> int:
     for w in node.ps():  # a previous demo that was interrupted
         if w.worker_id in ids:
             node.cleanup(w.worker_id)
-    exits = _Exits()
+    ended: dict[str, ExitRecord] = {}
+
+    def wait(wid: str) -> ExitRecord:
+        ended[wid] = node.wait(wid, timeout=120)
+        return ended[wid]
+
     paths: dict[str, tuple[Path, Path]] = {}
     audits_ok = True
     try:
@@ -116,7 +104,7 @@ def run_demo(node: Node, console: Console) -> int:
             art_dir = node.plan(spec).layout.artifacts
             spec = spec.model_copy(update={"command": ("python3", "-c", WORKER, art_dir, wid)})
             try:
-                h = node.launch(spec, on_exit=exits)
+                h = node.launch(spec, on_exit=lambda rec: None)
             except LaunchError as exc:
                 console.print(f"[red]launch of {wid} failed: {exc}")
                 return 1
@@ -132,10 +120,8 @@ def run_demo(node: Node, console: Console) -> int:
 
         with console.status("waiting for every worker to check 100,000 numbers (see its artifacts dir)…"):
             _wait_until(lambda: all(checked(a) >= 100_000 for _, a in paths.values()), "progress")
-        from ._cli import ps_table
-
         console.print(ps_table(node))
-        from ._audit import audit_worker
+        from .._node.audit import audit_worker
 
         for wid in paths:
             report = audit_worker(node, wid)
@@ -151,7 +137,7 @@ def run_demo(node: Node, console: Console) -> int:
         console.rule("memory limit")
         console.print("asking [bold]wc-a2[/] (64 MiB) to allocate 16 MiB per step until it no longer fits…")
         (paths["wc-a2"][0] / "hog").touch()
-        rec = exits.wait("wc-a2")
+        rec = wait("wc-a2")
         console.print(f"wc-a2 ended: exit code {rec.exit_code}, signal {rec.signal_name}, "
                       f"[bold]{'OOM-killed' if rec.oom_killed else 'not OOM'}[/] "
                       "(from the engine's oom event and the cgroup, not from the code 137)")
@@ -159,17 +145,17 @@ def run_demo(node: Node, console: Console) -> int:
         console.rule("kill with a grace period")
         console.print("killing [bold]sess-b1[/] with a 5 s grace: SIGTERM now, SIGKILL only if it ignores it…")
         node.kill("sess-b1", grace_s=5)
-        rec = exits.wait("sess-b1")
+        rec = wait("sess-b1")
         console.print(f"sess-b1 ended: exit code {rec.exit_code} (its own: it saved its state on SIGTERM)")
 
         console.rule("normal end")
         (paths["wc-a1"][0] / "stop").touch()
-        exits.wait("wc-a1")
-        console.print(exit_table([exits.records[w] for w in ids]))
+        wait("wc-a1")
+        console.print(exit_table([ended[w] for w in ids]))
         for wid, (_, art) in paths.items():
             p = json.loads((art / "progress.json").read_text())
             console.print(f"  {wid}: final={p['final']}, {p['primes']} primes -> {art}/progress.json")
-            console.print(f"    logs: {node.logs(wid).decode(errors='replace').strip().splitlines()[-1]}")
+            console.print(f"    logs: {b''.join(node.logs(wid, tail=1)).decode(errors='replace').strip()}")
     finally:
         for wid in ids:
             try:
@@ -179,7 +165,7 @@ def run_demo(node: Node, console: Console) -> int:
     left = [w.worker_id for w in node.ps() if w.worker_id in ids]
     console.print(f"cleaned up: containers and worker dirs removed ({len(left)} left); artifacts kept under "
                   f"{cfg.node.log_dir}/workers-artifacts")
-    oom, done = exits.records.get("wc-a2"), exits.records.get("wc-a1")
+    oom, done = ended.get("wc-a2"), ended.get("wc-a1")
     ok = bool(oom and oom.oom_killed and done and done.exit_code == 0 and audits_ok)
     return 0 if ok and not left else 1
 

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._exceptions import SpecError
-from ._validation import raise_validation
+from .._exceptions import SpecError
+from .validation import raise_validation
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}")
 """Ids become path components and container names: a conservative set, no '/', no leading '.',

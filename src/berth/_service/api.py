@@ -16,10 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._assignments import parse_document
-from ._exceptions import BerthError, WorkerNotFound
-from ._metrics import Metrics
-from ._supervisor import Supervisor
+from .._exceptions import BerthError, WorkerNotFound
+from .._version import __version__
+from .assignments import parse_document
+from .metrics import Metrics
+from .supervisor import Supervisor
 
 
 class AssignmentsBody(BaseModel):
@@ -55,7 +56,7 @@ _bearer = HTTPBearer(auto_error=False)
 def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | None = None) -> FastAPI:
     """Build the app. With ``token`` every endpoint but /healthz needs ``Authorization: Bearer``."""
     metrics = metrics or Metrics(sup)
-    app = FastAPI(title="berth", version="0.1.0",
+    app = FastAPI(title="berth", version=__version__,
                   description="Keep a node's assigned workers running in hardened containers.")
 
     def auth(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:  # noqa: B008

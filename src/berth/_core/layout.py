@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ._config import NodeConfig
+from .config import NodeConfig
 
 SCRIPT_NAME = "storm-worker-script.sh"
 CID_NAME = "container.cid"

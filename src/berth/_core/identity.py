@@ -12,7 +12,7 @@ import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._exceptions import IdentityError
+from .._exceptions import IdentityError
 
 
 @dataclass(frozen=True)

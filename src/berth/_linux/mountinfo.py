@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .._paths import is_under
+
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
@@ -36,6 +38,8 @@ class MountEntry:
     """Per-mount options: ``ro`` or ``rw``, ``nosuid``… (not the superblock's)."""
     fstype: str
     source: str
+    super_options: frozenset[str] = frozenset()
+    """The superblock's options (after the source): a v1 cgroup mount's controllers are here."""
 
     @property
     def read_only(self) -> bool:
@@ -53,17 +57,14 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
             continue
         entries.append(MountEntry(mount_id=int(f[0]), parent_id=int(f[1]), device=f[2], root=_unescape(f[3]),
                                   mount_point=_unescape(f[4]), options=frozenset(f[5].split(",")),
-                                  fstype=r[0], source=_unescape(r[1])))
+                                  fstype=r[0], source=_unescape(r[1]),
+                                  super_options=frozenset(r[2].split(",")) if len(r) > 2 else frozenset()))
     return entries
 
 
 def read_mountinfo(pid: int | str = "self", proc: str = "/proc") -> list[MountEntry]:
     with open(os.path.join(proc, str(pid), "mountinfo"), encoding="utf-8", errors="surrogateescape") as fh:
         return parse_mountinfo(fh.read())
-
-
-def is_under(path: str, parent: str) -> bool:
-    return path == parent or parent == "/" or path.startswith(parent.rstrip("/") + "/")
 
 
 def reachable(table: list[MountEntry]) -> list[MountEntry]:

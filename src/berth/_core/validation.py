@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from pydantic import ValidationError
 
-from ._exceptions import BerthError
+from .._exceptions import BerthError
 
 
 def _field_name(loc: tuple[int | str, ...], rename: Mapping[str, str]) -> str:

@@ -1,8 +1,9 @@
-"""The process runtime: workers as plain child processes, for development only.
+"""The process runtime: workers as plain child processes of this berth, for development only.
 
-No isolation at all (no namespaces, no limits), which is why the node refuses it unless the
-config names it. Exits are watched through pidfds in the single watcher thread, so even here
-there is no thread per worker.
+No isolation at all (no namespaces, no limits), which is why it refuses to start unless the
+config names it, and its workers do not outlive the berth that started them. Exits are
+watched through pidfds in the node's single watcher thread, so even here there is no thread
+per worker; the status comes from ``Popen`` (the raw wait status), so it is exact.
 """
 
 from __future__ import annotations
@@ -17,13 +18,46 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from ._config import NodeConfig
-from ._exceptions import EngineError, WorkerNotFound
-from ._plan import Plan
-from ._runtime import ExecResult, ExitRecord, WorkerState, split_status
+from .._core.config import NodeConfig
+from .._core.plan import LABEL_SPEC, Plan
+from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from .._linux.proc import rss_bytes
+from .base import (
+    Capabilities,
+    ExecResult,
+    ExitRecord,
+    WorkerDescription,
+    WorkerState,
+    WorkerStatus,
+    code_from_returncode,
+)
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _tail_offset(fh: BinaryIO, lines: int, block: int = 65536) -> int:
+    """The offset at which the last ``lines`` lines of a file start, reading backwards in blocks."""
+    end = fh.seek(0, os.SEEK_END)
+    if lines <= 0:
+        return end
+    pos, seen = end, 0
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step)
+        if pos + step == end and data.endswith(b"\n"):
+            data = data[:-1]
+        count = data.count(b"\n")
+        if seen + count >= lines:
+            cut = len(data)
+            for _ in range(lines - seen):
+                cut = data.rindex(b"\n", 0, cut)
+            return pos + cut + 1
+        seen += count
+    return 0
 
 
 def _now() -> str:
@@ -35,8 +69,9 @@ class _Proc:
     plan: Plan
     container_id: str
     popen: subprocess.Popen[bytes] | None = None
-    state: str = "created"
+    state: WorkerStatus = WorkerStatus.CREATED
     exit_code: int | None = None
+    signal: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
 
@@ -47,6 +82,7 @@ class _Proc:
 
 class ProcessRuntime:
     name = "process"
+    capabilities = Capabilities(isolated=False, exact_status=True, survives_restart=False, oom_reported=False)
 
     def __init__(self, config: NodeConfig) -> None:
         if config.node.runtime != "process":
@@ -80,7 +116,7 @@ class ProcessRuntime:
                 list(p.plan.argv), cwd=p.plan.workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, user=ident.uid, group=ident.gid,
                 extra_groups=list(ident.groups), start_new_session=True)
-        p.state, p.started_at = "running", _now()
+        p.state, p.started_at = WorkerStatus.RUNNING, _now()
         os.write(self._wake_w, b"x")
 
     def _signal(self, p: _Proc, sig: int) -> None:
@@ -108,46 +144,63 @@ class ProcessRuntime:
                 self._procs.pop(worker_id, None)
 
     def _state(self, p: _Proc) -> WorkerState:
-        if p.popen is not None and p.state == "running" and p.popen.poll() is not None:
+        if p.popen is not None and p.state == WorkerStatus.RUNNING and p.popen.poll() is not None:
             self._finish(p)
         plan = p.plan
         return WorkerState(worker_id=plan.worker_id, container_id=p.container_id, topology_id=plan.topology_id,
                            port=plan.port, user=plan.identity.user, image="(process)", state=p.state,
-                           exit_code=p.exit_code, started_at=p.started_at, finished_at=p.finished_at,
-                           pid=p.popen.pid if p.popen and p.state == "running" else None, labels=plan.label_map)
+                           spec_digest=plan.label_map.get(LABEL_SPEC), exit_code=p.exit_code,
+                           started_at=p.started_at, finished_at=p.finished_at,
+                           pid=p.popen.pid if p.popen and p.state == WorkerStatus.RUNNING else None,
+                           labels=plan.label_map)
 
     def _finish(self, p: _Proc) -> None:
         assert p.popen is not None
-        rc = p.popen.wait()
-        p.exit_code = 128 - rc if rc < 0 else rc
-        p.state, p.finished_at = "exited", p.finished_at or _now()
+        p.exit_code, p.signal = code_from_returncode(p.popen.wait())
+        p.state, p.finished_at = WorkerStatus.EXITED, p.finished_at or _now()
 
     def inspect(self, worker_id: str) -> WorkerState:
         return self._state(self._get(worker_id))
 
+    def describe(self, worker_id: str) -> WorkerDescription:
+        p = self._get(worker_id)
+        state = self._state(p)
+        plan, r = p.plan, p.plan.resources
+        request = {"worker_id": plan.worker_id, "topology_id": plan.topology_id, "port": plan.port,
+                   "user": plan.identity.user, "image": plan.image, "cpu_percent": r.cpu_percent,
+                   "memory_mb": r.memory_mb, "pids_limit": r.pids_limit}
+        return WorkerDescription(state=state, request=request, pid=state.pid)
+
     def memory_usage(self, worker_id: str) -> int:
         st = self.inspect(worker_id)
         if st.pid is None:
-            raise EngineError("worker_id", f"worker {worker_id!r} is not running")
-        with open(f"/proc/{st.pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+            raise WorkerNotRunning(worker_id, st.state)
+        return rss_bytes(st.pid)
 
     def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
         ident = self._get(worker_id).plan.identity
         out = subprocess.run(list(argv), capture_output=True, env={"PATH": _PATH}, user=ident.uid,
                              group=ident.gid, extra_groups=list(ident.groups), check=False,
                              cwd=self._get(worker_id).plan.workdir)
-        return ExecResult(out.returncode if out.returncode >= 0 else 128 - out.returncode, out.stdout + out.stderr)
+        return ExecResult(code_from_returncode(out.returncode)[0], out.stdout + out.stderr)
 
-    def logs(self, worker_id: str) -> bytes:
+    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        p = self._get(worker_id)
         try:
-            with open(self._get(worker_id).log_path, "rb") as fh:
-                return fh.read()
+            fh = open(p.log_path, "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
-            return b""
+            return
+        with fh:
+            if tail is not None:
+                fh.seek(_tail_offset(fh, tail))
+            while True:
+                chunk = fh.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow or self._state(p).state != WorkerStatus.RUNNING:
+                    return
+                time.sleep(0.1)
 
     def list_workers(self) -> list[WorkerState]:
         with self._lock:
@@ -155,11 +208,12 @@ class ProcessRuntime:
         return [self._state(p) for p in procs]
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
-        st = self.inspect(worker_id)
+        p = self._get(worker_id)
+        st = self._state(p)
         if st.exit_code is None:
             return None
-        code, sig = split_status(st.exit_code)
-        return ExitRecord(st.worker_id, st.container_id, code, sig, False, st.started_at, st.finished_at)
+        return ExitRecord(st.worker_id, st.container_id, st.exit_code, p.signal, False, st.started_at,
+                          st.finished_at, exact=True)
 
     def exit_events(self) -> Iterator[ExitRecord | None]:
         sel = selectors.DefaultSelector()
@@ -170,7 +224,7 @@ class ProcessRuntime:
             with self._lock:
                 procs = list(self._procs.items())
             for wid, p in procs:
-                if p.state == "running" and p.popen is not None and wid not in fds.values():
+                if p.state == WorkerStatus.RUNNING and p.popen is not None and wid not in fds.values():
                     fd = os.pidfd_open(p.popen.pid)
                     fds[fd] = wid
                     sel.register(fd, selectors.EVENT_READ)

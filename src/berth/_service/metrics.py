@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._exceptions import BerthError
-from ._supervisor import Supervisor
+from .._exceptions import BerthError
+from .supervisor import Supervisor
 
 
 class _LiveCollector(Collector):

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from ._exceptions import BerthError
-from ._spec import WorkerSpec, spec_from_mapping
+from .._core.spec import WorkerSpec, spec_from_mapping
+from .._exceptions import BerthError
 
 SUFFIXES = (".yaml", ".yml", ".json")
 

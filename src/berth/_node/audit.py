@@ -7,8 +7,8 @@ files (v1 or v2); the network namespace from ``/proc/<pid>/ns/net``.
 
 The expectation is not the container's own configuration (a container started by hand would
 then audit itself clean) but the plan berth would make *now* for the request the container
-stands for: its labels give the ids and the user, its HostConfig the resources that were
-asked for, and the node's config and policy do the rest, exactly as at launch. A container
+stands for: the runtime's ``describe`` gives the ids and the user (labels) and the resources it
+applied, and the node's config and policy do the rest, exactly as at launch. A container
 whose request berth would refuse fails the ``plan`` check and is still audited against the
 settings berth applies to every worker (capabilities, no-new-privileges, seccomp, read-only
 root, no writable mount, network).
@@ -27,15 +27,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _cgroup
-from ._exceptions import BerthError, EngineError, WorkerNotFound
-from ._host import HostFacts, format_cpu_list, parse_cpu_list
-from ._mounts import MountEntry, filesystem_path, reachable, read_mountinfo, top_mount
-from ._plan import LABEL_PORT, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan, Security, plan_for
-from ._spec import WorkerSpec, spec_from_mapping
+from .._core.hostfacts import HostFacts, format_cpu_list, parse_cpu_list
+from .._core.plan import Plan, Security, plan_for
+from .._core.spec import WorkerSpec, spec_from_mapping
+from .._exceptions import BerthError, EngineError, WorkerNotFound
+from .._linux import cgroup as _cgroup
+from .._linux.mountinfo import MountEntry, filesystem_path, reachable, read_mountinfo, top_mount
+from .._linux.proc import read_status
 
 if TYPE_CHECKING:
-    from ._node import Node
+    from .node import Node
 
 Locator = Callable[[int, str], tuple[str, int]]
 """``(pid, controller) -> (cgroup directory, cgroup version)``, as ``_cgroup.cgroup_dir``."""
@@ -93,49 +94,12 @@ class AuditReport:
 
 # -- the request a container stands for ---------------------------------------------------------
 
-def spec_from_container(data: Mapping[str, Any]) -> WorkerSpec:
-    """The request berth would have been given for this container (engine inspect data)."""
-    labels = (data.get("Config") or {}).get("Labels") or {}
-    host = data.get("HostConfig") or {}
-    fields: dict[str, Any] = {"command": PLACEHOLDER_COMMAND}
-    for key, label in (("worker_id", LABEL_WORKER), ("topology_id", LABEL_TOPOLOGY), ("user", LABEL_USER)):
-        if label in labels:
-            fields[key] = labels[label]
-    if LABEL_PORT in labels:
-        port = labels[LABEL_PORT]
-        fields["port"] = int(port) if port.isdigit() else port
-    image = (data.get("Config") or {}).get("Image")
-    if image:
-        fields["image"] = image
-    mib = 1024 * 1024
-    if host.get("NanoCpus"):
-        fields["cpu_percent"] = -(-int(host["NanoCpus"]) // 10_000_000)
-    if host.get("Memory"):
-        fields["memory_mb"] = -(-int(host["Memory"]) // mib)
-    if host.get("PidsLimit") and int(host["PidsLimit"]) > 0:
-        fields["pids_limit"] = int(host["PidsLimit"])
-    if host.get("CpusetCpus"):
-        fields["cores"] = tuple(sorted(parse_cpu_list(host["CpusetCpus"])))
-    mems = parse_cpu_list(host.get("CpusetMems") or "")
-    if len(mems) == 1:
-        fields["numa_node"] = next(iter(mems))
-    return spec_from_mapping(fields, source="container")
-
-
-def _inspect_raw(node: Node, worker_id: str) -> dict[str, Any]:
-    inspect_raw = getattr(node.runtime, "_inspect_raw", None)
-    if not callable(inspect_raw):
-        raise EngineError("runtime", f"audit needs the docker runtime; this node uses {node.runtime.name!r}")
-    data: dict[str, Any] = inspect_raw(worker_id)
-    return data
+def spec_from_request(request: Mapping[str, Any]) -> WorkerSpec:
+    """The request berth would have been given for a worker, from what its runtime applied."""
+    return spec_from_mapping({"command": PLACEHOLDER_COMMAND, **request}, source="container")
 
 
 # -- reading the kernel's view ----------------------------------------------------------------
-
-def _status(pid: int, proc: str) -> dict[str, str]:
-    with open(os.path.join(proc, str(pid), "status"), encoding="utf-8") as fh:
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if v}
-
 
 def _read(path: str) -> str:
     with open(path, encoding="ascii") as fh:
@@ -163,18 +127,6 @@ def host_netns(proc: str = "/proc") -> tuple[int, str]:
         except OSError:
             continue
     raise EngineError("network", "cannot read the host's network namespace")
-
-
-def _cgroup_path(pid: int, proc: str) -> str:
-    with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8") as fh:
-        lines = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
-    for hid, ctrls, path in lines:
-        if hid != "0" and "memory" in ctrls.split(","):
-            return path
-    for hid, _ctrls, path in lines:
-        if hid == "0":
-            return path
-    raise ValueError(f"no cgroup listed for pid {pid}")
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -365,7 +317,7 @@ def namespace_checks(pid: int, security: Security, proc: str = "/proc",
                      host_ns: tuple[int, str] | None = None) -> list[Check]:
     checks = []
     try:
-        path = _cgroup_path(pid, proc)
+        path = _cgroup.cgroup_path(pid, "memory", proc)
         parent = security.cgroup_parent.rstrip("/") + "/"
         checks.append(Check("cgroup.parent", path.startswith(parent), f"under {parent}", path))
     except (OSError, ValueError) as exc:
@@ -391,7 +343,7 @@ def audit_processes(pids: Sequence[int], plan: Plan | None, security: Security, 
     statuses: dict[int, dict[str, str]] = {}
     for pid in pids:
         try:
-            statuses[pid] = _status(pid, proc)
+            statuses[pid] = read_status(pid, proc)
         except (FileNotFoundError, ProcessLookupError):
             continue  # ended between the listing and the read
     if not statuses:
@@ -415,12 +367,12 @@ def audit_processes(pids: Sequence[int], plan: Plan | None, security: Security, 
 
 def audit_worker(node: Node, worker_id: str) -> AuditReport:
     """Audit one worker of ``node``; raises ``WorkerNotFound`` when there is none."""
-    data = _inspect_raw(node, worker_id)
-    cid = str(data.get("Id", ""))
+    desc = node.describe(worker_id)
+    cid = desc.state.container_id
     config = node.config
     plan: Plan | None = None
     try:
-        plan = plan_for(spec_from_container(data), config, node.host)
+        plan = plan_for(spec_from_request(desc.request), config, node.host)
         checks = [Check("plan", True, "the request passes the node's policy",
                         f"user {plan.identity.user}, image {plan.image}, {plan.resources.cpu_percent}% cpu, "
                         f"{plan.resources.memory_mb} MiB, pids {plan.resources.pids_limit}")]
@@ -429,10 +381,9 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
     security = plan.security if plan is not None else Security(
         network=config.container.network, cgroup_parent=config.container.cgroup_parent,
         seccomp_profile=config.container.seccomp_profile or None)
-    state = data.get("State") or {}
-    pid = int(state.get("Pid") or 0)
-    if not state.get("Running") or pid <= 0:
-        checks.append(Check("running", False, "running", str(state.get("Status", "unknown"))))
+    pid = desc.pid or 0
+    if not desc.state.running or pid <= 0:
+        checks.append(Check("running", False, "running", desc.state.state.value))
         return AuditReport(worker_id, cid, (), tuple(checks))
     pids = worker_pids(pid)
     checks += audit_processes(pids, plan, security, node.host, config.node.min_uid)

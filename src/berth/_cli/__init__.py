@@ -1,0 +1,8 @@
+"""The ``berth`` command line and its views (tables, the demo): presentation only.
+
+The top layer: it may import every other layer; nothing imports it but the entry point.
+"""
+
+from .main import main
+
+__all__ = ["main"]

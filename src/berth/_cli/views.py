@@ -1,0 +1,60 @@
+"""Views of a node for people: the ``ps`` rows and table, shared by the CLI and the demo."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .._core.timefmt import parse_time
+from .._exceptions import BerthError
+from .._runtimes.base import WorkerState
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .._node.node import Node
+
+
+def uptime(w: WorkerState) -> str:
+    if not w.started_at:
+        return "-"
+    start = parse_time(w.started_at)
+    end = parse_time(w.finished_at) if w.finished_at and not w.running else datetime.now(UTC)
+    secs = max(0, int((end - start).total_seconds()))
+    if secs >= 3600:
+        return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
+    return f"{secs // 60}m{secs % 60:02d}s"
+
+
+def ps_rows(node: Node) -> list[dict[str, Any]]:
+    rows = []
+    for w in node.ps(detail=True):
+        mem = None
+        if w.running:
+            try:
+                mem = node.memory_usage(w.worker_id)
+            except BerthError:
+                mem = None
+        rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
+                     "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
+                     "memory_bytes": mem, "started_at": w.started_at, "finished_at": w.finished_at,
+                     "uptime": uptime(w)})
+    return rows
+
+
+def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"berth workers on {node.config.node.name}")
+    rows = rows if rows is not None else ps_rows(node)
+    supervised = any("supervisor_state" in r for r in rows)
+    cols = ["worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"]
+    for col in [*cols, "supervisor"] if supervised else cols:
+        t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
+    for r in rows:
+        mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
+        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
+                 "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
+                 mem, r["uptime"]]
+        t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
+    return t

@@ -1,0 +1,17 @@
+"""``/proc/<pid>/status`` as a mapping: capabilities, ids, no_new_privs, seccomp, state, memory."""
+
+from __future__ import annotations
+
+import os
+
+
+def read_status(pid: int | str, proc: str = "/proc") -> dict[str, str]:
+    """Every ``Key:\tvalue`` line of the process's status file, values stripped."""
+    with open(os.path.join(proc, str(pid), "status"), encoding="utf-8", errors="replace") as fh:
+        return {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if v}
+
+
+def rss_bytes(pid: int | str, proc: str = "/proc") -> int:
+    """Resident memory of one process (``VmRSS``), 0 for a process that has none (a zombie)."""
+    value = read_status(pid, proc).get("VmRSS", "0 kB").split()
+    return int(value[0]) * 1024 if value else 0

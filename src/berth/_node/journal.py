@@ -1,0 +1,61 @@
+"""The exit journal: one small file per reported exit, so exactly-once survives a restart of berth.
+
+(Not to be confused with the supervisor's event log, ``events.jsonl``, which records every
+state change of an assigned worker for people to read.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from .._exceptions import LaunchError
+from .._runtimes.base import ExitRecord
+
+log = logging.getLogger("berth.node")
+
+
+class ExitJournal:
+    def __init__(self, state_dir: str) -> None:
+        self.dir = Path(state_dir, "exits")
+
+    def ensure(self) -> None:
+        """Fail a launch up front when an exit could not be recorded: better than a double report."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".probe-")
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from None
+
+    def known(self) -> set[str]:
+        """Container ids whose exit was reported."""
+        try:
+            return {p.stem for p in self.dir.glob("*.json")}
+        except OSError:
+            return set()
+
+    def record(self, rec: ExitRecord) -> None:
+        tmp = self.dir / f".{rec.container_id}.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp.write_text(json.dumps(rec.to_dict()))
+            tmp.replace(self.dir / f"{rec.container_id}.json")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.error("cannot journal the exit of %s (%s): it may be reported again after a restart",
+                      rec.worker_id, exc)
+
+    def forget(self, container_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.dir / f"{container_id}.json").unlink()

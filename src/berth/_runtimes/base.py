@@ -1,0 +1,243 @@
+"""The one small interface every runtime implements, and the runtime-neutral values it hands back.
+
+A runtime knows how to run a plan and how to observe what it runs; it keeps no memory of its
+own that matters: the engine (or the runc monitor) is the source of truth, found again after a
+restart. Callers see only these values: a status enum, the request digest as a field, exit
+records that say how exact they are, and ``describe`` for what the audit needs. Nothing here
+is a Docker state string or a Docker JSON document.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .._core.plan import Plan
+
+
+class WorkerStatus(StrEnum):
+    """Where a worker's container is in its life, the same words for every runtime."""
+
+    CREATED = "created"
+    """Made, never started: a launch that did not finish (``recover`` removes it)."""
+    RUNNING = "running"
+    PAUSED = "paused"
+    """Frozen (cgroup freezer); still counts as running."""
+    EXITED = "exited"
+    MISSING = "missing"
+    """Known to the runtime, but its process is gone without a status (e.g. its monitor died)."""
+    UNKNOWN = "unknown"
+
+    @property
+    def running(self) -> bool:
+        return self in (WorkerStatus.RUNNING, WorkerStatus.PAUSED)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What the runtime reports about one worker's container right now."""
+
+    worker_id: str
+    container_id: str
+    topology_id: str
+    port: int
+    user: str
+    image: str
+    state: WorkerStatus
+    spec_digest: str | None = None
+    """The digest of the request the container was made from (``spec_digest``): a changed
+    assignment is recognised by comparing it, whoever launched the container."""
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    pid: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state.running
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """How one worker ended.
+
+    ``exit_code`` follows the shell convention (128+N for death by signal N). Where the runtime
+    saw the raw wait status (``exact``), ``signal`` is the signal that killed the worker and a
+    worker that *exited* with 137 has ``signal`` None; elsewhere ``signal`` is inferred from the
+    code. ``status_lost`` means nobody could see the status: ``exit_code`` is then None, never a
+    made-up value.
+    """
+
+    worker_id: str
+    container_id: str
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool
+    started_at: str | None
+    finished_at: str | None
+    exact: bool = False
+    core_dumped: bool = False
+    oom_victim: str | None = None
+    """Whom the OOM killer took when the cgroup had an OOM kill: ``"worker"`` (its main process,
+    then ``oom_killed`` is True) or ``"child"`` (another process; the worker may have gone on)."""
+    status_lost: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExitRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal_name(self.signal)
+
+    @property
+    def how(self) -> str:
+        """One phrase for people: ``exit code 3``, ``killed by SIGKILL (out of memory)``…"""
+        if self.status_lost:
+            return "status lost (its monitor was gone when it ended)"
+        oom = " (out of memory)" if self.oom_killed else ""
+        if self.signal is not None:
+            inferred = "" if self.exact else f" (exit code {self.exit_code})"
+            core = ", core dumped" if self.core_dumped else ""
+            return f"killed by {self.signal_name}{core}{oom}{inferred}"
+        return f"exit code {self.exit_code}{oom}"
+
+
+def signal_name(sig: int | None) -> str | None:
+    if sig is None:
+        return None
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def split_status(code: int) -> tuple[int, int | None]:
+    """Engines report death by signal N as 128+N; recover N so callers need not guess."""
+    if 128 < code <= 128 + 64:
+        return code, code - 128
+    return code, None
+
+
+def code_from_returncode(returncode: int) -> tuple[int, int | None]:
+    """A ``Popen`` return code (``-N`` for death by signal N) as (shell-convention code, signal)."""
+    if returncode < 0:
+        return 128 - returncode, -returncode
+    return returncode, None
+
+
+def code_from_wait_status(status: int) -> tuple[int, int | None, bool]:
+    """A raw ``wait`` status as (shell-convention code, signal or None, core dumped)."""
+    import os
+
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig, os.WCOREDUMP(status)
+    return os.waitstatus_to_exitcode(status), None, False
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes
+
+
+@dataclass(frozen=True)
+class WorkerDescription:
+    """What the audit needs about a worker, from any runtime.
+
+    ``request`` holds the request fields the container stands for *as the runtime applied
+    them* (ids and user from its labels, image, cpu_percent, memory_mb, pids_limit, cores,
+    numa_node from its configuration), so the audit can re-plan it and compare.
+    """
+
+    state: WorkerState
+    request: Mapping[str, Any]
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime can promise, declared (never probed at run time)."""
+
+    isolated: bool
+    """Namespaces, cgroup limits, capabilities and seccomp: the audit applies."""
+    exact_status: bool
+    """Exit records carry the raw wait status (137 and SIGKILL are told apart)."""
+    survives_restart: bool
+    """Workers outlive berth; a new berth finds them again (``list_workers``)."""
+    oom_reported: bool
+    """OOM kills are reported as such."""
+
+
+class Runtime(Protocol):
+    """What the node needs from a way of running workers. Every call takes a worker id."""
+
+    name: str
+    capabilities: Capabilities
+
+    def image_present(self, image: str) -> bool: ...
+
+    def create(self, plan: Plan) -> str:
+        """Create (not start) the worker's container; returns its id."""
+        ...
+
+    def start(self, worker_id: str) -> None: ...
+
+    def stop(self, worker_id: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL once the grace period is over."""
+        ...
+
+    def force_kill(self, worker_id: str) -> None: ...
+
+    def remove(self, worker_id: str) -> None:
+        """Remove the container, running or not; a missing one is not an error."""
+        ...
+
+    def inspect(self, worker_id: str) -> WorkerState:
+        """Raises WorkerNotFound when there is no such worker."""
+        ...
+
+    def describe(self, worker_id: str) -> WorkerDescription:
+        """The worker's state, the request it stands for and its main pid (for the audit)."""
+        ...
+
+    def memory_usage(self, worker_id: str) -> int: ...
+
+    def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
+        """Run argv inside the worker's container, as the worker's user."""
+        ...
+
+    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        """The worker's output in chunks, never all of it in memory; ``tail`` lines from the end;
+        ``follow`` keeps going until the worker ends."""
+        ...
+
+    def list_workers(self) -> list[WorkerState]:
+        """Every worker of this node the runtime knows, in any state, from one cheap listing:
+        state, labels, digest and exit code are filled in; times, pid and the OOM flag may not be."""
+        ...
+
+    def exit_events(self) -> Iterator[ExitRecord | None]:
+        """Exit records as they happen, forever, until ``close``.
+
+        Yields ``None`` after each (re)connection, once the runtime is subscribed: the moment a
+        caller must reconcile with ``list_workers`` so that nothing that ended while the stream
+        was down is lost.
+        """
+        ...
+
+    def exit_record(self, worker_id: str) -> ExitRecord | None:
+        """The exit of a worker that has ended, built from the runtime's own state."""
+        ...
+
+    def close(self) -> None: ...
