@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._core.hostfacts import HostFacts, format_cpu_list, parse_cpu_list
-from .._core.plan import Plan, Security, plan_for
+from .._core.plan import Plan, Security
 from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError, EngineError, WorkerNotFound
 from .._linux import cgroup as _cgroup
@@ -372,7 +372,7 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
     config = node.config
     plan: Plan | None = None
     try:
-        plan = plan_for(spec_from_request(desc.request), config, node.host)
+        plan = node.plan(spec_from_request(desc.request))
         checks = [Check("plan", True, "the request passes the node's policy",
                         f"user {plan.identity.user}, image {plan.image}, {plan.resources.cpu_percent}% cpu, "
                         f"{plan.resources.memory_mb} MiB, pids {plan.resources.pids_limit}")]

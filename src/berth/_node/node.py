@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
-from .._core.plan import Plan, plan_for
+from .._core.identity import Identity, resolve_identity
+from .._core.plan import Plan, build_plan
 from .._core.spec import WorkerSpec
 from .._exceptions import BerthError, LaunchError, PolicyError, WaitTimeout, WorkerNotFound
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerDescription, WorkerState, WorkerStatus
@@ -55,10 +56,15 @@ class Node:
     """Launches, watches and reports the workers of one node."""
 
     def __init__(self, config: NodeConfig, runtime: Runtime | None = None,
-                 on_exit: ExitCallback | None = None, host: HostFacts | None = None) -> None:
+                 on_exit: ExitCallback | None = None, host: HostFacts | None = None,
+                 identities: Callable[[str], Identity] | None = None) -> None:
+        """``identities`` resolves a user name (default: the node's user database, with the
+        node's min_uid and banned users); tests give made-up users this way."""
         self.config = config
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
+        self._identities = identities or (lambda user: resolve_identity(user, config.node.min_uid,
+                                                                        config.node.banned_users))
         self._default_cb = on_exit
         self._lock = threading.RLock()
         self._callbacks: dict[str, ExitCallback] = {}
@@ -77,7 +83,7 @@ class Node:
 
     def plan(self, spec: WorkerSpec) -> Plan:
         """The plan a launch of ``spec`` would run, with every check a launch makes."""
-        return plan_for(spec, self.config, self.host)
+        return build_plan(spec, self.config, self._identities(spec.user), self.host)
 
     def launch(self, spec: WorkerSpec, on_exit: ExitCallback | None = None) -> WorkerHandle:
         """Create the worker's directories, script and container, and start it.

@@ -1,0 +1,100 @@
+"""The package's layers, checked: a lower layer never imports a higher one, and no module grows
+past what one reader can hold (the layout is the architecture; see src/berth/__init__.py)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "berth"
+
+RANK = {
+    "_exceptions": 0, "_paths": 0, "_version": 0,
+    "_linux": 1,
+    "_core": 2,
+    "_runtimes": 3,
+    "_node": 4,
+    "_service": 5,
+    "_cluster": 6,
+    "_cli": 7,
+    "__init__": 8, "__main__": 8,
+}
+MAX_LINES = 420
+STDLIB_ONLY: tuple[str, ...] = ()
+"""Modules that must import nothing outside the standard library (the runc monitor, once it exists)."""
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py"))
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _imported_layers(path: Path) -> set[tuple[str, int]]:
+    """Every berth layer this module imports, with the line of the import."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = path.relative_to(SRC).parent.parts
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                target = [*base, *(node.module.split(".") if node.module else [])]
+                if not target:  # "from . import x" at the package top
+                    target = [n.name for n in node.names][:1]
+            elif node.module and (node.module == "berth" or node.module.startswith("berth.")):
+                target = node.module.split(".")[1:] or [n.name for n in node.names][:1]
+            else:
+                continue
+            found.add((target[0], node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("berth."):
+                    found.add((alias.name.split(".")[1], node.lineno))
+    return found
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_a_module_imports_only_its_own_layer_and_those_below(path: Path) -> None:
+    mine = _layer(path)
+    assert mine in RANK, f"{path}: a new top-level package or module; give it a rank in RANK"
+    for layer, line in _imported_layers(path):
+        assert layer in RANK, f"{path}:{line}: imports unknown berth module {layer!r}"
+        assert RANK[layer] <= RANK[mine], (f"{path.relative_to(SRC)}:{line}: {mine} (rank {RANK[mine]}) imports "
+                                           f"{layer} (rank {RANK[layer]}), a higher layer")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_no_module_is_longer_than_a_reader_can_hold(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines (at most {MAX_LINES}): split it"
+
+
+def test_every_layer_package_says_what_it_may_import() -> None:
+    for pkg in (p for p in SRC.iterdir() if p.is_dir() and p.name.startswith("_") and p.name != "__pycache__"):
+        doc = ast.get_docstring(ast.parse((pkg / "__init__.py").read_text()))
+        assert doc and "import" in doc.lower(), f"{pkg.name}/__init__.py needs a docstring saying what it may import"
+
+
+def test_stdlib_only_modules() -> None:
+    for module in STDLIB_ONLY:
+        tree = ast.parse((SRC / module).read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names | {"__future__"}, f"{module} imports {name}"
+
+
+def test_the_walker_finds_relative_and_absolute_imports() -> None:
+    """The walker finds relative and absolute imports (else the tests above would pass vacuously)."""
+    found = {layer for layer, _ in _imported_layers(SRC / "_node" / "node.py")}
+    assert {"_core", "_runtimes", "_exceptions"} <= found
+    found = {layer for layer, _ in _imported_layers(SRC / "__init__.py")}
+    assert {"_service", "_node", "_core"} <= found
