@@ -63,7 +63,7 @@ class NodeSection(BaseModel):
     log_dir: str = "/var/log/berth"
     install_dir: str | None = None
     state_dir: str | None = None
-    runtime: Literal["docker", "process"] = "docker"
+    runtime: Literal["docker", "runc", "process"] = "docker"
     docker_host: str | None = None
     min_uid: int = Field(default=1000, ge=1)
     banned_users: tuple[str, ...] = ("bin",)
@@ -181,6 +181,54 @@ class ContainerSection(BaseModel):
         return self
 
 
+class RuncSection(BaseModel):
+    """The runc runtime: no daemon, one monitor per node (``berth-shim``), images as root
+    filesystem directories (no registry)."""
+
+    model_config = _strict
+
+    binary: str = "runc"
+    """A program name (looked up on PATH when the shim starts) or an absolute path."""
+    root: str | None = None
+    """runc's ``--root`` (its state); default ``<state_dir>/runc/root``."""
+    images: dict[str, str] = Field(default_factory=dict)
+    """Image name -> read-only root filesystem directory, e.g. ``"berth/python:latest" = "/srv/rootfs/python"``."""
+    image_root: str | None = None
+    """Where ``berth/<name>:<tag>`` images not in ``images`` are found: ``<image_root>/<name>``."""
+    default_seccomp: str = "/usr/share/containers/seccomp.json"
+    """The Docker-format profile converted for workers when container.seccomp_profile is empty
+    (Debian: golang-github-containers-common)."""
+
+    @field_validator("root", "image_root")
+    @classmethod
+    def _dirs(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute(v)
+
+    @field_validator("default_seccomp")
+    @classmethod
+    def _seccomp(cls, v: str) -> str:
+        return _absolute(v)
+
+    @field_validator("binary")
+    @classmethod
+    def _binary(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", v):
+            raise ValueError(f"must be a program name or absolute path, got {v!r}")
+        return v
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not valid_image(name):
+                raise ValueError(f"{name!r} is not a valid image reference")
+            try:
+                _absolute(path)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return {k: os.path.normpath(p) for k, p in v.items()}
+
+
 class SupervisorSection(BaseModel):
     """How the supervisor keeps assigned workers running."""
 
@@ -243,6 +291,7 @@ class NodeConfig(BaseModel):
     images: ImagesSection = Field(default_factory=ImagesSection)
     container: ContainerSection = Field(default_factory=ContainerSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    runc: RuncSection = Field(default_factory=RuncSection)
     api: ApiSection = Field(default_factory=ApiSection)
 
     @model_validator(mode="after")
@@ -262,6 +311,11 @@ class NodeConfig(BaseModel):
         return self.node.state_dir or os.path.join(self.node.local_dir, "berth")
 
     @property
+    def runc_dir(self) -> str:
+        """The runc runtime's own state: workers' bundles, exit files, the shim's socket and lock."""
+        return os.path.join(self.state_dir, "runc")
+
+    @property
     def api_socket(self) -> str:
         return self.api.socket or os.path.join(self.state_dir, "api.sock")
 
@@ -275,7 +329,9 @@ class NodeConfig(BaseModel):
     @property
     def forbidden_mounts(self) -> tuple[str, ...]:
         """The configured list plus what can never be mounted: berth's own state and the engine."""
-        extra = [self.node.local_dir, os.path.join(self.node.log_dir, "workers-artifacts")]
+        extra = [self.node.local_dir, os.path.join(self.node.log_dir, "workers-artifacts"), self.state_dir]
+        if self.runc.root:
+            extra.append(self.runc.root)
         if self.docker_socket:
             extra.append(self.docker_socket)
         out: list[str] = []

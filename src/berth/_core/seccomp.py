@@ -1,0 +1,130 @@
+"""A Docker-format seccomp profile as the OCI ``linux.seccomp`` object runc takes.
+
+The Docker format (moby's ``default.json``, the Debian ``containers-common`` profile) is a
+superset of the OCI one: rules carry ``includes``/``excludes`` conditions on the architecture,
+the container's capabilities and the kernel version, and ``archMap`` lists each native
+architecture with its compatible ones. The engine resolves those conditions for the container
+it is about to start; runc does not, so berth resolves them here, the same way, for a worker
+whose bounding set is empty (berth drops every capability): a rule that *includes* a
+capability is dropped, a rule that *excludes* one is kept.
+
+Pure: the architecture, kernel release and capabilities are arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._exceptions import ConfigError
+
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "x86", "i386": "x86", "armv7l": "arm",
+           "ppc64le": "ppc64le", "s390x": "s390x", "mips64": "mips64", "riscv64": "riscv64"}
+"""``uname -m`` to the arch names the profiles use in ``includes.arches`` (Go's, as the engine's)."""
+SECCOMP_ARCH = {"amd64": "SCMP_ARCH_X86_64", "x86": "SCMP_ARCH_X86", "arm64": "SCMP_ARCH_AARCH64",
+                "arm": "SCMP_ARCH_ARM", "ppc64le": "SCMP_ARCH_PPC64LE", "s390x": "SCMP_ARCH_S390X",
+                "mips64": "SCMP_ARCH_MIPS64", "riscv64": "SCMP_ARCH_RISCV64"}
+_ARG_KEYS = ("index", "value", "valueTwo", "op")
+MAX_PROFILE_BYTES = 4 * 1024 * 1024
+
+
+def _kernel(release: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        raise ValueError(f"cannot read a kernel version from {release!r}")
+    return tuple(int(x or 0) for x in m.groups())
+
+
+def _applies(rule: Mapping[str, Any], arch: str, caps: frozenset[str], kernel: tuple[int, ...]) -> bool:
+    inc = rule.get("includes") or {}
+    exc = rule.get("excludes") or {}
+    if arch in (exc.get("arches") or ()):
+        return False
+    if any(c in caps for c in exc.get("caps") or ()):
+        return False
+    if exc.get("minKernel") and kernel >= _kernel(exc["minKernel"]):
+        return False
+    if inc.get("arches") and arch not in inc["arches"]:
+        return False
+    if any(c not in caps for c in inc.get("caps") or ()):
+        return False
+    return not (inc.get("minKernel") and kernel < _kernel(inc["minKernel"]))
+
+
+def _syscall(rule: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if rule.get("name") and rule.get("names"):
+        raise ValueError(f"{where}: both 'name' and 'names'")
+    names = [rule["name"]] if rule.get("name") else list(rule.get("names") or [])
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{where}: no syscall names")
+    if not isinstance(rule.get("action"), str):
+        raise ValueError(f"{where}: no action")
+    out: dict[str, Any] = {"names": names, "action": rule["action"]}
+    if rule.get("errnoRet") is not None:
+        out["errnoRet"] = int(rule["errnoRet"])
+    args = []
+    for arg in rule.get("args") or []:
+        missing = [k for k in ("index", "value", "op") if k not in arg]
+        if missing:
+            raise ValueError(f"{where}: an argument lacks {', '.join(missing)}")
+        args.append({k: arg[k] for k in _ARG_KEYS if k in arg})
+    if args:
+        out["args"] = args
+    return out
+
+
+def oci_seccomp(profile: Mapping[str, Any], *, arch: str | None = None, kernel_release: str | None = None,
+                caps: Sequence[str] = ()) -> dict[str, Any]:
+    """The OCI ``linux.seccomp`` for a Docker-format (or OCI-format) profile.
+
+    ``arch`` is the Go arch name (default: this machine's); ``caps`` the container's bounding
+    set (berth's workers: none). Raises ValueError naming the offending rule.
+    """
+    arch = arch or GO_ARCH.get(platform.machine(), platform.machine())
+    kernel = _kernel(kernel_release or platform.release())
+    cap_set = frozenset(caps)
+    if not isinstance(profile.get("defaultAction"), str):
+        raise ValueError("no defaultAction")
+    if profile.get("architectures") and profile.get("archMap"):
+        raise ValueError("both 'architectures' and 'archMap'")
+    out: dict[str, Any] = {"defaultAction": profile["defaultAction"]}
+    if profile.get("defaultErrnoRet") is not None:
+        out["defaultErrnoRet"] = int(profile["defaultErrnoRet"])
+    arches = list(profile.get("architectures") or [])
+    native = SECCOMP_ARCH.get(arch)
+    for entry in profile.get("archMap") or []:
+        if entry.get("architecture") == native:
+            arches = [native, *(entry.get("subArchitectures") or [])]
+            break
+    if arches:
+        out["architectures"] = arches
+    syscalls = []
+    for i, rule in enumerate(profile.get("syscalls") or []):
+        where = f"syscalls[{i}]"
+        if not isinstance(rule, Mapping):
+            raise ValueError(f"{where}: not an object")
+        if _applies(rule, arch, cap_set, kernel):
+            syscalls.append(_syscall(rule, where))
+    out["syscalls"] = syscalls
+    return out
+
+
+def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
+    """Read and convert a profile file; a bad one is a ConfigError naming ``field``."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PROFILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read the seccomp profile {path}: {exc.strerror}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError(field, f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
+    try:
+        profile = json.loads(data)
+        if not isinstance(profile, dict):
+            raise ValueError("not a JSON object")
+        return oci_seccomp(profile, **kw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(field, f"{path} is not a usable seccomp profile: {exc}") from None
