@@ -46,6 +46,11 @@ class LaunchError(BerthError):
         super().__init__(f"launch failed at {step}", reason)
 
 
+class CleanupError(BerthError):
+    """A worker's directories could not be removed (a worker can make its tree hard to remove, or
+    the disk failed). Nothing outside them was touched; the reason names the path and the step."""
+
+
 class WorkerNotRunning(EngineError):
     """The worker exists but has no running process for what was asked (memory, exec, audit)."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import subprocess
 import threading
 import time
@@ -21,8 +20,9 @@ from typing import Any
 import docker
 import pytest
 
-from berth import Node, NodeConfig
+from berth import BerthError, Node, NodeConfig
 from berth._core.config import config_from_mapping
+from berth._node.workdirs import remove_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET = os.environ.get("BERTH_TEST_DOCKER_HOST", "unix:///run/berth-dev/docker.sock")
@@ -82,7 +82,8 @@ def base() -> Iterator[Path]:
     path.mkdir(parents=True, mode=0o755)
     os.chmod(BASE, 0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(BerthError):
+        remove_tree(path)  # workers' trees can be deeper than shutil.rmtree can go
 
 
 def purge(node_name: str) -> None:

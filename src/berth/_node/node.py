@@ -208,13 +208,17 @@ class Node:
             self._default_cb = on_exit
 
     def cleanup(self, worker_id: str) -> None:
-        """Remove the container and the worker's directories; artifacts stay."""
+        """Remove the container and the worker's directories; artifacts stay.
+
+        The container goes first, so nothing of the worker runs any more; if its directories
+        then cannot be removed, ``CleanupError`` says why (and a later cleanup or launch of the
+        same id tries again).
+        """
         try:
             state: WorkerState | None = self.runtime.inspect(worker_id)
         except WorkerNotFound:
             state = None
         self.runtime.remove(worker_id)
-        workdirs.remove(self.config, worker_id)
         with self._lock:
             self._callbacks.pop(worker_id, None)
             self._exits.pop(worker_id, None)
@@ -223,6 +227,7 @@ class Node:
                 self._reported.discard(state.container_id)
         if state is not None:
             self._journal.forget(state.container_id)
+        workdirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""

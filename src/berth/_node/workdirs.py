@@ -8,14 +8,20 @@ worker could have planted, and it removes what a launch made when the launch fai
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import shutil
+import stat
 from pathlib import Path
 
 from .._core.config import NodeConfig
 from .._core.layout import user_file, worker_root
 from .._core.plan import Plan
-from .._exceptions import PolicyError
+from .._exceptions import CleanupError, PolicyError
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RETRIES = 100
+"""Times a directory may turn out non-empty again when it is removed (something still writes in
+it) before removal gives up with an error instead of looping."""
 
 
 def prepare(plan: Plan, made: list[Path]) -> None:
@@ -97,8 +103,111 @@ def rollback(made: list[Path]) -> None:
 
 
 def remove(config: NodeConfig, worker_id: str) -> None:
-    """A worker's root (never followed if it is a symlink) and its user file; artifacts stay."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(worker_root(config, worker_id))
-    with contextlib.suppress(FileNotFoundError):
+    """A worker's root (never followed if it is a symlink) and its user file; artifacts stay.
+
+    Raises ``CleanupError`` when they cannot be removed; nothing outside them is touched.
+    """
+    remove_tree(worker_root(config, worker_id))
+    try:
         os.unlink(user_file(config, worker_id))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CleanupError("directories", f"cannot remove {user_file(config, worker_id)}: {exc.strerror}") from None
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` and everything under it; a missing path is not an error.
+
+    ``path``'s parent is trusted (berth's own directory); ``path`` itself and all below it are
+    not: a symlink or any other non-directory is unlinked, never followed, and a mount point
+    (another device) inside the tree is refused rather than crossed.
+    """
+    parent, name = os.path.split(os.path.normpath(os.fspath(path)))
+    try:
+        pfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CleanupError("directories", f"cannot open {parent}: {exc.strerror}") from None
+    try:
+        _remove_entry(pfd, name, os.fspath(path))
+    except OSError as exc:
+        raise CleanupError("directories", f"cannot remove {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(pfd)
+
+
+def _remove_entry(pfd: int, name: str, shown: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=pfd)
+        return
+    cur = _open_dir(pfd, name, st, shown)
+    # levels[i]: the name, device and inode of the i-th directory of the path from the top down to
+    # the one ``cur`` holds: all that is kept per level, so depth costs memory, not descriptors.
+    levels: list[tuple[str, int, int]] = [(name, st.st_dev, st.st_ino)]
+    retries = 0
+    try:
+        while True:
+            child = _empty_all_but_one_dir(cur, st.st_dev, shown, len(levels))
+            if child is not None:
+                cname, cst = child
+                nfd = _open_dir(cur, cname, cst, shown)
+                os.close(cur)
+                cur = nfd
+                levels.append((cname, cst.st_dev, cst.st_ino))
+                continue
+            if len(levels) == 1:
+                break
+            done, _, _ = levels.pop()
+            _, pdev, pino = levels[-1]
+            up = os.open("..", _DIR, dir_fd=cur)
+            ust = os.fstat(up)
+            if (ust.st_dev, ust.st_ino) != (pdev, pino):
+                os.close(up)
+                raise CleanupError("directories", f"{shown}: a directory was moved while it was being "
+                                   f"removed ({len(levels)} levels down); stopped there")
+            os.close(cur)
+            cur = up
+            try:
+                os.rmdir(done, dir_fd=cur)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or retries >= _RETRIES:
+                    raise
+                retries += 1  # written to meanwhile: the next pass empties it again
+    finally:
+        os.close(cur)
+    os.rmdir(name, dir_fd=pfd)
+
+
+def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
+    """Open a directory entry that was just seen to be a directory; fail if it is no longer it."""
+    fd = os.open(name, _DIR, dir_fd=dfd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        os.close(fd)
+        raise CleanupError("directories", f"{shown}: an entry was replaced while it was being removed")
+    return fd
+
+
+def _empty_all_but_one_dir(fd: int, dev: int, shown: str, depth: int) -> tuple[str, os.stat_result] | None:
+    """Unlink every non-directory in ``fd`` until a subdirectory turns up, and return it (None
+    when the directory is empty). A later pass over the same directory lists only what is left."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(entry.name, dir_fd=fd)
+                    continue
+            except FileNotFoundError:
+                continue
+            if st.st_dev != dev:
+                raise CleanupError("directories", f"{shown}: a mount point {depth} levels down "
+                                   f"({entry.name!r}); not crossing it")
+            return entry.name, st
+    return None

@@ -1,0 +1,98 @@
+"""Hostile tenants (issue 9): each test is an attack that once worked against a node, run against
+the real engine, and the node's answer now.
+
+A worker writes what it saw to files of its own directory; the test reads them from the host. No
+test sleeps: exits are waited for on berth's reports, worker files by bounded polling.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+from click.testing import CliRunner
+
+from berth import LaunchError, Node
+from berth._cli import main
+
+from ._helpers import WAIT, root_of, worker
+from .conftest import SOCKET, config_toml
+
+pytestmark = pytest.mark.integration
+
+
+def cli(node: Node, base: Path, *args: str) -> tuple[int, str]:
+    cfg = base / "berth.toml"
+    if not cfg.exists():
+        cfg.write_text(config_toml(node.config))
+    r = CliRunner().invoke(main, ["--config", str(cfg), *args])
+    return r.exit_code, r.output
+
+
+# -- 9.1 a deep directory tree -------------------------------------------------------------------
+
+DEEP_TREE = r"""
+import os, sys
+depth, victim, report = int(sys.argv[1]), sys.argv[2], os.path.abspath("deep-done")
+open("keep", "w").write("the worker's own file")
+keep = os.path.abspath("keep")
+os.chdir("tmp")  # its /tmp, through the worker-root mount: a hard link cannot cross mounts
+for _ in range(depth):
+    os.mkdir("d")
+    os.chdir("d")
+os.symlink(victim, "to-victim")      # a host directory, by its host path
+os.symlink("/", "to-root")
+os.link(keep, "hard")                # a second name of a file of its own
+os.mkdir("ro")
+open("ro/f", "w").close()
+os.chmod("ro", 0o500)                # a directory even its owner may not write
+open(report, "w").close()
+"""
+
+
+@pytest.mark.parametrize("how", ["berth rm", "relaunch over a leftover root"])
+def test_a_deep_tree_with_planted_links_is_removed_without_following_them(node: Node, base: Path, how: str) -> None:
+    victim = base / "victim"
+    (victim / "sub").mkdir(parents=True, mode=0o755)
+    (victim / "file").write_text("host data")
+    (victim / "sub" / "file").write_text("more host data")
+    depth = 5000  # shutil.rmtree recursed on the Python stack: ~1,000 levels were enough to break it
+    handle = node.launch(worker("w-deep", DEEP_TREE, str(depth), str(victim)), on_exit=lambda r: None)
+    assert node.wait("w-deep", WAIT).exit_code == 0
+    assert (root_of(node, "w-deep") / "deep-done").exists()
+    if how == "berth rm":
+        code, out = cli(node, base, "rm", "w-deep")
+        assert (code, out) == (0, "w-deep: removed\n")
+        assert not root_of(node, "w-deep").exists()
+    else:  # the container went behind berth's back: the next launch finds the old root and discards it
+        docker.APIClient(base_url=SOCKET, version="auto").remove_container(handle.container_id, force=True)
+    node.launch(worker("w-deep", "print('again')"), on_exit=lambda r: None)
+    assert node.wait("w-deep", WAIT).exit_code == 0
+    assert sorted(os.listdir(root_of(node, "w-deep") / "tmp")) == []
+    assert (victim / "file").read_text() == "host data"
+    assert (victim / "sub" / "file").read_text() == "more host data"
+    assert os.path.isdir("/usr/bin")
+
+
+def test_a_root_that_cannot_be_removed_is_a_typed_error_not_a_traceback(node: Node, base: Path) -> None:
+    node.launch(worker("w-stuck", "open('tmp/stuck', 'w').write('x')"), on_exit=lambda r: None)
+    assert node.wait("w-stuck", WAIT).exit_code == 0
+    stuck = root_of(node, "w-stuck") / "tmp" / "stuck"
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable flag")  # (a worker cannot set it: no CAP_LINUX_IMMUTABLE)
+    try:
+        code, out = cli(node, base, "rm", "w-stuck")
+        assert code == 125 and out == (f"error: directories: cannot remove {root_of(node, 'w-stuck')}: "
+                                       "Operation not permitted\n")
+        assert node.ps() == []  # the container went first
+        with pytest.raises(LaunchError) as info:
+            node.launch(worker("w-stuck", "pass"), on_exit=lambda r: None)
+        assert info.value.step == "directories" and "Operation not permitted" in info.value.reason
+        assert node.ps() == []
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    node.launch(worker("w-stuck", "pass"), on_exit=lambda r: None)
+    assert node.wait("w-stuck", WAIT).exit_code == 0
