@@ -146,7 +146,8 @@ def _render(args: argparse.Namespace, console: Any) -> int:
 
 
 def _cleanup(args: argparse.Namespace, console: Any) -> int:
-    from ._env import PRIVATE_URL, SHARED_URL, sweep
+    from ._common import PRIVATE_URL, SHARED_URL
+    from ._env import sweep
 
     urls = [args.engine] if "://" in args.engine else [PRIVATE_URL, SHARED_URL]
     total = 0

@@ -91,7 +91,7 @@ def ensure_image(eng: Engine, say: Any = print) -> None:
 
     api = docker.APIClient(base_url=eng.url, version="auto")
     try:
-        api.inspect_image(IMAGE)
+        api.inspect_image(IMAGE)  # type: ignore[no-untyped-call]
         return
     except docker.errors.NotFound:
         pass

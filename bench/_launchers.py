@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from berth import (
+    ExitRecord,
     HostFacts,
     Node,
     NodeConfig,
@@ -118,7 +119,10 @@ class BerthLauncher(Launcher):
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
         if Stopping.event.is_set():
             raise BenchError("stopping")
-        self.node.launch(spec, on_exit=lambda rec: on_exit(rec.worker_id, rec.exit_code))
+        def report(rec: ExitRecord) -> None:
+            on_exit(rec.worker_id, -1 if rec.exit_code is None else rec.exit_code)
+
+        self.node.launch(spec, on_exit=report)
 
     def memory_read(self, worker_id: str) -> int:
         return self.node.memory_usage(worker_id)
@@ -200,7 +204,8 @@ class SdkLauncher(Launcher):
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
         plan = self._plan_and_dirs(spec)
-        cid = str(self.api.create_container_from_config(engine_create_body(plan), name=spec.worker_id)["Id"])
+        body = engine_create_body(plan)
+        cid = str(self.api.create_container_from_config(body, name=spec.worker_id)["Id"])  # type: ignore[no-untyped-call]
         self._cids[spec.worker_id] = cid
         self.api.start(cid)
         threading.Thread(target=self._wait, args=(spec.worker_id, cid, on_exit), name=f"wait-{spec.worker_id}",

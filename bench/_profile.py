@@ -49,7 +49,7 @@ class _ApiTimer:
                     path = "/".join("<id>" if len(p) >= 40 else p for p in parts)
                     timer.calls[(step, f"{req.method} /{path}")].append((time.perf_counter() - t) * 1e3)
 
-        requests.Session.send = send  # type: ignore[method-assign]
+        requests.Session.send = send  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:

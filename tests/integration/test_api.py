@@ -163,7 +163,7 @@ def test_openapi_fuzzing_finds_no_server_error(config: NodeConfig) -> None:
     errors: list[str] = []
     seen = 0
     for result in schema.get_all_operations():
-        op = result.ok()
+        op = result.ok()  # type: ignore[union-attr]
 
         @given(case=op.as_strategy())
         @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -240,7 +240,10 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     for i in range(3):
         Path(config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
     for i in range(3):  # wait until the engine has them exited; no berth process is watching
-        poll_until(lambda i=i: observer.inspect(f"r{i}").state == "exited", f"r{i} exited")
+        def exited(wid: str = f"r{i}") -> bool:
+            return observer.inspect(wid).state == "exited"
+
+        poll_until(exited, f"r{i} exited")
     got = Exits()
     fresh = Node(config, on_exit=got)
     report = fresh.recover()

@@ -169,7 +169,7 @@ def test_a_setuid_root_binary_does_not_raise_the_euid(node: Node, node_name: str
                                   labels={"berth.node": node_name, "berth.worker": "control-suid"},
                                   host_config=client.create_host_config(cap_drop=["ALL"], network_mode="host"))["Id"]
     client.start(cid)
-    assert client.wait(cid, timeout=WAIT)["StatusCode"] == 0
+    assert client.wait(cid, timeout=int(WAIT))["StatusCode"] == 0
     control = json.loads(client.logs(cid, stdout=True, stderr=False).decode().strip().splitlines()[-1])
     assert control["uids"][1] == "0"
 

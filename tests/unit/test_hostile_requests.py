@@ -242,7 +242,7 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent + "/")
 
 
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+texts = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 ids = st.one_of(st.from_regex(ID_PATTERN, fullmatch=True), texts,
                 st.sampled_from(["..", ".", "../x", "a/../../b", "/etc", "a/b", "~", "w\u0430"]))
 ports = st.one_of(st.integers(min_value=-5, max_value=70_000), st.sampled_from(["6700", "../1", 6700.0, None]))
@@ -282,7 +282,7 @@ def _script_tokens(script: str) -> list[str]:
     return list(lexer)
 
 
-values = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=30)
+values = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\0"), max_size=30)
 env_names = st.from_regex(ENV_NAME, fullmatch=True).filter(
     lambda n: len(n) < 30 and n not in SHELL_RESERVED and not n.startswith("BASH"))
 

@@ -46,7 +46,7 @@ def _run(shell: str, script: str, tmp: Path) -> dict[str, object]:
     return result
 
 
-text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40)
+text = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\0"), max_size=40)
 names = st.from_regex(r"B[A-Za-z0-9_]{0,8}", fullmatch=True).filter(lambda n: not n.startswith("BASH"))
 
 
