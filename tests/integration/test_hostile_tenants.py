@@ -7,6 +7,7 @@ test sleeps: exits are waited for on berth's reports, worker files by bounded po
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from berth import LaunchError, Node
 from berth._cli import main
 
-from ._helpers import WAIT, root_of, worker
+from ._helpers import WAIT, Exits, root_of, worker
 from .conftest import SOCKET, config_toml
 
 pytestmark = pytest.mark.integration
@@ -96,3 +97,39 @@ def test_a_root_that_cannot_be_removed_is_a_typed_error_not_a_traceback(node: No
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
     node.launch(worker("w-stuck", "pass"), on_exit=lambda r: None)
     assert node.wait("w-stuck", WAIT).exit_code == 0
+
+
+# -- 9.12 which process the OOM killer took -------------------------------------------------------------
+
+CHILD_HOG = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    b = []
+    while True:
+        b.append(bytearray(8 * 1024 * 1024))
+_, status = os.waitpid(pid, 0)
+print("child ended by signal", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
+sys.exit(0)
+"""
+
+SELF_HOG = "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))\n"
+
+
+@pytest.mark.parametrize(("script", "code", "oom_killed", "victim"), [
+    (CHILD_HOG, 0, False, "child"),
+    (SELF_HOG, 137, True, "worker"),
+], ids=["a child", "the worker itself"])
+def test_oom_says_whether_the_worker_or_a_child_was_killed(node: Node, base: Path, script: str, code: int,
+                                                          oom_killed: bool, victim: str) -> None:
+    got = Exits()
+    node.launch(worker("w-oom", script, memory_mb=48), on_exit=got)
+    rec = got.of("w-oom")
+    assert (rec.exit_code, rec.oom_killed, rec.oom_victim) == (code, oom_killed, victim)
+    again = node.exit_record("w-oom")  # the same answer from the engine's state alone
+    assert again is not None and (again.exit_code, again.oom_killed, again.oom_victim) == (code, oom_killed, victim)
+    status, out = cli(node, base, "ps", "--json")
+    [row] = json.loads(out)
+    assert (status, row["exit_code"], row["oom_killed"], row["oom_victim"]) == (0, code, oom_killed, victim)
+    journalled = json.loads(Path(node.config.state_dir, "exits", f"{rec.container_id}.json").read_text())
+    assert (journalled["oom_killed"], journalled["oom_victim"]) == (oom_killed, victim)

@@ -37,8 +37,8 @@ def ps_rows(node: Node) -> list[dict[str, Any]]:
                 mem = None
         rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
                      "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
-                     "memory_bytes": mem, "started_at": w.started_at, "finished_at": w.finished_at,
-                     "uptime": uptime(w)})
+                     "oom_victim": w.oom_victim, "memory_bytes": mem, "started_at": w.started_at,
+                     "finished_at": w.finished_at, "uptime": uptime(w)})
     return rows
 
 
@@ -54,7 +54,8 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
         cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
-                 "-" if r["exit_code"] is None else str(r["exit_code"]), "yes" if r["oom_killed"] else "",
+                 "-" if r["exit_code"] is None else str(r["exit_code"]),
+                 {"worker": "yes", "child": "a child"}.get(r.get("oom_victim") or "", ""),
                  mem, r["uptime"]]
         t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
     return t

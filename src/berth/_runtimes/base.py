@@ -52,6 +52,10 @@ class WorkerState:
     assignment is recognised by comparing it, whoever launched the container."""
     exit_code: int | None = None
     oom_killed: bool = False
+    """The worker's main process was killed by the OOM killer (as ``ExitRecord.oom_killed``)."""
+    oom_victim: str | None = None
+    """``"worker"`` or ``"child"`` when the OOM killer took a process of the worker's (as in
+    ``ExitRecord``); None when it took none, or while the worker runs."""
     started_at: str | None = None
     finished_at: str | None = None
     pid: int | None = None

@@ -98,6 +98,17 @@ def request_from_inspect(data: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def oom_victim(cgroup_had_oom: bool, exit_code: int | None) -> str | None:
+    """Whom the OOM killer took, from what the engine tells: its flag (or the cgroup's oom_kill
+    count) says a process of the container was OOM-killed, and the worker's own status says
+    whether it was the worker. The flag alone is not enough: a child can be OOM-killed while the
+    worker goes on and exits 0; and 137 alone is any SIGKILL. (A worker SIGKILLed by someone else
+    after a child's OOM kill is taken for the victim: the engine keeps no more than that.)"""
+    if not cgroup_had_oom:
+        return None
+    return "worker" if exit_code == 128 + 9 else "child"
+
+
 def _timestamp(value: str | None) -> str | None:
     if not value or value.startswith("0001-01-01"):
         return None
@@ -186,6 +197,7 @@ class DockerRuntime:
         st = data["State"]
         status = _status(st.get("Status"))
         ended = status == WorkerStatus.EXITED
+        victim = oom_victim(bool(st.get("OOMKilled")), st.get("ExitCode")) if ended else None
         return WorkerState(
             worker_id=labels.get(LABEL_WORKER, ""),
             container_id=data["Id"],
@@ -196,7 +208,8 @@ class DockerRuntime:
             state=status,
             spec_digest=labels.get(LABEL_SPEC),
             exit_code=st.get("ExitCode") if ended else None,
-            oom_killed=bool(st.get("OOMKilled")) and ended,
+            oom_killed=victim == "worker",
+            oom_victim=victim,
             started_at=_timestamp(st.get("StartedAt")),
             finished_at=_timestamp(st.get("FinishedAt")) if ended else None,
             pid=st.get("Pid") or None,
@@ -322,8 +335,8 @@ class DockerRuntime:
             return None
         code, sig = split_status(st.exit_code)
         return ExitRecord(worker_id=st.worker_id, container_id=st.container_id, exit_code=code, signal=sig,
-                          oom_killed=st.oom_killed and sig == 9, started_at=st.started_at,
-                          finished_at=st.finished_at)
+                          oom_killed=st.oom_killed, started_at=st.started_at, finished_at=st.finished_at,
+                          oom_victim=st.oom_victim)
 
     def _on_oom(self, cid: str) -> None:
         count = None
@@ -354,14 +367,11 @@ class DockerRuntime:
                 oom_flag = oom_flag or bool(data["State"].get("OOMKilled"))
             except (derr.DockerException, requests.exceptions.RequestException):
                 pass  # removed already: the event carries what we need
-        # Killed by the OOM killer = the engine saw an OOM in the container's cgroup (its oom event,
-        # or a non-zero oom_kill counter read while the cgroup still existed) *and* the worker died
-        # of SIGKILL. The flag alone is not enough: a child can be OOM-killed while the worker
-        # itself exits 0, and exit code 137 alone is any SIGKILL.
         counted = self._oom.pop(cid, None)
-        oom = (oom_flag or bool(counted)) and sig == 9
+        victim = oom_victim(oom_flag or bool(counted), code)
         return ExitRecord(worker_id=attrs.get(LABEL_WORKER, ""), container_id=cid, exit_code=code, signal=sig,
-                          oom_killed=oom, started_at=started, finished_at=finished)
+                          oom_killed=victim == "worker", started_at=started, finished_at=finished,
+                          oom_victim=victim)
 
     def exit_events(self) -> Iterator[ExitRecord | None]:
         since: str | None = None

@@ -145,7 +145,8 @@ class FakeRuntime:
                            port=plan.port, user=plan.identity.user, image=plan.image, state=w.state,
                            spec_digest=plan.label_map.get(LABEL_SPEC),
                            exit_code=w.exit.exit_code if w.exit else None,
-                           oom_killed=bool(w.exit and w.exit.oom_killed), started_at=w.started_at,
+                           oom_killed=bool(w.exit and w.exit.oom_killed),
+                           oom_victim=w.exit.oom_victim if w.exit else None, started_at=w.started_at,
                            finished_at=w.finished_at,
                            pid=4242 if w.state.running else None, labels=plan.label_map)
 
