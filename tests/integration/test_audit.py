@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 ALWAYS = {"plan", "running", "caps.effective", "caps.permitted", "caps.bounding", "caps.ambient", "no_new_privs",
           "seccomp", "uid", "gid", "groups", "rootfs.read_only", "mounts.no_other_writable", "memory.limit",
-          "memory.swap", "cpu.quota", "cpuset.cpus", "cpuset.mems", "pids.limit", "cgroup.parent", "network"}
+          "memory.swap", "cpu.quota", "cpuset.cpus", "cpuset.mems", "pids.limit", "cgroup.parent", "network",
+          "memory.node_max", "pids.node_max"}
 """The checks every audit of a running worker with a valid plan has, besides one per planned mount."""
 
 SPAWN_CHILD = ("import subprocess, sys\n"
@@ -178,8 +179,9 @@ def test_audit_catches_a_limit_changed_in_the_kernel_behind_berths_back(node: No
     d, _ = cgroup_dir(pid, "pids")
     Path(d, "pids.max").write_text("max")  # the engine still says 64; the kernel no longer does
     report = audit_worker(node, "w-lim")
-    assert _failed(report) == {"pids.limit"}
+    assert _failed(report) == {"pids.limit", "pids.node_max"}  # unlimited is above any node maximum too
     assert report.check("pids.limit").observed == "max" and report.check("pids.limit").expected == "64"
+    assert report.check("pids.node_max").observed == "unlimited"
     go(node, "w-lim")
     node.wait("w-lim", WAIT)
 

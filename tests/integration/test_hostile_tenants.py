@@ -16,11 +16,11 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from berth import LaunchError, Node
+from berth import LaunchError, Node, PolicyError, WorkerSpec, audit_worker
 from berth._cli import main
 
-from ._helpers import WAIT, Exits, root_of, worker
-from .conftest import SOCKET, config_toml
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, snapshot, wait_file, worker
+from .conftest import SOCKET, config_toml, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +133,48 @@ def test_oom_says_whether_the_worker_or_a_child_was_killed(node: Node, base: Pat
     assert (status, row["exit_code"], row["oom_killed"], row["oom_victim"]) == (0, code, oom_killed, victim)
     journalled = json.loads(Path(node.config.state_dir, "exits", f"{rec.container_id}.json").read_text())
     assert (journalled["oom_killed"], journalled["oom_victim"]) == (oom_killed, victim)
+
+
+# -- 9.2, 9.3, 9.9 requests above the node's maxima --------------------------------------------------------
+
+def test_requests_above_the_nodes_maxima_are_refused_and_leave_nothing_behind(node: Node) -> None:
+    cfg, host = node.config, node.host
+    assert host.memory_mb and host.pid_max
+    node.launch(worker("w-fine", "pass"), on_exit=lambda r: None)
+    assert node.wait("w-fine", WAIT).exit_code == 0
+    dirs = (cfg.node.local_dir, cfg.node.log_dir, cfg.state_dir)
+    before, workers_before = snapshot(*dirs), node.ps(detail=True)
+    huge = "x" * 100_000
+    cases: list[tuple[str, WorkerSpec, str]] = [
+        ("more memory than the host has", worker("w-mem", "pass", memory_mb=100_000_000), "memory_mb"),
+        ("all of the host's RAM", worker("w-ram", "pass", memory_mb=host.memory_mb), "memory_mb"),
+        ("pids up to pid_max", worker("w-pids", "pass", pids_limit=host.pid_max), "pids_limit"),
+        ("a 50 MB argv", worker("w-argv", "pass", *[huge] * 500), "command"),
+        ("a 3 MB environment", worker("w-env", "pass", env={f"V{i}": huge for i in range(30)}), "env"),
+    ]
+    for case, spec, field in cases:
+        with pytest.raises(PolicyError) as info:
+            node.launch(spec, on_exit=lambda r: None)
+        assert info.value.field == field, f"{case}: {info.value}"
+        assert snapshot(*dirs) == before, case
+        assert node.ps(detail=True) == workers_before, case
+
+
+def test_audit_checks_the_nodes_memory_and_pids_maxima(node: Node, base: Path, node_name: str) -> None:
+    node.launch(worker("w-big", "open('ready', 'w').close()\n" + WAIT_FOR_GO, memory_mb=512, pids_limit=2000),
+                on_exit=lambda r: None)
+    wait_file(root_of(node, "w-big") / "ready", node, "w-big")
+    assert audit_worker(node, "w-big").ok
+    strict = Node(make_config(base, node_name, memory_mb=128, max_memory_mb=256, pids_limit=100,
+                              max_pids_limit=1000))
+    try:
+        report = audit_worker(strict, "w-big")
+    finally:
+        strict.close()
+    # (with no plan, its planned read-write mounts are not known either)
+    assert {c.name for c in report.failed} == {"plan", "memory.node_max", "pids.node_max", "mounts.no_other_writable"}
+    assert report.check("memory.node_max").observed == "512 MiB"
+    assert report.check("pids.node_max").line() == \
+        "FAIL  pids.node_max: observed 2000  (expected at most 1000 (the node's maximum))"
+    go(node, "w-big")
+    assert node.wait("w-big", WAIT).exit_code == 0

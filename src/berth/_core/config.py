@@ -125,8 +125,11 @@ class ContainerSection(BaseModel):
     shell: str = "bash"
     cpu_percent: int = Field(default=100, ge=1)
     memory_mb: int = Field(default=1024, ge=6)
+    max_memory_mb: int | None = Field(default=None, ge=6)
+    """Per worker; default: the host's RAM less a reserve (``_core.limits.max_memory_mb``)."""
     pids_limit: int = Field(default=1024, ge=1)
-    max_pids_limit: int = Field(default=32768, ge=1)
+    max_pids_limit: int | None = Field(default=None, ge=1)
+    """Per worker; default: kernel.pid_max / 8, at most 32768 (``_core.limits.max_pids``)."""
     forbidden_mounts: tuple[str, ...] = DEFAULT_FORBIDDEN
 
     @field_validator("cgroup_root")
@@ -175,9 +178,11 @@ class ContainerSection(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _pids(self) -> ContainerSection:
-        if self.pids_limit > self.max_pids_limit:
+    def _maxima(self) -> ContainerSection:
+        if self.max_pids_limit is not None and self.pids_limit > self.max_pids_limit:
             raise ValueError(f"pids_limit {self.pids_limit} is above max_pids_limit {self.max_pids_limit}")
+        if self.max_memory_mb is not None and self.memory_mb > self.max_memory_mb:
+            raise ValueError(f"memory_mb {self.memory_mb} is above max_memory_mb {self.max_memory_mb}")
         return self
 
 

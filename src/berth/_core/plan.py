@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .._exceptions import ConfigError, PolicyError, SpecError
 from .._paths import is_under
+from . import limits
 from .config import ImagesSection, NodeConfig, valid_image
 from .hostfacts import HostFacts, format_cpu_list
 from .identity import Identity, check_identity
@@ -169,9 +170,7 @@ def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resourc
     if cpu > host.cpu_count * 100:
         raise PolicyError("cpu_percent", f"{cpu} is more than this node's {host.cpu_count} cpus "
                           f"({host.cpu_count * 100})")
-    pids = spec.pids_limit if spec.pids_limit is not None else c.pids_limit
-    if pids > c.max_pids_limit:
-        raise PolicyError("pids_limit", f"{pids} is above the node's max_pids_limit {c.max_pids_limit}")
+    pids = limits.pids_for(spec.pids_limit, config, host)
     cores = spec.cores or ()
     missing = sorted(set(cores) - host.cpus)
     if missing:
@@ -179,7 +178,7 @@ def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resourc
                           f"(online: {format_cpu_list(tuple(sorted(host.cpus)))})")
     if spec.numa_node is not None and spec.numa_node not in host.mems:
         raise PolicyError("numa_node", f"memory node {spec.numa_node} does not exist on this node")
-    memory = spec.memory_mb if spec.memory_mb is not None else c.memory_mb
+    memory = limits.memory_for(spec.memory_mb, config, host)
     return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
                      numa_node=spec.numa_node)
 
@@ -231,6 +230,9 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
     check_identity(identity, config.node.min_uid, config.node.banned_users)
     image = choose_image(spec.image, config.images)
     resources = _resources(spec, config, host)
+    limits.check_exec_size(spec.command, spec.env, host)
+    script = render_script(spec.command, spec.env, config.container.umask)
+    limits.check_script_size(script)
     lay = layout(config, spec.worker_id, spec.topology_id, spec.port)
     mounts = _mounts(config, lay)
     seccomp = config.container.seccomp_profile or None
@@ -258,7 +260,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         security=security,
         layout=lay,
         shell=config.container.shell,
-        script=render_script(spec.command, spec.env, config.container.umask),
+        script=script,
         command=spec.command,
         env=tuple(spec.env.items()),
         labels=labels,

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._exceptions import SpecError
+from .limits import MAX_ARG_STRLEN
 from .validation import raise_validation
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}")
@@ -87,6 +88,9 @@ class WorkerSpec(BaseModel):
     def _command(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for i, arg in enumerate(v):
             _clean_text(arg, f"argument {i}")
+            size = len(arg.encode()) + 1
+            if size > MAX_ARG_STRLEN:
+                raise ValueError(f"argument {i} is {size - 1} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1}")
         if not v[0]:
             raise ValueError("the program (argument 0) must not be empty")
         return v
@@ -100,6 +104,10 @@ class WorkerSpec(BaseModel):
             if name in SHELL_RESERVED or name.startswith("BASH"):
                 raise ValueError(f"{name!r} is owned by the worker shell and would not reach the worker")
             _clean_text(value, f"value of {name}")
+            size = len(name.encode()) + len(value.encode()) + 1
+            if size > MAX_ARG_STRLEN - 1:
+                raise ValueError(f"{name}=… is {size} bytes; the kernel takes at most {MAX_ARG_STRLEN - 1} "
+                                 "per variable")
         return v
 
     @field_validator("image")

@@ -387,6 +387,9 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
         return AuditReport(worker_id, cid, (), tuple(checks))
     pids = worker_pids(pid)
     checks += audit_processes(pids, plan, security, node.host, config.node.min_uid)
+    from .audit_limits import maxima_checks
+
+    checks += maxima_checks(pid, config, node.host)
     return AuditReport(worker_id, cid, tuple(pids), tuple(checks))
 
 
