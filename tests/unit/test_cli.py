@@ -73,3 +73,22 @@ def test_errors_are_one_line_naming_the_field(tmp_path: Path) -> None:
     spec.write_text("worker_id: ww\ntopology_id: tt\nport: 1\nuser: u\ncommand: [x]\nmemroy_mb: 5\n")
     r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--spec", str(spec)])
     assert r.output == "error: memroy_mb: unknown key\n"
+
+
+def test_explain_with_a_storm_yaml_says_where_berth_differs(tmp_path: Path) -> None:
+    """[3] --storm prints Storm's line (no --memory: enforcement off); the notes go to stderr."""
+    for d in ("home", "nscd", "logs"):
+        (tmp_path / d).mkdir()
+    f = tmp_path / "storm.yaml"
+    f.write_text(f"storm.home: {tmp_path}/home\nstorm.local.dir: {tmp_path}/local\nstorm.log.dir: {tmp_path}/logs\n"
+                 f"storm.oci.nscd.dir: {tmp_path}/nscd\nstorm.oci.image: berth/busybox:latest\n"
+                 "storm.oci.allowed.images: berth/busybox:latest\nstorm.zookeeper.servers: [zk1]\n")
+    base = ["--config", str(f), "explain", "--worker-id", "w1", "--topology", "t1", "--port", "6700",
+            "--user", _user(), "--memory", "64"]
+    r = CliRunner().invoke(main, [*base, "--storm", "--", "sh"])
+    assert r.exit_code == 0, r.output
+    assert "--memory" not in r.stdout and r.stdout.rstrip().endswith(f"bash {tmp_path}/local/workers/w1/"
+                                                                      "storm-worker-script.sh")
+    assert "berth limits the worker to 64 MiB with no swap beyond it" in r.stderr
+    r = CliRunner().invoke(main, [*base, "--format", "text", "--", "sh"])
+    assert "Storm key not used by berth: storm.zookeeper.servers" in r.stdout

@@ -52,6 +52,7 @@ readonly_mounts = ["/etc/storm"]
 def test_storm_yaml_maps_storm_keys_and_ignores_the_rest(tmp_path: Path) -> None:
     f = tmp_path / "storm.yaml"
     f.write_text("""
+storm.home: /opt/storm
 storm.local.dir: /storm/local
 storm.log.dir: /storm/logs
 storm.oci.image: storm/rhel7:latest
@@ -68,6 +69,7 @@ supervisor.slots.ports: [6700, 6701]
     assert c.images.allowed == ("storm/rhel7:latest", "storm/rhel8:latest")
     assert c.container.nscd_dir == "/var/run/nscd"
     assert c.container.readonly_mounts == ("/etc/storm",)
+    assert c.storm is not None and c.storm.unused_keys == ("nimbus.seeds", "supervisor.slots.ports")
 
 
 def test_berth_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

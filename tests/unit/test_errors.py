@@ -188,7 +188,7 @@ def test_star_allows_any_valid_name(node: dict[str, Path]) -> None:
 
 def test_storm_yaml_errors_name_the_storm_key() -> None:
     with pytest.raises(ConfigError, match=r"^storm\.oci\.image: "):
-        config_from_storm({"storm.oci.image": "NOT VALID"})
+        config_from_storm({"storm.oci.image": "NOT VALID"}, env={"STORM_HOME": "/opt/storm"})
     with pytest.raises(ConfigError, match=r"^storm\.oci\.imagez: unknown key"):
         config_from_storm({"storm.oci.imagez": "a/b"})
 

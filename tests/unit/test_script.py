@@ -21,6 +21,10 @@ DUMPER = ("import json, os, sys; "
 
 
 def test_script_format_is_storms() -> None:
+    """[10] ServerUtils.writeScript (storm-server, apache/storm 73da988d9ac3): "#!/bin/bash", newLine;
+    per variable shellCmd(["export", k + "=" + v]) + ";" and newLine; a newLine; "umask " + umask and
+    newLine; "exec " + shellCmd(command) + ";" with no newLine after it. shellCmd: each token in
+    single quotes, a quote as '"'"'."""
     script = render_script(["java", "-cp", "a b", "it's"], {"A": "1", "B": "x'y"}, "0027")
     assert script == (
         "#!/bin/bash\n"
@@ -28,8 +32,22 @@ def test_script_format_is_storms() -> None:
         "'export' 'B=x'\"'\"'y';\n"
         "\n"
         "umask 0027\n"
-        "exec 'java' '-cp' 'a b' 'it'\"'\"'s';\n"
+        "exec 'java' '-cp' 'a b' 'it'\"'\"'s';"
     )
+
+
+def test_env_lines_keep_the_requests_order() -> None:
+    """[10] Storm writes its HashMap's order; berth writes the request's, so the same request gives the
+    same script, byte for byte, every time."""
+    from berth import WorkerSpec
+    from berth._core.spec import spec_from_mapping
+
+    env = {"ZED": "1", "ALPHA": "2", "MID": "3"}
+    spec = spec_from_mapping({"worker_id": "w1", "topology_id": "t1", "port": 6700, "user": "alice",
+                              "command": ["x"], "env": env})
+    assert isinstance(spec, WorkerSpec)
+    script = render_script(spec.command, spec.env, None)
+    assert script.splitlines()[1:4] == ["'export' 'ZED=1';", "'export' 'ALPHA=2';", "'export' 'MID=3';"]
 
 
 def test_quote_refuses_nul() -> None:

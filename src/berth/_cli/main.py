@@ -53,6 +53,8 @@ def get_config(ctx: click.Context) -> NodeConfig:
     obj = ctx.find_root().obj
     if "config" not in obj:
         obj["config"] = load_config(obj["config_path"])
+        for note in obj["config"].storm.notes if obj["config"].storm else ():
+            click.echo(f"note: {note}", err=True)
     config: NodeConfig = obj["config"]
     return config
 
@@ -110,16 +112,41 @@ def spec_from_options(opts: dict[str, Any]) -> WorkerSpec:
 @click.option("--storm", is_flag=True, help="Exactly Storm's docker run line (no berth additions).")
 @click.pass_context
 def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
-    """Show the container a launch would create, without creating anything."""
+    """Show the container a launch would create, without creating anything.
+
+    With a storm.yaml, where berth differs from Storm is said on stderr (or in --format text).
+    """
     config = get_config(ctx)
-    plan = plan_for(spec_from_options(opts), config)
+    plan = plan_for(spec_from_options(opts), config, keep_refusals=storm)
+    if fmt == "text" and not storm:
+        click.echo(text_summary(plan, config.storm.unused_keys if config.storm else ()))
+        return
     if fmt == "docker" or storm:
         click.echo(docker_run_line(plan, storm=storm))
-    elif fmt == "engine":
+    else:
         body = engine_create_body(plan, seccomp_json=read_seccomp(plan))
         click.echo(json.dumps({"name": plan.worker_id, "body": body}, indent=2))
-    else:
-        click.echo(text_summary(plan))
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    for refusal in plan.refusals:
+        click.echo(f"note: Storm would launch this; berth refuses: {refusal}", err=True)
+
+
+@main.command(name="config")
+@click.option("--from-storm", "storm_yaml", type=click.Path(dir_okay=False),
+              help="Print the berth.toml equivalent to this storm.yaml.")
+@click.pass_context
+def config_(ctx: click.Context, /, storm_yaml: str | None) -> None:
+    """Print the node config as berth.toml (only what differs from berth's defaults)."""
+    from .._core.storm import load_storm_yaml
+    from .._core.tomlout import config_toml
+
+    source = storm_yaml or ctx.find_root().obj["config_path"] or "berth's defaults"
+    config = load_storm_yaml(storm_yaml) if storm_yaml else get_config(ctx)
+    for note in config.storm.notes if storm_yaml and config.storm else ():
+        click.echo(f"note: {note}", err=True)
+    click.echo(config_toml(config, f"berth.toml equivalent to {source}\n(berth config --from-storm; docs/storm.md)"
+                           if storm_yaml else f"the node config from {source}"), nl=False)
 
 
 def get_node(ctx: click.Context) -> Node:

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._exceptions import ConfigError
 from .._paths import is_under
+from .stormconf import StormSection
 from .validation import raise_validation
 
 IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
@@ -62,13 +62,15 @@ class NodeSection(BaseModel):
     local_dir: str = "/var/lib/berth/local"
     log_dir: str = "/var/log/berth"
     install_dir: str | None = None
+    artifacts_dir: str | None = None
+    """Where workers' artifacts go (Storm's ``storm.workers.artifacts.dir``); ``<log_dir>/workers-artifacts``."""
     state_dir: str | None = None
     runtime: Literal["docker", "runc", "process"] = "docker"
     docker_host: str | None = None
     min_uid: int = Field(default=1000, ge=1)
     banned_users: tuple[str, ...] = ("bin",)
 
-    @field_validator("local_dir", "log_dir", "install_dir", "state_dir")
+    @field_validator("local_dir", "log_dir", "install_dir", "artifacts_dir", "state_dir")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:
         return None if v is None else _absolute(v)
@@ -298,18 +300,24 @@ class NodeConfig(BaseModel):
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     runc: RuncSection = Field(default_factory=RuncSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    storm: StormSection | None = None
+    """Storm's semantics, for a node configured by a storm.yaml (see ``stormconf``)."""
 
     @model_validator(mode="after")
     def _layout(self) -> NodeConfig:
         home = self.node.install_dir
-        if home:
+        if home and self.storm is None:  # a storm.yaml's defaults do this: the plan refuses it instead
             for key in ("local_dir", "log_dir"):
                 path = getattr(self.node, key)
                 if is_under(path, home):
-                    # Storm refuses this too: the install dir is mounted read-only into every
-                    # worker, so worker state under it would be exposed to all of them.
+                    # The install dir is mounted read-only into every worker, so worker state
+                    # under it would be readable by all of them. (Storm allows it.)
                     raise ValueError(f"node.{key} must not be under node.install_dir ({home})")
         return self
+
+    @property
+    def artifacts_root(self) -> str:
+        return self.node.artifacts_dir or os.path.join(self.node.log_dir, "workers-artifacts")
 
     @property
     def state_dir(self) -> str:
@@ -334,7 +342,7 @@ class NodeConfig(BaseModel):
     @property
     def forbidden_mounts(self) -> tuple[str, ...]:
         """The configured list plus what can never be mounted: berth's own state and the engine."""
-        extra = [self.node.local_dir, os.path.join(self.node.log_dir, "workers-artifacts"), self.state_dir]
+        extra = [self.node.local_dir, self.artifacts_root, self.state_dir]
         if self.runc.root:
             extra.append(self.runc.root)
         if self.docker_socket:
@@ -362,7 +370,9 @@ def tupled(value: Any) -> Any:
 def _tuples(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _tuples(v) for k, v in data.items()}
-    return tupled(data)
+    if isinstance(data, list):
+        return tuple(_tuples(v) for v in data)
+    return data
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
@@ -371,22 +381,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
     if not chosen:
         return NodeConfig()
     p = Path(chosen)
+    if p.suffix in (".yaml", ".yml"):
+        from .storm import load_storm_yaml
+
+        return load_storm_yaml(p)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from None
-    if p.suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{chosen} is not valid YAML: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError("config", f"{chosen} must hold a mapping of storm.* keys")
-        from .storm import config_from_storm
-
-        return config_from_storm(data)
     try:
         toml = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -50,7 +50,7 @@ def layout(config: NodeConfig, worker_id: str, topology_id: str, port: int) -> L
         user_file=user_file(config, worker_id),
         supervisor_dir=sup,
         shared_by_topology=os.path.join(sup, "stormdist", topology_id, "shared_by_topology"),
-        artifacts=os.path.join(config.node.log_dir, "workers-artifacts", topology_id, str(port)),
+        artifacts=os.path.join(config.artifacts_root, topology_id, str(port)),
         cid_file=os.path.join(root, CID_NAME),
         script=os.path.join(root, SCRIPT_NAME),
     )

@@ -20,6 +20,8 @@ from .identity import Identity, check_identity
 from .layout import Layout, layout
 from .script import render_script
 from .spec import WorkerSpec, spec_digest
+from .stormconf import BERTH_TO_STORM
+from .stormline import StormLine, storm_line
 
 LABEL_PREFIX = "berth."
 LABEL_WORKER = "berth.worker"
@@ -100,6 +102,12 @@ class Plan:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...] = field(default=())
+    storm: StormLine | None = None
+    """What Storm's DockerManager would put on its line for this worker (``explain --storm``)."""
+    notes: tuple[str, ...] = ()
+    """Where a storm.yaml's node behaves differently from Storm, and why (shown by ``explain``)."""
+    refusals: tuple[str, ...] = ()
+    """berth's hardening refusals, kept (not raised) only for ``explain --storm``: Storm would launch."""
 
     @property
     def workdir(self) -> str:
@@ -152,7 +160,12 @@ def forbidden_reason(source: str, forbidden: tuple[str, ...]) -> str | None:
     return None
 
 
-def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...]) -> str:
+def key_of(config: NodeConfig, name: str) -> str:
+    """The key the operator wrote: the storm.yaml's for a node configured by one."""
+    return BERTH_TO_STORM.get(name, name) if config.storm is not None else name
+
+
+def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...], refused: list[PolicyError]) -> str:
     if not os.path.isabs(path):
         raise ConfigError(field_name, f"{path} must be absolute")
     real = os.path.realpath(path)
@@ -160,8 +173,32 @@ def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...]) -
         raise ConfigError(field_name, f"{path} does not exist on this node")
     reason = forbidden_reason(path, forbidden)
     if reason:
-        raise PolicyError(field_name, reason)
+        refused.append(PolicyError(field_name, reason))
     return real
+
+
+def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> WorkerSpec:
+    """Storm's supervisor-side overrides: ``storm.worker.cgroup.cpu.limit`` replaces the CPU
+    (OciContainerManager.reserveResourcesForWorker) and ``supervisor.numa.meta`` pins by port
+    (BasicContainer.launch, SupervisorUtils.getNumaIdForPort)."""
+    s = config.storm
+    if s is None:
+        return spec
+    update: dict[str, object] = {}
+    if s.worker_cpu_limit is not None:
+        if spec.cpu_percent not in (None, s.worker_cpu_limit):
+            notes.append(f"cpu: storm.worker.cgroup.cpu.limit {s.worker_cpu_limit} replaces the request's "
+                         f"{spec.cpu_percent}, as in Storm")
+        update["cpu_percent"] = s.worker_cpu_limit
+    zone = s.zone_for(spec.port)
+    if zone is not None:
+        if (spec.cores is not None and spec.cores != zone.cores) or spec.numa_node not in (None, int(zone.id)):
+            raise PolicyError("cores", f"port {spec.port} is bound to NUMA zone {zone.id} by supervisor.numa.meta; "
+                              "the request may not pin other cores or memory nodes")
+        update.update(cores=zone.cores or None, numa_node=int(zone.id))
+        notes.append(f"numa: port {spec.port} is in zone {zone.id} of supervisor.numa.meta: cores "
+                     f"{','.join(map(str, zone.cores)) or 'any'}, memory node {zone.id}")
+    return spec.model_copy(update=update)
 
 
 def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resources:
@@ -177,13 +214,14 @@ def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resourc
         raise PolicyError("cores", f"cpu {missing[0]} does not exist on this node "
                           f"(online: {format_cpu_list(tuple(sorted(host.cpus)))})")
     if spec.numa_node is not None and spec.numa_node not in host.mems:
-        raise PolicyError("numa_node", f"memory node {spec.numa_node} does not exist on this node")
+        raise PolicyError(key_of(config, "storm.numa") if config.storm and config.storm.zone_for(spec.port)
+                          else "numa_node", f"memory node {spec.numa_node} does not exist on this node")
     memory = limits.memory_for(spec.memory_mb, config, host)
     return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
                      numa_node=spec.numa_node)
 
 
-def _mounts(config: NodeConfig, lay: Layout) -> tuple[Mount, ...]:
+def _mounts(config: NodeConfig, lay: Layout, refused: list[PolicyError]) -> tuple[Mount, ...]:
     """Storm's mounts in Storm's order, then the operator's read-only and read-write lists."""
     c = config.container
     forbidden = config.forbidden_mounts
@@ -191,10 +229,20 @@ def _mounts(config: NodeConfig, lay: Layout) -> tuple[Mount, ...]:
     if c.mount_cgroup_root:
         # Exempt from the forbidden list: berth adds it itself, read-only, as Storm does.
         if not os.path.exists(c.cgroup_root):
-            raise ConfigError("container.cgroup_root", f"{c.cgroup_root} does not exist on this node")
+            from .storm import swap_hint
+
+            root_key, parent_key = key_of(config, "container.cgroup_root"), key_of(config, "container.cgroup_parent")
+            raise ConfigError(root_key, f"{c.cgroup_root} does not exist on this node"
+                              + swap_hint(c.cgroup_root, c.cgroup_parent, root_key, parent_key))
         mounts.append(Mount(c.cgroup_root, c.cgroup_root, True, "cgroup-root"))
     if config.node.install_dir:
-        src = _configured_source(config.node.install_dir, "node.install_dir", forbidden)
+        home = config.node.install_dir
+        for name, path in (("node.local_dir", config.node.local_dir), ("node.artifacts_dir", config.artifacts_root)):
+            if is_under(path, home):
+                refused.append(PolicyError(key_of(config, name), f"{path} lies under the install dir {home}, which "
+                                           "every worker gets read-only: each could read the others' files; "
+                                           "move it out"))
+        src = _configured_source(home, key_of(config, "node.install_dir"), forbidden, refused)
         mounts.append(Mount(src, src, True, "install-dir"))
     mounts += [
         Mount(lay.supervisor_dir, lay.supervisor_dir, True, "supervisor"),
@@ -203,7 +251,7 @@ def _mounts(config: NodeConfig, lay: Layout) -> tuple[Mount, ...]:
         Mount(lay.user_file, lay.user_file, False, "user-file"),
     ]
     if c.nscd_dir:
-        src = _configured_source(c.nscd_dir, "container.nscd_dir", forbidden)
+        src = _configured_source(c.nscd_dir, key_of(config, "container.nscd_dir"), forbidden, refused)
         mounts.append(Mount(src, src, False, "nscd"))
     mounts += [
         Mount(lay.shared_by_topology, lay.shared_by_topology, False, "shared-by-topology"),
@@ -212,32 +260,43 @@ def _mounts(config: NodeConfig, lay: Layout) -> tuple[Mount, ...]:
     for key, paths, ro in (("readonly_mounts", c.readonly_mounts, True),
                            ("readwrite_mounts", c.readwrite_mounts, False)):
         for i, path in enumerate(paths):
-            src = _configured_source(path, f"container.{key}[{i}]", forbidden)
+            src = _configured_source(path, f"{key_of(config, f'container.{key}')}[{i}]", forbidden, refused)
             mounts.append(Mount(src, src, ro, "configured-ro" if ro else "configured-rw"))
     seen: dict[str, Mount] = {}
     for m in mounts:
         if m.target in seen:
             # Only an operator-configured mount can collide (berth's own targets are distinct).
-            raise ConfigError("container." + ("readonly_mounts" if m.read_only else "readwrite_mounts"),
+            name = {"configured-ro": "readonly_mounts", "configured-rw": "readwrite_mounts"}.get(m.role, "nscd_dir")
+            raise ConfigError(key_of(config, f"container.{name}"),
                               f"mount target {m.target} is already used by the {seen[m.target].role} mount")
         seen[m.target] = m
     return tuple(mounts)
 
 
-def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts) -> Plan:
+def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts,
+               keep_refusals: bool = False) -> Plan:
+    """The plan, or the first error. ``keep_refusals``: berth-only hardening refusals (which Storm
+    does not make) are kept in ``Plan.refusals`` instead, so that ``explain --storm`` can still
+    show Storm's line; nothing launches such a plan."""
     if identity.user != spec.user:
         raise PolicyError("user", f"identity is for {identity.user!r}, the request names {spec.user!r}")
     check_identity(identity, config.node.min_uid, config.node.banned_users)
     image = choose_image(spec.image, config.images)
+    notes: list[str] = []
+    refused: list[PolicyError] = []
+    spec_in = spec
+    spec = _storm_resources(spec, config, notes)
     resources = _resources(spec, config, host)
     limits.check_exec_size(spec.command, spec.env, host)
     script = render_script(spec.command, spec.env, config.container.umask)
     limits.check_script_size(script)
     lay = layout(config, spec.worker_id, spec.topology_id, spec.port)
-    mounts = _mounts(config, lay)
+    mounts = _mounts(config, lay, refused)
+    if refused and not keep_refusals:
+        raise refused[0]
     seccomp = config.container.seccomp_profile or None
     if seccomp and not os.path.isfile(seccomp):
-        raise ConfigError("container.seccomp_profile", f"{seccomp} is not a file on this node")
+        raise ConfigError(key_of(config, "container.seccomp_profile"), f"{seccomp} is not a file on this node")
     security = Security(network=config.container.network, cgroup_parent=config.container.cgroup_parent,
                         seccomp_profile=seccomp)
     labels = (
@@ -246,8 +305,17 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         (LABEL_PORT, str(spec.port)),
         (LABEL_USER, spec.user),
         (LABEL_NODE, config.node.name),
-        (LABEL_SPEC, spec_digest(spec)),
+        (LABEL_SPEC, spec_digest(spec_in)),
     )
+    line = storm_line(config, spec.worker_id, spec.topology_id, spec.port, lay,
+                      tuple((m.source, m.target, m.read_only) for m in mounts), resources.cores,
+                      resources.cpuset_mems or None, resources.cpu_percent, resources.memory_mb)
+    if config.storm is not None and not config.storm.memory_enforcement:
+        notes.append(f"memory: storm.cgroup.memory.enforcement.enable is false, so Storm's line has no --memory; "
+                     f"berth limits the worker to {resources.memory_mb} MiB with no swap beyond it")
+    if config.storm is not None:
+        notes.append(f"berth adds its hardening after Storm's flags: --pids-limit={resources.pids_limit}, "
+                     f"--memory-swap={resources.memory_mb}m, --init, labels (left out by --storm)")
     return Plan(
         worker_id=spec.worker_id,
         topology_id=spec.topology_id,
@@ -264,12 +332,16 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         command=spec.command,
         env=tuple(spec.env.items()),
         labels=labels,
+        storm=line,
+        notes=tuple(notes),
+        refusals=tuple(str(e) for e in refused),
     )
 
 
-def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None) -> Plan:
+def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None,
+             keep_refusals: bool = False) -> Plan:
     """Resolve the user and the node's facts, then build the plan."""
     from .identity import resolve_identity
 
     identity = resolve_identity(spec.user, config.node.min_uid, config.node.banned_users)
-    return build_plan(spec, config, identity, host or HostFacts.probe())
+    return build_plan(spec, config, identity, host or HostFacts.probe(), keep_refusals)

@@ -12,38 +12,54 @@ import shlex
 from typing import Any
 
 from .plan import Plan
+from .stormline import StormLine, java_double
 
 
 def _mount_token(source: str, target: str, read_only: bool) -> str:
     return f"{source}:{target}:ro" if read_only else f"{source}:{target}"
 
 
-def docker_run_argv(plan: Plan, storm: bool = False) -> list[str]:
-    """Tokens after ``docker``: Storm's exactly, then berth's additions unless ``storm``."""
+def _berth_values(plan: Plan) -> StormLine:
+    """What berth launches, in the shape of Storm's line."""
     r, s = plan.resources, plan.security
-    argv = ["run", f"--name={plan.worker_id}", f"--user={plan.identity.docker_user}", "-d",
-            f"--net={s.network}"]
+    return StormLine(mounts=tuple((m.source, m.target, m.read_only) for m in plan.mounts), cores=r.cores,
+                     mems=r.cpuset_mems or None, cgroup_parent=s.cgroup_parent, workdir=plan.workdir,
+                     cid_file=plan.cid_file, seccomp=s.seccomp_profile, cpu_percent=r.cpu_percent,
+                     memory_mb=r.memory_mb, argv=plan.argv, network=s.network)
+
+
+def docker_run_argv(plan: Plan, storm: bool = False) -> list[str]:
+    """Tokens after ``docker``: Storm's exactly (DockerManager.launchWorkerProcess, in
+    DockerRunCommand's order), then berth's additions unless ``storm``.
+
+    Storm joins its list with spaces; its two-word items (``--group-add <gid>``, ``--security-opt
+    …``) are two tokens here, as a shell splits them."""
+    s = plan.security
+    v = plan.storm if storm and plan.storm is not None else _berth_values(plan)
+    argv = ["run", f"--name={plan.worker_id}", f"--user={plan.identity.docker_user}", "-d", f"--net={v.network}"]
     if s.read_only_root:
         argv.append("--read-only")
-    for m in plan.mounts:
-        argv += ["-v", _mount_token(m.source, m.target, m.read_only)]
-    if r.cores:
-        argv.append(f"--cpuset-cpus={r.cpuset_cpus}")
-    if r.numa_node is not None:
-        argv.append(f"--cpuset-mems={r.cpuset_mems}")
-    argv.append(f"--cgroup-parent={s.cgroup_parent}")
+    for source, target, read_only in v.mounts:
+        argv += ["-v", _mount_token(source, target, read_only)]
+    if v.cores:
+        argv.append(f"--cpuset-cpus={','.join(map(str, v.cores))}")
+    if v.mems is not None:
+        argv.append(f"--cpuset-mems={v.mems}")
+    argv.append(f"--cgroup-parent={v.cgroup_parent}")
     for gid in plan.identity.groups:
         argv += ["--group-add", str(gid)]
-    argv += [f"--workdir={plan.workdir}", f"--cidfile={plan.cid_file}"]
+    argv += [f"--workdir={v.workdir}", f"--cidfile={v.cid_file}"]
     argv += [f"--cap-drop={cap}" for cap in s.cap_drop]
     if s.no_new_privileges:
         argv += ["--security-opt", "no-new-privileges"]
-    if s.seccomp_profile:
-        argv += ["--security-opt", f"seccomp={s.seccomp_profile}"]
-    argv += [f"--cpus={r.cpus!r}", f"--memory={r.memory_mb}m"]
+    if v.seccomp:
+        argv += ["--security-opt", f"seccomp={v.seccomp}"]
+    argv.append(f"--cpus={java_double(v.cpu_percent / 100.0)}")
+    if v.memory_mb is not None:
+        argv.append(f"--memory={v.memory_mb}m")
     if not storm:
         argv += berth_extra_flags(plan)
-    argv += [plan.image, *plan.argv]
+    argv += [plan.image, *v.argv]
     return argv
 
 
@@ -123,8 +139,9 @@ def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str,
     }
 
 
-def text_summary(plan: Plan) -> str:
-    """A readable account of what the worker gets, for people reviewing a launch."""
+def text_summary(plan: Plan, unused_keys: tuple[str, ...] = ()) -> str:
+    """A readable account of what the worker gets, for people reviewing a launch; with a
+    storm.yaml, where berth differs from Storm and which of its keys berth does not use."""
     r, s, ident = plan.resources, plan.security, plan.identity
     out = [
         f"worker    {plan.worker_id}  (topology {plan.topology_id}, port {plan.port}, node {plan.node})",
@@ -156,4 +173,8 @@ def text_summary(plan: Plan) -> str:
         out += [f"  {k}={v!r}" for k, v in plan.env]
     out.append("labels")
     out += [f"  {k}={v}" for k, v in plan.labels]
+    if plan.notes:
+        out.append("differences from Storm")
+        out += [f"  {n}" for n in plan.notes]
+    out += [f"Storm key not used by berth: {k}" for k in unused_keys]
     return "\n".join(out)

@@ -22,10 +22,12 @@ def shell_line(tokens: Iterable[str]) -> str:
 
 
 def render_script(command: Iterable[str], env: Mapping[str, str], umask: str | None) -> str:
+    """Byte for byte what Storm's ``ServerUtils.writeScript`` writes (no newline after the
+    ``exec`` line), with the variables in the request's order."""
     lines = ["#!/bin/bash"]
     lines += [shell_line(["export", f"{k}={v}"]) + ";" for k, v in env.items()]
     lines.append("")
     if umask is not None:
         lines.append(f"umask {umask}")
     lines.append("exec " + shell_line(command) + ";")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""What a storm.yaml means beyond berth's own tables: Storm's semantics, kept for that file only.
+
+A berth.toml without a ``[storm]`` table keeps berth's behaviour. A storm.yaml (or the berth.toml
+``berth config --from-storm`` prints for it) carries this section, which the plan follows:
+the NUMA zones that pin a worker by its port, the supervisor's CPU override, whether Storm's
+line limits memory, and how Storm's own string joins spell each path, so that ``explain
+--storm`` prints what Storm's code builds while berth launches with normalised paths.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_strict = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+BERTH_TO_STORM = {
+    "node.name": "storm.local.hostname",
+    "node.local_dir": "storm.local.dir",
+    "node.log_dir": "storm.log.dir",
+    "node.install_dir": "storm.home",
+    "node.artifacts_dir": "storm.workers.artifacts.dir",
+    "node.runtime": "storm.resource.isolation.plugin",
+    "images.default": "storm.oci.image",
+    "images.allowed": "storm.oci.allowed.images",
+    "container.cgroup_root": "storm.oci.cgroup.root",
+    "container.cgroup_parent": "storm.oci.cgroup.parent",
+    "container.nscd_dir": "storm.oci.nscd.dir",
+    "container.seccomp_profile": "storm.oci.seccomp.profile",
+    "container.readonly_mounts": "storm.oci.readonly.bindmounts",
+    "container.readwrite_mounts": "storm.oci.readwrite.bindmounts",
+    "storm.memory_enforcement": "storm.cgroup.memory.enforcement.enable",
+    "storm.worker_cpu_limit": "storm.worker.cgroup.cpu.limit",
+    "storm.numa": "supervisor.numa.meta",
+}
+"""berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
+
+
+def _plain(value: str) -> str:
+    if "\0" in value or "\n" in value:
+        raise ValueError("must not contain NUL or newline")
+    return value
+
+
+class NumaZone(BaseModel):
+    """One entry of Storm's ``supervisor.numa.meta``: a worker on one of ``ports`` is pinned to
+    ``cores`` (in the order given, as Storm passes them) and to memory node ``id``."""
+
+    model_config = _strict
+
+    id: str
+    cores: tuple[int, ...]
+    memory_mb: float = Field(ge=0)
+    ports: tuple[int, ...]
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        # Storm passes the zone's key as --cpuset-mems; only a memory node number means anything there.
+        if not re.fullmatch(r"0|[1-9]\d{0,3}", v):
+            raise ValueError(f"zone {v!r} must be a memory node number like \"0\"")
+        return v
+
+    @field_validator("cores")
+    @classmethod
+    def _cores(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(c < 0 for c in v):
+            raise ValueError("core numbers must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("Duplicate cores in NUMA config")  # Storm's own words
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 < p < 65536 for p in v):
+            raise ValueError("ports must be 1-65535")
+        return v
+
+
+class StormSection(BaseModel):
+    """Storm semantics for a node configured by a storm.yaml (``[storm]`` in berth.toml)."""
+
+    model_config = _strict
+
+    memory_enforcement: bool = False
+    """``storm.cgroup.memory.enforcement.enable``: whether Storm's line carries ``--memory``.
+    What berth launches is always limited (memory = swap limit)."""
+    worker_cpu_limit: int | None = Field(default=None, ge=1)
+    """``storm.worker.cgroup.cpu.limit``: replaces every worker's CPU percent, as in Storm."""
+    numa: tuple[NumaZone, ...] = ()
+    """``supervisor.numa.meta``, in the file's order (Storm takes the first zone listing a port)."""
+    plugin: str = "org.apache.storm.container.docker.DockerManager"
+    plugin_enabled: bool = True
+
+    # How Storm's string joins spell these paths (None: as berth's normalised value).
+    local_dir: str | None = None
+    artifacts_root: str | None = None
+    cgroup_root: str | None = None
+    cgroup_parent: str | None = None
+    nscd_dir: str | None = None
+    seccomp_profile: str | None = None
+    readonly_mounts: tuple[str, ...] | None = None
+    readwrite_mounts: tuple[str, ...] | None = None
+
+    unused_keys: tuple[str, ...] = ()
+    """Storm keys the storm.yaml set that berth accepts and does not use (``explain --format text``)."""
+    notes: tuple[str, ...] = ()
+    """What loading the storm.yaml found worth a warning (a likely mistake, a behaviour berth does not copy)."""
+
+    @field_validator("local_dir", "artifacts_root", "cgroup_root", "cgroup_parent", "nscd_dir", "seccomp_profile")
+    @classmethod
+    def _spelled(cls, v: str | None) -> str | None:
+        return None if v is None else _plain(v)
+
+    @field_validator("readonly_mounts", "readwrite_mounts")
+    @classmethod
+    def _spelled_list(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else tuple(_plain(p) for p in v)
+
+    @model_validator(mode="after")
+    def _ports_once(self) -> StormSection:
+        seen: dict[int, str] = {}
+        for zone in self.numa:
+            for port in zone.ports:
+                if port in seen and seen[port] != zone.id:
+                    # Storm silently takes the first; a port in two zones is a mistake worth naming.
+                    raise ValueError(f"port {port} is in NUMA zones {seen[port]} and {zone.id}")
+                seen[port] = zone.id
+        return self
+
+    def zone_for(self, port: int) -> NumaZone | None:
+        """Storm's ``SupervisorUtils.getNumaIdForPort``: the first zone whose ports hold ``port``."""
+        return next((z for z in self.numa if port in z.ports), None)
