@@ -92,3 +92,12 @@ def test_explain_with_a_storm_yaml_says_where_berth_differs(tmp_path: Path) -> N
     assert "berth limits the worker to 64 MiB with no swap beyond it" in r.stderr
     r = CliRunner().invoke(main, [*base, "--format", "text", "--", "sh"])
     assert "Storm key not used by berth: storm.zookeeper.servers" in r.stdout
+
+
+def test_config_prints_the_loaded_config_as_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    r = CliRunner().invoke(main, ["--config", str(_config(tmp_path)), "config"])
+    assert r.exit_code == 0, r.output
+    assert tomllib.loads(r.stdout)["node"] == {"name": "n1", "local_dir": f"{tmp_path}/local",
+                                                "log_dir": f"{tmp_path}/log", "min_uid": 1, "banned_users": []}

@@ -289,3 +289,49 @@ def test_a_storm_yaml_from_disk(n: dict[str, str], tmp_path: Path) -> None:
     f = tmp_path / "storm.yaml"
     f.write_text(yaml.safe_dump(storm_yaml(n)))
     assert line(load_config(f)) == expected(n)
+
+
+# A careless operator's storm.yaml ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("extra", "error"), [
+    ({1: "x"}, r"^1: keys must be strings"),
+    ({"storm.oci.readonly.bindmounts": [1]}, r"^storm\.oci\.readonly\.bindmounts\[0\]: must be a string"),
+    ({"storm.oci.readonly.bindmounts": ["etc/storm"]}, r"^storm\.oci\.readonly\.bindmounts: must be an absolute"),
+    ({"storm.oci.readonly.bindmounts": ["/a:/b"]}, r"^storm\.oci\.readonly\.bindmounts: must not contain ':'"),
+    ({"storm.oci.cgroup.parent": "../escape"}, r"^storm\.oci\.cgroup\.parent: must be a cgroup path"),
+    ({"storm.worker.cgroup.cpu.limit": True}, r"^storm\.worker\.cgroup\.cpu\.limit: must be a positive number"),
+    ({"storm.cgroup.memory.enforcement.enable": "yes"}, r"^storm\.cgroup\.memory\.enforcement\.enable: "),
+    ({"storm.log.dir": "logs"}, r"^storm\.log\.dir: must be absolute"),
+    ({"supervisor.numa.meta": {"a": {"numa.cores": [0], "numa.memory.mb": 1, "numa.ports": [1]}}},
+     r"^supervisor\.numa\.meta: zone a: id: zone 'a' must be a memory node number"),
+    ({"supervisor.numa.meta": {"0": {"numa.cores": [0], "numa.memory.mb": 1, "numa.ports": [6700]},
+                               "1": {"numa.cores": [1], "numa.memory.mb": 1, "numa.ports": [6700]}}},
+     r"^supervisor\.numa\.meta: port 6700 is in NUMA zones 0 and 1"),
+    ({"supervisor.numa.meta": {"0": {"numa.cores": [0], "numa.memory.mb": 1, "numa.ports": [1], "numa.typo": 1}}},
+     r"^supervisor\.numa\.meta: zone 0: unknown key numa\.typo"),
+])
+def test_bad_storm_values_are_errors_naming_the_storm_key(n: dict[str, str], extra: dict[Any, Any],
+                                                          error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        config_from_storm({**storm_yaml(n), **extra})
+
+
+def test_values_from_the_yaml_that_the_node_cannot_honour_name_their_key(n: dict[str, str]) -> None:
+    too_many = config_from_storm(storm_yaml(n, storm_worker_cgroup_cpu_limit=900))
+    with pytest.raises(PolicyError, match=r"^storm\.worker\.cgroup\.cpu\.limit: 900 is more than"):
+        build_plan(SPEC, too_many, ALICE, HOST)
+    ghost = config_from_storm(storm_yaml(n, supervisor_numa_meta={"0": {
+        "numa.cores": [0, 12], "numa.memory.mb": 1, "numa.ports": [6703]}}))
+    with pytest.raises(PolicyError, match=r"^supervisor\.numa\.meta: cpu 12 does not exist"):
+        build_plan(SPEC, ghost, ALICE, HOST)
+
+
+def test_a_forbidden_mount_shows_storms_line_but_never_launches(n: dict[str, str]) -> None:
+    """Storm mounts whatever storm.oci.readwrite.bindmounts says; berth refuses /proc, the engine's
+    socket, the install dir's parents… (docs/security.md). explain --storm still prints Storm's line."""
+    config = config_from_storm(storm_yaml(n, storm_oci_readwrite_bindmounts=["/proc"]))
+    plan = build_plan(SPEC, config, ALICE, HOST, keep_refusals=True)
+    assert plan.refusals == ("storm.oci.readwrite.bindmounts[0]: /proc is /proc or lies under it (forbidden)",)
+    assert "/proc:/proc" in docker_run_argv(plan, storm=True)
+    with pytest.raises(PolicyError, match=r"^storm\.oci\.readwrite\.bindmounts\[0\]: /proc"):
+        build_plan(SPEC, config, ALICE, HOST)

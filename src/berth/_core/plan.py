@@ -202,20 +202,23 @@ def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> 
 
 
 def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resources:
-    c = config.container
+    c, s = config.container, config.storm
+    # A value from the storm.yaml is reported under its key, not as the request's fault.
+    cpu_key = key_of(config, "storm.worker_cpu_limit") if s and s.worker_cpu_limit else "cpu_percent"
+    pin_key = key_of(config, "storm.numa") if s and s.zone_for(spec.port) else "cores"
     cpu = spec.cpu_percent if spec.cpu_percent is not None else c.cpu_percent
     if cpu > host.cpu_count * 100:
-        raise PolicyError("cpu_percent", f"{cpu} is more than this node's {host.cpu_count} cpus "
+        raise PolicyError(cpu_key, f"{cpu} is more than this node's {host.cpu_count} cpus "
                           f"({host.cpu_count * 100})")
     pids = limits.pids_for(spec.pids_limit, config, host)
     cores = spec.cores or ()
     missing = sorted(set(cores) - host.cpus)
     if missing:
-        raise PolicyError("cores", f"cpu {missing[0]} does not exist on this node "
+        raise PolicyError(pin_key, f"cpu {missing[0]} does not exist on this node "
                           f"(online: {format_cpu_list(tuple(sorted(host.cpus)))})")
     if spec.numa_node is not None and spec.numa_node not in host.mems:
-        raise PolicyError(key_of(config, "storm.numa") if config.storm and config.storm.zone_for(spec.port)
-                          else "numa_node", f"memory node {spec.numa_node} does not exist on this node")
+        raise PolicyError("numa_node" if pin_key == "cores" else pin_key,
+                          f"memory node {spec.numa_node} does not exist on this node")
     memory = limits.memory_for(spec.memory_mb, config, host)
     return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
                      numa_node=spec.numa_node)

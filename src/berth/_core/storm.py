@@ -212,7 +212,7 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
         notes.append(f"storm.oci.cgroup.root {container['cgroup_root']} does not exist on this node{hint}")
     storm["notes"] = tuple(notes)
     return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm},
-                               rename=BERTH_TO_STORM)
+                               rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
 
 
 def _images(conf: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
