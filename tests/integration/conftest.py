@@ -30,7 +30,7 @@ PY_IMAGE = "berth/python:latest"
 BB_IMAGE = "berth/busybox:latest"
 BASE = Path("/var/lib/berth-test")
 
-USERS = ("berth-alice", "berth-bob")  # made by scripts/users
+USERS = ("berth-alice", "berth-bob", "berth-carol", "berth-dave")  # made by scripts/users
 
 
 def _unavailable(why: str) -> None:
@@ -60,7 +60,8 @@ def engine() -> str:
 
 @pytest.fixture(scope="session")
 def users() -> dict[str, pwd.struct_passwd]:
-    """Two worker users: alice (uid 2101, also in berth-shared) and bob (uid 2102)."""
+    """Worker users: alice (uid 2101, also in berth-shared), bob (uid 2102), and carol and dave
+    (2103, 2104), whose primary group is the same (berth-team)."""
     if os.geteuid() != 0:
         _unavailable("creating test users needs root")
     subprocess.run([ROOT / "scripts/users"], check=True, capture_output=True)

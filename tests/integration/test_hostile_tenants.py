@@ -11,12 +11,13 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 from click.testing import CliRunner
 
-from berth import LaunchError, Node, PolicyError, WorkerSpec, audit_worker
+from berth import IdentityError, LaunchError, Node, PolicyError, WorkerSpec, audit_worker
 from berth._cli import main
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, snapshot, wait_file, worker
@@ -178,3 +179,75 @@ def test_audit_checks_the_nodes_memory_and_pids_maxima(node: Node, base: Path, n
         "FAIL  pids.node_max: observed 2000  (expected at most 1000 (the node's maximum))"
     go(node, "w-big")
     assert node.wait("w-big", WAIT).exit_code == 0
+
+
+# -- 9.6 who may run workers ------------------------------------------------------------------------
+
+def test_the_nodes_user_policy_is_enforced_through_the_node(engine: str, users: dict[str, Any], base: Path,
+                                                            node_name: str) -> None:
+    cfg = make_config(base, node_name)
+    cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update={
+        "allowed_users": ("berth-alice",), "allowed_groups": ("berth-team",)})})
+    with Node(cfg) as node:
+        for user in ("berth-alice", "berth-carol"):  # by name; by group (carol's primary group)
+            node.launch(worker(f"w-ok-{user[6:]}", "pass", user=user, topology_id=f"t-{user[6:]}"),
+                        on_exit=lambda r: None)
+            assert node.wait(f"w-ok-{user[6:]}", WAIT).exit_code == 0
+        dirs = (cfg.node.local_dir, cfg.node.log_dir, cfg.state_dir)
+        before, workers_before = snapshot(*dirs), node.ps(detail=True)
+        for user, words in (("berth-bob", "may not run workers on this node"), ("nobody", "banned")):
+            with pytest.raises(IdentityError) as info:
+                node.launch(worker("w-refused", "pass", user=user, topology_id="t-x"), on_exit=lambda r: None)
+            assert info.value.field == "user" and words in info.value.reason
+            assert snapshot(*dirs) == before and node.ps(detail=True) == workers_before
+    banned = cfg.model_copy(update={"node": cfg.node.model_copy(update={"banned_users": ("berth-alice",)})})
+    with Node(banned) as node, pytest.raises(IdentityError, match="'berth-alice' is banned"):
+        node.launch(worker("w-banned", "pass"), on_exit=lambda r: None)
+
+
+# -- 9.7 tenants who share a primary group -------------------------------------------------------------
+
+TRY_READS = r"""
+import errno, json, os, sys
+out = {}
+for path in json.loads(sys.argv[1]):
+    try:
+        out[path] = ("listed " + ",".join(sorted(os.listdir(path)))) if os.path.isdir(path) else \
+            ("read " + open(path).read())
+    except OSError as exc:
+        out[path] = errno.errorcode.get(exc.errno, str(exc.errno))
+json.dump(out, open(".report.json", "w"))
+os.rename(".report.json", "report.json")
+"""
+
+WRITE_SECRETS = r"""
+import sys
+for d in sys.argv[1:]:
+    open(d + "/secret", "w").write("carol's")
+open("ready", "w").close()
+""" + WAIT_FOR_GO
+
+
+def test_tenants_sharing_a_primary_group_cannot_read_each_others_files(node: Node, users: dict[str, Any]) -> None:
+    carol, dave = users["berth-carol"], users["berth-dave"]
+    assert carol.pw_gid == dave.pw_gid  # the premise: one primary group
+    lay = node.plan(worker("w-carol", "pass", user="berth-carol", topology_id="topo-c")).layout
+    node.launch(worker("w-carol", WRITE_SECRETS, lay.worker_root, lay.worker_tmp, lay.artifacts,
+                       lay.shared_by_topology, user="berth-carol", topology_id="topo-c"), on_exit=lambda r: None)
+    wait_file(root_of(node, "w-carol") / "ready", node, "w-carol")
+    mine = [lay.worker_root, lay.worker_tmp, lay.artifacts, lay.shared_by_topology]
+    targets = mine + [f"{d}/secret" for d in mine] + [lay.user_file, lay.script]
+    node.launch(worker("w-dave", TRY_READS, json.dumps(targets), user="berth-dave", topology_id="topo-d",
+                       port=6701), on_exit=lambda r: None)
+    assert node.wait("w-dave", WAIT).exit_code == 0
+    seen = json.loads((root_of(node, "w-dave") / "report.json").read_text())
+    assert {p: v for p, v in seen.items() if v not in ("ENOENT", "EACCES")} == {}
+    # The supervisor dir is mounted read-only into every worker: carol's shared dir is there by path.
+    assert seen[lay.shared_by_topology] == "EACCES"
+    # On the host too, dave's uid and group are kept out of every one of carol's directories.
+    for path in mine:
+        probe = subprocess.run(["python3", "-c", "import os,sys; os.listdir(sys.argv[1])", path], user=dave.pw_uid,
+                               group=dave.pw_gid, extra_groups=[], capture_output=True, text=True)
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, path
+    go(node, "w-carol")
+    assert node.wait("w-carol", WAIT).exit_code == 0

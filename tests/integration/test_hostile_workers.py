@@ -117,7 +117,7 @@ def test_bobs_worker_cannot_read_alices_worker_files(node: Node, users: dict[str
     assert {p: v for p, v in seen.items() if v not in ("ENOENT", "EACCES")} == {}  # not even visible
     # And on the host, where the paths exist, bob's uid is kept out by the directory modes.
     assert (os.stat(lay.worker_root).st_mode & 0o777, os.stat(lay.worker_tmp).st_mode & 0o777,
-            os.stat(lay.artifacts).st_mode & 0o777) == (0o750, 0o700, 0o750)
+            os.stat(lay.artifacts).st_mode & 0o777) == (0o700, 0o700, 0o700)
     bob = users["berth-bob"]
     for path in (lay.worker_root, lay.worker_tmp, lay.artifacts):
         probe = subprocess.run(["python3", "-c", "import os,sys; os.listdir(sys.argv[1])", path],

@@ -11,7 +11,7 @@ from berth._core.config import DEFAULT_FORBIDDEN
 def test_defaults() -> None:
     c = NodeConfig()
     assert c.node.min_uid == 1000
-    assert c.node.banned_users == ("bin",)
+    assert c.node.banned_users == ("bin", "nobody")
     assert c.node.runtime == "docker"
     assert c.container.cgroup_root == "/sys/fs/cgroup"
     assert c.container.cgroup_parent == "/berth"

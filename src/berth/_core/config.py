@@ -68,7 +68,20 @@ class NodeSection(BaseModel):
     runtime: Literal["docker", "runc", "process"] = "docker"
     docker_host: str | None = None
     min_uid: int = Field(default=1000, ge=1)
-    banned_users: tuple[str, ...] = ("bin",)
+    banned_users: tuple[str, ...] = ("bin", "nobody")
+    """``nobody`` (uid 65534, above any min_uid) owns what NFS squashes and what daemons drop to."""
+    allowed_users: tuple[str, ...] = ()
+    allowed_groups: tuple[str, ...] = ()
+    """When either list is set, only the users named, and the members of the groups named (any of
+    a user's groups counts), may run workers; banned_users still wins."""
+
+    @field_validator("banned_users", "allowed_users", "allowed_groups")
+    @classmethod
+    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", name) or len(name) > 64:
+                raise ValueError(f"{name!r} is not a user or group name")
+        return v
 
     @field_validator("local_dir", "log_dir", "install_dir", "artifacts_dir", "state_dir")
     @classmethod
@@ -380,6 +393,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
     chosen = os.fspath(path) if path is not None else os.environ.get("BERTH_CONFIG")
     if not chosen:
         return NodeConfig()
+    from .trust import check_root_owned
+
+    check_root_owned(chosen)
     p = Path(chosen)
     if p.suffix in (".yaml", ".yml"):
         from .storm import load_storm_yaml

@@ -23,14 +23,19 @@ class Identity:
     uid: int
     gid: int
     groups: tuple[int, ...]
+    group_names: tuple[str, ...] = ()
+    """The names of ``groups``, in the same order (a gid without a name: its number)."""
 
     @property
     def docker_user(self) -> str:
         return f"{self.uid}:{self.gid}"
 
 
-def check_identity(ident: Identity, min_uid: int, banned: Iterable[str]) -> Identity:
-    """Refuse root, system accounts and banned users; kept apart from lookup so it is testable."""
+def check_identity(ident: Identity, min_uid: int, banned: Iterable[str], *, allowed_users: Iterable[str] = (),
+                   allowed_groups: Iterable[str] = ()) -> Identity:
+    """Refuse root, system accounts, banned users, and, when the node has allow lists, everyone
+    not on them (by user name, or by the name of any of the user's groups). Banned wins over
+    allowed. Kept apart from lookup so it is testable."""
     if ident.user in set(banned):
         raise IdentityError("user", f"{ident.user!r} is banned from running workers on this node")
     if ident.uid == 0 or ident.gid == 0:
@@ -39,10 +44,15 @@ def check_identity(ident: Identity, min_uid: int, banned: Iterable[str]) -> Iden
         raise IdentityError("user", f"{ident.user!r} is a member of group 0 (root); refused")
     if ident.uid < min_uid:
         raise IdentityError("user", f"{ident.user!r} has uid {ident.uid}, below the node's min_uid {min_uid}")
+    users, groups = set(allowed_users), set(allowed_groups)
+    if (users or groups) and ident.user not in users and not groups.intersection(ident.group_names):
+        raise IdentityError("user", f"{ident.user!r} may not run workers on this node: not in node.allowed_users, "
+                            "nor a member of a group in node.allowed_groups")
     return ident
 
 
-def resolve_identity(user: str, min_uid: int = 1000, banned: Iterable[str] = ("bin",)) -> Identity:
+def resolve_identity(user: str, min_uid: int = 1000, banned: Iterable[str] = ("bin", "nobody"), *,
+                     allowed_users: Iterable[str] = (), allowed_groups: Iterable[str] = ()) -> Identity:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
@@ -51,8 +61,9 @@ def resolve_identity(user: str, min_uid: int = 1000, banned: Iterable[str] = ("b
     for gid in os.getgrouplist(user, entry.pw_gid):
         if gid not in gids:
             gids.append(gid)
-    ident = Identity(user=user, uid=entry.pw_uid, gid=entry.pw_gid, groups=tuple(gids))
-    return check_identity(ident, min_uid, banned)
+    ident = Identity(user=user, uid=entry.pw_uid, gid=entry.pw_gid, groups=tuple(gids),
+                     group_names=tuple(group_name(g) for g in gids))
+    return check_identity(ident, min_uid, banned, allowed_users=allowed_users, allowed_groups=allowed_groups)
 
 
 def group_name(gid: int) -> str:

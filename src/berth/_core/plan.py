@@ -283,7 +283,8 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
     show Storm's line; nothing launches such a plan."""
     if identity.user != spec.user:
         raise PolicyError("user", f"identity is for {identity.user!r}, the request names {spec.user!r}")
-    check_identity(identity, config.node.min_uid, config.node.banned_users)
+    n = config.node
+    check_identity(identity, n.min_uid, n.banned_users, allowed_users=n.allowed_users, allowed_groups=n.allowed_groups)
     image = choose_image(spec.image, config.images)
     notes: list[str] = []
     refused: list[PolicyError] = []
@@ -346,5 +347,7 @@ def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None
     """Resolve the user and the node's facts, then build the plan."""
     from .identity import resolve_identity
 
-    identity = resolve_identity(spec.user, config.node.min_uid, config.node.banned_users)
+    n = config.node
+    identity = resolve_identity(spec.user, n.min_uid, n.banned_users, allowed_users=n.allowed_users,
+                                allowed_groups=n.allowed_groups)
     return build_plan(spec, config, identity, host or HostFacts.probe(), keep_refusals)

@@ -63,8 +63,9 @@ class Node:
         self.config = config
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
-        self._identities = identities or (lambda user: resolve_identity(user, config.node.min_uid,
-                                                                        config.node.banned_users))
+        n = config.node
+        self._identities = identities or (lambda user: resolve_identity(
+            user, n.min_uid, n.banned_users, allowed_users=n.allowed_users, allowed_groups=n.allowed_groups))
         self._default_cb = on_exit
         self._lock = threading.RLock()
         self._callbacks: dict[str, ExitCallback] = {}

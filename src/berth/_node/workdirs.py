@@ -32,11 +32,13 @@ def prepare(plan: Plan, made: list[Path]) -> None:
     """
     lay, ident = plan.layout, plan.identity
     owner = (ident.uid, ident.gid)
+    # 0700, not Storm's group-readable modes: tenants often share a primary group (``users``), and
+    # the supervisor dir that holds every topology's shared dir is mounted into every worker.
     mkdir(Path(lay.supervisor_dir), made)
-    mkdir(Path(lay.shared_by_topology), made, owner=owner, mode=0o750)
-    mkdir(Path(lay.worker_root), made, owner=owner, mode=0o750)
+    mkdir(Path(lay.shared_by_topology), made, owner=owner, mode=0o700)
+    mkdir(Path(lay.worker_root), made, owner=owner, mode=0o700)
     mkdir(Path(lay.worker_tmp), made, owner=owner, mode=0o700)
-    mkdir(Path(lay.artifacts), made, owner=owner, mode=0o750)
+    mkdir(Path(lay.artifacts), made, owner=owner, mode=0o700)
     mkdir(Path(lay.user_file).parent, made)
     write(Path(lay.user_file), ident.user.encode() + b"\n", made, mode=0o644)
     write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
