@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from berth import NodeConfig
 from berth._cli import main
 
 
@@ -27,7 +28,8 @@ default = "berth/busybox:latest"
 def _user() -> str:
     import pwd
 
-    return next(p.pw_name for p in pwd.getpwall() if p.pw_uid >= 1000 and p.pw_gid != 0)
+    banned = NodeConfig().node.banned_users
+    return next(p.pw_name for p in pwd.getpwall() if p.pw_uid >= 1000 and p.pw_gid != 0 and p.pw_name not in banned)
 
 
 def test_explain_formats_and_creates_nothing(tmp_path: Path) -> None:
