@@ -247,6 +247,14 @@ def test_each_path_is_resolved_as_storm_resolves_it(n: dict[str, str], tmp_path:
     assert berth.layout.worker_root == n["local"] + "/workers/9c3e-41ab"
 
 
+def test_cgroup_parent_is_made_absolute_and_otherwise_kept(n: dict[str, str]) -> None:
+    """OCM.prepare: a parent without a leading '/' gets one; nothing else is changed."""
+    config = config_from_storm(storm_yaml(n, storm_oci_cgroup_parent="storm/workers/"))
+    assert "--cgroup-parent=/storm/workers/" in line(config)
+    assert config.container.cgroup_parent == "/storm/workers"
+    assert "--cgroup-parent=/storm/workers" in line(config, storm=False)
+
+
 def test_a_path_with_a_space_stays_one_token(n: dict[str, str], tmp_path: Path) -> None:
     """Deliberate difference: Storm joins its line with spaces and the launcher splits it again, so
     "/opt/storm home" becomes two words there; berth keeps each path one (quoted) token."""

@@ -186,7 +186,7 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
         node["name"] = conf["storm.local.hostname"]
     container: dict[str, Any] = {
         "cgroup_root": _string("storm.oci.cgroup.root", conf["storm.oci.cgroup.root"]),
-        "cgroup_parent": _string("storm.oci.cgroup.parent", conf["storm.oci.cgroup.parent"]),
+        "cgroup_parent": _string("storm.oci.cgroup.parent", conf["storm.oci.cgroup.parent"]).rstrip("/") or "/",
         "nscd_dir": _string("storm.oci.nscd.dir", conf["storm.oci.nscd.dir"]),
         "readonly_mounts": _strings("storm.oci.readonly.bindmounts", conf.get("storm.oci.readonly.bindmounts", [])),
         "readwrite_mounts": _strings("storm.oci.readwrite.bindmounts", conf.get("storm.oci.readwrite.bindmounts", [])),
@@ -205,7 +205,7 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
         storm["worker_cpu_limit"] = _cpu_limit(conf["storm.worker.cgroup.cpu.limit"])
     if "supervisor.numa.meta" in conf:
         storm["numa"] = _numa(conf["supervisor.numa.meta"])
-    storm.update(_spellings(paths, container))
+    storm.update(_spellings(paths, container, conf["storm.oci.cgroup.parent"]))
     hint = swap_hint(container["cgroup_root"], container["cgroup_parent"], "storm.oci.cgroup.root",
                      "storm.oci.cgroup.parent")
     if hint:
@@ -240,7 +240,7 @@ def _cpu_limit(value: Any) -> int:
     return int(value)
 
 
-def _spellings(paths: Mapping[str, str], container: Mapping[str, Any]) -> dict[str, Any]:
+def _spellings(paths: Mapping[str, str], container: Mapping[str, Any], conf_parent: str) -> dict[str, Any]:
     """Storm's spelling of each path where it differs from what berth normalises it to."""
     out: dict[str, Any] = {}
     singles = {"local_dir": paths["local"], "artifacts_root": paths["artifacts"],
@@ -249,7 +249,7 @@ def _spellings(paths: Mapping[str, str], container: Mapping[str, Any]) -> dict[s
     for name, value in singles.items():
         if value and os.path.normpath(value) != value:
             out[name] = value
-    parent = container["cgroup_parent"]
+    parent = conf_parent
     if not parent.startswith("/"):
         parent = "/" + parent  # OciContainerManager.prepare makes it absolute, and only that
     if os.path.normpath(parent) != parent:
