@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,19 +162,22 @@ def test_requests_above_the_nodes_maxima_are_refused_and_leave_nothing_behind(no
         assert node.ps(detail=True) == workers_before, case
 
 
-def test_audit_checks_the_nodes_memory_and_pids_maxima(node: Node, base: Path, node_name: str) -> None:
+def test_audit_checks_the_nodes_memory_pids_and_log_maxima(node: Node, base: Path, node_name: str) -> None:
     node.launch(worker("w-big", "open('ready', 'w').close()\n" + WAIT_FOR_GO, memory_mb=512, pids_limit=2000),
                 on_exit=lambda r: None)
     wait_file(root_of(node, "w-big") / "ready", node, "w-big")
     assert audit_worker(node, "w-big").ok
     strict = Node(make_config(base, node_name, memory_mb=128, max_memory_mb=256, pids_limit=100,
-                              max_pids_limit=1000))
+                              max_pids_limit=1000, log_max_size_mb=1, log_max_files=2))
     try:
         report = audit_worker(strict, "w-big")
     finally:
         strict.close()
     # (with no plan, its planned read-write mounts are not known either)
-    assert {c.name for c in report.failed} == {"plan", "memory.node_max", "pids.node_max", "mounts.no_other_writable"}
+    assert {c.name for c in report.failed} == {"plan", "memory.node_max", "pids.node_max", "logs.limit",
+                                               "mounts.no_other_writable"}
+    assert report.check("logs.limit").line() == \
+        "FAIL  logs.limit: observed at most 5 file(s) of 20 MiB  (expected at most 2 file(s) of 1 MiB)"
     assert report.check("memory.node_max").observed == "512 MiB"
     assert report.check("pids.node_max").line() == \
         "FAIL  pids.node_max: observed 2000  (expected at most 1000 (the node's maximum))"
@@ -251,3 +255,66 @@ def test_tenants_sharing_a_primary_group_cannot_read_each_others_files(node: Nod
         assert probe.returncode != 0 and "PermissionError" in probe.stderr, path
     go(node, "w-carol")
     assert node.wait("w-carol", WAIT).exit_code == 0
+
+
+# -- 9.4 a worker's output -------------------------------------------------------------------------------
+
+FLOOD = r"""
+import os, sys
+line = b"x" * 999 + b"\n"
+block = line * 1024
+for _ in range(int(sys.argv[1])):  # blocks of 1024 lines, a MiB give or take
+    os.write(1, block)
+"""
+
+
+def _log_files_bytes(container_id: str) -> int:
+    path = docker.APIClient(base_url=SOCKET, version="auto").inspect_container(container_id)["LogPath"]
+    d = Path(path).parent
+    return sum(p.stat().st_size for p in d.iterdir() if p.name.startswith(Path(path).name))
+
+
+def test_a_worker_flooding_its_output_keeps_only_the_nodes_log_limit(engine: str, users: dict[str, Any],
+                                                                      base: Path, node_name: str) -> None:
+    cfg = make_config(base, node_name, log_max_size_mb=1, log_max_files=2)
+    with Node(cfg) as node:
+        handle = node.launch(worker("w-flood", FLOOD, "40"), on_exit=lambda r: None)
+        assert node.wait("w-flood", WAIT).exit_code == 0
+        kept = _log_files_bytes(handle.container_id)
+        assert 0 < kept <= 2 * 1024 * 1024 + 64 * 1024, kept  # 40 MiB written; two files of 1 MiB kept
+        assert b"".join(node.logs("w-flood", tail=1)) == b"x" * 999 + b"\n"  # the newest output is what is kept
+
+
+RSS_OF_CHILD = r"""
+import resource, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
+n = 0
+while chunk := p.stdout.read(1 << 20):
+    n += len(chunk)
+print(p.wait(), n, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def test_berth_logs_streams_a_large_log_without_holding_it(engine: str, users: dict[str, Any], base: Path,
+                                                           node_name: str) -> None:
+    cfg = make_config(base, node_name, log_max_size_mb=128, log_max_files=1)
+    (base / "berth.toml").write_text(config_toml(cfg))
+    mib = 100
+    with Node(cfg) as node:
+        node.launch(worker("w-big-log", FLOOD, str(mib)), on_exit=lambda r: None)
+        node.launch(worker("w-small-log", FLOOD, "1", port=6701), on_exit=lambda r: None)
+        assert node.wait("w-big-log", WAIT).exit_code == 0 and node.wait("w-small-log", WAIT).exit_code == 0
+
+    def berth_logs(*args: str) -> tuple[int, int, int]:
+        cmd = [sys.executable, "-c", RSS_OF_CHILD, sys.executable, "-m", "berth", "--config",
+               str(base / "berth.toml"), "logs", *args]
+        code, size, rss = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+        return int(code), int(size), int(rss)
+
+    code, size, small_rss = berth_logs("w-small-log")
+    assert (code, size) == (0, 1024 * 1000)  # 1024 lines of 1000 bytes
+    code, size, big_rss = berth_logs("w-big-log")
+    assert (code, size) == (0, mib * 1024 * 1000)  # every byte
+    assert big_rss < small_rss + 32 * 2**20, (big_rss, small_rss)  # not the 100 MiB it printed
+    code, size, tail_rss = berth_logs("w-big-log", "--tail", "3")
+    assert (code, size) == (0, 3000) and tail_rss < small_rss + 32 * 2**20

@@ -49,7 +49,8 @@ def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
     storm = docker_run_argv(plan, storm=True)
     berth = docker_run_argv(plan)
-    extras = ["--pids-limit=1024", "--memory-swap=1024m", "--init", "--label=berth.worker=9c3e-41ab",
+    extras = ["--pids-limit=1024", "--memory-swap=1024m", "--log-driver=json-file", "--log-opt", "max-size=20m",
+              "--log-opt", "max-file=5", "--init", "--label=berth.worker=9c3e-41ab",
               "--label=berth.topology=wc-1-1700000000", "--label=berth.port=6700",
               "--label=berth.user=alice", "--label=berth.node=node1", "--label=berth.spec=67a27f9ff4761e1a"]
     assert berth == storm[:-3] + extras + storm[-3:]
@@ -105,6 +106,7 @@ def test_engine_body_exact(node: dict[str, Path]) -> None:
         "PidsLimit": 64,
         "Privileged": False,
         "Init": True,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}},
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
         "CpusetCpus": "2",

@@ -94,7 +94,8 @@ def test_berth_line_is_storms_plus_berths_hardening(n: dict[str, str]) -> None:
     config = config_from_storm(storm_yaml(n))
     berth = line(config, storm=False)
     assert berth[berth.index("--cpus=2.6") + 1:berth.index("--init") + 1] == [
-        "--memory=1024m", "--pids-limit=1024", "--memory-swap=1024m", "--init"]
+        "--memory=1024m", "--pids-limit=1024", "--memory-swap=1024m", "--log-driver=json-file", "--log-opt",
+        "max-size=20m", "--log-opt", "max-file=5", "--init"]
     notes = build_plan(SPEC, config, ALICE, HOST).notes
     assert any("enforcement.enable is false" in x and "1024 MiB with no swap" in x for x in notes)
 

@@ -145,6 +145,9 @@ class ContainerSection(BaseModel):
     pids_limit: int = Field(default=1024, ge=1)
     max_pids_limit: int | None = Field(default=None, ge=1)
     """Per worker; default: kernel.pid_max / 8, at most 32768 (``_core.limits.max_pids``)."""
+    log_max_size_mb: int = Field(default=20, ge=1, le=10240)
+    log_max_files: int = Field(default=5, ge=1, le=100)
+    """A worker's output is kept in at most ``log_max_files`` files of ``log_max_size_mb`` each."""
     forbidden_mounts: tuple[str, ...] = DEFAULT_FORBIDDEN
 
     @field_validator("cgroup_root")

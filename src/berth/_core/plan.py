@@ -43,12 +43,34 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class LogLimits:
+    """How much of a worker's output is kept: at most ``files`` files of ``file_mb`` MiB each, the
+    oldest dropped first. Set by the node (``container.log_max_size_mb``/``log_max_files``), never
+    by a request: a worker must not be able to fill the engine's disk with its output."""
+
+    file_mb: int = 20
+    files: int = 5
+
+    @property
+    def file_bytes(self) -> int:
+        return self.file_mb * 1024 * 1024
+
+    @property
+    def total_bytes(self) -> int:
+        return self.file_bytes * self.files
+
+    def __str__(self) -> str:
+        return f"at most {self.files} file(s) of {self.file_mb} MiB"
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu_percent: int
     memory_mb: int
     pids_limit: int
     cores: tuple[int, ...] = ()
     numa_node: int | None = None
+    logs: LogLimits = LogLimits()
 
     @property
     def cpus(self) -> float:
@@ -221,7 +243,7 @@ def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resourc
                           f"memory node {spec.numa_node} does not exist on this node")
     memory = limits.memory_for(spec.memory_mb, config, host)
     return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
-                     numa_node=spec.numa_node)
+                     numa_node=spec.numa_node, logs=LogLimits(c.log_max_size_mb, c.log_max_files))
 
 
 def _mounts(config: NodeConfig, lay: Layout, refused: list[PolicyError]) -> tuple[Mount, ...]:

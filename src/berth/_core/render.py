@@ -66,7 +66,8 @@ def docker_run_argv(plan: Plan, storm: bool = False) -> list[str]:
 def berth_extra_flags(plan: Plan) -> list[str]:
     """Flags berth adds beyond Storm; listed in docs/explain.md."""
     r = plan.resources
-    flags = [f"--pids-limit={r.pids_limit}", f"--memory-swap={r.memory_mb}m"]
+    flags = [f"--pids-limit={r.pids_limit}", f"--memory-swap={r.memory_mb}m", "--log-driver=json-file",
+             "--log-opt", f"max-size={r.logs.file_mb}m", "--log-opt", f"max-file={r.logs.files}"]
     if plan.security.init:
         flags.append("--init")
     flags += [f"--label={k}={v}" for k, v in plan.labels]
@@ -117,6 +118,8 @@ def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str,
         "PidsLimit": r.pids_limit,
         "Privileged": False,
         "Init": s.init,
+        "LogConfig": {"Type": "json-file",
+                      "Config": {"max-size": f"{r.logs.file_mb}m", "max-file": str(r.logs.files)}},
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
     }
@@ -154,6 +157,7 @@ def text_summary(plan: Plan, unused_keys: tuple[str, ...] = ()) -> str:
         f"  memory    {r.memory_mb} MiB, no swap beyond it",
         f"  pids      {r.pids_limit}",
         f"  cpuset    cpus={r.cpuset_cpus or 'any'} mems={r.cpuset_mems or 'any'}",
+        f"  output    {r.logs} kept",
         "security",
         f"  root fs   {'read-only' if s.read_only_root else 'WRITABLE'}",
         f"  caps      drop {','.join(s.cap_drop)}",

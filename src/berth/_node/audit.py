@@ -389,7 +389,7 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
     checks += audit_processes(pids, plan, security, node.host, config.node.min_uid)
     from .audit_limits import maxima_checks
 
-    checks += maxima_checks(pid, config, node.host)
+    checks += maxima_checks(pid, config, node.host, desc.logs)
     return AuditReport(worker_id, cid, tuple(pids), tuple(checks))
 
 

@@ -1,5 +1,5 @@
 """Audit checks of the node's maxima: whatever request a worker stands for, the memory and pids
-limits its cgroup enforces are within what the node allows one worker.
+limits its cgroup enforces are within what the node allows one worker, and its output is bounded.
 
 Apart from the comparison with the plan (``audit``): a container whose request the node would
 now refuse fails the ``plan`` check, and is still checked here, against maxima that do not
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.limits import max_memory_mb, max_pids
+from .._core.plan import LogLimits
 from .._linux import cgroup as _cgroup
 from .audit import Check, Locator
 
@@ -41,12 +42,18 @@ def pids_limit(pid: int, locate: Locator = _cgroup.cgroup_dir) -> int | None:
     return None if text == "max" else int(text)
 
 
-def maxima_checks(pid: int, config: NodeConfig, host: HostFacts,
+def maxima_checks(pid: int, config: NodeConfig, host: HostFacts, logs: LogLimits | None,
                   locate: Locator = _cgroup.cgroup_dir) -> list[Check]:
     """``memory.node_max`` and ``pids.node_max``: the worker's cgroup limits are set, and within
     the node's maxima per worker (``container.max_memory_mb``, ``container.max_pids_limit``, or
-    their defaults derived from the host)."""
-    checks: list[Check] = []
+    their defaults derived from the host). ``logs.limit``: the runtime keeps no more of the
+    worker's output than the node's log limits (``logs``, from the runtime's ``describe``: output
+    is the runtime's to keep, so its account is the only one there is)."""
+    c = config.container
+    want = LogLimits(c.log_max_size_mb, c.log_max_files)
+    checks: list[Check] = [Check(
+        "logs.limit", logs is not None and logs.file_mb <= want.file_mb and logs.files <= want.files, str(want),
+        "unbounded (or kept off the node)" if logs is None else str(logs))]
 
     def attempt(name: str, expected: str, fn: Callable[[], tuple[bool, str]]) -> None:
         try:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from .._core.plan import Plan
+from .._core.plan import LogLimits, Plan
 
 
 class WorkerStatus(StrEnum):
@@ -167,6 +167,9 @@ class WorkerDescription:
     state: WorkerState
     request: Mapping[str, Any]
     pid: int | None
+    logs: LogLimits | None = None
+    """How much of the worker's output the runtime keeps (files of a size), as it was told;
+    None when it keeps it without a bound it can state."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .base import (
     WorkerStatus,
     split_status,
 )
+from .docker_inspect import log_limits, oom_victim
 
 log = logging.getLogger("berth.docker")
 
@@ -96,17 +97,6 @@ def request_from_inspect(data: dict[str, Any]) -> dict[str, Any]:
     if len(mems) == 1:
         fields["numa_node"] = next(iter(mems))
     return fields
-
-
-def oom_victim(cgroup_had_oom: bool, exit_code: int | None) -> str | None:
-    """Whom the OOM killer took, from what the engine tells: its flag (or the cgroup's oom_kill
-    count) says a process of the container was OOM-killed, and the worker's own status says
-    whether it was the worker. The flag alone is not enough: a child can be OOM-killed while the
-    worker goes on and exits 0; and 137 alone is any SIGKILL. (A worker SIGKILLed by someone else
-    after a child's OOM kill is taken for the victim: the engine keeps no more than that.)"""
-    if not cgroup_had_oom:
-        return None
-    return "worker" if exit_code == 128 + 9 else "child"
 
 
 def _timestamp(value: str | None) -> str | None:
@@ -277,7 +267,8 @@ class DockerRuntime:
         data = self._inspect_raw(worker_id)
         state = self._state(data)
         return WorkerDescription(state=state, request=request_from_inspect(data),
-                                 pid=state.pid if state.running else None)
+                                 pid=state.pid if state.running else None,
+                                 logs=log_limits((data.get("HostConfig") or {}).get("LogConfig")))
 
     def memory_usage(self, worker_id: str) -> int:
         """One file read once the worker's cgroup file is known (found from its pid, then kept):

@@ -1,0 +1,32 @@
+"""The engine's reports as berth's runtime-neutral values: log limits, the OOM victim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from berth._core.plan import LogLimits
+from berth._runtimes.docker_inspect import log_limits, oom_victim
+
+
+@pytest.mark.parametrize(("config", "limits"), [
+    ({"Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}}, LogLimits(20, 5)),
+    ({"Type": "json-file", "Config": {"max-size": "1g"}}, LogLimits(1024, 1)),
+    ({"Type": "json-file", "Config": {"max-size": "1500k", "max-file": "2"}}, LogLimits(2, 2)),  # rounded up
+    ({"Type": "json-file", "Config": {}}, None),  # Docker's default: one file, never rotated
+    ({"Type": "local", "Config": {}}, LogLimits(20, 5)),  # the local driver's own defaults
+    ({"Type": "local", "Config": {"max-size": "10m"}}, LogLimits(10, 5)),
+    ({"Type": "none", "Config": {}}, LogLimits(0, 0)),
+    ({"Type": "syslog", "Config": {"max-size": "1m"}}, None),  # shipped elsewhere
+    (None, None),
+])
+def test_log_limits(config: dict[str, Any] | None, limits: LogLimits | None) -> None:
+    assert log_limits(config) == limits
+
+
+def test_oom_victim_from_the_engines_flag_and_the_workers_status() -> None:
+    assert oom_victim(False, 137) is None  # any SIGKILL is not an OOM kill
+    assert oom_victim(True, 137) == "worker"
+    assert oom_victim(True, 0) == "child"  # a child was killed; the worker went on
+    assert oom_victim(True, 1) == "child"
