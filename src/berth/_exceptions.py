@@ -60,6 +60,10 @@ class WorkerNotRunning(EngineError):
         super().__init__("worker_id", f"worker {worker_id!r} is not running ({state})")
 
 
+class ClusterError(BerthError):
+    """ZooKeeper is unreachable or refused an operation, or a cluster document is invalid."""
+
+
 class WaitTimeout(BerthError):
     """Something berth waited for (an exit, a subscription, a lock) did not happen in time."""
 

@@ -229,3 +229,6 @@ def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine
         eng.purge()
     eng.stop()
     lock.close()
+
+
+from ._cluster import cluster, private_cluster, private_zookeeper, zookeeper  # noqa: E402, F401 - cluster fixtures

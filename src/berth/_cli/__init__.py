@@ -3,6 +3,7 @@
 The top layer: it may import every other layer; nothing imports it but the entry point.
 """
 
+from . import cluster as _cluster_commands  # noqa: F401 - registers agent, schedule and cluster on main
 from .main import main
 
 __all__ = ["main"]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._exceptions import ConfigError
 from .._paths import is_under
+from .clusterconfig import ClusterSection
 from .stormconf import StormSection
 from .validation import raise_validation
 
@@ -318,6 +319,7 @@ class NodeConfig(BaseModel):
     api: ApiSection = Field(default_factory=ApiSection)
     storm: StormSection | None = None
     """Storm's semantics, for a node configured by a storm.yaml (see ``stormconf``)."""
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
 
     @model_validator(mode="after")
     def _layout(self) -> NodeConfig:

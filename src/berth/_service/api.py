@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -53,8 +54,12 @@ class Health(BaseModel):
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """Build the app. With ``token`` every endpoint but /healthz needs ``Authorization: Bearer``."""
+def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | None = None,
+               health: Callable[[], Mapping[str, Any]] | None = None) -> FastAPI:
+    """Build the app. With ``token`` every endpoint but /healthz needs ``Authorization: Bearer``.
+
+    ``health`` (the cluster agent's hook) adds its report to /healthz; not "ok" makes it degraded.
+    """
     metrics = metrics or Metrics(sup)
     app = FastAPI(title="berth", version=__version__,
                   description="Keep a node's assigned workers running in hardened containers.")
@@ -80,9 +85,11 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             sup.node.ps()
         except BerthError:
             engine = "unreachable"
-        body = {"status": "ok" if engine == "ok" else "degraded", "node": sup.config.node.name, "engine": engine,
-                "workers": sup.counts()}
-        return JSONResponse(body, status_code=200 if engine == "ok" else 503)
+        extra = dict(health()) if health else {}
+        ok = engine == "ok" and extra.get("status", "ok") == "ok"
+        body = {"status": "ok" if ok else "degraded", "node": sup.config.node.name, "engine": engine,
+                "workers": sup.counts(), **({"cluster": extra} if health else {})}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/workers", dependencies=guarded)
     def workers() -> list[dict[str, Any]]:
@@ -124,8 +131,8 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
 
 
 def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
-          socket_mode: int = 0o660, socket_group: str | None = None) -> None:
-    """Run the API until SIGINT/SIGTERM (uvicorn's handlers), on one listener."""
+          socket_mode: int = 0o660, socket_group: str | None = None, app: FastAPI | None = None) -> None:
+    """Run the API until SIGINT/SIGTERM (uvicorn's handlers), on one listener (``app``: a prepared one)."""
     import signal
 
     import uvicorn
@@ -136,7 +143,7 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
         signal.signal(sig, lambda *_: None)
     if tcp:
         host, _, port = tcp.rpartition(":")
-        config = uvicorn.Config(create_app(sup, token=token), host=host or "127.0.0.1", port=int(port),
+        config = uvicorn.Config(app or create_app(sup, token=token), host=host or "127.0.0.1", port=int(port),
                                 log_level="warning")
         uvicorn.Server(config).run()
         return
@@ -144,7 +151,7 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     if os.path.exists(socket_path):
         os.unlink(socket_path)
-    server = uvicorn.Server(uvicorn.Config(create_app(sup), uds=socket_path, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app or create_app(sup), uds=socket_path, log_level="warning"))
     _chmod_when_bound(server, socket_path, socket_mode, socket_group)
     previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
     try:

@@ -1,0 +1,69 @@
+"""``berth cluster ps``: nodes and workers for people. Every cell is plain text: what nodes write
+about themselves is untrusted, so nothing in it is read as rich markup."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .._cluster.admin import NodeView
+
+
+def cluster_rows(views: dict[str, NodeView]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    nodes, workers = [], []
+    for name, v in sorted(views.items()):
+        cap = v.live.capacity if v.live else None
+        st = v.state
+        reported = {w.worker_id: w for w in (st.workers if st else [])}
+        nodes.append({
+            "node": name, "live": v.live is not None, "host": v.live.host if v.live else None,
+            "berth_version": v.live.berth_version if v.live else None,
+            "capacity": {"cpu_percent": cap.cpu_percent, "memory_mb": cap.memory_mb, "ports": len(cap.ports),
+                         "zones": len(cap.zones)} if cap else None,
+            "used": {"cpu_percent": sum(w.cpu_percent or 0 for w in v.workers),
+                     "memory_mb": sum(w.memory_mb or 0 for w in v.workers), "ports": len(v.workers)},
+            "document": v.doc_version, "applied": st.applied_version if st else None,
+            "document_status": st.document.status if st and st.document else None,
+            "reason": (st.document.reason if st and st.document else None) or (st.problem if st else None),
+            "workers": len(v.workers), "running": v.running(), "fenced": bool(st and st.fenced),
+            "problems": v.problems,
+        })
+        for w in v.workers:
+            r = reported.get(w.worker_id)
+            workers.append({"node": name, "worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port,
+                            "user": w.user, "cpu_percent": w.cpu_percent, "memory_mb": w.memory_mb,
+                            "numa_node": w.numa_node, "state": r.state if r else None,
+                            "restarts": r.restarts if r else None})
+    return nodes, workers
+
+
+def cluster_tables(nodes: list[dict[str, Any]], workers: list[dict[str, Any]]) -> list[Table]:
+    from rich.table import Table
+    from rich.text import Text
+
+    def row(t: Table, *cells: Any) -> None:
+        t.add_row(*(Text("-" if c is None else str(c)) for c in cells))
+
+    nt = Table(title="nodes")
+    for col in ("node", "live", "host", "cpu used/offered", "MiB used/offered", "ports", "document", "applied",
+                "workers running", "note"):
+        nt.add_column(col)
+    for n in nodes:
+        cap, used = n["capacity"], n["used"]
+        note = "; ".join([*(["FENCED"] if n["fenced"] else []), *([n["reason"]] if n["reason"] else []),
+                          *n["problems"]])
+        row(nt, n["node"], "yes" if n["live"] else "NO", n["host"],
+            f"{used['cpu_percent']}/{cap['cpu_percent']}" if cap else f"{used['cpu_percent']}/?",
+            f"{used['memory_mb']}/{cap['memory_mb']}" if cap else f"{used['memory_mb']}/?",
+            f"{used['ports']}/{cap['ports']}" if cap else f"{used['ports']}/?",
+            n["document"], n["applied"] if n["applied"] != n["document"] else "= document",
+            f"{n['running']}/{n['workers']}", note or None)
+    wt = Table(title="workers by node")
+    for col in ("node", "worker", "topology", "port", "user", "cpu %", "MiB", "numa", "state", "restarts"):
+        wt.add_column(col)
+    for w in workers:
+        row(wt, w["node"], w["worker_id"], w["topology_id"], w["port"], w["user"], w["cpu_percent"], w["memory_mb"],
+            w["numa_node"], w["state"] or "not reported", w["restarts"])
+    return [nt, wt]

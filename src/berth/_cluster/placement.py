@@ -1,0 +1,241 @@
+"""Placing workers on nodes: pure, deterministic, resource-aware first fit.
+
+A pass keeps what already runs where it is (a worker is never moved because a better spot
+appeared), updates a worker in place when its topology changed and it still fits, drops the
+workers of removed topologies and of dead nodes, and places what is missing: each new worker
+goes to the first node, in the order below, with a free port and enough free memory and cpu
+(and, on a node that declares NUMA zones, a zone with enough of both: the worker is then pinned
+to that zone's cores and memory node, as Storm's supervisor does). Nodes are tried holding the
+fewest workers of the topology first, then the most free memory, then by name, so a topology
+spreads over the cluster instead of filling one node.
+
+Worker ids are ``<topology>-<n>`` with ``n`` from a per-topology counter that only grows: a
+worker moved off a dead node gets a new id, so it can never be confused with the copy that may
+still run there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .._core.spec import ID_PATTERN, WorkerSpec
+from .._core.validation import raise_validation
+from .._exceptions import ClusterError
+from .capacity import Capacity
+from .documents import tuplify
+
+MAX_TOPOLOGIES = 1000
+MAX_WORKERS_PER_TOPOLOGY = 1000
+MAX_WORKERS = 10000
+MAX_TOPOLOGY_ID = 100
+"""Leaves room for ``-<n>`` within the 128 characters of a worker id."""
+
+
+class Topology(BaseModel):
+    """One topology: ``workers`` copies of one worker request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    user: str = Field(min_length=1, max_length=64)
+    command: tuple[str, ...] = Field(min_length=1)
+    workers: int = Field(ge=0, le=MAX_WORKERS_PER_TOPOLOGY)
+    image: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cpu_percent: int = Field(default=100, ge=1, le=100 * 4096)
+    memory_mb: int = Field(default=1024, ge=6, le=1 << 30)
+    pids_limit: int | None = Field(default=None, ge=1)
+
+
+class Topologies(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    topologies: dict[str, Topology] = Field(max_length=MAX_TOPOLOGIES)
+
+    @field_validator("topologies")
+    @classmethod
+    def _ids(cls, v: dict[str, Topology]) -> dict[str, Topology]:
+        for tid in v:
+            if not ID_PATTERN.fullmatch(tid) or len(tid) > MAX_TOPOLOGY_ID:
+                raise ValueError(f"{tid!r} must be 2-{MAX_TOPOLOGY_ID} of A-Z a-z 0-9 '_' '.' '-'")
+        total = sum(t.workers for t in v.values())
+        if total > MAX_WORKERS:
+            raise ValueError(f"asks for {total} workers, more than {MAX_WORKERS}")
+        return v
+
+
+def parse_topologies(data: Any) -> dict[str, Topology]:
+    try:
+        return dict(Topologies.model_validate(tuplify(data)).topologies)
+    except ValidationError as exc:
+        raise raise_validation(exc, ClusterError) from None
+
+
+ZoneChoice = tuple[int, tuple[int, ...]]
+"""(zone id, its cores)"""
+
+
+def worker_spec(tid: str, topo: Topology, worker_id: str, port: int, zone: ZoneChoice | None) -> WorkerSpec:
+    return WorkerSpec(worker_id=worker_id, topology_id=tid, port=port, user=topo.user, command=topo.command,
+                      env=dict(topo.env), image=topo.image, cpu_percent=topo.cpu_percent, memory_mb=topo.memory_mb,
+                      pids_limit=topo.pids_limit, cores=zone[1] if zone else None, numa_node=zone[0] if zone else None)
+
+
+def ordinal(worker_id: str) -> int:
+    tail = worker_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+@dataclass
+class NodeInput:
+    name: str
+    capacity: Capacity | None
+    """None for a node that never registered: nothing new goes there."""
+    live: bool
+    dead: bool = False
+    """Gone well past the session timeout: its workers move."""
+    workers: list[WorkerSpec] = field(default_factory=list)
+
+
+@dataclass
+class Placement:
+    docs: dict[str, list[WorkerSpec]]
+    counters: dict[str, int]
+    unplaced: dict[str, int] = field(default_factory=dict)
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    """(old worker id, node it left)"""
+
+
+class _Free:
+    def __init__(self, cap: Capacity) -> None:
+        self.cap = cap
+        self.cpu, self.mem = cap.cpu_percent, cap.memory_mb
+        self.ports = list(cap.ports)
+        self.zones = {z.id: [z.cpu_percent, z.memory_mb] for z in cap.zones}
+
+    def take(self, spec: WorkerSpec) -> None:
+        self.cpu -= spec.cpu_percent or 0
+        self.mem -= spec.memory_mb or 0
+        if spec.port in self.ports:
+            self.ports.remove(spec.port)
+        if spec.numa_node is not None and spec.numa_node in self.zones:
+            self.zones[spec.numa_node][0] -= spec.cpu_percent or 0
+            self.zones[spec.numa_node][1] -= spec.memory_mb or 0
+
+    def give(self, spec: WorkerSpec) -> None:
+        self.cpu += spec.cpu_percent or 0
+        self.mem += spec.memory_mb or 0
+        if spec.port in self.cap.ports and spec.port not in self.ports:
+            self.ports.append(spec.port)
+            self.ports.sort(key=self.cap.ports.index)
+        if spec.numa_node is not None and spec.numa_node in self.zones:
+            self.zones[spec.numa_node][0] += spec.cpu_percent or 0
+            self.zones[spec.numa_node][1] += spec.memory_mb or 0
+
+    def fit(self, topo: Topology) -> tuple[int, ZoneChoice | None] | None:
+        """(port, zone) for one more worker of ``topo``, or None."""
+        if not self.ports or self.cpu < topo.cpu_percent or self.mem < topo.memory_mb:
+            return None
+        if not self.cap.zones:
+            return self.ports[0], None
+        fits = [z for z in self.cap.zones
+                if self.zones[z.id][0] >= topo.cpu_percent and self.zones[z.id][1] >= topo.memory_mb]
+        if not fits:
+            return None
+        best = max(fits, key=lambda z: (self.zones[z.id][1], -z.id))
+        return self.ports[0], (best.id, best.cores)
+
+
+def _same_request(w: WorkerSpec, tid: str, topo: Topology) -> bool:
+    return (w.topology_id, w.user, w.command, w.env, w.image, w.cpu_percent, w.memory_mb, w.pids_limit) == \
+           (tid, topo.user, topo.command, dict(topo.env), topo.image, topo.cpu_percent, topo.memory_mb,
+            topo.pids_limit)
+
+
+def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: Mapping[str, int]) -> Placement:
+    nodes = sorted(nodes, key=lambda n: n.name)
+    free = {n.name: _Free(n.capacity) for n in nodes if n.capacity is not None}
+    counters = dict(counters)
+    out = Placement(docs={n.name: [] for n in nodes}, counters=counters)
+    kept: dict[str, list[tuple[str, WorkerSpec]]] = {tid: [] for tid in topologies}
+    seen: set[str] = set()
+    for n in nodes:
+        for w in n.workers:
+            counters[w.topology_id] = max(counters.get(w.topology_id, 0), ordinal(w.worker_id))
+            topo = topologies.get(w.topology_id)
+            if n.dead:
+                if topo is not None:
+                    out.moved.append((w.worker_id, n.name))
+                continue
+            if topo is None or w.worker_id in seen:
+                continue
+            seen.add(w.worker_id)
+            if n.name in free:
+                if w.port not in free[n.name].cap.ports:
+                    continue  # the node no longer offers that port: placed again below
+                free[n.name].take(w)
+            keep: WorkerSpec | None = w
+            if not _same_request(w, w.topology_id, topo):
+                keep = _update_in_place(w, topo, free.get(n.name))
+            if keep is not None:
+                kept[w.topology_id].append((n.name, keep))
+    for tid, topo in sorted(topologies.items()):
+        mine = kept[tid]
+        # shrink: drop workers on nodes that are not live first, then the newest
+        mine.sort(key=lambda nw: (not _is_live(nodes, nw[0]), ordinal(nw[1].worker_id)))
+        for name, w in mine[topo.workers:]:
+            if name in free:
+                free[name].give(w)
+        mine[:] = mine[: topo.workers]
+        for name, w in mine:
+            out.docs[name].append(w)
+        for _ in range(topo.workers - len(mine)):
+            spot = _first_fit(tid, topo, nodes, free, out.docs)
+            if spot is None:
+                out.unplaced[tid] = out.unplaced.get(tid, 0) + 1
+                continue
+            name, port, zone = spot
+            counters[tid] = counters.get(tid, 0) + 1
+            spec = worker_spec(tid, topo, f"{tid}-{counters[tid]}", port, zone)
+            free[name].take(spec)
+            out.docs[name].append(spec)
+    for docs in out.docs.values():
+        docs.sort(key=lambda w: (w.topology_id, ordinal(w.worker_id), w.worker_id))
+    return out
+
+
+def _is_live(nodes: list[NodeInput], name: str) -> bool:
+    return any(n.name == name and n.live for n in nodes)
+
+
+def _update_in_place(w: WorkerSpec, topo: Topology, free: _Free | None) -> WorkerSpec | None:
+    """The topology changed: the same worker id and port with the new request, if it still fits.
+
+    None when it does not (the caller places it again); its old share is then already given back.
+    """
+    zone = (w.numa_node, w.cores) if w.numa_node is not None and w.cores else None
+    if free is None:  # a node that is away: keep its worker where it is, with the new request
+        return worker_spec(w.topology_id, topo, w.worker_id, w.port, zone)
+    free.give(w)
+    if free.cap.zones:
+        z = w.numa_node if w.numa_node is not None else -1
+        if z not in free.zones or free.zones[z][0] < topo.cpu_percent or free.zones[z][1] < topo.memory_mb:
+            return None
+        zone = (z, next(x.cores for x in free.cap.zones if x.id == z))
+    if free.cpu < topo.cpu_percent or free.mem < topo.memory_mb:
+        return None
+    new = worker_spec(w.topology_id, topo, w.worker_id, w.port, zone)
+    free.take(new)
+    return new
+
+
+def _first_fit(tid: str, topo: Topology, nodes: list[NodeInput], free: dict[str, _Free],
+               docs: dict[str, list[WorkerSpec]]) -> tuple[str, int, ZoneChoice | None] | None:
+    candidates = [n.name for n in nodes if n.live and not n.dead and n.name in free]
+    candidates.sort(key=lambda name: (sum(1 for w in docs[name] if w.topology_id == tid), -free[name].mem, name))
+    for name in candidates:
+        got = free[name].fit(topo)
+        if got is not None:
+            return name, got[0], got[1]
+    return None

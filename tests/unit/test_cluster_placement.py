@@ -1,0 +1,121 @@
+"""Placement, exactly: first fit by spread, kept workers stay, dead nodes' workers move under new ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from berth._cluster.capacity import Capacity, Zone
+from berth._cluster.placement import NodeInput, Topology, parse_topologies, place, worker_spec
+from berth._core.spec import WorkerSpec
+from berth._exceptions import ClusterError
+
+CMD = ("python3", "-c", "pass")
+
+
+def cap(cpu: int = 400, mem: int = 1000, ports: tuple[int, ...] = (6700, 6701, 6702), zones: tuple[Zone, ...] = ()
+        ) -> Capacity:
+    return Capacity(cpu_percent=cpu, memory_mb=mem, ports=ports, zones=zones)
+
+
+def topo(n: int, cpu: int = 100, mem: int = 100, user: str = "alice") -> Topology:
+    return Topology(user=user, command=CMD, workers=n, cpu_percent=cpu, memory_mb=mem)
+
+
+def ids(docs: dict[str, list[WorkerSpec]]) -> dict[str, list[str]]:
+    return {k: [w.worker_id for w in v] for k, v in docs.items()}
+
+
+def test_a_topology_spreads_over_the_nodes_and_takes_the_lowest_free_port() -> None:
+    nodes = [NodeInput("b", cap(), True), NodeInput("a", cap(), True), NodeInput("c", cap(), True)]
+    p = place({"wc": topo(4)}, nodes, {})
+    assert ids(p.docs) == {"a": ["wc-1", "wc-4"], "b": ["wc-2"], "c": ["wc-3"]}
+    assert [w.port for w in p.docs["a"]] == [6700, 6701]
+    assert p.counters == {"wc": 4} and p.unplaced == {}
+
+
+def test_kept_workers_stay_and_only_the_missing_are_placed() -> None:
+    t = topo(3)
+    running = [worker_spec("wc", t, "wc-7", 6701, None)]
+    nodes = [NodeInput("a", cap(), True, workers=running), NodeInput("b", cap(), True)]
+    p = place({"wc": t}, nodes, {"wc": 7})
+    assert ids(p.docs) == {"a": ["wc-7", "wc-9"], "b": ["wc-8"]}
+    assert p.docs["a"][0] == running[0]
+    assert p.docs["a"][1].port == 6700  # the port wc-7 holds is not given twice
+
+
+def test_resources_decide_and_what_fits_nowhere_is_reported() -> None:
+    nodes = [NodeInput("a", cap(cpu=250, mem=1000), True), NodeInput("b", cap(cpu=400, mem=150), True)]
+    p = place({"big": topo(3, cpu=100, mem=400)}, nodes, {})
+    assert ids(p.docs) == {"a": ["big-1", "big-2"], "b": []}
+    assert p.unplaced == {"big": 1}
+
+
+def test_nodes_not_live_get_nothing_new_but_keep_their_workers() -> None:
+    t = topo(2)
+    kept = worker_spec("wc", t, "wc-1", 6700, None)
+    nodes = [NodeInput("a", cap(), False, workers=[kept]), NodeInput("b", cap(), True), NodeInput("c", None, False)]
+    p = place({"wc": t}, nodes, {"wc": 1})
+    assert ids(p.docs) == {"a": ["wc-1"], "b": ["wc-2"], "c": []}
+    assert p.moved == []
+
+
+def test_a_dead_nodes_workers_move_under_new_ids_and_its_document_empties() -> None:
+    t = topo(2)
+    gone = [worker_spec("wc", t, "wc-1", 6700, None), worker_spec("wc", t, "wc-2", 6701, None)]
+    nodes = [NodeInput("a", cap(), False, dead=True, workers=gone), NodeInput("b", cap(), True)]
+    p = place({"wc": t}, nodes, {"wc": 2})
+    assert ids(p.docs) == {"a": [], "b": ["wc-3", "wc-4"]}
+    assert p.moved == [("wc-1", "a"), ("wc-2", "a")]
+
+
+def test_shrinking_drops_workers_on_absent_nodes_first_then_the_newest() -> None:
+    t = topo(2)
+    nodes = [NodeInput("a", cap(), False, workers=[worker_spec("wc", t, "wc-1", 6700, None)]),
+             NodeInput("b", cap(), True, workers=[worker_spec("wc", t, "wc-2", 6700, None),
+                                                  worker_spec("wc", t, "wc-3", 6701, None)])]
+    p = place({"wc": topo(1)}, nodes, {"wc": 3})
+    assert ids(p.docs) == {"a": [], "b": ["wc-2"]}
+
+
+def test_a_changed_topology_updates_workers_in_place_when_they_still_fit() -> None:
+    old = topo(2, mem=100)
+    nodes = [NodeInput("a", cap(mem=500), True, workers=[worker_spec("wc", old, "wc-1", 6700, None),
+                                                         worker_spec("wc", old, "wc-2", 6701, None)])]
+    p = place({"wc": topo(2, mem=200)}, nodes, {"wc": 2})
+    assert [(w.worker_id, w.port, w.memory_mb) for w in p.docs["a"]] == [("wc-1", 6700, 200), ("wc-2", 6701, 200)]
+    p = place({"wc": topo(2, mem=300)}, nodes, {"wc": 2})
+    assert [(w.worker_id, w.memory_mb) for w in p.docs["a"]] == [("wc-1", 300)]
+    assert p.unplaced == {"wc": 1}
+
+
+def test_removed_topologies_go_and_duplicated_ids_are_kept_once() -> None:
+    t = topo(1)
+    w = worker_spec("wc", t, "wc-1", 6700, None)
+    nodes = [NodeInput("a", cap(), True, workers=[w, worker_spec("old", t, "old-1", 6701, None)]),
+             NodeInput("b", cap(), True, workers=[w])]
+    p = place({"wc": t}, nodes, {})
+    assert ids(p.docs) == {"a": ["wc-1"], "b": []}
+
+
+def test_numa_zones_pin_each_worker_to_the_zone_with_the_most_free_memory() -> None:
+    zones = (Zone(id=0, cores=(0, 1), memory_mb=300), Zone(id=1, cores=(2, 3), memory_mb=400))
+    p = place({"wc": topo(4, cpu=100, mem=150)}, [NodeInput("a", cap(ports=(1, 2, 3, 4, 5), zones=zones), True)], {})
+    got = [(w.worker_id, w.numa_node, w.cores) for w in p.docs["a"]]
+    assert got == [("wc-1", 1, (2, 3)), ("wc-2", 0, (0, 1)), ("wc-3", 1, (2, 3)), ("wc-4", 0, (0, 1))]
+    p = place({"wc": topo(1, cpu=100, mem=450)}, [NodeInput("a", cap(zones=zones), True)], {})
+    assert p.unplaced == {"wc": 1}  # 700 MiB in all, but no one zone has 450
+
+
+def test_topologies_file_errors_name_the_field() -> None:
+    with pytest.raises(ClusterError) as e:
+        parse_topologies({"topologies": {"wc": {"user": "alice", "command": ["x"], "workers": 5000}}})
+    assert e.value.field == "topologies.wc.workers"
+    with pytest.raises(ClusterError) as e:
+        parse_topologies({"topologies": {"bad/id": {"user": "alice", "command": ["x"], "workers": 1}}})
+    assert e.value.field == "topologies" and "bad/id" in e.value.reason
+    with pytest.raises(ClusterError) as e:
+        parse_topologies({"topologies": {"wc": {"user": "alice", "command": ["x"], "workers": 1, "cpus": 2}}})
+    assert (e.value.field, e.value.reason) == ("topologies.wc.cpus", "unknown key")
+    with pytest.raises(ClusterError, match="more than 10000"):
+        parse_topologies({"topologies": {f"t{i}": {"user": "a", "command": ["x"], "workers": 1000}
+                                         for i in range(11)}})
