@@ -68,13 +68,36 @@ def users() -> dict[str, pwd.struct_passwd]:
     return {name: pwd.getpwnam(name) for name in USERS}
 
 
-def make_config(base: Path, node_name: str, **container: Any) -> NodeConfig:
+ROOTFS = Path(os.environ.get("BERTH_DEV_ROOT", "/var/lib/berth-dev"), "rootfs")
+RUNC_IMAGES = {PY_IMAGE: str(ROOTFS / "python"), BB_IMAGE: str(ROOTFS / "busybox")}
+"""The image directories ``scripts/build-images`` makes (the same root filesystems it imports)."""
+
+
+def make_config(base: Path, node_name: str, runtime: str = "docker", **container: Any) -> NodeConfig:
     return config_from_mapping({
         "node": {"name": node_name, "local_dir": str(base / "local"), "log_dir": str(base / "log"),
-                 "docker_host": SOCKET, "state_dir": str(base / "state")},
+                 "docker_host": SOCKET, "state_dir": str(base / "state"), "runtime": runtime},
         "images": {"default": PY_IMAGE, "allowed": (BB_IMAGE,)},
         "container": {"cgroup_parent": "/berth-test", **container},
+        "runc": {"images": RUNC_IMAGES},
     })
+
+
+def purge_runc(state_dir: Path) -> None:
+    """Every runc container under a test's state dir, its shim, and its workers' mounted roots."""
+    runc_dir = state_dir / "runc"
+    root = runc_dir / "root"
+    if root.is_dir():
+        listed = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
+        for cid in listed.stdout.split():
+            subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
+    if (runc_dir / "shim.sock").exists():
+        from berth._runtimes.shimclient import ShimClient, ShimError
+
+        with contextlib.suppress(ShimError, OSError):
+            ShimClient(str(runc_dir), "runc", str(root)).stop(force=True)
+    for rootfs in runc_dir.glob("workers/*/bundle/rootfs"):
+        subprocess.run(["umount", "-l", str(rootfs)], capture_output=True)
 
 
 @pytest.fixture
@@ -83,8 +106,35 @@ def base() -> Iterator[Path]:
     path.mkdir(parents=True, mode=0o755)
     os.chmod(BASE, 0o755)
     yield path
+    for state in (path, *path.glob("*")):
+        purge_runc(state / "state")  # unmounts the workers' roots: nothing below walks into an image
     with contextlib.suppress(BerthError):
         remove_tree(path)  # workers' trees can be deeper than shutil.rmtree can go
+
+
+@pytest.fixture(scope="session")
+def runc_ready(users: dict[str, Any]) -> None:
+    """runc, the seccomp profile the runc runtime converts, and the image directories."""
+    if shutil.which("runc", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        _unavailable("runc is not installed (scripts/engine start installs it)")
+    if not Path("/usr/share/containers/seccomp.json").exists():
+        _unavailable("no /usr/share/containers/seccomp.json (apt-get install golang-github-containers-common)")
+    if not all((ROOTFS / f"{n}.stamp").exists() for n in ("python", "busybox")):
+        built = subprocess.run([ROOT / "scripts/build-images", "--no-import"], capture_output=True, text=True)
+        if built.returncode != 0:
+            _unavailable(f"cannot build the image directories: {built.stdout[-2000:]}{built.stderr[-2000:]}")
+
+
+@pytest.fixture
+def runc_config(runc_ready: None, base: Path, node_name: str) -> NodeConfig:
+    return make_config(base, node_name, runtime="runc")
+
+
+@pytest.fixture
+def runc_node(runc_config: NodeConfig) -> Iterator[Node]:
+    n = Node(runc_config)
+    yield n
+    n.close()
 
 
 def purge(node_name: str) -> None:
@@ -117,10 +167,11 @@ def config_toml(config: NodeConfig) -> str:
     """The config as a berth.toml, for tests that run berth in another process."""
     n, c, s = config.node, config.container, config.supervisor
     return (f'[node]\nname = "{n.name}"\nlocal_dir = "{n.local_dir}"\nlog_dir = "{n.log_dir}"\n'
-            f'state_dir = "{n.state_dir}"\ndocker_host = "{n.docker_host}"\n'
+            f'state_dir = "{n.state_dir}"\ndocker_host = "{n.docker_host}"\nruntime = "{n.runtime}"\n'
             f'[images]\ndefault = "{config.images.default}"\n[container]\ncgroup_parent = "{c.cgroup_parent}"\n'
             f'[supervisor]\ngrace_s = {s.grace_s}\nbackoff_base_s = {s.backoff_base_s}\n'
-            f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n')
+            f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n'
+            + "[runc.images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in config.runc.images.items()))
 
 
 def poll_until(pred: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.05) -> None:

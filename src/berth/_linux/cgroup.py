@@ -125,3 +125,26 @@ def oom_kills_in(directory: str, version: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def memory_dir_for(path: str, mounts: tuple[CgroupMount, ...] | None = None) -> tuple[str, int] | None:
+    """Where the memory cgroup named by an absolute cgroup path (an OCI ``cgroupsPath``) is, and
+    its version: the v1 memory hierarchy where there is one, else the v2 one."""
+    mounts = _mounts() if mounts is None else mounts
+    for version in (1, 2):
+        for m in mounts:
+            if m.version == version and (version == 2 or "memory" in m.controllers):
+                if version == 2 and not os.path.exists(os.path.join(m.mount_point, "cgroup.controllers")):
+                    continue
+                if version == 2 and "memory" not in _read_words(os.path.join(m.mount_point, "cgroup.controllers")):
+                    continue
+                return _join(m, path), version
+    return None
+
+
+def _read_words(path: str) -> set[str]:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return set(fh.read().split())
+    except OSError:
+        return set()

@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from .._core.config import NodeConfig
 from .._core.plan import LABEL_SPEC, Plan
@@ -33,31 +32,9 @@ from .base import (
     WorkerStatus,
     code_from_returncode,
 )
+from .logfile import tail_offset as _tail_offset
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-def _tail_offset(fh: BinaryIO, lines: int, block: int = 65536) -> int:
-    """The offset at which the last ``lines`` lines of a file start, reading backwards in blocks."""
-    end = fh.seek(0, os.SEEK_END)
-    if lines <= 0:
-        return end
-    pos, seen = end, 0
-    while pos > 0:
-        step = min(block, pos)
-        pos -= step
-        fh.seek(pos)
-        data = fh.read(step)
-        if pos + step == end and data.endswith(b"\n"):
-            data = data[:-1]
-        count = data.count(b"\n")
-        if seen + count >= lines:
-            cut = len(data)
-            for _ in range(lines - seen):
-                cut = data.rindex(b"\n", 0, cut)
-            return pos + cut + 1
-        seen += count
-    return 0
 
 
 def _now() -> str:

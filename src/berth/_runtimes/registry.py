@@ -17,6 +17,7 @@ Factory = Callable[[NodeConfig], Runtime]
 
 _BUILTIN: dict[str, str] = {
     "docker": "berth._runtimes.docker:DockerRuntime",
+    "runc": "berth._runtimes.runc:RuncRuntime",
     "process": "berth._runtimes.process:ProcessRuntime",
 }
 _registered: dict[str, Factory] = {}

@@ -1,0 +1,51 @@
+"""A worker's output file, read in chunks: the last lines without reading the whole file, and follow."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+
+def tail_offset(fh: BinaryIO, lines: int, block: int = 65536) -> int:
+    """The offset at which the last ``lines`` lines of a file start, reading backwards in blocks."""
+    end = fh.seek(0, os.SEEK_END)
+    if lines <= 0:
+        return end
+    pos, seen = end, 0
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step)
+        if pos + step == end and data.endswith(b"\n"):
+            data = data[:-1]
+        count = data.count(b"\n")
+        if seen + count >= lines:
+            cut = len(data)
+            for _ in range(lines - seen):
+                cut = data.rindex(b"\n", 0, cut)
+            return pos + cut + 1
+        seen += count
+    return 0
+
+
+def read_log(path: str, tail: int | None, follow: bool, running: Callable[[], bool]) -> Iterator[bytes]:
+    """Chunks of ``path`` from ``tail`` lines before its end (all of it when None); with ``follow``,
+    keep reading while ``running()`` says the worker runs."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in the generator's finally
+    except FileNotFoundError:
+        return
+    with fh:
+        if tail is not None:
+            fh.seek(tail_offset(fh, tail))
+        while True:
+            chunk = fh.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or not running():
+                return
+            time.sleep(0.1)

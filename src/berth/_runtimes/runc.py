@@ -1,0 +1,339 @@
+"""The runc runtime: workers as runc containers, no daemon, one monitor per node (``berth-shim``).
+
+berth writes each worker's bundle over its own root (``runcbundle``); the shim starts, reaps and
+reports it. The worker's files are the source of truth: ``meta.json`` says what it is,
+``started.json`` and ``exit.json`` (written by the shim) where it is in its life, so a restarted
+berth finds everything again without asking anyone. The status is exact: the shim is the
+container's parent and sees the raw wait status (exit 137 and death by SIGKILL differ), and the
+cgroup's OOM-kill count read before the cgroup goes. Containers started by hand in the same runc
+root with berth's annotations are listed too (from ``runc list``), so the audit can judge them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .._core.config import NodeConfig
+from .._core.oci import oci_config
+from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
+from .._core.seccomp import load_oci_seccomp
+from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from .._linux import cgroup as _cgroup
+from .._linux.mountinfo import read_mountinfo
+from . import runcbundle as rb
+from .base import Capabilities, ExecResult, ExitRecord, WorkerDescription, WorkerState, WorkerStatus
+from .logfile import read_log
+from .shim.files import now_iso, proc_state, start_time
+from .shimclient import ShimClient
+
+log = logging.getLogger("berth.runc")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_RUNC_STATUS = {"created": WorkerStatus.CREATED, "running": WorkerStatus.RUNNING, "paused": WorkerStatus.PAUSED,
+                "stopped": WorkerStatus.EXITED}
+
+
+def find_runc(binary: str) -> str:
+    found = binary if binary.startswith("/") else shutil.which(binary, path=_PATH + ":" + os.environ.get("PATH", ""))
+    if not found or not os.access(found, os.X_OK):
+        raise EngineError("runc.binary", f"runc not found ({binary}); install it (Debian: apt-get install runc)")
+    return found
+
+
+def record_from_exit(data: dict[str, Any]) -> ExitRecord:
+    """An exit file as an ExitRecord: exact unless the shim could not see the status."""
+    lost = bool(data.get("status_lost"))
+    sig = data.get("signal")
+    ooms = data.get("oom_kills") or 0
+    victim = None if not ooms else ("worker" if sig == 9 else "child")
+    return ExitRecord(worker_id=str(data.get("worker", "")), container_id=str(data["id"]),
+                      exit_code=None if lost else data.get("exit_code"), signal=None if lost else sig,
+                      oom_killed=bool(ooms) and sig == 9, started_at=data.get("started_at"),
+                      finished_at=data.get("finished_at"), exact=not lost, core_dumped=bool(data.get("core_dumped")),
+                      oom_victim=victim, status_lost=lost)
+
+
+class RuncRuntime:
+    name = "runc"
+    capabilities = Capabilities(isolated=True, exact_status=True, survives_restart=True, oom_reported=True)
+
+    def __init__(self, config: NodeConfig) -> None:
+        self._config = config
+        self._node = config.node.name
+        self._base = config.runc_dir
+        self._workers = os.path.join(self._base, "workers")
+        self._root = config.runc.root or os.path.join(self._base, "root")
+        self._runc: str | None = None
+        self._shim: ShimClient | None = None
+        self._seccomp: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._closed = threading.Event()
+
+    @property
+    def runc(self) -> str:
+        if self._runc is None:
+            self._runc = find_runc(self._config.runc.binary)
+        return self._runc
+
+    @property
+    def shim(self) -> ShimClient:
+        if self._shim is None:
+            self._shim = ShimClient(self._base, self.runc, self._root)
+        return self._shim
+
+    def _wdir(self, worker_id: str) -> str:
+        if not worker_id or "/" in worker_id or worker_id in (".", ".."):
+            raise WorkerNotFound(worker_id)
+        return os.path.join(self._workers, worker_id)
+
+    def _meta(self, worker_id: str) -> dict[str, Any]:
+        meta = rb.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        if meta is None:
+            raise WorkerNotFound(worker_id)
+        return meta
+
+    # -- images and bundles --------------------------------------------------------------------
+
+    def image_dir(self, image: str) -> str | None:
+        """The read-only root filesystem directory of ``image``: from ``runc.images``, else
+        ``<runc.image_root>/<name>`` for ``berth/<name>[:tag]``."""
+        path = self._config.runc.images.get(image)
+        if path is None and self._config.runc.image_root and image.startswith("berth/"):
+            name = image[len("berth/"):].split(":", 1)[0]
+            if name and "/" not in name and name not in (".", ".."):
+                path = os.path.join(self._config.runc.image_root, name)
+        return path if path is not None and os.path.isdir(path) else None
+
+    def image_present(self, image: str) -> bool:
+        return self.image_dir(image) is not None
+
+    def _seccomp_for(self, plan: Plan) -> dict[str, Any]:
+        """The operator's profile, else the distribution's default: a runc worker never runs
+        without a filter. Converted once per file version."""
+        path = plan.security.seccomp_profile or self._config.runc.default_seccomp
+        field = "container.seccomp_profile" if plan.security.seccomp_profile else "runc.default_seccomp"
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError as exc:
+            hint = "" if plan.security.seccomp_profile else " (Debian: apt-get install golang-github-containers-common)"
+            raise EngineError(field, f"seccomp profile {path}: {exc.strerror}{hint}") from None
+        cached = self._seccomp.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, load_oci_seccomp(path, field))
+            self._seccomp[path] = cached
+        return cached[1]
+
+    def create(self, plan: Plan) -> str:
+        image = self.image_dir(plan.image)
+        if image is None:
+            raise EngineError("image", f"{plan.image}: no root filesystem directory for it (runc.images, "
+                              "runc.image_root)")
+        seccomp = self._seccomp_for(plan)
+        wdir = self._wdir(plan.worker_id)
+        os.makedirs(self._workers, mode=0o700, exist_ok=True)
+        rb.remove_worker_dir(wdir)  # the leftovers of a worker whose container is gone (checked by the node)
+        cid = uuid.uuid4().hex
+        bundle, rootfs = os.path.join(wdir, "bundle"), os.path.join(wdir, "bundle", "rootfs")
+        try:
+            os.mkdir(wdir, 0o700)
+            for d in (os.path.join(wdir, "upper"), os.path.join(wdir, "work"), bundle, rootfs):
+                os.mkdir(d, 0o755)
+            rb.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
+            config = oci_config(plan, rootfs, seccomp=seccomp, table=read_mountinfo())
+            rb.write_json(os.path.join(bundle, "config.json"), config)
+            where = _cgroup.memory_dir_for(config["linux"]["cgroupsPath"])
+            rb.write_json(os.path.join(wdir, "meta.json"), {
+                "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
+                "memcg": where[0] if where else None, "cgroup_version": where[1] if where else 1,
+                "created_at": now_iso(), "user": f"{plan.identity.uid}:{plan.identity.gid}"})
+        except (OSError, BerthError) as exc:
+            rb.remove_worker_dir(wdir)
+            if isinstance(exc, BerthError):
+                raise
+            raise EngineError("runc", f"cannot make the bundle of {plan.worker_id!r}: {exc}") from exc
+        return cid
+
+    def start(self, worker_id: str) -> None:
+        meta, wdir = self._meta(worker_id), self._wdir(worker_id)
+        self.shim.request({"op": "run", "id": meta["id"], "worker": worker_id, "dir": wdir,
+                           "bundle": os.path.join(wdir, "bundle"), "log": os.path.join(wdir, "output.log"),
+                           "memcg": meta.get("memcg"), "cgroup_version": meta.get("cgroup_version", 1)}, timeout=120)
+
+    def stop(self, worker_id: str, grace_s: float) -> None:
+        cid = self._meta(worker_id)["id"]
+        self.shim.request({"op": "kill", "id": cid, "signal": 15, "grace": max(0.0, grace_s)}, timeout=grace_s + 60)
+
+    def force_kill(self, worker_id: str) -> None:
+        self.shim.request({"op": "kill", "id": self._meta(worker_id)["id"], "signal": 9}, timeout=60)
+
+    def remove(self, worker_id: str) -> None:
+        wdir = self._wdir(worker_id)
+        meta = rb.read_json(os.path.join(wdir, "meta.json"))
+        if meta is not None:
+            if os.path.exists(os.path.join(wdir, "started.json")):
+                self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)
+            rb.remove_worker_dir(wdir)
+            return
+        hand = self._by_hand().get(worker_id)
+        if hand is not None:
+            subprocess.run([self.runc, "--root", self._root, "delete", "--force", hand["id"]], capture_output=True,
+                           check=False)
+        elif os.path.isdir(wdir):
+            rb.remove_worker_dir(wdir)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _state(self, worker_id: str, meta: dict[str, Any]) -> WorkerState:
+        wdir = self._wdir(worker_id)
+        labels = dict(meta.get("labels") or {})
+        started = rb.read_json(os.path.join(wdir, "started.json"))
+        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        pid = None
+        if ended is not None:
+            status = WorkerStatus.EXITED
+        elif started is None:
+            status = WorkerStatus.CREATED
+        else:
+            status = WorkerStatus.RUNNING
+            pid = int(started["pid"])
+            st = proc_state(pid)
+            gone = st is None or st[0] == "Z" or start_time(pid) != started.get("start_time")
+            if gone and not self.shim.running():
+                status, pid = WorkerStatus.MISSING, None  # ended while no shim watched: recovered as lost
+        rec = record_from_exit(ended) if ended is not None else None
+        return WorkerState(
+            worker_id=worker_id, container_id=str(meta["id"]), topology_id=labels.get(LABEL_TOPOLOGY, ""),
+            port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""),
+            image=str(meta.get("image", "")), state=status, spec_digest=labels.get(LABEL_SPEC),
+            exit_code=rec.exit_code if rec else None,
+            oom_killed=bool(rec and rec.oom_killed), started_at=(started or {}).get("started_at"),
+            finished_at=rec.finished_at if rec else None, pid=pid, labels=labels)
+
+    def _by_hand(self) -> dict[str, dict[str, Any]]:
+        """Containers in this node's runc root that berth did not make but that carry this node's
+        annotations (``runc list``: one runc process, so only listings and lookups of unknown ids)."""
+        if not os.path.isdir(self._root):
+            return {}
+        out = subprocess.run([self.runc, "--root", self._root, "list", "--format", "json"], capture_output=True,
+                             check=False)
+        try:
+            found = json.loads(out.stdout or b"null") or []
+        except ValueError:
+            return {}
+        mine: dict[str, dict[str, Any]] = {}
+        for c in found:
+            ann = c.get("annotations") or {}
+            wid = ann.get(LABEL_WORKER)
+            if ann.get(LABEL_NODE) == self._node and wid and not os.path.exists(
+                    os.path.join(self._workers, wid, "meta.json")):
+                mine[wid] = c
+        return mine
+
+    def _hand_state(self, c: dict[str, Any]) -> WorkerState:
+        ann = c.get("annotations") or {}
+        config = rb.read_json(os.path.join(c.get("bundle") or "/nonexistent", "config.json")) or {}
+        status = _RUNC_STATUS.get(c.get("status", ""), WorkerStatus.UNKNOWN)
+        return WorkerState(
+            worker_id=ann.get(LABEL_WORKER, ""), container_id=str(c["id"]), topology_id=ann.get(LABEL_TOPOLOGY, ""),
+            port=int(ann.get(LABEL_PORT, "0")) if str(ann.get(LABEL_PORT, "0")).isdigit() else 0,
+            user=ann.get(LABEL_USER, ""), image=str(rb.request_from_oci(config).get("image", "")), state=status,
+            spec_digest=ann.get(LABEL_SPEC), started_at=c.get("created"),
+            pid=int(c["pid"]) if status.running and c.get("pid") else None, labels=rb.labels_of(config) or dict(ann))
+
+    def inspect(self, worker_id: str) -> WorkerState:
+        try:
+            return self._state(worker_id, self._meta(worker_id))
+        except WorkerNotFound:
+            hand = self._by_hand().get(worker_id)
+            if hand is None:
+                raise
+            return self._hand_state(hand)
+
+    def describe(self, worker_id: str) -> WorkerDescription:
+        state = self.inspect(worker_id)
+        if os.path.exists(os.path.join(self._wdir(worker_id), "meta.json")):
+            bundle = os.path.join(self._wdir(worker_id), "bundle")
+        else:
+            bundle = str(self._by_hand()[worker_id].get("bundle") or "/nonexistent")
+        config = rb.read_json(os.path.join(bundle, "config.json")) or {}
+        return WorkerDescription(state=state, request=rb.request_from_oci(config),
+                                 pid=state.pid if state.running else None)
+
+    def memory_usage(self, worker_id: str) -> int:
+        meta = self._meta(worker_id)
+        if meta.get("memcg"):
+            name = "memory.usage_in_bytes" if meta.get("cgroup_version", 1) == 1 else "memory.current"
+            try:
+                return _cgroup.read_int(os.path.join(meta["memcg"], name))
+            except (OSError, ValueError):
+                pass
+        st = self._state(worker_id, meta)
+        raise WorkerNotRunning(worker_id, st.state)
+
+    def exec(self, worker_id: str, argv: Sequence[str]) -> ExecResult:
+        """``runc exec -p``: the process is spelled out (the worker's user, cwd, no capabilities,
+        no new privileges), so no argument of ``argv`` can be taken for a runc option."""
+        meta, wdir = self._meta(worker_id), self._wdir(worker_id)
+        st = self._state(worker_id, meta)
+        if not st.running:
+            raise WorkerNotRunning(worker_id, st.state)
+        config = rb.read_json(os.path.join(wdir, "bundle", "config.json")) or {}
+        proc = {**config.get("process", {}), "args": list(argv), "terminal": False}
+        path = os.path.join(wdir, f"exec-{uuid.uuid4().hex[:8]}.json")
+        rb.write_json(path, proc)
+        try:
+            out = subprocess.run([self.runc, "--root", self._root, "exec", "-p", path, meta["id"]],
+                                 stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        finally:
+            os.unlink(path)
+        code = out.returncode if out.returncode >= 0 else 128 - out.returncode
+        return ExecResult(exit_code=code, output=out.stdout + out.stderr)
+
+    def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        meta = self._meta(worker_id)
+        return read_log(os.path.join(self._wdir(worker_id), "output.log"), tail, follow,
+                        lambda: self._state(worker_id, meta).running)
+
+    def list_workers(self) -> list[WorkerState]:
+        out = []
+        try:
+            names = sorted(os.listdir(self._workers))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            meta = rb.read_json(os.path.join(self._workers, name, "meta.json"))
+            if meta is not None:
+                out.append(self._state(name, meta))
+        out += [self._hand_state(c) for c in self._by_hand().values()]
+        return out
+
+    def exit_record(self, worker_id: str) -> ExitRecord | None:
+        ended = rb.read_json(os.path.join(self._wdir(worker_id), "exit.json"))
+        return record_from_exit(ended) if ended is not None else None
+
+    def exit_events(self) -> Iterator[ExitRecord | None]:
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                for ev in self.shim.events():
+                    if ev is None:
+                        delay = 0.1
+                        yield None
+                    else:
+                        yield record_from_exit(ev)
+            except BerthError as exc:
+                log.warning("shim events: %s; retrying in %.1fs", exc, delay)
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._shim is not None:
+            self._shim.close()

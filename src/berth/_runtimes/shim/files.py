@@ -1,0 +1,119 @@
+"""Small helpers of the shim: times, atomic JSON files, /proc and cgroup reads. Standard library only."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def now_iso(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"{now_iso()} berth-shim[{os.getpid()}] {msg}\n")
+    sys.stderr.flush()
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Atomically: a reader sees the old file or the whole new one, never a part."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat): with the
+    pid, it names one process for good, since pids are reused and start times are not."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            text = fh.read()
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cgroup_numbers(memcg: str | None, version: int) -> tuple[int | None, int | None]:
+    """(OOM kills, peak memory bytes) of a memory cgroup; None for what the kernel does not keep."""
+    if not memcg:
+        return None, None
+    oom: int | None = None
+    try:
+        with open(os.path.join(memcg, "memory.oom_control" if version == 1 else "memory.events"),
+                  encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    oom = int(value)
+    except (OSError, ValueError):
+        pass
+    peak: int | None = None
+    try:
+        with open(os.path.join(memcg, "memory.max_usage_in_bytes" if version == 1 else "memory.peak"),
+                  encoding="ascii") as fh:
+            peak = int(fh.read())
+    except (OSError, ValueError):
+        pass
+    return oom, peak
+
+
+def decode_status(status: int) -> dict[str, Any]:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"exit_code": 128 + sig, "signal": sig, "core_dumped": os.WCOREDUMP(status)}
+    return {"exit_code": os.waitstatus_to_exitcode(status), "signal": None, "core_dumped": False}
+
+
+def move_to_own_cgroup(name: str = "berth-shim") -> None:
+    """Leave the starter's cgroups (a service manager stopping berth kills berth's cgroup) for
+    ``/<name>`` in every hierarchy but cpuset (whose new groups start with no cpus)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fstype, _, opts = [*right.split(" "), "", "", ""][:3]
+        if fstype not in ("cgroup", "cgroup2") or "cpuset" in opts.split(","):
+            continue
+        target = os.path.join(left.split(" ")[4].replace("\\040", " "), name)
+        try:
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, "cgroup.procs"), "w", encoding="ascii") as fh:
+                fh.write(str(os.getpid()))
+        except OSError as exc:
+            log(f"cannot move into {target}: {exc.strerror}")
+
+
+def tail(path: str, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - limit))
+            return fh.read().decode(errors="replace").strip()
+    except OSError:
+        return "(no runc log)"

@@ -1,0 +1,380 @@
+"""The shim's one loop: requests on the socket, SIGCHLD, pidfds of adopted containers, grace timers."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from . import VERSION, WORKERS
+from .files import cgroup_numbers, decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
+from .wire import Conn, Wire
+
+MAX_EARLY = 4096
+_SPAWN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+class Child:
+    """A container's init process, watched by the shim (its parent, or adopted through a pidfd)."""
+
+    def __init__(self, cid: str, worker: str, wdir: str, pid: int, memcg: str | None, cgv: int,
+                 started_at: str, pidfd: int | None = None) -> None:
+        self.cid, self.worker, self.dir, self.pid = cid, worker, wdir, pid
+        self.memcg, self.cgv, self.started_at, self.pidfd = memcg, cgv, started_at, pidfd
+
+
+class Shim(Wire):
+    def __init__(self, base: str, runc: str, root: str, listen: socket.socket, lock_fd: int) -> None:
+        self.base, self.runc, self.root = base, runc, root
+        self.workers = os.path.join(base, WORKERS)
+        self.listen, self.lock_fd = listen, lock_fd
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.launching: dict[int, tuple[Conn, dict[str, Any]]] = {}
+        self.deleting: dict[int, tuple[str, list[Conn]]] = {}
+        self.children: dict[int, Child] = {}
+        self.by_cid: dict[str, Child] = {}
+        self.early: dict[int, tuple[int, float]] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.waiters: dict[str, list[tuple[Conn, str]]] = {}
+        self.timers: list[tuple[float, str, int]] = []
+        self.started_at = now_iso()
+        self.upgrade_requested = False
+        self.stopping = False
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.signals: list[int] = []
+        listen.setblocking(False)
+        self.sel.register(listen, selectors.EVENT_READ, "listen")
+        self.sel.register(r, selectors.EVENT_READ, "wake")
+
+    def _on_signal(self, sig: int, _frame: Any) -> None:
+        self.signals.append(sig)
+
+    # -- start-up: find what a previous shim (or this one before an upgrade) left ------------------
+
+    def recover(self) -> None:
+        try:
+            names = sorted(os.listdir(self.workers))
+        except FileNotFoundError:
+            names = []
+        me = os.getpid()
+        for name in names:
+            wdir = os.path.join(self.workers, name)
+            started = read_json(os.path.join(wdir, "started.json"))
+            ended = read_json(os.path.join(wdir, "exit.json"))
+            if ended is not None:
+                if ended.get("id") and os.path.isdir(os.path.join(self.root, str(ended["id"]))):
+                    self.pending[ended["id"]] = {"event": "exit", **ended}  # never acknowledged
+                continue
+            if started is None:
+                started = self._started_after_a_lost_launch(wdir)
+                if started is None:
+                    continue
+            pid, cid = int(started["pid"]), str(started["id"])
+            child = Child(cid, str(started.get("worker", "")), wdir, pid, started.get("memcg"),
+                          int(started.get("cgroup_version", 1)), str(started.get("started_at")))
+            st = proc_state(pid)
+            same = st is not None and start_time(pid) == started.get("start_time")
+            if same and st is not None and st[1] == me:
+                self._watch(child)  # still our child (an upgrade): its status will be exact
+            elif same and st is not None and st[0] != "Z":
+                try:
+                    child.pidfd = os.pidfd_open(pid)
+                except OSError:
+                    self._record(child, None)
+                    continue
+                self._watch(child)
+                self.sel.register(child.pidfd, selectors.EVENT_READ, ("pidfd", pid))
+                log(f"adopted {cid} (pid {pid}): its exit status will be lost (it is not this shim's child)")
+            else:
+                self._record(child, None)
+                log(f"{cid} (pid {pid}) ended while no shim watched it: status lost")
+
+    def _started_after_a_lost_launch(self, wdir: str) -> dict[str, Any] | None:
+        """runc finished a launch after the shim that asked for it died: runc's pid file is there,
+        ``started.json`` is not. The request is in ``launch.json``."""
+        req = read_json(os.path.join(wdir, "launch.json"))
+        try:
+            with open(os.path.join(wdir, "init.pid"), encoding="ascii") as fh:
+                pid = int(fh.read().strip())
+        except (OSError, ValueError):
+            return None
+        if req is None:
+            return None
+        started = {"id": req["id"], "worker": req.get("worker", ""), "pid": pid, "start_time": start_time(pid),
+                   "started_at": now_iso(), "memcg": req.get("memcg"), "cgroup_version": req.get("cgroup_version", 1)}
+        write_json(os.path.join(wdir, "started.json"), started)
+        return started
+
+    def _watch(self, child: Child) -> None:
+        self.children[child.pid] = child
+        self.by_cid[child.cid] = child
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.reap()
+        while not self.stopping:
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                tag = key.data
+                if tag == "listen":
+                    self._accept()
+                elif tag == "wake":
+                    self._drain_wake()
+                elif isinstance(tag, tuple) and tag[0] == "pidfd":
+                    self._adopted_exit(tag[1])
+                else:
+                    conn = self.conns.get(key.fd)
+                    if conn is not None:
+                        if mask & selectors.EVENT_READ:
+                            self._read(conn)
+                        if mask & selectors.EVENT_WRITE and key.fd in self.conns:
+                            self._flush(conn)
+            self._fire_timers()
+            if self.upgrade_requested and not self.launching and not self.deleting:
+                self._exec_self()
+        log("stopped; containers keep running")
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        sigs, self.signals = self.signals, []
+        for sig in sigs:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+            elif sig == signal.SIGHUP:
+                self.upgrade_requested = True
+        self.reap()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, _ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            when = time.time()
+            if pid in self.launching:
+                self._launched(pid, status)
+            elif pid in self.children:
+                self._record(self.children[pid], status, when)
+            elif pid in self.deleting:
+                cid, conns = self.deleting.pop(pid)
+                for conn in conns:
+                    self._send(conn, {"ok": True, "id": cid})
+            else:
+                # Exited before its runc reported its pid: kept until the launch asks.
+                self.early[pid] = (status, when)
+                while len(self.early) > MAX_EARLY:
+                    self.early.pop(next(iter(self.early)))
+
+    def _spawn(self, argv: list[str], stdout: str | None = None) -> int:
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+        if stdout is not None:
+            actions += [(os.POSIX_SPAWN_OPEN, 1, stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640),
+                        (os.POSIX_SPAWN_DUP2, 1, 2)]
+        else:
+            actions += [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0), (os.POSIX_SPAWN_DUP2, 1, 2)]
+        return os.posix_spawn(self.runc, argv, _SPAWN_ENV, file_actions=actions,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM,
+                                         signal.SIGHUP, signal.SIGINT))
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _handle(self, conn: Conn, req: dict[str, Any]) -> None:
+        op = req.get("op")
+        if op == "hello":
+            self._send(conn, {"ok": True, **self.status()})
+        elif op == "run":
+            self._run(conn, req)
+        elif op == "subscribe":
+            conn.subscribed = True
+            self._send(conn, {"ok": True})
+            for ev in list(self.pending.values()):
+                self._send(conn, ev)
+        elif op == "ack":
+            cid = str(req["id"])
+            if self.pending.pop(cid, None) is not None:
+                self._delete(cid, None)
+        elif op in ("kill", "remove"):
+            self._kill(conn, req, remove=op == "remove")
+        elif op == "stop":
+            alive = [c.cid for c in self.by_cid.values()]
+            if alive and not req.get("force"):
+                self._send(conn, {"ok": False, "error": f"{len(alive)} containers are running; their exit "
+                                   "statuses would be lost while no shim runs (force to stop anyway)"})
+            else:
+                self._send(conn, {"ok": True, "pid": os.getpid()})
+                self._flush(conn)
+                self.stopping = True
+        elif op == "upgrade":
+            self._send(conn, {"ok": True, "pid": os.getpid()})
+            self._flush(conn)
+            self.upgrade_requested = True
+        else:
+            self._send(conn, {"ok": False, "error": f"unknown op {op!r}"})
+
+    def status(self) -> dict[str, Any]:
+        rss = 0
+        try:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return {"pid": os.getpid(), "version": VERSION, "started_at": self.started_at,
+                "execs": int(os.environ.get("BERTH_SHIM_EXECS", "0")), "containers": len(self.by_cid),
+                "adopted": sum(1 for c in self.by_cid.values() if c.pidfd is not None),
+                "pending": len(self.pending), "launching": len(self.launching), "rss_bytes": rss,
+                "threads": len(os.listdir("/proc/self/task"))}
+
+    def _run(self, conn: Conn, req: dict[str, Any]) -> None:
+        cid, wdir = str(req["id"]), os.path.realpath(str(req["dir"]))
+        if os.path.dirname(wdir) != os.path.realpath(self.workers):
+            raise ValueError(f"dir {wdir} is not under {self.workers}")
+        if self.upgrade_requested or self.stopping:
+            raise ValueError("the shim is restarting; try again")
+        if cid in self.by_cid:
+            raise ValueError(f"{cid} is running already")
+        write_json(os.path.join(wdir, "launch.json"), req)
+        argv = [self.runc, "--root", self.root, "--log", os.path.join(wdir, "runc.log"), "run", "-d",
+                "--pid-file", os.path.join(wdir, "init.pid"), "--bundle", str(req["bundle"]), cid]
+        pid = self._spawn(argv, stdout=str(req["log"]))
+        self.launching[pid] = (conn, {**req, "dir": wdir, "t0": time.time()})
+
+    def _launched(self, runc_pid: int, status: int) -> None:
+        conn, req = self.launching.pop(runc_pid)
+        wdir, cid = req["dir"], req["id"]
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            self._send(conn, {"ok": False, "error": f"runc run exited with {decode_status(status)['exit_code']}: "
+                               + tail(os.path.join(wdir, "runc.log"))})
+            return
+        try:
+            with open(os.path.join(wdir, "init.pid"), encoding="ascii") as fh:
+                pid = int(fh.read().strip())
+        except (OSError, ValueError) as exc:
+            self._send(conn, {"ok": False, "error": f"runc gave no pid: {exc}"})
+            return
+        child = Child(cid, str(req.get("worker", "")), wdir, pid, req.get("memcg"), int(req.get("cgroup_version", 1)),
+                      now_iso(req["t0"]))
+        write_json(os.path.join(wdir, "started.json"), {
+            "id": cid, "worker": child.worker, "pid": pid, "start_time": start_time(pid),
+            "started_at": child.started_at, "memcg": child.memcg, "cgroup_version": child.cgv})
+        self._watch(child)
+        self._send(conn, {"ok": True, "pid": pid, "started_at": child.started_at})
+        if pid in self.early:  # it ended before runc's pid file could be read
+            status, when = self.early.pop(pid)
+            self._record(child, status, when)
+
+    def _kill(self, conn: Conn, req: dict[str, Any], remove: bool) -> None:
+        cid = str(req["id"])
+        sig = int(req.get("signal", signal.SIGKILL if remove else signal.SIGTERM))
+        child = self.by_cid.get(cid)
+        if child is None:
+            if remove:
+                self.pending.pop(cid, None)
+                self._delete(cid, conn)
+            else:
+                self._send(conn, {"ok": True, "id": cid, "running": False})
+            return
+        self.waiters.setdefault(cid, []).append((conn, "remove" if remove else "kill"))
+        self._signal(child, sig)
+        grace = req.get("grace")
+        if grace is not None and sig != signal.SIGKILL:
+            heapq.heappush(self.timers, (time.monotonic() + float(grace), cid, child.pid))
+
+    def _signal(self, child: Child, sig: int) -> None:
+        try:
+            if child.pidfd is not None:
+                signal.pidfd_send_signal(child.pidfd, sig)
+            else:
+                os.kill(child.pid, sig)  # our unreaped child: its pid cannot have been reused
+        except ProcessLookupError:
+            pass
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, cid, pid = heapq.heappop(self.timers)
+            child = self.by_cid.get(cid)
+            if child is not None and child.pid == pid:
+                self._signal(child, signal.SIGKILL)
+
+    def _delete(self, cid: str, conn: Conn | None) -> None:
+        pid = self._spawn([self.runc, "--root", self.root, "delete", "--force", cid])
+        self.deleting[pid] = (cid, [conn] if conn is not None else [])
+
+    # -- exits ----------------------------------------------------------------------------------
+
+    def _adopted_exit(self, pid: int) -> None:
+        child = self.children.get(pid)
+        if child is not None:
+            self._record(child, None)
+
+    def _record(self, child: Child, status: int | None, when: float | None = None) -> None:
+        """Write the exit file, then tell the subscribers and whoever waits on a kill."""
+        oom, peak = cgroup_numbers(child.memcg, child.cgv)
+        rec: dict[str, Any] = {"id": child.cid, "worker": child.worker, "pid": child.pid, "status": status,
+                               "started_at": child.started_at, "finished_at": now_iso(when),
+                               "oom_kills": oom, "peak_memory_bytes": peak, "status_lost": status is None}
+        if status is None:
+            rec.update(exit_code=None, signal=None, core_dumped=False)
+        else:
+            rec.update(decode_status(status))
+        try:
+            write_json(os.path.join(child.dir, "exit.json"), rec)
+        except OSError as exc:
+            log(f"cannot write the exit of {child.cid}: {exc}")
+        self.children.pop(child.pid, None)
+        self.by_cid.pop(child.cid, None)
+        if child.pidfd is not None:
+            self.sel.unregister(child.pidfd)
+            os.close(child.pidfd)
+        waiters = self.waiters.pop(child.cid, [])
+        for conn, what in waiters:
+            if what == "kill":
+                self._send(conn, {"ok": True, "id": child.cid, "running": False, "exit": rec})
+        removers = [conn for conn, what in waiters if what == "remove"]
+        if removers:  # removed, not ended: nobody is told (as the engine's forced removal)
+            self._delete(child.cid, None)
+            self.deleting[next(reversed(self.deleting))][1].extend(removers)
+            return
+        event = {"event": "exit", **rec}
+        self.pending[child.cid] = event
+        for conn in list(self.conns.values()):
+            if conn.subscribed:
+                self._send(conn, event)
+
+    # -- upgrade ------------------------------------------------------------------------------------
+
+    def _exec_self(self) -> None:
+        """Replace this program with the one now on disk, keeping the pid (so every container stays
+        this process's child), the listening socket and the lock; the new image re-reads the
+        workers' files to know its children again."""
+        log("upgrading in place (execv)")
+        for conn in list(self.conns.values()):
+            self._flush(conn)
+        os.set_inheritable(self.listen.fileno(), True)
+        os.set_inheritable(self.lock_fd, True)
+        from .daemon import command
+
+        env = {**os.environ, "BERTH_SHIM_EXECS": str(int(os.environ.get("BERTH_SHIM_EXECS", "0")) + 1)}
+        argv = [*command(self.base, self.runc, self.root), "--listen-fd", str(self.listen.fileno()),
+                "--lock-fd", str(self.lock_fd)]
+        os.execve(argv[0], argv, env)

@@ -1,0 +1,130 @@
+"""berth-shim against real runc: exact statuses, one monitor per node that outlives berth, in-place
+upgrade, and a killed shim whose successor reports what it could not see as lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from berth import Node, NodeConfig
+from berth._runtimes.runc import RuncRuntime
+from berth._runtimes.shimclient import ShimClient
+
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, wait_file
+from ._helpers import worker as spec
+from .conftest import poll_until
+
+pytestmark = pytest.mark.integration
+
+READY_THEN_GO = "open('ready', 'w').close()\n" + WAIT_FOR_GO + "import sys\nsys.exit(int(open('go').read() or 0))\n"
+
+
+def _shim(node: Node) -> ShimClient:
+    rt = node.runtime
+    assert isinstance(rt, RuncRuntime)
+    return rt.shim
+
+
+def _ready(node: Node, wid: str) -> None:
+    wait_file(Path(node.config.node.local_dir, "workers", wid, "ready"), node, wid)
+
+
+def test_exit_137_and_death_by_sigkill_are_different_things(runc_node: Node) -> None:
+    got = Exits()
+    runc_node.launch(spec("w-137", "raise SystemExit(137)"), on_exit=got)
+    runc_node.launch(spec("w-sig", WAIT_FOR_GO), on_exit=got)
+    runc_node.force_kill("w-sig")
+    by = {r.worker_id: r for r in got.wait_for(2)}
+    assert (by["w-137"].exit_code, by["w-137"].signal, by["w-137"].exact) == (137, None, True)
+    assert (by["w-sig"].exit_code, by["w-sig"].signal, by["w-sig"].exact) == (137, 9, True)
+    assert by["w-137"].how == "exit code 137" and by["w-sig"].how == "killed by SIGKILL"
+    assert not by["w-137"].oom_killed and not by["w-sig"].oom_killed
+
+
+def test_exits_that_come_before_the_pid_file_is_read_are_not_lost(runc_node: Node) -> None:
+    got = Exits()
+    for i in range(8):
+        runc_node.launch(spec(f"w-fast{i}", f"raise SystemExit({i})"), on_exit=got)
+    assert sorted((r.worker_id, r.exit_code) for r in got.wait_for(8)) == [(f"w-fast{i}", i) for i in range(8)]
+
+
+def test_one_shim_per_node_detached_from_berth_and_outliving_it(runc_config: NodeConfig) -> None:
+    node = Node(runc_config)
+    node.launch(spec("w-live", READY_THEN_GO), on_exit=lambda r: None)
+    _ready(node, "w-live")
+    shim = _shim(node)
+    pid = shim.pid()
+    assert pid is not None and shim.start() == pid  # a second start finds the running one (the lock)
+    status = Path(f"/proc/{pid}/status").read_text()
+    ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    assert ppid != os.getpid() and os.getsid(pid) != os.getsid(0)
+    assert Path(f"/proc/{pid}/cgroup").read_text() != Path("/proc/self/cgroup").read_text()
+    hello = shim.hello()
+    assert hello["threads"] == 1 and hello["containers"] == 1 and hello["rss_bytes"] < 30 * 2**20
+    node.close()  # berth goes away; the worker and the shim do not
+    again = Node(runc_config)
+    assert again.inspect("w-live").running and _shim(again).pid() == pid
+    got = Exits()
+    again.recover()
+    again.set_default_callback(got)
+    go(again, "w-live", "5")
+    rec = got.wait_for(1)[0]
+    assert (rec.worker_id, rec.exit_code, rec.exact) == ("w-live", 5, True)
+    again.close()
+
+
+def test_upgrade_in_place_keeps_the_pid_and_the_exact_statuses(runc_node: Node) -> None:
+    got = Exits()
+    runc_node.launch(spec("w-up", READY_THEN_GO), on_exit=got)
+    _ready(runc_node, "w-up")
+    shim = _shim(runc_node)
+    pid = shim.pid()
+    shim.upgrade()
+    poll_until(lambda: _execs(shim) == 1, "the shim to re-execute itself")
+    assert shim.pid() == pid and shim.hello()["containers"] == 1
+    go(runc_node, "w-up", "6")
+    rec = got.wait_for(1)[0]
+    assert (rec.exit_code, rec.signal, rec.exact, rec.status_lost) == (6, None, True, False)
+
+
+def _execs(shim: ShimClient) -> int:
+    try:
+        return int(shim.hello()["execs"])
+    except Exception:
+        return -1  # between exec and listening again
+
+
+def test_a_killed_shim_is_replaced_and_what_it_could_not_see_is_status_lost(runc_config: NodeConfig) -> None:
+    node = Node(runc_config)
+    for wid in ("w-a", "w-b"):
+        node.launch(spec(wid, READY_THEN_GO), on_exit=lambda r: None)
+        _ready(node, wid)
+    shim = _shim(node)
+    old = shim.pid()
+    assert old is not None
+    node.close()
+    os.kill(old, signal.SIGKILL)
+    poll_until(lambda: not shim.running(), "the old shim to be gone")
+    b_pid = node.inspect("w-b").pid
+    go(node, "w-b", "3")  # ends while no shim runs: nobody can see its status
+    poll_until(lambda: b_pid is None or not Path(f"/proc/{b_pid}").exists()
+               or Path(f"/proc/{b_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", "w-b to end")
+    got = Exits()
+    fresh = Node(runc_config, on_exit=got)
+    report = fresh.recover()  # starts a new shim, which adopts w-a and finds w-b ended
+    assert _shim(fresh).pid() not in (None, old)
+    assert report.adopted == ["w-a"]
+    lost = {r.worker_id: r for r in got.wait_for(1)}["w-b"]
+    assert (lost.exit_code, lost.signal, lost.status_lost, lost.exact) == (None, None, True, False)
+    assert lost.how.startswith("status lost")
+    go(fresh, "w-a", "4")  # adopted, not its child: its end is seen, its status is not
+    rec = next(r for r in got.wait_for(2) if r.worker_id == "w-a")
+    assert rec.status_lost and rec.exit_code is None
+    fresh.launch(spec("w-c", "raise SystemExit(8)"), on_exit=got)  # the new shim's own: exact again
+    rec = next(r for r in got.wait_for(3) if r.worker_id == "w-c")
+    assert (rec.exit_code, rec.exact) == (8, True)
+    assert fresh.wait("w-c", WAIT).exit_code == 8
+    fresh.close()
