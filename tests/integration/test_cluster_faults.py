@@ -4,12 +4,23 @@ under fencing, which is what fencing is for), and what is written afterwards is 
 
 from __future__ import annotations
 
+import io
 import threading
+import uuid
+from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
+from rich.console import Console
 
-from ._cluster import Cluster, worker_topology
-from .conftest import poll_until
+from ._cluster import PRIVATE_ZK, Cluster, Ensemble, worker_topology
+from .conftest import ROOT, SOCKET, make_config, poll_until
+
+
+def purge_count(node: str) -> int:
+    client = docker.APIClient(base_url=SOCKET, version="auto")
+    return len(client.containers(all=True, filters={"label": f"berth.node={node}"}))
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -94,3 +105,19 @@ def test_an_agent_restarted_without_zookeeper_runs_from_its_cache_and_fencing_is
     after = c.until_running("a", lambda r: len(r) == 2, "the workers to start again after fencing")
     assert set(after) == set(before)
     assert not a.status["fenced"]
+
+
+def test_the_cluster_demo_runs_and_cleans_up(private_zookeeper: Ensemble, engine: str, users: Any,
+                                             base: Path) -> None:
+    from berth._cli.cluster_demo import ZkControl, run_cluster_demo
+
+    prefix = "d" + uuid.uuid4().hex[:6] + "-n"
+    out = io.StringIO()
+    zk = ZkControl(str(ROOT / "scripts/zookeeper"), PRIVATE_ZK)
+    code = run_cluster_demo(make_config(base, "unused"), private_zookeeper.hosts, zk,
+                            Console(file=out, width=200), workdir=base / "demo", root="/" + prefix[:-2], prefix=prefix)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "every worker on exactly one node: yes" in text
+    assert "duplicates: none" in text and "no worker stopped: yes" in text
+    assert not any(purge_count(prefix + str(i)) for i in (1, 2, 3))

@@ -291,14 +291,24 @@ def recover(ctx: click.Context, /) -> None:
 
 
 @main.command()
+@click.option("--cluster", "cluster_mode", is_flag=True,
+              help="Three agents and a coordinator on ZooKeeper ($BERTH_ZK): see docs/cluster.md.")
+@click.option("--zk", envvar="BERTH_ZK", help="ZooKeeper hosts for --cluster.")
 @click.pass_context
-def demo(ctx: click.Context, /) -> None:
+def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None) -> None:
     """Run a small topology end to end: limits, OOM, graceful kill, exit codes, cleanup."""
     from rich.console import Console
 
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    if cluster_mode:
+        from .cluster_demo import run_cluster_demo, zk_control_from_env
+
+        if not zk:
+            raise ConfigError("zk", "the cluster demo needs ZooKeeper: --zk or $BERTH_ZK (scripts/zookeeper env)")
+        ctx.exit(run_cluster_demo(get_config(ctx), zk, zk_control_from_env(), console))
     from .demo import run_demo
 
-    ctx.exit(run_demo(get_node(ctx), Console(width=None if sys.stdout.isatty() else 132)))
+    ctx.exit(run_demo(get_node(ctx), console))
 
 
 def _supervisor(ctx: click.Context, assignments: str | None) -> Supervisor:
