@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from click.testing import CliRunner
 
 from berth import IdentityError, LaunchError, Node, PolicyError, WorkerSpec, audit_worker
 from berth._cli import main
+from berth._node.state import StateDir
+from berth._paths import is_under
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, snapshot, wait_file, worker
 from .conftest import SOCKET, config_toml, make_config
@@ -318,3 +321,103 @@ def test_berth_logs_streams_a_large_log_without_holding_it(engine: str, users: d
     assert big_rss < small_rss + 32 * 2**20, (big_rss, small_rss)  # not the 100 MiB it printed
     code, size, tail_rss = berth_logs("w-big-log", "--tail", "3")
     assert (code, size) == (0, 3000) and tail_rss < small_rss + 32 * 2**20
+
+
+# -- 9.5 a tenant fills the disk the workers' directories are on ------------------------------------------
+
+FILL = r"""
+import errno, os
+written = 0
+try:
+    with open("/tmp/filler", "wb", buffering=0) as fh:
+        while True:
+            written += fh.write(b"\0" * 65536)
+except OSError as exc:
+    assert exc.errno == errno.ENOSPC, exc
+print("filled after", written, flush=True)
+"""
+
+
+@pytest.fixture
+def small_local(base: Path) -> Iterator[Path]:
+    """``local_dir`` on a filesystem of its own, 16 MiB: what one tenant can fill."""
+    local = base / "local"
+    local.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "berth-test-local", str(local)], check=True)
+    yield local
+    subprocess.run(["umount", "-l", str(local)], check=True)
+
+
+def test_a_full_local_dir_fails_launches_cleanly_and_exits_are_still_recorded(
+        engine: str, users: dict[str, Any], base: Path, node_name: str, small_local: Path) -> None:
+    cfg = make_config(base, node_name)
+    assert not is_under(cfg.state_dir, str(small_local))
+    with Node(cfg) as node:
+        got = Exits()
+        filler = node.launch(worker("w-fill", FILL), on_exit=got)
+        assert got.of("w-fill").exit_code == 0  # it filled the disk, and its exit was journalled:
+        assert Path(cfg.state_dir, "exits", f"{filler.container_id}.json").exists()
+        dirs = (cfg.node.local_dir, cfg.node.log_dir, cfg.state_dir)
+        before, workers_before = snapshot(*dirs), node.ps(detail=True)
+        with pytest.raises(LaunchError) as info:
+            node.launch(worker("w-next", "pass", user="berth-bob", topology_id="t-bob"), on_exit=got)
+        assert info.value.step == "directories" and info.value.reason == "No space left on device"
+        assert snapshot(*dirs) == before and node.ps(detail=True) == workers_before
+        node.cleanup("w-fill")  # the space comes back with the worker's directories
+        node.launch(worker("w-next", "pass", user="berth-bob", topology_id="t-bob"), on_exit=got)
+        assert got.of("w-next").exit_code == 0
+
+
+# -- 9.10 two berth processes launch the same worker id --------------------------------------------------
+
+def test_concurrent_launches_of_one_id_from_two_processes_one_wins(node: Node, base: Path) -> None:
+    cfg = base / "berth.toml"
+    cfg.write_text(config_toml(node.config))
+    launch = [sys.executable, "-m", "berth", "--config", str(cfg), "launch", "--worker-id", "w-race", "--topology",
+              "topo-r", "--port", "6700", "--user", "berth-alice", "--", "python3", "-c", "pass"]
+    for _ in range(3):
+        procs = [subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = sorted((p.wait(WAIT), *p.communicate()) for p in procs)
+        (won, cid, _), (lost, _, error) = results
+        assert (won, lost) == (0, 125) and len(cid.strip()) == 64, results
+        assert error in ("error: worker_id: a launch of 'w-race' is already under way (another berth process "
+                         "or thread holds it)\n",
+                         "error: worker_id: worker 'w-race' already exists on this node (created); remove it first\n",
+                         "error: worker_id: worker 'w-race' already exists on this node (running); remove it first\n",
+                         "error: worker_id: worker 'w-race' already exists on this node (exited); remove it first\n"), \
+            results
+        assert [w.container_id for w in node.ps()] == [cid.strip()]
+        node.cleanup("w-race")
+
+
+def test_a_launch_while_another_process_holds_the_claim_is_refused_and_leaves_nothing(node: Node, base: Path) -> None:
+    cfg = base / "berth.toml"
+    cfg.write_text(config_toml(node.config))
+    node.launch(worker("w-other", "pass", port=6701), on_exit=lambda r: None)
+    node.wait("w-other", WAIT)
+    dirs = (node.config.node.local_dir, node.config.node.log_dir, node.config.state_dir)
+    launch = [sys.executable, "-m", "berth", "--config", str(cfg), "launch", "--worker-id", "w-held", "--topology",
+              "topo-r", "--port", "6700", "--user", "berth-alice", "--", "python3", "-c", "pass"]
+    with StateDir(node.config).claim("w-held"):  # as a launch in another berth process would hold it
+        before = snapshot(*dirs)
+        done = subprocess.run(launch, capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (125, "error: worker_id: a launch of 'w-held' is already under way "
+                                                       "(another berth process or thread holds it)\n")
+        assert snapshot(*dirs) == before and [w.worker_id for w in node.ps()] == ["w-other"]
+    assert subprocess.run(launch, capture_output=True, text=True).returncode == 0
+
+
+def test_supervise_refuses_to_start_on_a_state_dir_workers_can_write(node: Node, base: Path) -> None:
+    cfg = node.config
+    rw = base / "shared-scratch"
+    (rw / "state").mkdir(parents=True)
+    bad = cfg.model_copy(update={"node": cfg.node.model_copy(update={"state_dir": str(rw / "state")}),
+                                 "container": cfg.container.model_copy(update={"readwrite_mounts": (str(rw),)})})
+    toml = config_toml(bad).replace("[container]\n", f'[container]\nreadwrite_mounts = ["{rw}"]\n')
+    (base / "bad.toml").write_text(toml)
+    (base / "assignments.yaml").write_text("workers: []\n")
+    r = CliRunner().invoke(main, ["--config", str(base / "bad.toml"), "supervise", "--assignments",
+                                  str(base / "assignments.yaml")])
+    assert r.exit_code == 125 and r.output.startswith(f"error: node.state_dir: {rw / 'state'} resolves to ")
+    assert "overlaps container.readwrite_mounts[0]" in r.output

@@ -317,7 +317,9 @@ def _supervisor(ctx: click.Context, assignments: str | None) -> Supervisor:
     from .._service.supervisor import Supervisor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return Supervisor(get_node(ctx), assignments_path=assignments)
+    node = get_node(ctx)
+    node.check_state()  # berth's own state: usable, and apart from what workers write
+    return Supervisor(node, assignments_path=assignments)
 
 
 @main.command()

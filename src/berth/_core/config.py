@@ -21,6 +21,7 @@ from .._exceptions import ConfigError
 from .._paths import is_under
 from .clusterconfig import ClusterSection
 from .stormconf import StormSection
+from .trust import account_names, state_apart
 from .validation import raise_validation
 
 IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
@@ -34,6 +35,8 @@ def valid_image(name: str) -> bool:
 DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
                      "/var/run/docker.sock", "/run/containerd")
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DEFAULT_STATE_DIR = "/var/lib/berth/state"
+"""Not under the default local_dir (/var/lib/berth/local): berth's state is never where workers write."""
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -79,10 +82,7 @@ class NodeSection(BaseModel):
     @field_validator("banned_users", "allowed_users", "allowed_groups")
     @classmethod
     def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", name) or len(name) > 64:
-                raise ValueError(f"{name!r} is not a user or group name")
-        return v
+        return account_names(v)
 
     @field_validator("local_dir", "log_dir", "install_dir", "artifacts_dir", "state_dir")
     @classmethod
@@ -95,6 +95,13 @@ class NodeSection(BaseModel):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError(f"must be letters, digits, '.', '_' or '-', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _state_apart(self) -> NodeSection:
+        arts = self.artifacts_dir or os.path.join(self.log_dir, "workers-artifacts")
+        state_apart(self.state_dir or DEFAULT_STATE_DIR,
+                    {"local_dir": self.local_dir, "log_dir": self.log_dir, "artifacts_dir": arts})
+        return self
 
     @field_validator("docker_host")
     @classmethod
@@ -141,14 +148,11 @@ class ContainerSection(BaseModel):
     shell: str = "bash"
     cpu_percent: int = Field(default=100, ge=1)
     memory_mb: int = Field(default=1024, ge=6)
-    max_memory_mb: int | None = Field(default=None, ge=6)
-    """Per worker; default: the host's RAM less a reserve (``_core.limits.max_memory_mb``)."""
+    max_memory_mb: int | None = Field(default=None, ge=6)  # per worker; default: _core.limits.max_memory_mb
     pids_limit: int = Field(default=1024, ge=1)
-    max_pids_limit: int | None = Field(default=None, ge=1)
-    """Per worker; default: kernel.pid_max / 8, at most 32768 (``_core.limits.max_pids``)."""
+    max_pids_limit: int | None = Field(default=None, ge=1)  # per worker; default: _core.limits.max_pids
     log_max_size_mb: int = Field(default=20, ge=1, le=10240)
-    log_max_files: int = Field(default=5, ge=1, le=100)
-    """A worker's output is kept in at most ``log_max_files`` files of ``log_max_size_mb`` each."""
+    log_max_files: int = Field(default=5, ge=1, le=100)  # a worker's output: files of log_max_size_mb
     forbidden_mounts: tuple[str, ...] = DEFAULT_FORBIDDEN
 
     @field_validator("cgroup_root")
@@ -339,7 +343,7 @@ class NodeConfig(BaseModel):
 
     @property
     def state_dir(self) -> str:
-        return self.node.state_dir or os.path.join(self.node.local_dir, "berth")
+        return self.node.state_dir or DEFAULT_STATE_DIR
 
     @property
     def runc_dir(self) -> str:

@@ -1,10 +1,32 @@
-"""The node config is trusted because only root can write it: checked, not assumed."""
+"""What the node's trust rests on, checked rather than assumed: the config is root's alone to
+write, the accounts it names are names, and berth's state lies apart from what workers write."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 
 from .._exceptions import ConfigError
+from .._paths import is_under
+
+
+def account_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", name) or len(name) > 64:
+            raise ValueError(f"{name!r} is not a user or group name")
+    return names
+
+
+def state_apart(state: str, worker_trees: Mapping[str, str]) -> None:
+    """berth's state (exit journal, claims, supervisor state, API socket) must be outside every
+    tree where workers write, and contain none: a worker must not reach it, nor leave it no room."""
+    for key, path in worker_trees.items():
+        if is_under(state, path):
+            raise ValueError(f"node.state_dir ({state}) must not be under node.{key} ({path}), where workers "
+                             "write; set node.state_dir elsewhere")
+        if is_under(path, state):
+            raise ValueError(f"node.state_dir ({state}) must not contain node.{key} ({path})")
 
 
 def check_root_owned(path: str) -> None:

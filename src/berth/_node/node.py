@@ -21,12 +21,13 @@ from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.identity import Identity, resolve_identity
 from .._core.plan import Plan, build_plan
-from .._core.spec import WorkerSpec
-from .._exceptions import BerthError, LaunchError, PolicyError, WaitTimeout, WorkerNotFound
+from .._core.spec import ID_PATTERN, WorkerSpec
+from .._exceptions import BerthError, LaunchError, PolicyError, SpecError, WaitTimeout, WorkerNotFound
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerDescription, WorkerState, WorkerStatus
 from .._runtimes.registry import make_runtime
 from . import workdirs
 from .journal import ExitJournal
+from .state import StateDir
 
 log = logging.getLogger("berth.node")
 
@@ -73,6 +74,7 @@ class Node:
         self._launching: set[str] = set()
         self._adopt_all = False
         self._journal = ExitJournal(config.state_dir)
+        self._state = StateDir(config)
         self._reported: set[str] = self._journal.known()
         self._exits: dict[str, ExitRecord] = {}
         self._exit_cond = threading.Condition(self._lock)
@@ -98,7 +100,8 @@ class Node:
                 raise PolicyError("worker_id", f"a launch of {plan.worker_id!r} is already under way")
             self._launching.add(plan.worker_id)
         try:
-            return self._launch(plan, on_exit)
+            with self._state.claim(plan.worker_id):  # and across berth processes: one launch of an id
+                return self._launch(plan, on_exit)
         finally:
             with self._lock:
                 self._launching.discard(plan.worker_id)
@@ -203,6 +206,11 @@ class Node:
             found = full
         return sorted(found, key=lambda w: (w.topology_id, w.port, w.worker_id))
 
+    def check_state(self) -> None:
+        """At a service's start: berth's state dir is usable and apart from the workers'
+        (``ConfigError`` on ``node.state_dir`` otherwise)."""
+        self._state.check()
+
     def set_default_callback(self, on_exit: ExitCallback | None) -> None:
         """The callback for exits of workers launched without one (adopted ones, for instance)."""
         with self._lock:
@@ -213,22 +221,25 @@ class Node:
 
         The container goes first, so nothing of the worker runs any more; if its directories
         then cannot be removed, ``CleanupError`` says why (and a later cleanup or launch of the
-        same id tries again).
+        same id tries again). Refused while a launch of the id is under way, in any berth process.
         """
-        try:
-            state: WorkerState | None = self.runtime.inspect(worker_id)
-        except WorkerNotFound:
-            state = None
-        self.runtime.remove(worker_id)
-        with self._lock:
-            self._callbacks.pop(worker_id, None)
-            self._exits.pop(worker_id, None)
+        if not ID_PATTERN.fullmatch(worker_id):
+            raise SpecError("worker_id", f"{worker_id!r} is not a worker id")  # it becomes a path: never '..'
+        with self._state.claim(worker_id, required=False):
+            try:
+                state: WorkerState | None = self.runtime.inspect(worker_id)
+            except WorkerNotFound:
+                state = None
+            self.runtime.remove(worker_id)
+            with self._lock:
+                self._callbacks.pop(worker_id, None)
+                self._exits.pop(worker_id, None)
+                if state is not None:
+                    self._watched.discard(state.container_id)
+                    self._reported.discard(state.container_id)
             if state is not None:
-                self._watched.discard(state.container_id)
-                self._reported.discard(state.container_id)
-        if state is not None:
-            self._journal.forget(state.container_id)
-        workdirs.remove(self.config, worker_id)
+                self._journal.forget(state.container_id)
+            workdirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""
@@ -237,7 +248,10 @@ class Node:
             self._adopt_all = True
         for w in self.runtime.list_workers():
             if w.state == WorkerStatus.CREATED:
-                self.cleanup(w.worker_id)  # the container and the directories its launch made
+                try:
+                    self.cleanup(w.worker_id)  # the container and the directories its launch made
+                except PolicyError:
+                    continue  # not half-made: another berth process is launching it right now
                 report.removed.append(w.worker_id)
             elif w.running:
                 with self._lock:

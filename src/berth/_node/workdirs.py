@@ -16,7 +16,8 @@ from pathlib import Path
 from .._core.config import NodeConfig
 from .._core.layout import user_file, worker_root
 from .._core.plan import Plan
-from .._exceptions import CleanupError, PolicyError
+from .._core.spec import ID_PATTERN
+from .._exceptions import CleanupError, PolicyError, SpecError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RETRIES = 100
@@ -109,6 +110,8 @@ def remove(config: NodeConfig, worker_id: str) -> None:
 
     Raises ``CleanupError`` when they cannot be removed; nothing outside them is touched.
     """
+    if not ID_PATTERN.fullmatch(worker_id):  # the id is a path component here: never '..' or '/'
+        raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
     remove_tree(worker_root(config, worker_id))
     try:
         os.unlink(user_file(config, worker_id))

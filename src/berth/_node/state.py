@@ -1,0 +1,127 @@
+"""berth's own state directory: checked at start, and the claims that let one launch of a worker
+id run at a time, across every berth process of the node.
+
+The state dir holds what berth must be able to write whatever the workers do (the exit journal,
+the claims, the supervisor's state, the API socket), so it lies apart from every tree a worker
+can write (checked in the config, and here again on the resolved paths). A claim is an exclusive
+``flock`` on ``claims/<worker_id>.lock``: the kernel releases it when its holder dies, so a berth
+killed mid-launch never leaves an id claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._core.config import NodeConfig
+from .._exceptions import ConfigError, LaunchError, PolicyError
+from .._paths import is_under
+
+CLAIMS = "claims"
+_CLAIM_ATTEMPTS = 100
+"""A claim file another holder unlinked between our open and our lock is opened afresh; this
+bounds how often (only a storm of concurrent claims of one id could need more than one)."""
+
+
+class StateDir:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.path = Path(config.state_dir)
+
+    def _worker_reachable(self) -> dict[str, str]:
+        """Every tree a worker can write or read, by config key."""
+        n, c = self.config.node, self.config.container
+        trees = {"node.local_dir": n.local_dir, "node.log_dir": n.log_dir,
+                 "node.artifacts_dir": self.config.artifacts_root}
+        if n.install_dir:
+            trees["node.install_dir"] = n.install_dir
+        if c.nscd_dir:
+            trees["container.nscd_dir"] = c.nscd_dir
+        for key in ("readonly_mounts", "readwrite_mounts"):
+            for i, p in enumerate(getattr(c, key)):
+                trees[f"container.{key}[{i}]"] = p
+        return trees
+
+    def check(self) -> None:
+        """At start: the state dir can be made, is a private directory of berth's that it can
+        write, and, with every symlink resolved, lies apart from what workers can reach.
+        Raises ``ConfigError`` on ``node.state_dir``."""
+        p = self.path
+        try:
+            p.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError("node.state_dir", f"cannot create {p}: {exc.strerror}") from None
+        real = os.path.realpath(p)
+        for key, tree in self._worker_reachable().items():
+            other = os.path.realpath(tree)
+            if is_under(real, other) or is_under(other, real):
+                raise ConfigError("node.state_dir", f"{p} resolves to {real}, which overlaps {key} ({other}), "
+                                  "where workers write or read")
+        if os.path.islink(p) or not os.path.isdir(p):
+            raise ConfigError("node.state_dir", f"{p} is not a directory (a symlink to {real}?)")
+        st = os.stat(p)
+        if st.st_uid != os.geteuid():
+            raise ConfigError("node.state_dir", f"{p} is owned by uid {st.st_uid}, not by berth (uid {os.geteuid()})")
+        if st.st_mode & 0o022:
+            raise ConfigError("node.state_dir", f"{p} is writable by others (mode {st.st_mode & 0o777:04o})")
+        try:
+            fd, probe = tempfile.mkstemp(dir=p, prefix=".probe-")
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def claim(self, worker_id: str, required: bool = True) -> Iterator[None]:
+        """Hold the claim on ``worker_id`` (a validated id) for the ``with`` block.
+
+        Raises ``PolicyError`` on ``worker_id`` when another process or thread holds it, and
+        ``LaunchError`` at ``state`` when the state dir cannot be written; with ``required``
+        False the block then runs unclaimed (removing needs no claim where no launch can run).
+        """
+        d = self.path / CLAIMS
+        path = d / f"{worker_id}.lock"
+        fd = -1
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for _ in range(_CLAIM_ATTEMPTS):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise PolicyError("worker_id", f"a launch of {worker_id!r} is already under way (another "
+                                      "berth process or thread holds it)") from None
+                mine = os.fstat(fd)
+                try:
+                    now = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    now = None
+                if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+                os.close(fd)  # its holder released and unlinked it meanwhile: claim the new one
+                fd = -1
+            else:
+                raise PolicyError("worker_id", f"a launch of {worker_id!r} is already under way (claims keep "
+                                  "changing hands)")
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            if required:
+                raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from None
+            fd = -1
+        try:
+            yield
+        finally:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # while still holding it: a later claim makes a new file
+                os.close(fd)
