@@ -35,8 +35,7 @@ def valid_image(name: str) -> bool:
 DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
                      "/var/run/docker.sock", "/run/containerd")
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-DEFAULT_STATE_DIR = "/var/lib/berth/state"
-"""Not under the default local_dir (/var/lib/berth/local): berth's state is never where workers write."""
+DEFAULT_STATE_DIR = "/var/lib/berth/state"  # never where workers write (default local_dir: /var/lib/berth/local)
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
