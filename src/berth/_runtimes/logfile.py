@@ -31,6 +31,36 @@ def tail_offset(fh: BinaryIO, lines: int, block: int = 65536) -> int:
     return 0
 
 
+def _line_count(path: str) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            n += block.count(b"\n")
+    return n
+
+
+def read_logs(paths: list[str], tail: int | None, follow: bool, running: Callable[[], bool]) -> Iterator[bytes]:
+    """Rotated files (oldest first, the current one last) as one stream; ``tail`` lines from the
+    end of all of them; ``follow`` follows the current one (from its top again when a rotation
+    has truncated it)."""
+    files = [p for p in paths[:-1] if os.path.exists(p)] + [paths[-1]]
+    first, take = 0, tail
+    if tail is not None:
+        need = tail
+        for idx in range(len(files) - 1, -1, -1):
+            try:
+                n = _line_count(files[idx])
+            except FileNotFoundError:
+                n = 0
+            if n >= need or idx == 0:
+                first, take = idx, need
+                break
+            need -= n
+    for idx in range(first, len(files)):
+        last = idx == len(files) - 1
+        yield from read_log(files[idx], take if idx == first else None, follow and last, running)
+
+
 def read_log(path: str, tail: int | None, follow: bool, running: Callable[[], bool]) -> Iterator[bytes]:
     """Chunks of ``path`` from ``tail`` lines before its end (all of it when None); with ``follow``,
     keep reading while ``running()`` says the worker runs."""
@@ -48,4 +78,6 @@ def read_log(path: str, tail: int | None, follow: bool, running: Callable[[], bo
                 continue
             if not follow or not running():
                 return
+            if os.fstat(fh.fileno()).st_size < fh.tell():
+                fh.seek(0)  # truncated by a rotation
             time.sleep(0.1)

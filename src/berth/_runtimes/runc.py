@@ -23,15 +23,16 @@ from typing import Any
 
 from .._core.config import NodeConfig
 from .._core.oci import oci_config
-from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
+from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
 from .._core.seccomp import load_oci_seccomp
 from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_mountinfo
 from . import runcbundle as rb
 from .base import Capabilities, ExecResult, ExitRecord, WorkerDescription, WorkerState, WorkerStatus
-from .logfile import read_log
+from .logfile import read_logs
 from .shim.files import now_iso, proc_state, start_time
+from .shim.logs import rotated
 from .shimclient import ShimClient
 
 log = logging.getLogger("berth.runc")
@@ -58,6 +59,11 @@ def record_from_exit(data: dict[str, Any]) -> ExitRecord:
                       oom_killed=bool(ooms) and sig == 9, started_at=data.get("started_at"),
                       finished_at=data.get("finished_at"), exact=not lost, core_dumped=bool(data.get("core_dumped")),
                       oom_victim=victim, status_lost=lost)
+
+
+def _log_limits(meta: dict[str, Any]) -> LogLimits:
+    file_mb, files = meta.get("logs") or (LogLimits().file_mb, LogLimits().files)
+    return LogLimits(int(file_mb), int(files))
 
 
 class RuncRuntime:
@@ -151,7 +157,7 @@ class RuncRuntime:
             rb.write_json(os.path.join(wdir, "meta.json"), {
                 "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
                 "memcg": where[0] if where else None, "cgroup_version": where[1] if where else 1,
-                "created_at": now_iso(), "user": f"{plan.identity.uid}:{plan.identity.gid}"})
+                "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]})
         except (OSError, BerthError) as exc:
             rb.remove_worker_dir(wdir)
             if isinstance(exc, BerthError):
@@ -161,8 +167,10 @@ class RuncRuntime:
 
     def start(self, worker_id: str) -> None:
         meta, wdir = self._meta(worker_id), self._wdir(worker_id)
+        logs = _log_limits(meta)
         self.shim.request({"op": "run", "id": meta["id"], "worker": worker_id, "dir": wdir,
                            "bundle": os.path.join(wdir, "bundle"), "log": os.path.join(wdir, "output.log"),
+                           "log_max_bytes": logs.file_bytes, "log_files": logs.files,
                            "memcg": meta.get("memcg"), "cgroup_version": meta.get("cgroup_version", 1)}, timeout=120)
 
     def stop(self, worker_id: str, grace_s: float) -> None:
@@ -212,7 +220,8 @@ class RuncRuntime:
             port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""),
             image=str(meta.get("image", "")), state=status, spec_digest=labels.get(LABEL_SPEC),
             exit_code=rec.exit_code if rec else None,
-            oom_killed=bool(rec and rec.oom_killed), started_at=(started or {}).get("started_at"),
+            oom_killed=bool(rec and rec.oom_killed), oom_victim=rec.oom_victim if rec else None,
+            started_at=(started or {}).get("started_at"),
             finished_at=rec.finished_at if rec else None, pid=pid, labels=labels)
 
     def _by_hand(self) -> dict[str, dict[str, Any]]:
@@ -257,13 +266,14 @@ class RuncRuntime:
 
     def describe(self, worker_id: str) -> WorkerDescription:
         state = self.inspect(worker_id)
-        if os.path.exists(os.path.join(self._wdir(worker_id), "meta.json")):
-            bundle = os.path.join(self._wdir(worker_id), "bundle")
-        else:
-            bundle = str(self._by_hand()[worker_id].get("bundle") or "/nonexistent")
+        meta = rb.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        if meta is not None:
+            bundle, logs = os.path.join(self._wdir(worker_id), "bundle"), _log_limits(meta)
+        else:  # started by hand: runc passes its stdio through, with no bound berth can state
+            bundle, logs = str(self._by_hand()[worker_id].get("bundle") or "/nonexistent"), None
         config = rb.read_json(os.path.join(bundle, "config.json")) or {}
         return WorkerDescription(state=state, request=rb.request_from_oci(config),
-                                 pid=state.pid if state.running else None)
+                                 pid=state.pid if state.running else None, logs=logs)
 
     def memory_usage(self, worker_id: str) -> int:
         meta = self._meta(worker_id)
@@ -297,8 +307,9 @@ class RuncRuntime:
 
     def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         meta = self._meta(worker_id)
-        return read_log(os.path.join(self._wdir(worker_id), "output.log"), tail, follow,
-                        lambda: self._state(worker_id, meta).running)
+        current = os.path.join(self._wdir(worker_id), "output.log")
+        files = [rotated(current, i) for i in range(_log_limits(meta).files - 1, -1, -1)]
+        return read_logs(files, tail, follow, lambda: self._state(worker_id, meta).running)
 
     def list_workers(self) -> list[WorkerState]:
         out = []

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import VERSION, WORKERS
 from .files import cgroup_numbers, decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
+from .logs import CHECK_S, rotate_if_needed
 from .wire import Conn, Wire
 
 MAX_EARLY = 4096
@@ -21,10 +22,12 @@ _SPAWN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 class Child:
     """A container's init process, watched by the shim (its parent, or adopted through a pidfd)."""
 
-    def __init__(self, cid: str, worker: str, wdir: str, pid: int, memcg: str | None, cgv: int,
-                 started_at: str, pidfd: int | None = None) -> None:
-        self.cid, self.worker, self.dir, self.pid = cid, worker, wdir, pid
-        self.memcg, self.cgv, self.started_at, self.pidfd = memcg, cgv, started_at, pidfd
+    def __init__(self, info: dict[str, Any], wdir: str, pidfd: int | None = None) -> None:
+        """``info`` is the worker's ``started.json``."""
+        self.cid, self.worker, self.dir, self.pid = str(info["id"]), str(info.get("worker", "")), wdir, int(info["pid"])
+        self.memcg, self.cgv = info.get("memcg"), int(info.get("cgroup_version", 1))
+        self.started_at, self.pidfd = str(info.get("started_at")), pidfd
+        self.log, self.log_max, self.log_files = info.get("log"), info.get("log_max_bytes"), info.get("log_files", 1)
 
 
 class Shim(Wire):
@@ -44,6 +47,7 @@ class Shim(Wire):
         self.timers: list[tuple[float, str, int]] = []
         self.started_at = now_iso()
         self.upgrade_requested = False
+        self.next_log_check = time.monotonic()
         self.stopping = False
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = r
@@ -78,9 +82,8 @@ class Shim(Wire):
                 started = self._started_after_a_lost_launch(wdir)
                 if started is None:
                     continue
-            pid, cid = int(started["pid"]), str(started["id"])
-            child = Child(cid, str(started.get("worker", "")), wdir, pid, started.get("memcg"),
-                          int(started.get("cgroup_version", 1)), str(started.get("started_at")))
+            child = Child(started, wdir)
+            pid, cid = child.pid, child.cid
             st = proc_state(pid)
             same = st is not None and start_time(pid) == started.get("start_time")
             if same and st is not None and st[1] == me:
@@ -109,8 +112,7 @@ class Shim(Wire):
             return None
         if req is None:
             return None
-        started = {"id": req["id"], "worker": req.get("worker", ""), "pid": pid, "start_time": start_time(pid),
-                   "started_at": now_iso(), "memcg": req.get("memcg"), "cgroup_version": req.get("cgroup_version", 1)}
+        started = {**_carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso()}
         write_json(os.path.join(wdir, "started.json"), started)
         return started
 
@@ -126,6 +128,9 @@ class Shim(Wire):
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            if any(c.log_max for c in self.by_cid.values()):
+                timeout = min(timeout if timeout is not None else CHECK_S,
+                              max(0.0, self.next_log_check - time.monotonic()))
             for key, mask in self.sel.select(timeout):
                 tag = key.data
                 if tag == "listen":
@@ -142,6 +147,8 @@ class Shim(Wire):
                         if mask & selectors.EVENT_WRITE and key.fd in self.conns:
                             self._flush(conn)
             self._fire_timers()
+            if time.monotonic() >= self.next_log_check:
+                self._check_logs()
             if self.upgrade_requested and not self.launching and not self.deleting:
                 self._exec_self()
         log("stopped; containers keep running")
@@ -260,7 +267,7 @@ class Shim(Wire):
 
     def _launched(self, runc_pid: int, status: int) -> None:
         conn, req = self.launching.pop(runc_pid)
-        wdir, cid = req["dir"], req["id"]
+        wdir = req["dir"]
         if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             self._send(conn, {"ok": False, "error": f"runc run exited with {decode_status(status)['exit_code']}: "
                                + tail(os.path.join(wdir, "runc.log"))})
@@ -271,11 +278,9 @@ class Shim(Wire):
         except (OSError, ValueError) as exc:
             self._send(conn, {"ok": False, "error": f"runc gave no pid: {exc}"})
             return
-        child = Child(cid, str(req.get("worker", "")), wdir, pid, req.get("memcg"), int(req.get("cgroup_version", 1)),
-                      now_iso(req["t0"]))
-        write_json(os.path.join(wdir, "started.json"), {
-            "id": cid, "worker": child.worker, "pid": pid, "start_time": start_time(pid),
-            "started_at": child.started_at, "memcg": child.memcg, "cgroup_version": child.cgv})
+        info = {**_carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
+        write_json(os.path.join(wdir, "started.json"), info)
+        child = Child(info, wdir)
         self._watch(child)
         self._send(conn, {"ok": True, "pid": pid, "started_at": child.started_at})
         if pid in self.early:  # it ended before runc's pid file could be read
@@ -307,6 +312,15 @@ class Shim(Wire):
                 os.kill(child.pid, sig)  # our unreaped child: its pid cannot have been reused
         except ProcessLookupError:
             pass
+
+    def _check_logs(self) -> None:
+        self.next_log_check = time.monotonic() + CHECK_S
+        for child in self.by_cid.values():
+            if child.log and child.log_max:
+                try:
+                    rotate_if_needed(child.log, int(child.log_max), int(child.log_files or 1))
+                except OSError as exc:
+                    log(f"cannot rotate {child.log}: {exc}")
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
@@ -378,3 +392,9 @@ class Shim(Wire):
         argv = [*command(self.base, self.runc, self.root), "--listen-fd", str(self.listen.fileno()),
                 "--lock-fd", str(self.lock_fd)]
         os.execve(argv[0], argv, env)
+
+
+def _carried(req: dict[str, Any]) -> dict[str, Any]:
+    """What a run request says that outlives the launch (kept in ``started.json``)."""
+    keys = ("id", "worker", "memcg", "cgroup_version", "log", "log_max_bytes", "log_files")
+    return {k: req[k] for k in keys if k in req}
