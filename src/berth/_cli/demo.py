@@ -1,4 +1,4 @@
-"""``berth demo``: a small topology run end to end on the real engine, narrated.
+"""``berth demo``: a small topology run end to end on the real engine (or real runc), narrated.
 
 It shows what a node operator cares about, in order: workers of two users start with
 different limits, do real work, one runs out of memory and is reported as OOM-killed, one is
@@ -20,7 +20,7 @@ from .._core.timefmt import seconds_between
 from .._exceptions import BerthError, LaunchError
 from .._node.node import Node
 from .._runtimes.base import ExitRecord
-from .views import ps_table
+from .views import ended, ps_table
 
 WORKER = r"""
 import json, os, signal, sys, time
@@ -71,19 +71,21 @@ def _wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> No
 
 def exit_table(records: list[ExitRecord]) -> Table:
     t = Table(title="how the workers ended")
-    for col in ("worker", "exit code", "signal", "OOM-killed", "ran"):
+    for col in ("worker", "exit code", "signal", "OOM-killed", "ended", "ran"):
         t.add_column(col)
     for r in records:
         secs = seconds_between(r.started_at, r.finished_at)
         ran = "-" if secs is None else f"{secs:.1f}s"
-        t.add_row(r.worker_id, str(r.exit_code), r.signal_name or "-", "YES" if r.oom_killed else "no", ran)
+        t.add_row(r.worker_id, str(r.exit_code), r.signal_name or "-", "YES" if r.oom_killed else "no", ended(r), ran)
     return t
 
 
 def run_demo(node: Node, console: Console) -> int:
     cfg = node.config
     console.rule("[bold]berth demo")
-    console.print(f"node [bold]{cfg.node.name}[/], engine {cfg.node.docker_host or 'default'}, "
+    where = (f"engine {cfg.node.docker_host or 'default'}" if cfg.node.runtime == "docker" else
+             f"runtime {node.runtime.name} (no daemon: berth-shim, exact exit statuses)")
+    console.print(f"node [bold]{cfg.node.name}[/], {where}, "
                   f"local dir {cfg.node.local_dir}, image {cfg.images.default}")
     ids = [w[0] for w in DEMO_WORKERS]
     for w in node.ps():  # a previous demo that was interrupted
@@ -140,7 +142,7 @@ def run_demo(node: Node, console: Console) -> int:
         rec = wait("wc-a2")
         console.print(f"wc-a2 ended: exit code {rec.exit_code}, signal {rec.signal_name}, "
                       f"[bold]{'OOM-killed' if rec.oom_killed else 'not OOM'}[/] "
-                      "(from the engine's oom event and the cgroup, not from the code 137)")
+                      "(from the cgroup's OOM-kill count, not from the code 137)")
 
         console.rule("kill with a grace period")
         console.print("killing [bold]sess-b1[/] with a 5 s grace: SIGTERM now, SIGKILL only if it ignores it…")

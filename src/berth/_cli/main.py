@@ -294,10 +294,17 @@ def recover(ctx: click.Context, /) -> None:
 @click.option("--cluster", "cluster_mode", is_flag=True,
               help="Three agents and a coordinator on ZooKeeper ($BERTH_ZK): see docs/cluster.md.")
 @click.option("--zk", envvar="BERTH_ZK", help="ZooKeeper hosts for --cluster.")
+@click.option("--runtime", type=click.Choice(["docker", "runc"]), help="Run the demo on this runtime "
+              "(default: the config's node.runtime).")
 @click.pass_context
-def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None) -> None:
+def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None, runtime: str | None) -> None:
     """Run a small topology end to end: limits, OOM, graceful kill, exit codes, cleanup."""
     from rich.console import Console
+
+    if runtime:
+        config = get_config(ctx)
+        ctx.find_root().obj["config"] = config.model_copy(
+            update={"node": config.node.model_copy(update={"runtime": runtime})})
 
     console = Console(width=None if sys.stdout.isatty() else 132)
     if cluster_mode:

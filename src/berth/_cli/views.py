@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.timefmt import parse_time
 from .._exceptions import BerthError
-from .._runtimes.base import WorkerState
+from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -26,19 +26,46 @@ def uptime(w: WorkerState) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
+def ended(rec: ExitRecord) -> str:
+    """How a worker ended, in ``ps``: where the runtime saw the raw status, "exited 137" and
+    "killed by SIGKILL" are different words; where it did not, the code is shown with the signal
+    it may stand for."""
+    if rec.status_lost:
+        return "status lost"
+    if rec.signal is not None and rec.exact:
+        text = f"killed by {rec.signal_name}" + (", core dumped" if rec.core_dumped else "")
+    elif rec.signal is not None:
+        text = f"exit code {rec.exit_code} ({rec.signal_name}?)"
+    else:
+        text = f"exited {rec.exit_code}"
+    if rec.oom_killed:
+        text += ", out of memory"
+    elif rec.oom_victim == "child":
+        text += ", a child out of memory"
+    return text
+
+
 def ps_rows(node: Node) -> list[dict[str, Any]]:
     rows = []
     for w in node.ps(detail=True):
         mem = None
+        how: dict[str, Any] = {"signal": None, "exact": None, "status_lost": False, "how": None}
         if w.running:
             try:
                 mem = node.memory_usage(w.worker_id)
             except BerthError:
                 mem = None
+        elif w.state == WorkerStatus.EXITED:
+            try:
+                rec = node.exit_record(w.worker_id)
+            except BerthError:
+                rec = None
+            if rec is not None:
+                how = {"signal": rec.signal, "exact": rec.exact, "status_lost": rec.status_lost, "how": ended(rec)}
         rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
                      "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
                      "oom_victim": w.oom_victim, "memory_bytes": mem, "started_at": w.started_at,
-                     "finished_at": w.finished_at, "uptime": uptime(w)})
+                     "finished_at": w.finished_at, "uptime": uptime(w), **how})
     return rows
 
 
@@ -48,13 +75,13 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     t = Table(title=f"berth workers on {node.config.node.name}")
     rows = rows if rows is not None else ps_rows(node)
     supervised = any("supervisor_state" in r for r in rows)
-    cols = ["worker", "topology", "port", "user", "image", "state", "exit", "OOM", "memory", "uptime"]
+    cols = ["worker", "topology", "port", "user", "image", "state", "ended", "OOM", "memory", "uptime"]
     for col in [*cols, "supervisor"] if supervised else cols:
-        t.add_column(col, justify="right" if col in ("port", "exit", "memory") else "left")
+        t.add_column(col, justify="right" if col in ("port", "memory") else "left")
     for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
         cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
-                 "-" if r["exit_code"] is None else str(r["exit_code"]),
+                 r.get("how") or ("-" if r["exit_code"] is None else str(r["exit_code"])),
                  {"worker": "yes", "child": "a child"}.get(r.get("oom_victim") or "", ""),
                  mem, r["uptime"]]
         t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
