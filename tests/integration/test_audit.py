@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 ALWAYS = {"plan", "running", "caps.effective", "caps.permitted", "caps.bounding", "caps.ambient", "no_new_privs",
           "seccomp", "uid", "gid", "groups", "rootfs.read_only", "mounts.no_other_writable", "memory.limit",
           "memory.swap", "cpu.quota", "cpuset.cpus", "cpuset.mems", "pids.limit", "cgroup.parent", "network",
-          "memory.node_max", "pids.node_max", "logs.limit"}
+          "memory.node_max", "pids.node_max", "logs.limit", "main.not_stopped"}
 """The checks every audit of a running worker with a valid plan has, besides one per planned mount."""
 
 SPAWN_CHILD = ("import subprocess, sys\n"

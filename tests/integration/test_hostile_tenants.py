@@ -421,3 +421,42 @@ def test_supervise_refuses_to_start_on_a_state_dir_workers_can_write(node: Node,
                                   str(base / "assignments.yaml")])
     assert r.exit_code == 125 and r.output.startswith(f"error: node.state_dir: {rw / 'state'} resolves to ")
     assert "overlaps container.readwrite_mounts[0]" in r.output
+
+
+# -- 9.8 a worker that stops its own PID 1 ---------------------------------------------------------------
+
+STOP_PID1 = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+pid = os.fork()
+if pid == 0:
+    # PTRACE_ATTACH to PID 1, the engine's tini: it stops, and stays stopped when the tracer goes.
+    os._exit(0 if libc.ptrace(16, 1, None, None) == 0 else 1)
+_, status = os.waitpid(pid, 0)
+print("attached" if status == 0 else "refused", flush=True)
+sys.exit(7)
+"""
+
+
+def test_a_worker_that_stops_its_pid_1_is_seen_as_stopped_not_running(node: Node, base: Path) -> None:
+    (base / "berth.toml").write_text(config_toml(node.config))
+    launch = [sys.executable, "-m", "berth", "--config", str(base / "berth.toml"), "launch", "--worker-id",
+              "w-stop1", "--topology", "topo-s", "--port", "6700", "--user", "berth-alice", "--wait", "--",
+              "python3", "-c", STOP_PID1]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=WAIT)  # before: --wait never returned
+    assert done.returncode == 125, done
+    assert done.stderr == ("error: worker_id: worker 'w-stop1' cannot end by itself: its PID 1 was stopped from "
+                           "inside the worker (ptrace); its program may have ended; berth kill --force it\n")
+    assert b"attached" in b"".join(node.logs("w-stop1"))
+    code, out = cli(node, base, "ps", "--json")
+    [row] = json.loads(out)
+    assert (code, row["state"], row["main_stopped"]) == (0, "running", True)
+    report = audit_worker(node, "w-stop1")
+    assert {c.name for c in report.failed} == {"main.not_stopped"}
+    got = Exits()
+    node.set_default_callback(got)
+    node.recover()
+    node.force_kill("w-stop1")
+    rec = got.of("w-stop1")
+    assert (rec.exit_code, rec.signal) == (137, 9)

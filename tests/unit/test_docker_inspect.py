@@ -1,12 +1,14 @@
-"""The engine's reports as berth's runtime-neutral values: log limits, the OOM victim."""
+"""The engine's reports as berth's runtime-neutral values: log limits, the OOM victim, a stopped PID 1."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from berth._core.plan import LogLimits
+from berth._linux.proc import is_stopped
 from berth._runtimes.docker_inspect import log_limits, oom_victim
 
 
@@ -30,3 +32,10 @@ def test_oom_victim_from_the_engines_flag_and_the_workers_status() -> None:
     assert oom_victim(True, 137) == "worker"
     assert oom_victim(True, 0) == "child"  # a child was killed; the worker went on
     assert oom_victim(True, 1) == "child"
+
+
+def test_a_stopped_or_traced_process_is_told_from_its_stat(tmp_path: Path) -> None:
+    for pid, state in ((10, "S"), (11, "t"), (12, "T"), (13, "Z")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (odd ) name) {state} 1 {pid} {pid} 0 -1\n")
+    assert [is_stopped(p, str(tmp_path)) for p in (10, 11, 12, 13, 99)] == [False, True, True, False, False]

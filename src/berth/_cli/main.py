@@ -207,7 +207,8 @@ def ps(ctx: click.Context, /, as_json: bool) -> None:
             r["supervisor_state"] = states.get(r["worker_id"], "unassigned")
         seen = {r["worker_id"] for r in rows}
         rows += [{"worker_id": w, "topology_id": "", "port": 0, "user": "", "image": "", "state": "-",
-                  "exit_code": None, "oom_killed": False, "oom_victim": None, "memory_bytes": None, "started_at": None,
+                  "exit_code": None, "oom_killed": False, "oom_victim": None, "main_stopped": False,
+                  "memory_bytes": None, "started_at": None,
                   "finished_at": None, "uptime": "-", "supervisor_state": st}
                  for w, st in sorted(states.items()) if w not in seen]
     if as_json:

@@ -64,8 +64,8 @@ def ps_rows(node: Node) -> list[dict[str, Any]]:
                 how = {"signal": rec.signal, "exact": rec.exact, "status_lost": rec.status_lost, "how": ended(rec)}
         rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
                      "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
-                     "oom_victim": w.oom_victim, "memory_bytes": mem, "started_at": w.started_at,
-                     "finished_at": w.finished_at, "uptime": uptime(w), **how})
+                     "oom_victim": w.oom_victim, "main_stopped": w.main_stopped, "memory_bytes": mem,
+                     "started_at": w.started_at, "finished_at": w.finished_at, "uptime": uptime(w), **how})
     return rows
 
 
@@ -80,7 +80,8 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
         t.add_column(col, justify="right" if col in ("port", "memory") else "left")
     for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
-        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], r["state"],
+        state = f"{r['state']}, PID 1 stopped" if r.get("main_stopped") else r["state"]
+        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], state,
                  r.get("how") or ("-" if r["exit_code"] is None else str(r["exit_code"])),
                  {"worker": "yes", "child": "a child"}.get(r.get("oom_victim") or "", ""),
                  mem, r["uptime"]]

@@ -11,6 +11,17 @@ def read_status(pid: int | str, proc: str = "/proc") -> dict[str, str]:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if v}
 
 
+def is_stopped(pid: int | str, proc: str = "/proc") -> bool:
+    """The process is stopped (``T``) or in a tracing stop (``t``): it runs no code, reaps no child
+    and ends only when killed. False for a process that is gone."""
+    try:
+        with open(os.path.join(proc, str(pid), "stat"), encoding="ascii", errors="replace") as fh:
+            state = fh.read().rpartition(")")[2].split()[:1]
+    except OSError:
+        return False
+    return state in (["T"], ["t"])
+
+
 def rss_bytes(pid: int | str, proc: str = "/proc") -> int:
     """Resident memory of one process (``VmRSS``), 0 for a process that has none (a zombie)."""
     value = read_status(pid, proc).get("VmRSS", "0 kB").split()

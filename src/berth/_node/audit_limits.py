@@ -16,6 +16,7 @@ from .._core.hostfacts import HostFacts
 from .._core.limits import max_memory_mb, max_pids
 from .._core.plan import LogLimits
 from .._linux import cgroup as _cgroup
+from .._linux.proc import is_stopped
 from .audit import Check, Locator
 
 MIB = 1024 * 1024
@@ -51,9 +52,13 @@ def maxima_checks(pid: int, config: NodeConfig, host: HostFacts, logs: LogLimits
     is the runtime's to keep, so its account is the only one there is)."""
     c = config.container
     want = LogLimits(c.log_max_size_mb, c.log_max_files)
+    stopped = is_stopped(pid)
     checks: list[Check] = [Check(
         "logs.limit", logs is not None and logs.file_mb <= want.file_mb and logs.files <= want.files, str(want),
-        "unbounded (or kept off the node)" if logs is None else str(logs))]
+        "unbounded (or kept off the node)" if logs is None else str(logs)), Check(
+        # A main process stopped from inside (ptrace) makes "running" a lie: the worker cannot end.
+        "main.not_stopped", not stopped, "PID 1 runs (not stopped or traced)",
+        f"pid {pid} is stopped" if stopped else f"pid {pid} is not stopped")]
 
     def attempt(name: str, expected: str, fn: Callable[[], tuple[bool, str]]) -> None:
         try:

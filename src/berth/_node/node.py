@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from .state import StateDir
 log = logging.getLogger("berth.node")
 
 ExitCallback = Callable[[ExitRecord], None]
+STALL_CHECK_S = 1.0
+"""How often ``wait`` looks whether the worker it waits for can still end by itself."""
 
 
 @dataclass(frozen=True)
@@ -264,12 +267,28 @@ class Node:
         return report
 
     def wait(self, worker_id: str, timeout: float | None = None) -> ExitRecord:
-        """Block until the worker's exit has been reported (launch it with a callback or recover)."""
+        """Block until the worker's exit has been reported (launch it with a callback or recover).
+
+        Every ``STALL_CHECK_S`` the worker is looked at: one whose main process was stopped from
+        inside (``main_stopped``) would never exit, so that is a ``WaitTimeout`` at once.
+        """
         self._ensure_watching()
-        with self._exit_cond:
-            if not self._exit_cond.wait_for(lambda: worker_id in self._exits, timeout=timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with self._exit_cond:
+                if self._exit_cond.wait_for(lambda: worker_id in self._exits,
+                                            timeout=STALL_CHECK_S if left is None else min(left, STALL_CHECK_S)):
+                    return self._exits[worker_id]
+            if left is not None and left <= STALL_CHECK_S:
                 raise WaitTimeout("worker_id", f"worker {worker_id!r} did not exit within {timeout}s")
-            return self._exits[worker_id]
+            try:
+                stopped = self.runtime.inspect(worker_id).main_stopped
+            except BerthError:
+                stopped = False  # gone or unreachable: its exit (or the stream's reconnect) will tell
+            if stopped:
+                raise WaitTimeout("worker_id", f"worker {worker_id!r} cannot end by itself: its PID 1 was stopped "
+                                  "from inside the worker (ptrace); its program may have ended; berth kill --force it")
 
     # -- the watcher --------------------------------------------------------------------------
 

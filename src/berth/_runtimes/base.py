@@ -60,6 +60,10 @@ class WorkerState:
     finished_at: str | None = None
     pid: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    main_stopped: bool = False
+    """The worker's main process (PID 1 of its container) is stopped, as a process of the worker
+    can do to it with ptrace: the runtime still says running, but the worker cannot end by itself
+    any more, whatever its program did. Only runtimes that see the process can tell."""
 
     @property
     def running(self) -> bool:

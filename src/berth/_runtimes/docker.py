@@ -30,6 +30,7 @@ from .._core.render import engine_create_body, read_seccomp
 from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_only_all_the_way_down
+from .._linux.proc import is_stopped
 from .base import (
     Capabilities,
     ExecResult,
@@ -204,6 +205,7 @@ class DockerRuntime:
             finished_at=_timestamp(st.get("FinishedAt")) if ended else None,
             pid=st.get("Pid") or None,
             labels=labels,
+            main_stopped=status == WorkerStatus.RUNNING and bool(st.get("Pid")) and is_stopped(st["Pid"]),
         )
 
     @staticmethod
