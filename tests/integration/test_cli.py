@@ -16,7 +16,7 @@ from .conftest import config_toml, poll_until
 pytestmark = pytest.mark.integration
 
 PS_KEYS = {"worker_id", "topology_id", "port", "user", "image", "state", "exit_code", "oom_killed", "oom_victim",
-           "main_stopped", "memory_bytes", "started_at", "finished_at"}
+           "main_stopped", "memory_bytes", "started_at", "finished_at", "signal", "exact", "status_lost", "how"}
 
 
 def run(cfg: Path, *args: str) -> tuple[int, str]:
