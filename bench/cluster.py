@@ -114,7 +114,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
 
         co = Coordinator(hosts, co_cred, settings, 30)
         co.connect()
-        topo = {"topologies": {"bench": {"user": "berth-alice", "command": ["python3", "-c", FOREVER],
+        topo = {"topologies": {f"bench{run_id}": {"user": "berth-alice", "command": ["python3", "-c", FOREVER],
                                          "workers": workers, "cpu_percent": 10, "memory_mb": 48}}}
         t0 = time.monotonic()
         co.store_topologies(parse_topologies(topo))

@@ -133,7 +133,7 @@ class Cluster:
         self.layout = Layout(self.settings.root)
         self.cred = new_credential("berth-coordinator")
         write_credential(str(base / "coordinator.auth"), self.cred)
-        self.admin = Connection(self.hosts, self.cred, SESSION_S, 0.5)
+        self.admin = Connection(self.hosts, self.cred, SESSION_S, 0.5, patient=True)
         self.admin.start_and_wait(30)
         init_cluster(self.admin, self.layout, self.cred)
         self.agents: dict[str, Agent] = {}
@@ -181,8 +181,11 @@ class Cluster:
         return co
 
     def schedule(self, topologies: dict[str, Any], co: Coordinator | None = None) -> PassResult:
+        """Topology ``wc`` becomes ``<prefix>-wc``: worker ids (container names) are unique per
+        engine, and other runs on this machine use the same engine."""
         co = co or self.coordinator()
-        co.store_topologies(parse_topologies({"topologies": topologies}))
+        named = {f"{self.prefix}-{k}": v for k, v in topologies.items()}
+        co.store_topologies(parse_topologies({"topologies": named}))
         assert co.acquire(blocking=True, timeout_s=30), "no coordinator lock"
         try:
             return co.run_pass()
@@ -255,6 +258,9 @@ class Cluster:
     def until_running(self, short: str, pred: Callable[[dict[str, str]], bool], what: str) -> dict[str, str]:
         poll_until(lambda: pred(self.running(short)), what, WAIT, every=0.1)
         return self.running(short)
+
+    def topology_of(self, worker_id: str) -> str:
+        return worker_id.rsplit("-", 1)[0].removeprefix(self.prefix + "-")
 
     def close(self) -> None:
         for a in self.agents.values():

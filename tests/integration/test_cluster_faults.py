@@ -115,7 +115,8 @@ def test_the_cluster_demo_runs_and_cleans_up(private_zookeeper: Ensemble, engine
     out = io.StringIO()
     zk = ZkControl(str(ROOT / "scripts/zookeeper"), PRIVATE_ZK)
     code = run_cluster_demo(make_config(base, "unused"), private_zookeeper.hosts, zk,
-                            Console(file=out, width=200), workdir=base / "demo", root="/" + prefix[:-2], prefix=prefix)
+                            Console(file=out, width=200), workdir=base / "demo", root="/" + prefix[:-2], prefix=prefix,
+                            topology_prefix=prefix)
     text = out.getvalue()
     assert code == 0, text
     assert "every worker on exactly one node: yes" in text

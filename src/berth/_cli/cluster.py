@@ -154,7 +154,7 @@ def schedule(ctx: click.Context, /, zk: str | None, auth_file: str | None, root:
         versions, unplaced = result.versions, result.placement.unplaced
     else:
         click.echo(f"coordinator {co.active_coordinator()} is active: it applies the topologies", err=True)
-        versions, unplaced = _wait_for_active(co, wait_s)
+        versions, unplaced = co.wait_for_pass(co.read_topologies()[1], max(wait_s, 60.0))
     conv = co.converge(versions, wait_s) if wait_s > 0 else None
     _report(versions, unplaced, conv, as_json)
     if unplaced or (conv is not None and not conv.done):
@@ -180,27 +180,6 @@ def _follow(co: Coordinator) -> None:
     if not stop.is_set():
         click.echo(f"active coordinator {co.identifier}", err=True)
         co.follow(stop)
-
-
-def _wait_for_active(co: Coordinator, wait_s: float) -> tuple[dict[str, str], dict[str, int]]:
-    """The active coordinator's pass over the topologies just stored (its state names their version)."""
-    import time
-
-    _, mine = co.read_topologies()
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        st = co.schedule_state()
-        from .._cluster.documents import version_number
-
-        if version_number(st.get("topologies_version")) >= version_number(mine):
-            from .._cluster.admin import read_cluster
-
-            views = read_cluster(co.conn, co.layout)
-            return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
-        with co._cond:
-            co.conn.client.exists_async(co.layout.schedule_state, watch=co._poke)
-            co._cond.wait(timeout=1.0)
-    raise ClusterError("schedule", f"the active coordinator did not apply the topologies within {wait_s:g}s")
 
 
 def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool) -> None:
@@ -245,7 +224,7 @@ def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, r
         write_credential(auth, new_credential("berth-coordinator"))
         click.echo(f"new coordinator identity in {auth}")
     cred = _credential(auth)
-    conn = Connection(hosts, cred, settings.session_timeout_s)
+    conn = Connection(hosts, cred, settings.session_timeout_s, patient=True)
     conn.start_and_wait(15.0)
     try:
         made = init_cluster(conn, Layout(settings.root), cred)
@@ -272,7 +251,7 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
     cred = _credential(auth)
     node_cred = new_credential(node_user(name))
     write_credential(out, node_cred)
-    conn = Connection(hosts, cred, settings.session_timeout_s)
+    conn = Connection(hosts, cred, settings.session_timeout_s, patient=True)
     try:
         conn.start_and_wait(15.0)
         add_node(conn, Layout(settings.root), cred, name, node_cred.digest_id, rotate=rotate)

@@ -37,11 +37,12 @@ DEAD_AFTER_S = 6.0
 WORKER = "import signal\nsignal.pause()\n"
 
 
-def topologies(wordcount: int) -> dict[str, Any]:
+def topologies(wordcount: int, prefix: str = "") -> dict[str, Any]:
     run = ["python3", "-c", WORKER]
     return {"topologies": {
-        "wordcount": {"user": "berth-alice", "command": run, "workers": wordcount, "cpu_percent": 20, "memory_mb": 64},
-        "sessions": {"user": "berth-bob", "command": run, "workers": 2, "cpu_percent": 20, "memory_mb": 96}}}
+        f"{prefix}wordcount": {"user": "berth-alice", "command": run, "workers": wordcount, "cpu_percent": 20,
+                               "memory_mb": 64},
+        f"{prefix}sessions": {"user": "berth-bob", "command": run, "workers": 2, "cpu_percent": 20, "memory_mb": 96}}}
 
 
 @dataclass
@@ -84,7 +85,7 @@ class _Demo:
         self.names = [f"{prefix}{i}" for i in (1, 2, 3)]
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.cred = new_credential("berth-coordinator")
-        self.admin = Connection(hosts, self.cred, SESSION_S, 0.5)
+        self.admin = Connection(hosts, self.cred, SESSION_S, 0.5, patient=True)
         self.co: Coordinator | None = None
 
     def docker(self) -> Any:
@@ -174,7 +175,9 @@ class _Demo:
 
 
 def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console: Console,
-                     workdir: Path | None = None, root: str = "/berth-demo", prefix: str = "demo-n") -> int:
+                     workdir: Path | None = None, root: str = "/berth-demo", prefix: str = "demo-n",
+                     topology_prefix: str = "") -> int:
+    """``topology_prefix`` keeps worker ids (container names) apart from another run on the engine."""
     import logging
 
     logging.getLogger("kazoo").setLevel(logging.ERROR)  # its reconnection chatter is not the story
@@ -189,7 +192,7 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
         d.setup()
         d.co = co = Coordinator(hosts, d.cred, d.settings, DEAD_AFTER_S)
         co.connect()
-        co.store_topologies(parse_topologies(topologies(4)))
+        mine = co.store_topologies(parse_topologies(topologies(4, topology_prefix)))
         assert co.acquire(blocking=True, timeout_s=30)
 
         def coordinate() -> None:
@@ -198,6 +201,7 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
         follower = threading.Thread(target=coordinate, name="demo-coordinator", daemon=True)
         follower.start()
         console.rule("two topologies on three nodes")
+        co.wait_for_pass(mine, 120)
         checks.append(d.converge("wordcount (4 workers, berth-alice) and sessions (2, berth-bob)"))
         d.ps()
         where = d.where()
@@ -230,7 +234,7 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
             leader = zk.leader()
             zk.kill(leader)
             console.print(f"killed ZooKeeper server {leader}, the leader")
-            co.store_topologies(parse_topologies(topologies(5)))
+            co.wait_for_pass(co.store_topologies(parse_topologies(topologies(5, topology_prefix))), 120)
             checks.append(d.converge("wordcount scaled to 5 after the leader died"))
             checks.append(all(set(running[n]) <= set(d.running(n)) for n in d.names))
             console.print(f"no worker stopped: {'yes' if checks[-1] else 'NO'}")

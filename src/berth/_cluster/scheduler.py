@@ -77,12 +77,13 @@ class Coordinator:
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self._cond = threading.Condition()
         self._dirty = True
+        self._seq = 0
         self._gone_since: dict[str, float] = {}
         self._dead_handled: set[str] = set()
         self._capacity: dict[str, Capacity] = {}
         self.lock: Any = None
         self.conn = Connection(hosts, cred, settings.session_timeout_s, settings.reconnect_max_delay_s,
-                               on_change=self._poke, default_acl=coordinator_only(cred.digest_id))
+                               on_change=self._poke, default_acl=coordinator_only(cred.digest_id), patient=True)
 
     def connect(self, timeout_s: float = 15.0) -> None:
         self.conn.start_and_wait(timeout_s)
@@ -98,7 +99,17 @@ class Coordinator:
     def _poke(self, *_: Any) -> None:
         with self._cond:
             self._dirty = True
+            self._seq += 1
             self._cond.notify_all()
+
+    def _mark(self) -> int:
+        with self._cond:
+            return self._seq
+
+    def _wait_change(self, seen: int, seconds: float) -> None:
+        """For the waiting commands: wake on any watch, without taking the follower's work away."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq != seen, timeout=max(0.0, seconds))
 
     # -- topologies ----------------------------------------------------------------------------
 
@@ -215,15 +226,36 @@ class Coordinator:
         doc = load_json(data, "schedule state")
         return doc if isinstance(doc, dict) else {}
 
+    def wait_for_pass(self, topologies_version: str | None, timeout_s: float) -> tuple[dict[str, str], dict[str, int]]:
+        """Wait for the active coordinator's pass over these topologies (its state names their version);
+        return every node's document version and what it could not place."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self._mark()
+            st = self.schedule_state()
+            if version_number(st.get("topologies_version")) >= version_number(topologies_version):
+                views = read_cluster(self.conn, self.layout)
+                return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
+            if time.monotonic() >= deadline:
+                raise ClusterError("schedule", f"the active coordinator did not place the topologies in {timeout_s:g}s")
+            self.conn.client.exists_async(self.layout.schedule_state, watch=self._poke)
+            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
+
     # -- convergence ---------------------------------------------------------------------------
 
     def converge(self, versions: Mapping[str, str], timeout_s: float, running: bool = True) -> Convergence:
         """Wait (on watches of the nodes' state znodes) until every live node applied its version."""
         deadline = time.monotonic() + timeout_s
         while True:
-            with self._cond:
-                self._dirty = False
-            views = read_cluster(self.conn, self.layout)
+            seen = self._mark()
+            try:
+                views = read_cluster(self.conn, self.layout)
+            except ClusterError as exc:  # ZooKeeper away for a moment: the deadline still holds
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("waiting for convergence: %s", exc)
+                self.conn._up.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
             report, done = {}, True
             for name, want in sorted(versions.items()):
                 v = views.get(name)
@@ -242,9 +274,7 @@ class Coordinator:
                 self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
             if done or time.monotonic() >= deadline:
                 return Convergence(done, report)
-            with self._cond:
-                if not self._dirty:
-                    self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
 
     # -- following the cluster -----------------------------------------------------------------
 

@@ -66,7 +66,7 @@ class Connection:
 
     def __init__(self, hosts: str, cred: Credential, session_timeout_s: float = 10.0,
                  reconnect_max_delay_s: float = 2.0, on_change: Callable[[], None] | None = None,
-                 default_acl: list[Any] | None = None) -> None:
+                 default_acl: list[Any] | None = None, patient: bool = False) -> None:
         if not hosts:
             raise ClusterError("zk", "no ZooKeeper hosts given (--zk, $BERTH_ZK or cluster.zk)")
         self.hosts = hosts
@@ -74,6 +74,10 @@ class Connection:
         self._lock = threading.Lock()
         self._state = ConnState(LOST, None, time.monotonic(), 0)
         self._ever_connected = False
+        self._up = threading.Event()
+        self.patient = patient
+        """Retry a call cut by a lost connection until the session timeout (the coordinator's
+        one-shot commands); the agent is not patient: its loop retries on the next event."""
         self.client = KazooClient(
             hosts=hosts,
             timeout=session_timeout_s,
@@ -101,6 +105,7 @@ class Connection:
                 if self._ever_connected:
                     expirations += 1
             self._state = ConnState(new, session, time.monotonic(), expirations)
+            (self._up.set if new == CONNECTED else self._up.clear)()
         log.info("ZooKeeper %s (session %s)", new, f"{session:#x}" if session else "-")
         self._on_change()
 
@@ -134,7 +139,14 @@ class Connection:
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One request, bounded in time: ``fn`` is a kazoo ``*_async`` method."""
-        return fn(*args, **kwargs).get(timeout=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return fn(*args, **kwargs).get(timeout=max(0.1, deadline - time.monotonic()))
+            except UNAVAILABLE:
+                if not self.patient or time.monotonic() >= deadline:
+                    raise
+                self._up.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def explain(exc: BaseException, path: str) -> str:
