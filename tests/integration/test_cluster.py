@@ -16,7 +16,7 @@ import pytest
 
 from berth._cluster.layout import assignment_acl, read_credential
 
-from ._cluster import SESSION_S, Cluster, worker_topology
+from ._cluster import SESSION_S, Agent, Cluster, worker_topology
 from .conftest import poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -175,3 +175,31 @@ def test_hostile_and_missing_documents_leave_the_workers_running(cluster: Cluste
     st = c.until_state("a", lambda st: st["applied_version"] == f"{stat.mzxid:#x}", "the document to return")
     assert c.running("a") == before
     assert all(w["restarts"] == 0 for w in st["workers"])
+
+
+def test_a_second_agent_for_the_node_waits_and_a_removed_registration_comes_back(cluster: Cluster) -> None:
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    live = c.layout.live(a.name)
+    c.until_znode(live, True, "the agent to register")
+    c.converge(c.schedule({"wc": worker_topology(1)}).versions)
+    before = c.running("a")
+
+    # the same identity started again elsewhere (another state dir): it must not supervise
+    c.agents["a2"] = Agent(a.name, a.config.with_name("second.toml"), a.auth, a.state_dir.with_name("state2"))
+    c.agents["a2"].config.write_text(a.config.read_text().replace(str(a.state_dir), str(a.state_dir) + "2"))
+    (c.base / "a2").mkdir()
+    second = c.start_agent("a2")
+    poll_until(lambda: "registered by pid" in (second.status.get("problem") or ""), "the second agent to wait",
+               120, every=0.1)
+    assert not second.status["supervising"] and second.status["applied_version"] is None
+    second.stop()
+    assert c.running("a") == before
+
+    # a registration removed under a live session is made again
+    owner = c.admin.client.exists(live).ephemeralOwner
+    c.admin.client.delete(live)
+    c.until_znode(live, True, "the agent to register again")
+    assert c.admin.client.exists(live).ephemeralOwner == owner
+    assert c.running("a") == before

@@ -35,11 +35,11 @@ from .documents import (
     DocumentStatus,
     NodeState,
     Registration,
+    coordinator_of,
     decode_assignment,
     decode_registration,
     encode_registration,
     encode_state,
-    load_json,
     now,
     process_start,
     this_process,
@@ -141,6 +141,12 @@ class Agent:
             self._read_due = 0.0
             self._cond.notify_all()
 
+    def _on_own_registration(self, event: Any) -> None:
+        if getattr(event, "type", None) == "DELETED":  # removed under a live session: register again
+            with self._cond:
+                self._registered, self._register_due = None, 0.0
+                self._cond.notify_all()
+
     def _on_registration_event(self, _event: Any) -> None:
         with self._cond:
             self._register_due = 0.0
@@ -172,9 +178,9 @@ class Agent:
         if conn.connected:
             if conn.session_id != self._registered:
                 waits.append(self._register_due - t)
-            if self._doc_dirty:
+            if self._doc_dirty and conn.session_id == self._registered:
                 waits.append(self._read_due - t)
-            if self._state_dirty:
+            if self._state_dirty and conn.session_id == self._registered:
                 waits.append(self._last_state_write + self.settings.state_interval_s - t)
         elif self.settings.fence_after_s is not None and not self._fenced:
             waits.append(conn.since + self.settings.fence_after_s - t)
@@ -194,6 +200,8 @@ class Agent:
             return
         if conn.session_id != self._registered and t >= self._register_due:
             self._register(conn)
+        if conn.session_id != self._registered:
+            return  # the node's registration is its lease: no reading, no reporting without it
         if self._doc_dirty and t >= self._read_due:
             self._read_document()
         if self._state_dirty and t >= self._last_state_write + self.settings.state_interval_s:
@@ -206,7 +214,7 @@ class Agent:
         try:
             if self._coordinator is None:
                 data, _ = c.call(c.client.get_async, self.layout.node(self.node))
-                self._coordinator = _coordinator_of(data)
+                self._coordinator = coordinator_of(data)
             body = self._registration()
             try:
                 c.call(c.client.create_async, path, body, acl=live_acl(self._coordinator), ephemeral=True)
@@ -235,6 +243,7 @@ class Agent:
         self._registered = conn.session_id
         self._problem = None
         self.counters["registrations"] += 1
+        c.client.exists_async(path, watch=self._on_own_registration)
         self._state_dirty = True
         log.info("registered %s (session %#x)", path, conn.session_id or 0)
         self._write_status()
@@ -406,10 +415,3 @@ class Agent:
         except OSError as exc:
             log.error("cannot write the agent status: %s", exc)
 
-
-def _coordinator_of(data: bytes) -> str:
-    doc = load_json(data, "node", max_bytes=4096)
-    coordinator = doc.get("coordinator") if isinstance(doc, dict) else None
-    if not isinstance(coordinator, str) or ":" not in coordinator:
-        raise ClusterError("node", "the enrolment record names no coordinator identity")
-    return coordinator

@@ -272,3 +272,12 @@ def decode_state(raw: bytes, node: str) -> NodeState:
 
 def now() -> float:
     return round(time.time(), 3)
+
+
+def coordinator_of(data: bytes) -> str:
+    """The coordinator's digest id, from the enrolment record ``nodes/<node>``."""
+    doc = load_json(data, "node", max_bytes=4096)
+    coordinator = doc.get("coordinator") if isinstance(doc, dict) else None
+    if not isinstance(coordinator, str) or ":" not in coordinator:
+        raise ClusterError("node", "the enrolment record names no coordinator identity")
+    return coordinator
