@@ -74,3 +74,12 @@ class WorkerNotFound(BerthError):
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         super().__init__("worker_id", f"no worker {worker_id!r} on this node")
+
+
+class StateError(BerthError):
+    """berth's own persisted state exists but cannot be used; nothing is removed until it is fixed."""
+
+
+class SupervisorLocked(BerthError):
+    """Another supervisor already serves this node (the same state dir, or the same node name
+    on the same engine); two would fight over the workers."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from berth._service.assignments import load_assignments, parse_document, signature
 
 
@@ -40,8 +42,45 @@ def test_directory_of_files_in_name_order(tmp_path: Path) -> None:
     out = load_assignments(tmp_path)
     assert list(out.specs) == ["wa", "wb"]
     assert out.sources == {"wa": str(tmp_path / "a.json"), "wb": str(tmp_path / "b.yaml")}
-    assert out.broken_sources == {str(tmp_path / "c.yml")}
+    # an empty file is not "no workers": it keeps its previous workers, like a broken one
+    assert out.broken_sources == {str(tmp_path / "c.yml"), str(tmp_path / "empty.yaml")}
     assert "not valid YAML" in out.rejected[0].reason
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("", "empty document"),                      # `: > assign.yaml`, what a shell `>` does first
+    ("---\n", "empty document"),
+    ("null\n", "empty document"),
+    ("{}\n", "empty document"),
+    ("other: 1\n", "unknown key 'other'"),
+    ("[]\n", "must be a mapping"),
+    ("workers:\n  - {worker_id: w1, topology_id: t, port: 1, user: u, command: [x]}\n  - {worker_id: w2, top",
+     "not valid YAML"),                           # a write cut half-way
+])
+def test_an_empty_null_or_partial_document_changes_nothing(tmp_path: Path, text: str, reason: str) -> None:
+    f = tmp_path / "assign.yaml"
+    f.write_text(text)
+    out = load_assignments(f)
+    assert out.specs == {} and out.broken_sources == {str(f)}
+    assert reason in out.rejected[0].reason
+
+
+def test_an_explicit_empty_list_is_a_drain(tmp_path: Path) -> None:
+    f = tmp_path / "assign.yaml"
+    f.write_text("workers: []\n")
+    out = load_assignments(f)
+    assert out.specs == {} and out.broken_sources == set() and out.rejected == []
+
+
+def test_one_user_per_topology() -> None:
+    from berth._core.spec import spec_from_mapping
+    from berth._service.assignments import one_user_per_topology
+
+    specs = {w: spec_from_mapping({"worker_id": w, "topology_id": "t1", "port": p, "user": u, "command": ["x"]})
+             for w, p, u in (("a1", 1, "alice"), ("b1", 2, "bob"), ("a2", 3, "alice"))}
+    [r] = one_user_per_topology(specs, {"b1": "f.yaml"})
+    assert (r.source, r.worker_id, r.field) == ("f.yaml", "b1", "user")
+    assert r.reason == "topology 't1' runs as 'alice' (worker 'a1'); one topology, one user"
 
 
 def test_signature_changes_when_a_file_changes(tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._exceptions import BerthError, ConfigError, SpecError
-from .views import ps_rows, ps_table
+from .._exceptions import BerthError, SpecError
+from .service import serve, supervise, supervisor_view
+from .views import ps_rows, ps_table, rejection_line, with_supervisor
 
 if TYPE_CHECKING:
 
     from .._node.node import Node
-    from .._service.supervisor import Supervisor
 
 EXIT_BERTH_ERROR = 125
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,40 +177,17 @@ def launch(ctx: click.Context, /, wait: bool, **opts: Any) -> None:
         ctx.exit(EXIT_BERTH_ERROR if rec.exit_code is None else rec.exit_code)
 
 
-def _supervisor_states(config: NodeConfig) -> dict[str, str] | None:
-    """States from a running supervisor's API socket, or None when none answers."""
-    import os
-
-    path = config.api_socket
-    if not os.path.exists(path):
-        return None
-    import httpx
-
-    try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=2.0) as client:
-            r = client.get("http://berth/workers")
-            r.raise_for_status()
-            return {w["worker_id"]: w["state"] for w in r.json()}
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of objects.")
 @click.pass_context
 def ps(ctx: click.Context, /, as_json: bool) -> None:
     """List this node's workers with state, exit code, OOM and memory."""
     rows = ps_rows(get_node(ctx))
-    states = _supervisor_states(get_config(ctx))
-    if states is not None:
-        for r in rows:
-            r["supervisor_state"] = states.get(r["worker_id"], "unassigned")
-        seen = {r["worker_id"] for r in rows}
-        rows += [{"worker_id": w, "topology_id": "", "port": 0, "user": "", "image": "", "state": "-",
-                  "exit_code": None, "oom_killed": False, "oom_victim": None, "main_stopped": False,
-                  "memory_bytes": None, "started_at": None,
-                  "finished_at": None, "uptime": "-", "supervisor_state": st}
-                 for w, st in sorted(states.items()) if w not in seen]
+    view = supervisor_view(get_config(ctx))
+    rejected: list[dict[str, Any]] = []
+    if view is not None:
+        rows = with_supervisor(rows, view["workers"], view["rejected"])
+        rejected = view["rejected"]
     if as_json:
         for r in rows:
             r.pop("uptime")
@@ -218,7 +195,10 @@ def ps(ctx: click.Context, /, as_json: bool) -> None:
         return
     from rich.console import Console
 
-    Console(width=None if sys.stdout.isatty() else 160).print(ps_table(get_node(ctx), rows))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(ps_table(get_node(ctx), rows))
+    for r in rejected:
+        console.print(rejection_line(r), markup=False, highlight=False)
 
 
 @main.command()
@@ -319,61 +299,8 @@ def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None, runtime: str
     ctx.exit(run_demo(get_node(ctx), console))
 
 
-def _supervisor(ctx: click.Context, assignments: str | None) -> Supervisor:
-    import logging
-
-    from .._service.supervisor import Supervisor
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    node = get_node(ctx)
-    node.check_state()  # berth's own state: usable, and apart from what workers write
-    return Supervisor(node, assignments_path=assignments)
-
-
-@main.command()
-@click.option("--assignments", required=True, type=click.Path(exists=True),
-              help="A YAML/JSON file {workers: [spec, …]} or a directory of them; watched for changes.")
-@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
-@click.pass_context
-def supervise(ctx: click.Context, /, assignments: str, drain: bool) -> None:
-    """Keep the assigned workers running: launch, restart with backoff, replace, stop."""
-    import signal
-    import threading
-
-    sup = _supervisor(ctx, assignments)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    sup.start()
-    for r in sup.rejected:
-        click.echo(f"rejected: {r}", err=True)
-    done.wait()
-    sup.stop(drain=drain)
-
-
-@main.command()
-@click.option("--assignments", type=click.Path(exists=True),
-              help="Take assignments from this file/dir (then PUT /assignments is refused).")
-@click.option("--socket", "socket_path", help="Unix socket path (default: api.socket, or <state_dir>/api.sock).")
-@click.option("--tcp", help="Listen on HOST:PORT instead (needs api.token in the config).")
-@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
-@click.pass_context
-def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | None, tcp: str | None,
-          drain: bool) -> None:
-    """Run the supervisor with its HTTP API (and /metrics)."""
-    from .._service.api import serve as run_api
-
-    config = get_config(ctx)
-    tcp = tcp or config.api.tcp
-    if tcp and not config.api.token:
-        raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
-    sup = _supervisor(ctx, assignments)
-    sup.start()
-    try:
-        run_api(sup, socket_path or config.api_socket, tcp, config.api.token,
-                socket_mode=int(config.api.socket_mode, 8), socket_group=config.api.socket_group)
-    finally:
-        sup.stop(drain=drain)
+main.add_command(supervise)
+main.add_command(serve)
 
 
 EXIT_AUDIT_FAILED = 1

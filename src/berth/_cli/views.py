@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,59 @@ def ps_rows(node: Node) -> list[dict[str, Any]]:
     return rows
 
 
+SUPERVISOR_KEYS = ("restarts", "failures", "next_start_in_s", "last_exit", "last_error", "assignment_version")
+
+
+def _empty_row(wid: str | None, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"worker_id": wid, "topology_id": spec.get("topology_id", ""), "port": spec.get("port", 0),
+            "user": spec.get("user", ""), "image": spec.get("image") or "", "state": "-", "exit_code": None,
+            "oom_killed": False, "oom_victim": None, "main_stopped": False, "memory_bytes": None, "started_at": None,
+            "finished_at": None, "uptime": "-", "signal": None, "exact": None, "status_lost": False, "how": None}
+
+
+def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any]],
+                    rejected: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """``ps`` rows with what a running supervisor knows of each worker, rows for assigned workers
+    that have no container now (backoff, failed, rejected), and a ``rejection`` on each worker
+    whose latest assignment entry was refused (a row of its own if it has no other)."""
+    out = []
+    for r in rows:
+        w = workers.get(r["worker_id"])
+        out.append({**r, "supervisor_state": w["state"] if w else "unassigned",
+                    **{k: (w or {}).get(k) for k in SUPERVISOR_KEYS}})
+    seen = {r["worker_id"] for r in rows}
+    for wid, w in sorted(workers.items()):
+        if wid not in seen:
+            out.append({**_empty_row(wid, w.get("spec") or {}), "supervisor_state": w["state"],
+                        **{k: w.get(k) for k in SUPERVISOR_KEYS}})
+    by_id = {r["worker_id"]: r for r in out}
+    for rej in rejected:
+        line = rejection_line(rej).removeprefix("rejected: ")
+        row = by_id.get(rej.get("worker_id"))
+        if row is None:
+            row = {**_empty_row(rej.get("worker_id"), {}), "supervisor_state": "rejected",
+                   **dict.fromkeys(SUPERVISOR_KEYS)}
+            out.append(row)
+        row["rejection"] = line
+    return out
+
+
+def rejection_line(r: dict[str, Any]) -> str:
+    where = r["source"] + ("" if r.get("index") is None else f"[{r['index']}]")
+    who = f" ({r['worker_id']})" if r.get("worker_id") else ""
+    return f"rejected: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}"
+
+
+def _last(r: dict[str, Any]) -> str:
+    ex = r.get("last_exit")
+    if ex:
+        if ex.get("status_lost"):
+            return "status lost"
+        sig = f" sig {ex['signal']}" if ex.get("signal") else ""
+        return f"{ex['exit_code']}{sig}{' OOM' if ex.get('oom_killed') else ''}"
+    return "-"
+
+
 def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     from rich.table import Table
 
@@ -76,14 +130,19 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     rows = rows if rows is not None else ps_rows(node)
     supervised = any("supervisor_state" in r for r in rows)
     cols = ["worker", "topology", "port", "user", "image", "state", "ended", "OOM", "memory", "uptime"]
-    for col in [*cols, "supervisor"] if supervised else cols:
-        t.add_column(col, justify="right" if col in ("port", "memory") else "left")
+    extra = ["supervisor", "restarts", "failures", "next in", "last exit", "last error"]
+    for col in [*cols, *extra] if supervised else cols:
+        t.add_column(col, justify="right" if col in ("port", "memory", "restarts", "failures") else "left")
     for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
         state = f"{r['state']}, PID 1 stopped" if r.get("main_stopped") else r["state"]
-        cells = [r["worker_id"], r["topology_id"], str(r["port"] or ""), r["user"], r["image"], state,
+        cells = [r["worker_id"] or "-", r["topology_id"], str(r["port"] or ""), r["user"], r["image"], state,
                  r.get("how") or ("-" if r["exit_code"] is None else str(r["exit_code"])),
                  {"worker": "yes", "child": "a child"}.get(r.get("oom_victim") or "", ""),
                  mem, r["uptime"]]
-        t.add_row(*cells, r.get("supervisor_state", "-")) if supervised else t.add_row(*cells)
+        if supervised:
+            nxt = r.get("next_start_in_s")
+            cells += [r.get("supervisor_state", "-"), str(r.get("restarts") or 0), str(r.get("failures") or 0),
+                      "-" if nxt is None else f"{nxt:.1f}s", _last(r), r.get("last_error") or "-"]
+        t.add_row(*cells)
     return t

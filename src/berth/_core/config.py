@@ -269,10 +269,44 @@ class SupervisorSection(BaseModel):
     healthy_after_s: float = Field(default=30.0, ge=0)
     """A run this long that ends with exit code 0 does not count as a failure."""
     resync_s: float = Field(default=10.0, gt=0)
+    """The longest the supervisor goes without comparing what runs with what is assigned."""
+    parallel: int = Field(default=8, ge=1, le=64)
+    """Stops and launches in flight at once: a slow stop (the full grace) never holds up the others."""
+    stale_after_s: float = Field(default=60.0, gt=0)
+    """``/healthz`` says degraded when no reconcile pass has completed for this long."""
+
+
+class TenantToken(BaseModel):
+    """A bearer token bound to a tenant: it may only see, launch, kill and replace workers that
+    run as one of ``users`` in a topology matching one of ``topologies`` (shell patterns)."""
+
+    model_config = _strict
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    token: str = Field(min_length=16)
+    users: tuple[str, ...] = Field(min_length=1)
+    topologies: tuple[str, ...] = ("*",)
+
+    def allows(self, user: str, topology_id: str) -> bool:
+        return user in self.users and self.allows_topology(topology_id)
+
+    def allows_topology(self, topology_id: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(topology_id, p) for p in self.topologies)
+
+
+def check_listen_address(v: str) -> str:
+    """``host:port`` or ``:port`` with a port in 1-65535 (raises ValueError naming the value)."""
+    _host, _, port = v.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port or :port with a port in 1-65535, got {v!r}")
+    return v
 
 
 class ApiSection(BaseModel):
-    """The HTTP API: a unix socket by default; TCP only with a bearer token."""
+    """The HTTP API: a unix socket by default; TCP only with a bearer token. ``token`` is the
+    operator's (everything); each of ``tenants`` is bound to its users and topologies."""
 
     model_config = _strict
 
@@ -282,6 +316,7 @@ class ApiSection(BaseModel):
     tcp: str | None = None
     """``host:port``; loopback unless an address is given explicitly."""
     token: str | None = Field(default=None, min_length=16)
+    tenants: tuple[TenantToken, ...] = ()
 
     @field_validator("socket")
     @classmethod
@@ -296,16 +331,18 @@ class ApiSection(BaseModel):
     @field_validator("tcp")
     @classmethod
     def _tcp(cls, v: str | None) -> str | None:
-        if v is not None:
-            _host, _, port = v.rpartition(":")
-            if not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"must be host:port or :port, got {v!r}")
-        return v
+        return None if v is None else check_listen_address(v)
 
     @model_validator(mode="after")
     def _token(self) -> ApiSection:
         if self.tcp and not self.token:
             raise ValueError("tcp needs a token (api.token, at least 16 characters)")
+        tokens = [t.token for t in self.tenants] + ([self.token] if self.token else [])
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("every token (api.token and each api.tenants token) must be different")
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError("tenant names must be different")
         return self
 
 

@@ -30,6 +30,9 @@ LABEL_PORT = "berth.port"
 LABEL_USER = "berth.user"
 LABEL_NODE = "berth.node"
 LABEL_SPEC = "berth.spec"
+LABEL_OWNER = "berth.owner"
+"""The state dir of the berth that launched the container: two supervisors that share a node name
+on one engine see whose each worker is (and refuse to start instead of fighting)."""
 TMP_TARGET = "/tmp"
 
 
@@ -332,6 +335,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         (LABEL_USER, spec.user),
         (LABEL_NODE, config.node.name),
         (LABEL_SPEC, spec_digest(spec_in)),
+        (LABEL_OWNER, config.state_dir),
     )
     line = storm_line(config, spec.worker_id, spec.topology_id, spec.port, lay,
                       tuple((m.source, m.target, m.read_only) for m in mounts), resources.cores,

@@ -19,6 +19,10 @@ from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError
 
 SUFFIXES = (".yaml", ".yml", ".json")
+MAX_DOCUMENT_BYTES = 16 << 20
+"""An assignments file larger than this is rejected unread."""
+MAX_WORKERS = 4096
+"""Entries in one document; a node runs far fewer workers."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,24 @@ class Assignments:
 
 
 def parse_document(doc: Any, source: str, into: Assignments | None = None) -> Assignments:
+    """Entries of one document. Only a complete document with a ``workers`` list may change the
+    desired state: anything else (empty, null, a half-written file) is rejected as a whole and
+    its source keeps its previous workers. Draining is an explicit ``workers: []``."""
     out = into if into is not None else Assignments()
     if not isinstance(doc, Mapping) or set(doc) - {"workers"} or not isinstance(doc.get("workers"), list):
         extra = sorted(set(doc) - {"workers"}) if isinstance(doc, Mapping) else []
-        reason = (f"unknown key {extra[0]!r}" if extra else "must be a mapping {workers: [spec, …]}")
+        if extra:
+            reason = f"unknown key {extra[0]!r}"
+        elif doc is None or (isinstance(doc, Mapping) and "workers" not in doc):
+            reason = ("empty document: the previous workers stay (to remove them all, write "
+                      "'workers: []')" if not doc else "has no 'workers' key: the previous workers stay")
+        else:
+            reason = "must be a mapping {workers: [spec, …]}"
         out.rejected.append(Rejection(source, None, None, extra[0] if extra else "workers", reason))
+        out.broken_sources.add(source)
+        return out
+    if len(doc["workers"]) > MAX_WORKERS:
+        out.rejected.append(Rejection(source, None, None, "workers", f"more than {MAX_WORKERS} entries"))
         out.broken_sources.add(source)
         return out
     for i, entry in enumerate(doc["workers"]):
@@ -99,14 +116,32 @@ def load_assignments(path: str | os.PathLike[str]) -> Assignments:
         return out
     for f in _files(root):
         try:
-            text = f.read_text(encoding="utf-8")
+            with open(f, "rb") as fh:
+                raw = fh.read(MAX_DOCUMENT_BYTES + 1)
+            if len(raw) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
+            text = raw.decode("utf-8")
             doc = json.loads(text) if f.suffix == ".json" else yaml.safe_load(text)
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             kind = "JSON" if f.suffix == ".json" else "YAML"
             out.rejected.append(Rejection(str(f), None, None, None, f"not valid {kind}: {exc}"))
             out.broken_sources.add(str(f))
             continue
-        parse_document(doc if doc is not None else {"workers": []}, str(f), into=out)
+        parse_document(doc, str(f), into=out)
+    return out
+
+
+def one_user_per_topology(specs: Mapping[str, WorkerSpec], sources: Mapping[str, str]) -> list[Rejection]:
+    """A topology runs as one user (its shared dir and artifacts are that user's): entries that
+    name another user for a topology than its first entry are rejected, not retried forever."""
+    owner: dict[str, WorkerSpec] = {}
+    out = []
+    for wid, spec in specs.items():
+        first = owner.setdefault(spec.topology_id, spec)
+        if first.user != spec.user:
+            out.append(Rejection(sources.get(wid, "?"), None, wid, "user",
+                                 f"topology {spec.topology_id!r} runs as {first.user!r} (worker "
+                                 f"{first.worker_id!r}); one topology, one user"))
     return out
 
 

@@ -6,10 +6,11 @@ state, memory per worker) are computed at scrape time, so they can never drift f
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,7 +23,7 @@ class _LiveCollector(Collector):
         self.sup = sup
 
     def collect(self) -> Iterator[Metric]:
-        by_state = GaugeMetricFamily("berth_workers", "Workers by supervisor state.", labels=["state"])
+        by_state = GaugeMetricFamily("berth_workers", "Assigned workers by supervisor phase.", labels=["state"])
         for state, n in self.sup.counts().items():
             by_state.add_metric([state], n)
         yield by_state
@@ -41,31 +42,57 @@ class _LiveCollector(Collector):
 
 
 class Metrics:
+    """Counters labelled by worker are dropped when the worker leaves the node (``forget``), so
+    worker-id churn cannot grow the scrape without bound."""
+
     def __init__(self, sup: Supervisor) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``_created`` series: noise for every counter
         self.registry = CollectorRegistry()
         r = self.registry
         self.launches = Counter("berth_launches", "Workers launched.", registry=r)
         self.launch_failures = Counter("berth_launch_failures", "Launches that failed.", registry=r)
-        self.exits = Counter("berth_exits", "Worker exits by exit code.", ["code"], registry=r)
+        self.exits = Counter("berth_exits", "Worker exits by worker and cause: stop (planned, by berth or an "
+                             "operator), crash (non-zero or signal), oom, exit (code 0).", ["worker", "cause"],
+                             registry=r)
+        self.exit_codes = Counter("berth_exit_codes", "Unplanned worker exits by exit code.", ["code"], registry=r)
         self.oom_kills = Counter("berth_oom_kills", "Workers ended by the OOM killer.", registry=r)
-        self.restarts = Counter("berth_restarts", "Restarts of assigned workers after an exit.", registry=r)
+        self.restarts = Counter("berth_restarts", "Restarts of assigned workers after an exit, by worker.",
+                                ["worker"], registry=r)
         self.launch_seconds = Histogram("berth_launch_seconds", "Time to launch one worker.", registry=r,
                                         buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10))
+        self._labels: dict[str, set[tuple[str, ...]]] = {}
+        self._gone: dict[str, None] = {}
         r.register(_LiveCollector(sup))
         sup.listeners.append(self.on_event)
 
     def on_event(self, kind: str, data: Mapping[str, Any]) -> None:
         if kind == "launch":
+            self._gone.pop(str(data["worker_id"]), None)
             self.launches.inc()
             self.launch_seconds.observe(float(data["seconds"]))
         elif kind == "launch_failed":
             self.launch_failures.inc()
         elif kind == "exit":
-            self.exits.labels(code=str(data["exit_code"])).inc()
+            wid, cause = str(data["worker_id"]), str(data.get("cause") or "crash")
+            if wid not in self._gone:  # the last exit of a removed worker can come after its removal
+                self.exits.labels(worker=wid, cause=cause).inc()
+                self._labels.setdefault(wid, set()).add((cause,))
+            if cause != "stop":
+                self.exit_codes.labels(code=str(data["exit_code"])).inc()
             if data.get("oom_killed"):
                 self.oom_kills.inc()
         elif kind == "restart":
-            self.restarts.inc()
+            self.restarts.labels(worker=str(data["worker_id"])).inc()
+        elif kind == "forget":
+            wid = str(data["worker_id"])
+            self._gone[wid] = None
+            while len(self._gone) > 4096:
+                self._gone.pop(next(iter(self._gone)))
+            for (cause,) in self._labels.pop(wid, set()):
+                with contextlib.suppress(KeyError):
+                    self.exits.remove(wid, cause)
+            with contextlib.suppress(KeyError):
+                self.restarts.remove(wid)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

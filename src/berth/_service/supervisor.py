@@ -1,115 +1,72 @@
 """The supervisor: keep the node's assigned workers running, as Storm's supervisor keeps slots.
 
-Desired state (assignments) is reconciled with what the engine runs, in one loop thread: launch
-what is missing, stop what is no longer assigned, replace what changed (the container's
-``berth.spec`` label says what it was launched from), restart what exited with exponential
-backoff. Every state change of a worker is one JSON line in ``<state_dir>/events.jsonl``.
+Desired state (assignments, from files, the API or the cluster agent) is reconciled with what
+the engine runs (``reconcile``): launch what is missing, stop what is no longer assigned,
+replace what changed (the container's ``berth.spec`` label says what it was launched from),
+restart what exited with exponential backoff (``decisions``). Every state change of a worker is
+one JSON line in ``<state_dir>/events.jsonl``.
 
 The engine, not the supervisor's memory, says what runs: after a restart (even SIGKILL) the
-supervisor adopts running workers instead of relaunching them, and an exit that happened while
-it was down is reported once by ``Node.recover`` and leads to exactly one restart.
+supervisor adopts running workers instead of relaunching them. What the engine cannot say is
+persisted (``desired``): the desired state and its version, restart counters and handled exits.
+Until the desired state is known nothing is removed. One supervisor per node (``lock``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from .._core.spec import WorkerSpec, spec_digest
-from .._core.timefmt import seconds_between
-from .._exceptions import BerthError, WorkerNotFound
+from .._core.spec import WorkerSpec
+from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
-from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
-from .assignments import Assignments, Rejection, load_assignments, signature
+from .._runtimes.base import ExitRecord
+from .assignments import Assignments, Rejection, load_assignments, one_user_per_topology
+from .desired import Saved
+from .lock import SupervisorLock, check_claim
+from .phase import WAITING, Assigned, Phase
+from .reconcile import Reconciler
+from .watch import SourceWatch
 
 log = logging.getLogger("berth.supervisor")
 
 
-class State(StrEnum):
-    PENDING = "pending"
-    STARTING = "starting"
-    RUNNING = "running"
-    EXITED = "exited"
-    BACKOFF = "backoff"
-    CRASH_LOOPING = "crash-looping"
-    FAILED = "failed"
-    """The launch itself failed (e.g. image missing); retried with backoff like an exit."""
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+class Supervisor(Reconciler):
+    """Reconciles assignments with the workers the node runs. Start it, feed it, stop it.
 
-
-WAITING = (State.BACKOFF, State.CRASH_LOOPING, State.FAILED)
-
-
-@dataclass
-class WorkerRecord:
-    worker_id: str
-    spec: WorkerSpec
-    state: State = State.PENDING
-    container_id: str | None = None
-    restarts: int = 0
-    failures: int = 0
-    """Consecutive failed runs; reset by a healthy one."""
-    next_start: float = 0.0
-    last_exit: ExitRecord | None = None
-    last_error: str | None = None
-    since: float = field(default_factory=time.time)
-    handled_exit: str | None = None
-    """Container id whose exit was already turned into a restart decision."""
-
-    def to_dict(self, now: float) -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "state": self.state.value,
-            "container_id": self.container_id,
-            "restarts": self.restarts,
-            "failures": self.failures,
-            "next_start_in_s": round(max(0.0, self.next_start - now), 3) if self.state in WAITING else None,
-            "last_exit": self.last_exit.to_dict() if self.last_exit else None,
-            "last_error": self.last_error,
-            "since": self.since,
-            "spec": self.spec.model_dump(mode="json"),
-        }
-
-
-class Supervisor:
-    """Reconciles assignments with the workers the node runs. Start it, feed it, stop it."""
+    Feed it either from ``assignments_path`` (a file or a directory, watched) or by calling
+    ``set_assignments`` (the HTTP API, the cluster agent). ``clock`` (monotonic, for delays)
+    and ``wall`` (epoch seconds, for what is persisted) are injectable for tests.
+    """
 
     def __init__(self, node: Node, assignments_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.node = node
-        self.config = node.config
-        self.settings = node.config.supervisor
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        super().__init__(node, clock, wall)
         self.assignments_path = assignments_path
-        self._clock = clock
-        self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
-        self._desired: dict[str, WorkerSpec] = {}
-        self._sources: dict[str, str] = {}
-        self._workers: dict[str, WorkerRecord] = {}
-        self._exits: list[ExitRecord] = []
-        self._stopping: set[str] = set()
-        self._signature: tuple[tuple[str, int, int], ...] | None = None
-        self.rejected: list[Rejection] = []
+        self.lock = SupervisorLock(self.config.state_dir)
+        """Held from ``start`` to ``stop``; the cluster agent runs the supervisor under it."""
+        self.state_problem: str | None = None
+        """Why the persisted state could not be loaded (then nothing is removed until new
+        assignments arrive)."""
+        self._source = SourceWatch(assignments_path, self.poke) if assignments_path else None
         self._thread: threading.Thread | None = None
-        self._quit = False
-        self._events_path = Path(self.config.state_dir, "events.jsonl")
-        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
-        """Called with (kind, data) for launches, exits, restarts: the metrics hook in here."""
+        self._started_at: float | None = None
         node.set_default_callback(self._on_exit)
 
     # -- desired state ----------------------------------------------------------------------
 
-    def set_assignments(self, new: Assignments) -> list[Rejection]:
-        """Replace the desired state. Rejected entries keep their worker's previous spec."""
+    def set_assignments(self, new: Assignments, *, version: str | None = None) -> list[Rejection]:
+        """Replace the desired state; returns the rejected entries.
+
+        Each entry is validated like a launch request; a rejected one (and every entry of a
+        source that could not be read) keeps its worker's previous spec. ``version`` is the
+        caller's opaque assignment version: persisted with the desired state and reported by
+        ``version``, ``applied_version`` and on each worker. The new state is persisted
+        atomically before this returns; from then on workers not in it are removed.
+        """
         rejected = list(new.rejected)
         accepted: dict[str, WorkerSpec] = {}
         sources: dict[str, str] = {}
@@ -121,63 +78,159 @@ class Supervisor:
                 continue
             accepted[wid] = spec
             sources[wid] = new.sources.get(wid, "?")
+        for r in one_user_per_topology(accepted, sources):
+            rejected.append(r)
+            del accepted[r.worker_id or ""], sources[r.worker_id or ""]
         with self._lock:
-            keep_sources = new.broken_sources
             keep_ids = {r.worker_id for r in rejected if r.worker_id}
             for wid, spec in self._desired.items():
-                if wid not in accepted and (self._sources.get(wid) in keep_sources or wid in keep_ids):
-                    accepted[wid] = spec
-                    sources[wid] = self._sources[wid]
-            self._desired, self._sources = accepted, sources
+                if wid not in accepted and (self._sources.get(wid) in new.broken_sources or wid in keep_ids):
+                    accepted[wid], sources[wid] = spec, self._sources[wid]
+            seen = {(r.source, r.worker_id, r.field, r.reason) for r in self.rejected}
+            self._desired, self._sources, self._version = accepted, sources, version
+            self._loaded, self.state_problem = True, None
             self.rejected = rejected
             self._wake.notify_all()
         for r in rejected:
-            self._event(r.worker_id or "-", None, None, "assignment rejected", rejection=r.to_dict())
+            if (r.source, r.worker_id, r.field, r.reason) not in seen:  # once, not on every re-read
+                self._event(r.worker_id or "-", None, None, f"assignment rejected: {r}", level=logging.WARNING,
+                            rejection=r.to_dict())
+        self._persist()
         return rejected
 
     def reload(self) -> list[Rejection]:
-        assert self.assignments_path is not None
-        self._signature = signature(self.assignments_path)
+        """Read the assignments file(s) again and apply them."""
+        assert self._source is not None and self.assignments_path is not None
+        self._source.mark_read()
         return self.set_assignments(load_assignments(self.assignments_path))
+
+    def _check_source(self) -> None:
+        if self._source is not None and self._source.changed():
+            self.reload()
 
     def desired(self) -> dict[str, WorkerSpec]:
         with self._lock:
             return dict(self._desired)
 
+    @property
+    def version(self) -> str | None:
+        """The assignment version of the desired state (None when not given)."""
+        return self._version
+
+    @property
+    def loaded(self) -> bool:
+        """The desired state is known; until it is, no worker is removed."""
+        return self._loaded
+
+    def applied_version(self) -> str | None:
+        """The desired version once every assigned worker has been launched (or adopted) from
+        its current spec, or rejected; None while some are still on their way."""
+        with self._lock:
+            for wid in self._desired:
+                rec = self._workers.get(wid)
+                if rec is None or (rec.phase != Phase.REJECTED and rec.version != self._version) \
+                        or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
+                    return None
+            return self._version
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Adopt what runs (and report what exited meanwhile), then start reconciling."""
-        if self.assignments_path is not None:
-            self.reload()
-        report = self.node.recover()
+        """Take the node's lock, load the persisted state, refuse another supervisor's node,
+        adopt what runs (and report what exited meanwhile), then start reconciling."""
+        self.lock.acquire(node=self.config.node.name, state_dir=self.config.state_dir)
+        self._started_at = self._clock()
+        try:
+            self._restore()
+            if self._source is not None:
+                self._source.start()
+                self.reload()
+            check_claim(self.node.ps(), self.config.state_dir, self.config.node.name)
+            report = self.node.recover()
+        except BaseException:
+            self.lock.release()
+            raise
         for wid in report.adopted:
-            self._event(wid, None, State.RUNNING, "adopted after restart")
+            self._event(wid, None, Phase.RUNNING, "adopted after restart")
         for wid in report.removed:
             self._event(wid, None, None, "removed half-made container")
+        if self._source is not None and self._source.notified:
+            self.poll_s = self.settings.resync_s
         self._thread = threading.Thread(target=self._loop, name="berth-supervisor", daemon=True)
         self._thread.start()
 
-    def stop(self, drain: bool = False) -> None:
-        """Stop reconciling. Workers keep running unless ``drain`` (upgrade-safe by default)."""
+    def _restore(self) -> None:
+        try:
+            saved = self._store.load()
+        except StateError as exc:
+            self.state_problem = exc.reason
+            log.error("%s; no worker is removed until assignments are set again", exc.reason)
+            return
+        if saved is None:
+            return
+        self._apply_saved(saved)
+
+    def _apply_saved(self, saved: Saved) -> None:
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
+            self.rejected, self._loaded = list(saved.rejected), True
+            for wid, spec in saved.specs.items():
+                c = saved.counters.get(wid) or {}
+                rec = self._workers[wid] = Assigned(wid, spec)
+                rec.restarts, rec.failures = int(c.get("restarts") or 0), int(c.get("failures") or 0)
+                rec.handled_exit, rec.last_error = c.get("handled_exit"), c.get("last_error")
+                rec.version = c.get("version")
+                if c.get("last_exit"):
+                    rec.last_exit = ExitRecord.from_dict(c["last_exit"])
+                phase = Phase(c["phase"]) if c.get("phase") in {p.value for p in WAITING} else None
+                if phase is not None:  # the backoff goes on where it was (never longer than the cap)
+                    left = float(c.get("next_start_wall") or 0.0) - wall
+                    rec.phase, rec.next_start = phase, now + min(max(0.0, left), self.settings.backoff_cap_s)
+
+    def stop(self, drain: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+        """Stop reconciling. Workers keep running unless ``drain`` (upgrade-safe by default);
+        ``progress(done, total)`` is called as drained workers are stopped."""
         with self._lock:
             self._quit = True
             self._wake.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=max(30.0, self.settings.grace_s * 2))
-        if drain:
-            for w in self.node.ps():
-                self._stop_worker(w.worker_id, "drain")
-        self.node.close()
+            self._thread.join(timeout=30.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            if drain:
+                self._drain(progress)
+        finally:
+            if self._source is not None:
+                self._source.close()
+            self.node.close()
+            self.lock.release()
+
+    def _drain(self, progress: Callable[[int, int], None] | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        workers = [w for w in self.node.ps() if not any(w.worker_id in v for v in self.conflicts.values())]
+        with ThreadPoolExecutor(self.settings.parallel, thread_name_prefix="berth-drain") as pool:
+            futures = [pool.submit(self._guard, w.worker_id, "drain", self._stop_action, w.worker_id,
+                                   w.container_id, "drain", self.settings.grace_s) for w in workers]
+            for done, _ in enumerate(as_completed(futures), 1):
+                if progress is not None:
+                    progress(done, len(futures))
 
     def kill(self, worker_id: str, grace_s: float | None = None) -> None:
-        """Stop a worker now; still assigned, it is started again (an operator's restart)."""
+        """Stop a worker now, without waiting; still assigned, it is started again at once (an
+        operator's restart: not a failure, no backoff)."""
         with self._lock:
             rec = self._workers.get(worker_id)
-        if rec is None:
-            raise WorkerNotFound(worker_id)
-        self.node.kill(worker_id, self.settings.grace_s if grace_s is None else grace_s)
-        self.poke()
+            if rec is None or worker_id not in self._desired:
+                raise WorkerNotFound(worker_id)
+            busy = self._busy.get(worker_id)
+            if rec.phase != Phase.RUNNING or rec.container_id is None or busy not in (None, "launch"):
+                raise PolicyError("worker_id", f"worker {worker_id!r} is {busy or rec.phase.value}, not running")
+            rec.operator_stop = rec.container_id
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        # Not held back by a launch that is just finishing (the worker runs already).
+        self._pool.submit(self._guard, worker_id, "kill", self._operator_stop_action, rec, grace)
 
     def poke(self) -> None:
         with self._lock:
@@ -186,211 +239,38 @@ class Supervisor:
     # -- status -----------------------------------------------------------------------------
 
     def statuses(self) -> list[dict[str, Any]]:
-        now = self._clock()
+        now, wall = self._clock(), time.time()
         with self._lock:
-            return [r.to_dict(now) for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
+            return [self._status(r, now, wall) for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
 
     def status(self, worker_id: str) -> dict[str, Any]:
         with self._lock:
             rec = self._workers.get(worker_id)
             if rec is None:
                 raise WorkerNotFound(worker_id)
-            return rec.to_dict(self._clock())
+            return self._status(rec, self._clock(), time.time())
+
+    def _status(self, rec: Assigned, now: float, wall: float) -> dict[str, Any]:
+        out = rec.to_dict(now, wall)
+        out["assignment_version"] = rec.version
+        out["busy"] = self._busy.get(rec.worker_id)
+        return out
+
+    def rejections(self) -> list[Rejection]:
+        """Assignment entries refused when set, and assigned workers that cannot launch as given."""
+        with self._lock:
+            later = [Rejection(self._sources.get(w, "?"), None, w, None, r.last_error or "cannot launch")
+                     for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED]
+            return [*self.rejected, *later]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            out = {s.value: 0 for s in State}
+            out = {p.value: 0 for p in Phase}
             for r in self._workers.values():
-                out[r.state.value] += 1
+                out[r.phase.value] += 1
             return out
 
-    # -- the loop ---------------------------------------------------------------------------
-
-    def _on_exit(self, rec: ExitRecord) -> None:
-        with self._lock:
-            self._exits.append(rec)
-            self._wake.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if self._quit:
-                    return
-            try:
-                self._tick()
-            except BerthError as exc:
-                log.warning("reconcile failed: %s", exc)
-            except Exception:
-                log.exception("reconcile crashed; retrying")
-            with self._lock:
-                if self._quit:
-                    return
-                if not self._exits:
-                    self._wake.wait(timeout=self._next_wait())
-
-    def _next_wait(self) -> float:
-        now = self._clock()
-        wait = min(self.settings.resync_s, 1.0 if self.assignments_path else self.settings.resync_s)
-        for r in self._workers.values():
-            if r.state in WAITING:
-                wait = min(wait, max(0.0, r.next_start - now))
-        return wait
-
-    def _tick(self) -> None:
-        if self.assignments_path is not None and signature(self.assignments_path) != self._signature:
-            self.reload()
-        with self._lock:
-            exits, self._exits = self._exits, []
-        for rec in exits:
-            self._handle_exit(rec)
-        actual = {w.worker_id: w for w in self.node.ps()}
-        desired = self.desired()
-        for wid, spec in desired.items():
-            self._reconcile_one(wid, spec, actual.get(wid))
-        for wid in set(actual) - set(desired):
-            self._stop_worker(wid, "no longer assigned")
-        with self._lock:
-            for wid in [w for w, r in self._workers.items() if w not in desired and r.state == State.STOPPED]:
-                del self._workers[wid]
-
-    def _record(self, wid: str, spec: WorkerSpec) -> WorkerRecord:
-        with self._lock:
-            rec = self._workers.get(wid)
-            if rec is None:
-                rec = self._workers[wid] = WorkerRecord(wid, spec)
-            return rec
-
-    def _reconcile_one(self, wid: str, spec: WorkerSpec, actual: WorkerState | None) -> None:
-        rec = self._record(wid, spec)
-        digest = spec_digest(spec)
-        # The engine's listing can still say "running" just after the die event was delivered:
-        # a container whose exit we already handled is not running, whatever the listing says.
-        if actual is not None and actual.running and actual.container_id != rec.handled_exit:
-            if actual.spec_digest != digest:
-                self._set(rec, State.STOPPING, "assignment changed: replacing")
-                self._stop_worker(wid, "replaced", record=False)
-                rec.spec, rec.failures = spec, 0
-                self._launch(rec, "replacement")
-                return
-            rec.spec, rec.container_id = spec, actual.container_id
-            if rec.state != State.RUNNING:
-                self._set(rec, State.RUNNING, "running")
-            return
-        if actual is not None and actual.container_id != rec.handled_exit and actual.state == WorkerStatus.EXITED:
-            # An exit the watcher did not hand us (e.g. reported before a crash of berth).
-            rec_exit = self.node.exit_record(wid)
-            if rec_exit is not None:
-                self._handle_exit(rec_exit)
-        if rec.state in WAITING and self._clock() < rec.next_start:
-            return
-        if actual is not None:
-            self.node.cleanup(wid)  # the old container's name must be free for the new one
-        rec.spec = spec
-        self._launch(rec, "restart" if rec.state in (*WAITING, State.EXITED) else "assigned")
-
-    def _launch(self, rec: WorkerRecord, why: str) -> None:
-        restart = why in ("restart",)
-        self._set(rec, State.STARTING, why)
-        t0 = time.perf_counter()
-        try:
-            handle = self.node.launch(rec.spec)
-        except BerthError as exc:
-            rec.last_error = str(exc)
-            rec.failures += 1
-            delay = self._delay(rec.failures)
-            rec.next_start = self._clock() + delay
-            self._notify("launch_failed", {"worker_id": rec.worker_id, "error": str(exc)})
-            self._set(rec, State.FAILED, f"launch failed: {exc}", retry_in_s=round(delay, 3))
-            return
-        rec.container_id = handle.container_id
-        rec.last_error = None
-        if restart:
-            rec.restarts += 1
-            self._notify("restart", {"worker_id": rec.worker_id})
-        self._notify("launch", {"worker_id": rec.worker_id, "seconds": time.perf_counter() - t0})
-        self._set(rec, State.RUNNING, "started", container_id=handle.container_id)
-
-    def _handle_exit(self, ex: ExitRecord) -> None:
-        with self._lock:
-            rec = self._workers.get(ex.worker_id)
-            desired = ex.worker_id in self._desired
-            stopping = ex.worker_id in self._stopping
-        self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed})
-        if rec is None or not desired or stopping or rec.handled_exit == ex.container_id:
-            return
-        if rec.container_id not in (None, ex.container_id):
-            return  # an older container of this worker
-        rec.handled_exit = ex.container_id
-        rec.last_exit = ex
-        ran = seconds_between(ex.started_at, ex.finished_at)
-        healthy = ex.exit_code == 0 and ran is not None and ran >= self.settings.healthy_after_s
-        rec.failures = 0 if healthy else rec.failures + 1
-        delay = 0.0 if healthy else self._delay(rec.failures)
-        rec.next_start = self._clock() + delay
-        how = f"signal {ex.signal_name}" if ex.signal else f"exit code {ex.exit_code}"
-        info = {"exit_code": ex.exit_code, "signal": ex.signal, "oom_killed": ex.oom_killed,
-                "restart_in_s": round(delay, 3), "failures": rec.failures}
-        if rec.failures >= self.settings.crashloop_after:
-            self._set(rec, State.CRASH_LOOPING, f"exited ({how}); crash-looping", **info)
-        elif delay > 0:
-            self._set(rec, State.BACKOFF, f"exited ({how})", **info)
-        else:
-            self._set(rec, State.EXITED, f"exited ({how})", **info)
-
-    def _delay(self, failures: int) -> float:
-        s = self.settings
-        if failures >= s.crashloop_after:
-            return s.backoff_cap_s
-        return float(min(s.backoff_base_s * (2 ** max(0, failures - 1)), s.backoff_cap_s))
-
-    def _stop_worker(self, wid: str, why: str, record: bool = True) -> None:
-        with self._lock:
-            self._stopping.add(wid)
-            rec = self._workers.get(wid)
-        try:
-            if rec is not None and record:
-                self._set(rec, State.STOPPING, why)
-            with contextlib.suppress(WorkerNotFound):
-                self.node.kill(wid, self.settings.grace_s)
-            self.node.cleanup(wid)
-            if rec is not None and record:
-                self._set(rec, State.STOPPED, "stopped and removed")
-            elif rec is None:
-                self._event(wid, None, State.STOPPED, f"{why}: stopped and removed")
-        finally:
-            with self._lock:
-                self._stopping.discard(wid)
-
-    # -- events -----------------------------------------------------------------------------
-
-    def _set(self, rec: WorkerRecord, state: State, reason: str, **extra: Any) -> None:
-        # Journal first, then change, then tell: whoever sees the new state finds its line written.
-        line = self._journal(rec.worker_id, rec.state, state, reason, **extra)
-        rec.state = state
-        rec.since = time.time()
-        self._notify("transition", line)
-
-    def _event(self, wid: str, old: State | None, new: State | None, reason: str, **extra: Any) -> None:
-        self._notify("transition", self._journal(wid, old, new, reason, **extra))
-
-    def _journal(self, wid: str, old: State | None, new: State | None, reason: str,
-                 **extra: Any) -> dict[str, Any]:
-        line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() % 1 * 1e6):06d}Z",
-                "worker_id": wid, "from": old.value if old else None, "to": new.value if new else None,
-                "reason": reason, **extra}
-        log.info("%s: %s -> %s (%s)", wid, line["from"], line["to"], reason)
-        try:
-            self._events_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._events_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line) + "\n")
-        except OSError as exc:
-            log.error("cannot write %s: %s", self._events_path, exc)
-        return line
-
-    def _notify(self, kind: str, data: Mapping[str, Any]) -> None:
-        for fn in self.listeners:
-            try:
-                fn(kind, data)
-            except Exception:
-                log.exception("listener failed")
-
+    def stale(self) -> bool:
+        """No reconcile pass has completed for ``stale_after_s`` (or none yet, that long after start)."""
+        last = self.last_pass if self.last_pass is not None else self._started_at
+        return last is None or self._clock() - last > self.settings.stale_after_s

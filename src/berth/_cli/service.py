@@ -1,0 +1,126 @@
+"""The supervisor's commands (``supervise``, ``serve``) and what ``ps`` asks a running one.
+
+Both commands hold the node's supervisor lock, answer on the API socket (``supervise`` read
+only) so ``berth ps`` can show restarts, failures, the next restart, the last exit and error,
+and rejected assignments; both leave workers running on exit unless ``--drain``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .._core.config import NodeConfig, check_listen_address
+from .._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .._service.supervisor import Supervisor
+
+
+def supervisor_view(config: NodeConfig) -> dict[str, Any] | None:
+    """Workers and rejections from a supervisor answering on the API socket, or None."""
+    path = config.api_socket
+    if not os.path.exists(path):
+        return None
+    import httpx
+
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=2.0) as client:
+            workers = client.get("http://berth/workers")
+            workers.raise_for_status()
+            assigned = client.get("http://berth/assignments")
+            assigned.raise_for_status()
+            return {"workers": {w["worker_id"]: w for w in workers.json()}, "rejected": assigned.json()["rejected"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
+    import logging
+
+    from .._service.supervisor import Supervisor
+    from .main import get_node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    node = get_node(ctx)
+    node.check_state()  # berth's own state: usable, and apart from what workers write
+    return Supervisor(node, assignments_path=assignments)
+
+
+def _progress(done: int, total: int) -> None:
+    click.echo(f"draining: {done}/{total} stopped", err=True)
+
+
+def _start(sup: Supervisor, drain: bool) -> None:
+    sup.start()
+    for r in sup.rejections():
+        click.echo(f"rejected: {r}", err=True)
+    if drain:
+        click.echo("on exit, every worker of this node will be stopped (--drain)", err=True)
+
+
+def _announce(where: str) -> None:
+    click.echo(f"berth: API listening on {where}", err=True)
+
+
+@click.command()
+@click.option("--assignments", required=True, type=click.Path(exists=True),
+              help="A YAML/JSON file {workers: [spec, …]} or a directory of them; watched for changes.")
+@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
+@click.option("--no-api", is_flag=True, help="Do not answer on the API socket (read-only otherwise).")
+@click.pass_context
+def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool) -> None:
+    """Keep the assigned workers running: launch, restart with backoff, replace, stop."""
+    from .._service.server import serve
+    from .main import get_config
+
+    config = get_config(ctx)
+    sup = _make(ctx, assignments)
+    _start(sup, drain)
+    try:
+        if no_api:
+            done = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: done.set())
+            done.wait()
+        else:
+            serve(sup, config.api_socket, None, None, socket_mode=int(config.api.socket_mode, 8),
+                  socket_group=config.api.socket_group, read_only=True, announce=_announce)
+    finally:
+        sup.stop(drain=drain, progress=_progress)
+
+
+@click.command()
+@click.option("--assignments", type=click.Path(exists=True),
+              help="Take assignments from this file/dir (then PUT /assignments is refused).")
+@click.option("--socket", "socket_path", help="Unix socket path (default: api.socket, or <state_dir>/api.sock).")
+@click.option("--tcp", help="Listen on HOST:PORT instead (needs api.token in the config).")
+@click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
+@click.pass_context
+def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | None, tcp: str | None,
+          drain: bool) -> None:
+    """Run the supervisor with its HTTP API (and /metrics)."""
+    from .._service.server import serve as run_api
+    from .main import get_config
+
+    config = get_config(ctx)
+    tcp = tcp or config.api.tcp
+    if tcp:
+        try:
+            check_listen_address(tcp)
+        except ValueError as exc:
+            raise ConfigError("tcp", str(exc)) from None
+    if tcp and not config.api.token:
+        raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
+    sup = _make(ctx, assignments)
+    _start(sup, drain)
+    try:
+        run_api(sup, socket_path or config.api_socket, tcp, config.api.token,
+                socket_mode=int(config.api.socket_mode, 8), socket_group=config.api.socket_group,
+                tenants=config.api.tenants, announce=_announce)
+    finally:
+        sup.stop(drain=drain, progress=_progress)

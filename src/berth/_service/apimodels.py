@@ -1,0 +1,178 @@
+"""The HTTP API's typed bodies (they are its OpenAPI schema), its one error shape, and the
+offline ``/docs`` page.
+
+Every 4xx and 5xx answer has the same body, ``{"detail": [{"loc", "msg", "type"}]}`` (FastAPI's
+validation shape, so a client parses one thing); times are ISO 8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._exceptions import BerthError, PolicyError, WorkerNotFound
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: ['body', 'workers', 0, 'port'], a field name, or [].")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorItem]
+
+
+class ExitOut(BaseModel):
+    worker_id: str
+    container_id: str
+    exit_code: int | None = Field(description="Shell convention (128+N for signal N); null when the status was lost.")
+    signal: int | None
+    oom_killed: bool
+    started_at: str | None
+    finished_at: str | None
+    exact: bool
+    core_dumped: bool
+    oom_victim: str | None
+    status_lost: bool
+
+
+class WorkerOut(BaseModel):
+    worker_id: str
+    state: str = Field(description="The supervisor's phase: pending, starting, running, exited, backoff, "
+                                   "crash-looping, failed, rejected, stopping, stopped.")
+    container_id: str | None
+    restarts: int
+    failures: int = Field(description="Consecutive failed runs; reset by a run of healthy_after_s.")
+    next_start_in_s: float | None
+    next_start_at: str | None
+    last_exit: ExitOut | None
+    last_error: str | None
+    since: str | None = Field(description="When it entered this state (ISO 8601).")
+    assignment_version: str | None
+    busy: str | None = Field(description="The action in flight for it (launch, stop, replace, kill), if any.")
+    spec: dict[str, Any]
+
+
+class RejectionOut(BaseModel):
+    source: str
+    index: int | None
+    worker_id: str | None
+    field: str | None
+    reason: str
+
+
+class AssignmentsBody(BaseModel):
+    """The desired state of the node (or, with a tenant token, of the tenant's part of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: list[dict[str, Any]] = Field(max_length=4096,
+                                          description="Worker specs (worker_id, topology_id, port, user, "
+                                                      "command, env, image, cpu_percent, memory_mb, cores, "
+                                                      "numa_node, pids_limit).")
+    version: str | None = Field(None, max_length=256, description="An opaque assignment version, reported back.")
+
+
+class AssignmentsOut(BaseModel):
+    version: str | None
+    applied_version: str | None = Field(description="The version once every worker has been launched from it.")
+    workers: list[dict[str, Any]] = Field(description="The desired specs.")
+    rejected: list[RejectionOut]
+
+
+class PutResult(BaseModel):
+    accepted: list[str]
+    rejected: list[RejectionOut]
+
+
+class PutRejected(ErrorBody):
+    accepted: list[str]
+    rejected: list[RejectionOut]
+
+
+class KillResult(BaseModel):
+    worker_id: str
+    grace_s: float
+    note: str
+
+
+class HealthBrief(BaseModel):
+    status: str = Field(description="ok, or degraded (engine unreachable, loop stale, another supervisor).")
+
+
+class Health(HealthBrief):
+    node: str
+    engine: str
+    loop: str
+    last_pass_age_s: float | None
+    workers: dict[str, int]
+    version: str | None
+    applied_version: str | None
+    conflicts: dict[str, list[str]]
+    state_problem: str | None
+    cluster: dict[str, Any] | None = Field(None, description="The cluster agent's report, under berth agent.")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": what} for code, what in (
+        (401, "No valid bearer token"), (403, "Not allowed for this token or on this socket"),
+        (404, "No such worker"), (409, "Conflicts with the node's state"))}
+
+
+def error(status: int, msg: str, loc: list[str | int] | None = None, kind: str = "error") -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": loc or [], "msg": msg, "type": kind}]}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        resp = error(exc.status_code, str(exc.detail), kind="http_error")
+        for k, v in (exc.headers or {}).items():
+            resp.headers[k] = v
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        items = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                 for e in exc.errors()]
+        return JSONResponse({"detail": items}, status_code=422)
+
+    @app.exception_handler(BerthError)
+    async def _berth(_: Request, exc: BerthError) -> JSONResponse:
+        status = 404 if isinstance(exc, WorkerNotFound) else 409
+        return error(status, exc.reason, [exc.field] if exc.field else [], type(exc).__name__)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        return error(500, f"internal error: {type(exc).__name__}", kind="internal")
+
+
+def forbidden(msg: str, loc: list[str | int] | None = None) -> PolicyError:
+    return PolicyError(".".join(str(x) for x in loc) if loc else None, msg)
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """The API reference as one self-contained HTML page: no scripts, no CDN, works offline."""
+    esc = html.escape
+    rows = []
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            params = ", ".join(f"{p['name']} ({p.get('in')})" for p in op.get("parameters", []))
+            codes = ", ".join(sorted(op.get("responses", {})))
+            desc = op.get("description") or op.get("summary") or ""
+            rows.append(f"<tr><td><code>{esc(method.upper())} {esc(path)}</code></td><td>{esc(desc)}</td>"
+                        f"<td>{esc(params)}</td><td>{esc(codes)}</td></tr>")
+    info = spec.get("info", {})
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>berth API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{border-bottom:1px solid #ccc;padding:.3em;"
+            "text-align:left;vertical-align:top}</style></head><body>"
+            f"<h1>{esc(str(info.get('title', 'berth')))} {esc(str(info.get('version', '')))}</h1>"
+            f"<p>{esc(str(info.get('description', '')))} The full schema: <a href='openapi.json'>openapi.json</a>.</p>"
+            "<table><tr><th>endpoint</th><th>what</th><th>parameters</th><th>answers</th></tr>"
+            + "".join(rows) + "</table></body></html>")

@@ -1,0 +1,76 @@
+"""The supervisor's per-worker decisions, as pure functions: what an exit or a failed launch
+means for the worker's counters, its next phase and its restart delay.
+
+Kept apart from the loop so that each rule of ``docs/supervisor.md`` is one line here and is
+unit-tested with exact values, without threads or an engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._core.config import SupervisorSection
+from .._core.timefmt import seconds_between
+from .._exceptions import ConfigError, IdentityError, LaunchError, PolicyError, SpecError
+from .._runtimes.base import ExitRecord
+from .phase import Phase
+
+PERMANENT = (PolicyError, IdentityError, SpecError, ConfigError)
+"""Errors that say the request can never launch as given on this node: retrying cannot help."""
+
+
+def backoff_delay(failures: int, s: SupervisorSection) -> float:
+    """Doubling from ``backoff_base_s``, capped; at the cap once crash-looping."""
+    if failures <= 0:
+        return 0.0
+    if failures >= s.crashloop_after:
+        return s.backoff_cap_s
+    return float(min(s.backoff_base_s * (2 ** (failures - 1)), s.backoff_cap_s))
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    failures: int
+    delay: float
+    phase: Phase
+    cause: str
+    """For metrics and people: ``stop`` (planned), ``oom``, ``crash`` (non-zero, signal, lost
+    status) or ``exit`` (exit code 0)."""
+
+
+def exit_cause(ex: ExitRecord, planned: bool) -> str:
+    if planned:
+        return "stop"
+    if ex.oom_killed:
+        return "oom"
+    return "exit" if ex.exit_code == 0 else "crash"
+
+
+def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSection) -> ExitDecision:
+    """What an exit of an assigned worker leads to.
+
+    A planned stop (an operator's kill) is no failure: restart at once, counters unchanged. A
+    run that lasted ``healthy_after_s`` starts the count afresh whatever its exit code (a worker
+    that crashes once a day never ends up crash-looping); if it also exited 0 it is no failure.
+    """
+    cause = exit_cause(ex, planned)
+    if planned:
+        return ExitDecision(failures, 0.0, Phase.EXITED, cause)
+    ran = seconds_between(ex.started_at, ex.finished_at)
+    healthy = ran is not None and ran >= s.healthy_after_s
+    if healthy:
+        failures = 0
+        if ex.exit_code == 0:
+            return ExitDecision(0, 0.0, Phase.EXITED, cause)
+    failures += 1
+    phase = Phase.CRASH_LOOPING if failures >= s.crashloop_after else Phase.BACKOFF
+    return ExitDecision(failures, backoff_delay(failures, s), phase, cause)
+
+
+def permanent(exc: BaseException) -> bool:
+    """A launch error that no retry can fix: the assignment is rejected until it changes."""
+    if isinstance(exc, PERMANENT):
+        return True
+    if isinstance(exc, LaunchError):
+        return exc.step == "image" or isinstance(exc.__cause__, PERMANENT)
+    return False

@@ -1,0 +1,55 @@
+"""The supervisor's event log, ``<state_dir>/events.jsonl``: one JSON line per state change.
+
+For people and tools to read (not to be confused with the node's exit journal, which makes
+exits exactly-once). Bounded: past ``max_bytes`` the file is rotated to ``events.jsonl.1``, so a
+worker that crash-loops for a month cannot fill the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .phase import Phase, iso
+
+log = logging.getLogger("berth.supervisor")
+
+MAX_EVENTS_BYTES = 16 << 20
+
+
+class EventLog:
+    def __init__(self, state_dir: str, max_bytes: int = MAX_EVENTS_BYTES) -> None:
+        self.path = Path(state_dir, "events.jsonl")
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def write(self, wid: str, old: Phase | None, new: Phase | None, reason: str, *,
+              level: int = logging.INFO, **extra: Any) -> dict[str, Any]:
+        line = {"ts": iso(time.time()), "worker_id": wid, "from": old.value if old else None,
+                "to": new.value if new else None, "reason": reason, **extra}
+        log.log(level, "%s: %s -> %s (%s)", wid, line["from"], line["to"], reason)
+        data = (json.dumps(line) + "\n").encode()
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    if self.path.stat().st_size + len(data) > self.max_bytes:
+                        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                except FileNotFoundError:
+                    pass
+                with open(self.path, "ab") as fh:
+                    fh.write(data)
+                if self._failing:
+                    log.info("writing %s again", self.path)
+                self._failing = False
+            except OSError as exc:
+                if not self._failing:  # one line per change, not one per event
+                    log.error("cannot write %s: %s", self.path, exc)
+                self._failing = True
+        return line

@@ -1,0 +1,387 @@
+"""The reconcile loop and the per-worker actions it hands to a small pool.
+
+One loop thread compares the desired workers with the engine's listing and decides, per worker,
+what to do; the doing (launch, stop with its grace period, replace) runs in a bounded pool, one
+action per worker at a time, so a slow stop never delays the others. Every action and every
+decision is guarded per worker: one worker's failure (its directory cannot be removed, its
+launch raises, the engine errors for that one id) is reported on that worker (phase, last_error,
+an event line, a WARNING) and the supervisor goes on serving the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from .._core.spec import WorkerSpec, spec_digest
+from .._exceptions import BerthError, WorkerNotFound
+from .._node.node import Node
+from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
+from .assignments import Rejection
+from .decisions import backoff_delay, decide_exit, exit_cause, permanent
+from .desired import DesiredStore, Saved
+from .events import EventLog
+from .lock import foreign_owners
+from .phase import WAITING, Assigned, Phase
+
+log = logging.getLogger("berth.supervisor")
+
+MAX_PASS_RETRY_S = 10.0
+"""The longest wait between two attempts while the engine is unreachable."""
+
+
+class Reconciler:
+    """The machinery under ``Supervisor``: state, loop, actions, persistence, events."""
+
+    def __init__(self, node: Node, clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.node = node
+        self.config = node.config
+        self.settings = node.config.supervisor
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._desired: dict[str, WorkerSpec] = {}
+        self._sources: dict[str, str] = {}
+        self._version: str | None = None
+        self._loaded = False
+        """Desired state is known (loaded, put or read from a file): only then is anything removed."""
+        self._workers: dict[str, Assigned] = {}
+        self._exits: list[ExitRecord] = []
+        self._busy: dict[str, str] = {}
+        """Worker id -> the action in flight for it (at most one per worker)."""
+        self._touched: dict[str, int] = {}
+        self._epoch = 0
+        self._planned: dict[str, None] = {}
+        """Container ids whose exit berth caused (unassigned, replaced, drained): not crashes."""
+        self._retry_at: dict[str, float] = {}
+        self.rejected: list[Rejection] = []
+        self.conflicts: dict[str, list[str]] = {}
+        self._quit = False
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="berth-act")
+        self._events = EventLog(self.config.state_dir)
+        self._store = DesiredStore(self.config.state_dir)
+        self._save_lock = threading.Lock()
+        self.last_pass: float | None = None
+        """When the last reconcile pass completed (supervisor clock); /healthz reads it."""
+        self._pass_failures = 0
+        self.retry_base_s = 0.25
+        """The first wait after a failed pass; it doubles up to ``MAX_PASS_RETRY_S``."""
+        self.poll_s = 1.0
+        """How often the assignments source is checked when nothing notifies a change."""
+        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
+        """Called with (kind, data) for launches, exits, restarts, transitions: metrics hook in here."""
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._quit:
+                    return
+            ok = self._pass_guarded()
+            with self._lock:
+                if self._quit:
+                    return
+                if not self._exits:
+                    self._wake.wait(timeout=self._next_wait(ok))
+
+    def _pass_guarded(self) -> bool:
+        try:
+            self._pass()
+        except Exception as exc:  # the loop must outlive anything one pass meets
+            self._pass_failures += 1
+            if self._pass_failures == 1:  # one line per change of state, not one per attempt
+                log.warning("reconcile failed (retrying with backoff): %s", exc,
+                            exc_info=not isinstance(exc, BerthError))
+            self._notify("pass_failed", {"failures": self._pass_failures})
+            return False
+        if self._pass_failures:
+            log.info("reconcile works again after %d failed attempts", self._pass_failures)
+        self._pass_failures = 0
+        return True
+
+    def _next_wait(self, ok: bool) -> float:
+        if not ok:
+            return float(min(self.retry_base_s * 2 ** min(self._pass_failures - 1, 16), MAX_PASS_RETRY_S))
+        now = self._clock()
+        wait = min(self.settings.resync_s, self.poll_s)
+        for r in self._workers.values():
+            if r.phase in WAITING and r.worker_id not in self._busy:
+                wait = min(wait, r.next_start - now)
+        for at in self._retry_at.values():
+            wait = min(wait, at - now)
+        return max(wait, 0.05)
+
+    def _check_source(self) -> None:
+        """File mode re-reads its assignments here; overridden by the supervisor."""
+
+    def _pass(self) -> None:
+        self._check_source()
+        with self._lock:
+            exits, self._exits = self._exits, []
+            epoch = self._epoch
+        for ex in exits:
+            self._guard(ex.worker_id, "exit handling", self._handle_exit, ex)
+        listed = self.node.ps()
+        others = foreign_owners(listed, self.config.state_dir)
+        if others != self.conflicts:
+            if others:
+                log.error("workers of another supervisor with this node name on this engine (left alone): %s",
+                          others)
+            self.conflicts = others
+        actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
+        with self._lock:
+            desired, loaded = dict(self._desired), self._loaded
+        for wid, spec in desired.items():
+            self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch)
+        now = self._clock()
+        if loaded:
+            for wid in sorted(set(actual) - set(desired)):
+                with self._lock:
+                    skip = wid in self._busy or self._touched.get(wid, -1) > epoch
+                if not skip and self._retry_at.get(wid, 0.0) <= now:
+                    self._submit(wid, "stop", self._stop_action, wid, actual[wid].container_id,
+                                 "no longer assigned", self.settings.grace_s)
+        with self._lock:
+            gone = [w for w, r in self._workers.items() if w not in desired and r.phase == Phase.STOPPED]
+            for wid in gone:
+                del self._workers[wid]
+        for wid in gone:
+            self._notify("forget", {"worker_id": wid})
+        self.last_pass = self._clock()
+        self._notify("pass", {})
+
+    def _decide(self, wid: str, spec: WorkerSpec, actual: WorkerState | None, epoch: int) -> None:
+        with self._lock:
+            if wid in self._busy or self._touched.get(wid, -1) > epoch:
+                return  # an action is in flight, or ended after the listing: next pass
+            rec = self._workers.get(wid)
+            if rec is None:
+                rec = self._workers[wid] = Assigned(wid, spec)
+        digest = spec_digest(spec)
+        if spec_digest(rec.spec) != digest and rec.phase in (*WAITING, Phase.REJECTED):
+            # A new assignment applies at once, with a fresh backoff (it may well be the fix).
+            self._set(rec, Phase.PENDING, "assignment changed",
+                      fields={"spec": spec, "failures": 0, "next_start": self._clock(), "last_error": None})
+        if rec.phase == Phase.REJECTED:
+            return
+        # The listing can still say "running" just after the die event was delivered: a
+        # container whose exit was handled is not running, whatever the listing says.
+        if actual is not None and actual.running and actual.container_id != rec.handled_exit:
+            if actual.spec_digest != digest:
+                self._submit(wid, "replace", self._replace_action, rec, spec, actual.container_id)
+                return
+            with self._lock:
+                rec.spec, rec.container_id, rec.version = spec, actual.container_id, self._version
+            if rec.phase != Phase.RUNNING:
+                self._set(rec, Phase.RUNNING, "running")
+            return
+        if actual is not None and actual.container_id != rec.handled_exit and actual.state == WorkerStatus.EXITED:
+            ex = self.node.exit_record(wid)  # an exit nobody handed us (e.g. before a crash of berth)
+            if ex is not None:
+                self._handle_exit(ex)
+        if rec.phase in WAITING and self._clock() < rec.next_start:
+            return
+        rec.spec = spec
+        why = "restart" if rec.phase in (*WAITING, Phase.EXITED, Phase.RUNNING) else "assigned"
+        self._submit(wid, "launch", self._launch_action, rec, why)
+
+    # -- actions, one per worker at a time, in the pool ----------------------------------------
+
+    def _submit(self, wid: str, what: str, fn: Callable[..., None], *args: Any) -> Future[None] | None:
+        with self._lock:
+            if wid in self._busy or self._quit:
+                return None
+            self._busy[wid] = what
+        try:
+            return self._pool.submit(self._run, wid, what, fn, *args)
+        except RuntimeError:  # the pool is shut down: the supervisor is stopping
+            with self._lock:
+                self._busy.pop(wid, None)
+            return None
+
+    def _run(self, wid: str, what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._guard(wid, what, fn, *args)
+        finally:
+            with self._lock:
+                self._busy.pop(wid, None)
+                self._epoch += 1
+                self._touched[wid] = self._epoch
+                self._wake.notify_all()
+
+    def _guard(self, wid: str, what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # one worker's failure never stops the others
+            self._worker_failed(wid, what, exc)
+
+    def _worker_failed(self, wid: str, what: str, exc: Exception) -> None:
+        text = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
+        reason = f"{what} failed: {text}"
+        with self._lock:
+            rec = self._workers.get(wid)
+            assigned = wid in self._desired
+        if rec is not None and assigned:
+            delay = backoff_delay(rec.failures + 1, self.settings)
+            self._set(rec, Phase.FAILED, reason, level=logging.WARNING, retry_in_s=round(delay, 3),
+                      fields={"last_error": reason, "failures": rec.failures + 1,
+                              "next_start": self._clock() + delay})
+            self._persist()
+        else:  # a worker berth is removing: its stop is retried after a while
+            failures = 1 + int(self._retry_at.get(wid, 0.0) > 0)
+            self._retry_at[wid] = self._clock() + backoff_delay(failures, self.settings)
+            if rec is not None:
+                self._set(rec, Phase.FAILED, reason, level=logging.WARNING, fields={"last_error": reason})
+            else:
+                self._event(wid, None, None, reason, level=logging.WARNING)
+
+    def _launch_action(self, rec: Assigned, why: str) -> None:
+        wid = rec.worker_id
+        try:
+            there: WorkerState | None = self.node.inspect(wid)
+        except WorkerNotFound:
+            there = None
+        if there is not None:
+            if there.running:
+                return  # launched meanwhile (or adopted): the next pass looks at it
+            self.node.cleanup(wid)  # the ended container's name must be free for the new one
+        self._set(rec, Phase.STARTING, why)
+        t0 = time.perf_counter()
+        try:
+            handle = self.node.launch(rec.spec)
+        except BerthError as exc:
+            self._notify("launch_failed", {"worker_id": wid, "error": str(exc)})
+            if permanent(exc):
+                self._set(rec, Phase.REJECTED, f"cannot launch as assigned: {exc}", level=logging.WARNING,
+                          field=exc.field, fields={"last_error": str(exc)})
+            else:
+                delay = backoff_delay(rec.failures + 1, self.settings)
+                self._set(rec, Phase.FAILED, f"launch failed: {exc}", level=logging.WARNING,
+                          retry_in_s=round(delay, 3), fields={"last_error": str(exc), "failures": rec.failures + 1,
+                                                              "next_start": self._clock() + delay})
+            self._persist()
+            return
+        restarts = rec.restarts + (why == "restart")
+        if why == "restart":
+            self._notify("restart", {"worker_id": wid})
+        self._notify("launch", {"worker_id": wid, "seconds": time.perf_counter() - t0})
+        self._set(rec, Phase.RUNNING, "started", container_id=handle.container_id,
+                  fields={"container_id": handle.container_id, "last_error": None, "version": self._version,
+                          "restarts": restarts})
+        self._persist()
+
+    def _stop_action(self, wid: str, container_id: str | None, why: str, grace_s: float) -> None:
+        with self._lock:
+            rec = self._workers.get(wid)
+            if container_id:
+                self._planned[container_id] = None
+        if rec is not None:
+            self._set(rec, Phase.STOPPING, why)
+        with contextlib.suppress(WorkerNotFound):
+            self.node.kill(wid, grace_s)
+        self.node.cleanup(wid)
+        self._retry_at.pop(wid, None)
+        if rec is not None:
+            self._set(rec, Phase.STOPPED, "stopped and removed")
+        else:
+            self._event(wid, None, Phase.STOPPED, f"{why}: stopped and removed")
+            self._notify("forget", {"worker_id": wid})
+
+    def _replace_action(self, rec: Assigned, spec: WorkerSpec, old: str) -> None:
+        with self._lock:
+            self._planned[old] = None
+        self._set(rec, Phase.STOPPING, "assignment changed: replacing")
+        with contextlib.suppress(WorkerNotFound):
+            self.node.kill(rec.worker_id, self.settings.grace_s)
+        self.node.cleanup(rec.worker_id)
+        with self._lock:
+            rec.spec, rec.failures = spec, 0
+        self._launch_action(rec, "replacement")
+
+    def _operator_stop_action(self, rec: Assigned, grace_s: float) -> None:
+        self.node.kill(rec.worker_id, grace_s)
+
+    # -- exits -------------------------------------------------------------------------------
+
+    def _on_exit(self, ex: ExitRecord) -> None:
+        with self._lock:
+            self._exits.append(ex)
+            self._wake.notify_all()
+
+    def _handle_exit(self, ex: ExitRecord) -> None:
+        with self._lock:
+            rec = self._workers.get(ex.worker_id)
+            desired = ex.worker_id in self._desired
+            planned = ex.container_id in self._planned
+            self._planned.pop(ex.container_id, None)
+        if rec is None or not desired or planned or rec.container_id not in (None, ex.container_id):
+            # not (or no longer) assigned, stopped by berth, or an older container of this worker
+            self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code,
+                                  "oom_killed": ex.oom_killed, "cause": exit_cause(ex, planned or not desired)})
+            return
+        if rec.handled_exit == ex.container_id:
+            return
+        by_operator = rec.operator_stop == ex.container_id
+        d = decide_exit(ex, rec.failures, by_operator, self.settings)
+        self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed,
+                              "cause": d.cause})
+        how = f"signal {ex.signal_name}" if ex.signal else f"exit code {ex.exit_code}"
+        what = "stopped by the operator" if by_operator else f"exited ({how})"
+        if d.phase == Phase.CRASH_LOOPING:
+            what += "; crash-looping"
+        self._set(rec, d.phase, what, level=logging.INFO if d.cause in ("stop", "exit") else logging.WARNING,
+                  exit_code=ex.exit_code, signal=ex.signal, oom_killed=ex.oom_killed, cause=d.cause,
+                  restart_in_s=round(d.delay, 3), failures=d.failures,
+                  fields={"handled_exit": ex.container_id, "last_exit": ex, "failures": d.failures,
+                          "operator_stop": None, "next_start": self._clock() + d.delay})
+        with self._lock:
+            while len(self._planned) > 4096:  # exits that never came (removed while berth was away)
+                self._planned.pop(next(iter(self._planned)))
+        self._persist()
+
+    # -- persistence and events ---------------------------------------------------------------
+
+    def _snapshot(self) -> Saved:
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            counters = {w: r.counters(now, wall) for w, r in self._workers.items() if w in self._desired}
+            return Saved(specs=dict(self._desired), sources=dict(self._sources), version=self._version,
+                         counters=counters, rejected=list(self.rejected))
+
+    def _persist(self) -> None:
+        with self._lock:
+            if not self._loaded:
+                return  # never overwrite a state we could not read with an empty one
+        with self._save_lock:
+            self._store.save(self._snapshot())
+
+    def _set(self, rec: Assigned, phase: Phase, reason: str, level: int = logging.INFO,
+             fields: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        """Change a worker's phase and ``fields`` at once (a reader never sees half of it).
+        Journal first, then change, then tell: whoever sees the new phase finds its line written;
+        listeners are told outside the lock (they may call back into the supervisor)."""
+        with self._lock:
+            line = self._events.write(rec.worker_id, rec.phase, phase, reason, level=level, **extra)
+            for name, value in (fields or {}).items():
+                setattr(rec, name, value)
+            rec.phase = phase
+            rec.since = time.time()
+        self._notify("transition", line)
+
+    def _event(self, wid: str, old: Phase | None, new: Phase | None, reason: str, level: int = logging.INFO,
+               **extra: Any) -> None:
+        self._notify("transition", self._events.write(wid, old, new, reason, level=level, **extra))
+
+    def _notify(self, kind: str, data: Mapping[str, Any]) -> None:
+        for fn in self.listeners:
+            try:
+                fn(kind, data)
+            except Exception:
+                log.exception("listener failed")

@@ -1,0 +1,79 @@
+"""Running the API under uvicorn, on a unix socket or one TCP listener, until SIGINT/SIGTERM.
+
+Only a supervisor that holds the node's lock gets here, so a socket left at the path is a dead
+one's and may be replaced; the socket is removed again on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from .._core.config import TenantToken
+from .api import create_app
+from .supervisor import Supervisor
+
+
+def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
+          socket_mode: int = 0o660, socket_group: str | None = None, *, tenants: tuple[TenantToken, ...] = (),
+          read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None) -> None:
+    """Serve until a signal; ``announce`` gets "unix:PATH" or "http://HOST:PORT" once bound;
+    ``app`` is a prepared app (the cluster agent's), else the supervisor's own."""
+    import uvicorn
+
+    assert sup.lock.held, "serve only under the node's supervisor lock"
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down; a no-op handler underneath lets the
+    # caller finish its own shutdown (leave workers running, or drain them) instead of dying.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        host = host or "127.0.0.1"
+        app = app or create_app(sup, token=token, tenants=tenants, read_only=read_only)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning"))
+        _after_bind(server, lambda: announce(f"http://{host}:{port}") if announce else None)
+        server.run()
+        return
+    assert socket_path is not None
+    os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+    if os.path.lexists(socket_path):
+        os.unlink(socket_path)  # a dead supervisor's: the lock says no live one uses it
+    server = uvicorn.Server(uvicorn.Config(app or create_app(sup, read_only=read_only), uds=socket_path,
+                                           log_level="warning"))
+    mine: list[tuple[int, int]] = []
+
+    def bound() -> None:
+        os.chmod(socket_path, socket_mode)
+        if socket_group:
+            import grp
+
+            os.chown(socket_path, -1, grp.getgrnam(socket_group).gr_gid)
+        st = os.stat(socket_path)
+        mine.append((st.st_dev, st.st_ino))
+        if announce:
+            announce(f"unix:{socket_path}")
+
+    _after_bind(server, bound)
+    previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
+    try:
+        server.run()
+    finally:
+        os.umask(previous)
+        with contextlib.suppress(OSError):
+            st = os.stat(socket_path)
+            if (st.st_dev, st.st_ino) in mine:
+                os.unlink(socket_path)
+
+
+def _after_bind(server: Any, then: Callable[[], None]) -> None:
+    """Run ``then`` as soon as uvicorn has bound its listener (before it serves a request)."""
+    startup = server.startup
+
+    async def startup_then(*args: Any, **kwargs: Any) -> None:
+        await startup(*args, **kwargs)
+        then()
+
+    server.startup = startup_then

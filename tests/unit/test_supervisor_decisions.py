@@ -1,0 +1,232 @@
+"""The supervisor's decisions on the in-memory runtime (issue 10 items 5-11; issue 9 item 1).
+
+Each test drives one path deterministically: which call fails, when a worker ends, how long it
+ran (the runtime's timestamps come from the test's clock), whether a stop is slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from berth import EngineError, LaunchError
+from berth._core.config import SupervisorSection
+from berth._runtimes.base import ExitRecord
+from berth._service.decisions import backoff_delay, decide_exit
+from berth._service.phase import Phase
+
+from ._supfake import Harness, doc, spec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
+
+S = SupervisorSection(backoff_base_s=1, backoff_cap_s=16, crashloop_after=3, healthy_after_s=30)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    os.chmod(tmp_path, 0o755)
+    harness = Harness(tmp_path).start()
+    yield harness
+    harness.sup.stop()
+
+
+def exit_after(ran_s: float, code: int = 1, oom: bool = False) -> ExitRecord:
+    return ExitRecord(worker_id="w", container_id="c", exit_code=code, signal=9 if oom else None, oom_killed=oom,
+                      started_at="2026-01-01T00:00:00Z", finished_at=f"2026-01-01T00:{int(ran_s) // 60:02d}:"
+                                                                      f"{int(ran_s) % 60:02d}Z")
+
+
+# -- pure rules ---------------------------------------------------------------------------------
+
+def test_backoff_doubles_and_is_capped_once_crash_looping() -> None:
+    assert [backoff_delay(n, S) for n in range(5)] == [0.0, 1.0, 2.0, 16.0, 16.0]
+
+
+def test_a_long_run_resets_the_failures_whatever_its_exit_code() -> None:
+    d = decide_exit(exit_after(31, code=1), failures=2, planned=False, s=S)
+    assert (d.failures, d.delay, d.phase, d.cause) == (1, 1.0, Phase.BACKOFF, "crash")
+    d = decide_exit(exit_after(31, code=0), failures=2, planned=False, s=S)
+    assert (d.failures, d.delay, d.phase, d.cause) == (0, 0.0, Phase.EXITED, "exit")
+    d = decide_exit(exit_after(5, code=1), failures=2, planned=False, s=S)
+    assert (d.failures, d.delay, d.phase) == (3, 16.0, Phase.CRASH_LOOPING)
+    d = decide_exit(exit_after(5, oom=True), failures=0, planned=False, s=S)
+    assert d.cause == "oom"
+
+
+def test_an_operators_stop_is_no_failure() -> None:
+    d = decide_exit(exit_after(5, code=143), failures=2, planned=True, s=S)
+    assert (d.failures, d.delay, d.phase, d.cause) == (2, 0.0, Phase.EXITED, "stop")
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+def test_reconcile_failures_back_off_and_log_once_per_change(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Item 5: an unreachable engine is retried with a growing wait, not in a busy loop."""
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    h.fake.finish("w1", exit_code=1)
+    h.watch.until(lambda: h.watch.state("w1") == "backoff", "w1 in backoff")
+    h.clock.advance(100)  # its restart is due: the old code then waited 0 s between failing passes
+    h.sup.retry_base_s = 0.001
+    caplog.set_level(logging.INFO, "berth.supervisor")
+    h.fake.down = True
+    h.sup.poke()
+    h.watch.until(lambda: h.watch.failed_passes >= 6, "six failed passes")
+    assert h.sup._next_wait(False) > 0
+    h.fake.down = False
+    h.clock.advance(100)  # whatever failed meanwhile is due again
+    h.sup.poke()
+    h.running("w1")
+    failed = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
+    again = [r for r in caplog.records if "works again" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelno == logging.WARNING and len(again) == 1
+
+
+def test_the_retry_wait_grows_and_is_bounded(h: Harness) -> None:
+    for n, want in ((1, 0.25), (2, 0.5), (3, 1.0), (6, 8.0), (7, 10.0), (50, 10.0)):
+        h.sup._pass_failures = n
+        assert h.sup._next_wait(False) == want
+    h.sup._pass_failures = 0
+
+
+def test_a_slow_stop_does_not_hold_up_the_others(h: Harness) -> None:
+    """Item 6: a stop that takes its whole grace runs beside the other work, not before it."""
+    h.sup.set_assignments(doc(spec("slow", 6700), spec("w2", 6701)))
+    h.running("slow", "w2")
+    gate = h.fake.hold_stops("slow")
+    h.sup.set_assignments(doc(spec("w2", 6701)))
+    h.watch.until(lambda: h.watch.state("slow") == "stopping", "the stop of slow under way")
+    h.sup.set_assignments(doc(spec("w3", 6702)))  # while slow's stop is held
+    h.running("w3")
+    h.watch.until(lambda: "w2" not in h.containers(), "w2 removed")
+    assert "slow" in h.containers() and h.sup.status("slow")["busy"] == "stop"
+    h.sup.last_pass = h.clock() - h.config.supervisor.stale_after_s - 1
+    assert h.sup.stale()  # no pass for stale_after_s: /healthz says degraded
+    h.watch.settle()
+    assert not h.sup.stale()  # passes go on while the stop is held
+    gate.set()
+    h.watch.until(lambda: "slow" not in h.containers(), "slow removed")
+
+
+def test_an_operator_kill_restarts_at_once_and_is_no_failure(h: Harness) -> None:
+    """Item 7."""
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    first = h.containers()["w1"]
+    gate = h.fake.hold_stops("w1")
+    h.sup.kill("w1", grace_s=5)  # returns at once: the stop goes on in the pool
+    assert h.containers()["w1"] == first
+    gate.set()
+    h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 restarted")
+    st = h.sup.status("w1")
+    assert (st["failures"], st["restarts"], st["last_exit"]["exit_code"]) == (0, 1, 143)
+    exits = [d for k, d in h.watch.events if k == "exit"]
+    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+
+
+def test_a_changed_assignment_applies_at_once_to_a_crash_looping_worker(h: Harness) -> None:
+    """Item 9."""
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    for n in range(1, 4):
+        h.running("w1")
+        h.fake.finish("w1", exit_code=2)
+        h.watch.until(lambda n=n: h.sup.status("w1")["failures"] == n, f"failure {n}")
+        h.clock.advance(2 if n < 3 else 0)
+        h.sup.poke()
+    assert h.sup.status("w1")["state"] == "crash-looping"
+    h.sup.set_assignments(doc(spec("w1", 6700, memory_mb=64)))  # the fix, 16 s before the next try
+    h.running("w1")
+    st = h.sup.status("w1")
+    assert st["spec"]["memory_mb"] == 64 and st["failures"] == 0
+
+
+def test_an_assignment_that_can_never_launch_is_rejected_not_retried(h: Harness) -> None:
+    """Item 10: a missing image, and two users in one topology."""
+    h.fake.missing_images.add("img:2")
+    rejected = h.sup.set_assignments(doc(spec("ok", 6700), spec("noimg", 6701, image="img:2"),
+                                         spec("other", 6702, user="bob")))
+    assert [(r.worker_id, r.field) for r in rejected] == [("other", "user")]
+    h.watch.until(lambda: h.watch.state("noimg") == "rejected", "noimg rejected")
+    h.running("ok")
+    for _ in range(3):
+        h.clock.advance(100)
+        h.watch.settle()
+    assert sum(op == "image_present" and w == "img:2" for op, w in h.fake.calls) == 1
+    assert {r.worker_id: r.field for r in h.sup.rejections()} == {"other": "user", "noimg": None}
+    assert "berth never pulls" in (h.sup.status("noimg")["last_error"] or "")
+    h.fake.missing_images.clear()
+    h.sup.set_assignments(doc(spec("ok", 6700), spec("noimg", 6701, image="img:2", memory_mb=64)))
+    h.running("noimg")
+
+
+def test_a_failing_worker_never_stops_the_others(h: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 9 item 1: its removal fails, its launch raises, the engine errors for that one id."""
+    h.sup.set_assignments(doc(spec("gone", 6700), spec("w1", 6701)))
+    h.running("gone", "w1")
+    h.fake.fail_next("remove", EngineError("engine", "remove: device or resource busy"), worker_id="gone")
+    real = h.node.launch
+
+    def launch(s: Any, on_exit: Any = None) -> Any:
+        if s.worker_id == "boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(s, on_exit)
+
+    monkeypatch.setattr(h.node, "launch", launch)
+    h.fake.fail_next("inspect", EngineError("engine", "inspect: 500 server error"), worker_id="flaky")
+    caplog.set_level(logging.WARNING, "berth.supervisor")
+    h.sup.set_assignments(doc(spec("w1", 6701), spec("boom", 6702), spec("flaky", 6703), spec("w4", 6704)))
+    h.running("w4")
+    h.watch.until(lambda: h.watch.state("boom") == h.watch.state("flaky") == h.watch.state("gone") == "failed",
+                  "boom, flaky and gone failed")
+    assert "RecursionError" in (h.sup.status("boom")["last_error"] or "")
+    assert "inspect: 500" in (h.sup.status("flaky")["last_error"] or "")
+    assert "remove: device or resource busy" in (h.sup.status("gone")["last_error"] or "")
+    warned = {r.getMessage().split(":")[0] for r in caplog.records if r.levelno == logging.WARNING}
+    assert {"boom", "flaky", "gone"} <= warned
+    h.clock.advance(100)  # each is retried: the stop of 'gone' and the launch of 'flaky' now work
+    h.sup.poke()
+    h.running("flaky")
+    h.watch.until(lambda: "gone" not in h.containers() and "gone" not in h.watch.states(), "gone removed")
+    assert h.watch.state("w1") == "running" and h.sup.status("boom")["failures"] >= 2
+
+
+def test_metrics_label_exits_by_worker_and_cause(h: Harness) -> None:
+    """Item 11."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from berth._service.metrics import Metrics
+
+    m = Metrics(h.sup)
+    h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)))
+    h.running("w1", "w2")
+    h.fake.finish("w1", exit_code=3)
+    h.watch.until(lambda: h.watch.state("w1") == "backoff", "w1 in backoff")
+    h.clock.advance(2)
+    h.sup.poke()
+    h.watch.until(lambda: h.sup.status("w1")["restarts"] == 1, "w1 restarted")
+    h.running("w1")
+    h.sup.set_assignments(doc(spec("w1", 6700)))  # w2: a planned stop, not a crash
+    h.watch.until(lambda: ("forget", "w2") in [(k, d.get("worker_id")) for k, d in h.watch.events], "w2 gone")
+    text = m.render().decode()
+    assert "_created" not in text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    exits = {(s.labels["worker"], s.labels["cause"]): s.value for s in fams["berth_exits"].samples}
+    assert exits == {("w1", "crash"): 1.0}  # w2's series went with w2
+    assert {s.labels["worker"]: s.value for s in fams["berth_restarts"].samples} == {"w1": 1.0}
+    assert {s.labels["code"]: s.value for s in fams["berth_exit_codes"].samples} == {"3": 1.0}
+
+
+def test_launch_errors_classified() -> None:
+    from berth import PolicyError
+    from berth._service.decisions import permanent
+
+    assert permanent(LaunchError("image", "no such image"))
+    assert permanent(PolicyError("image", "not allowed"))
+    assert not permanent(LaunchError("start", "engine said 500"))
+    assert not permanent(EngineError("engine", "down"))

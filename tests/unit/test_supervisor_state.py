@@ -1,0 +1,155 @@
+"""The supervisor's persisted state and its lock, on the in-memory runtime (issue 10, items 1-4).
+
+A restarted supervisor keeps the desired state it was given (by the API, a file or the cluster
+agent), its version, restart counters and handled exits; it removes nothing until it knows the
+desired state; and one node has one supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from berth import SupervisorLocked
+from berth._service.desired import STATE_FILE
+
+from ._supfake import Harness, doc, spec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    os.chmod(tmp_path, 0o755)
+    return tmp_path
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[Harness]]:
+    started: list[Harness] = []
+    yield started
+    for h in started:
+        if h.sup.lock.held:
+            h.sup.stop()
+
+
+def restart(old: Harness, base: Path, stop_all: list[Harness], **kw: object) -> Harness:
+    """SIGTERM-like: the old supervisor stops (workers keep running), a new one starts."""
+    if old.sup.lock.held:
+        old.sup.stop()
+    new = Harness(base, fake=old.fake.restarted(), clock=old.clock, **kw)  # type: ignore[arg-type]
+    stop_all.append(new)
+    return new
+
+
+def test_desired_state_set_through_the_api_survives_a_restart(base: Path, stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)), version="v7")
+    h.running("w1", "w2")
+    before = h.containers()
+    saved = json.loads(Path(h.config.state_dir, STATE_FILE).read_text())
+    assert saved["version"] == "v7" and [w["spec"]["worker_id"] for w in saved["workers"]] == ["w1", "w2"]
+
+    again = restart(h, base, stop_all).start()
+    again.watch.settle()
+    again.watch.settle()
+    assert again.containers() == before  # adopted: not stopped, not removed, not relaunched
+    assert sorted(again.sup.desired()) == ["w1", "w2"] and again.sup.version == "v7"
+    assert again.watch.states() == {"w1": "running", "w2": "running"}
+    assert again.sup.applied_version() == "v7"
+    assert not any(op in ("stop", "remove", "create") for op, _ in again.fake.calls)
+
+
+def test_nothing_is_removed_while_the_saved_state_cannot_be_read(base: Path, stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    h.sup.stop()
+    Path(h.config.state_dir, STATE_FILE).write_text('{"format": 1, "workers": [')  # torn by a disk error
+    again = restart(h, base, stop_all).start()
+    again.watch.settle()
+    assert again.containers() == h.containers()
+    assert again.sup.loaded is False and "cannot be used" in (again.sup.state_problem or "")
+    assert Path(h.config.state_dir, STATE_FILE).read_text().endswith("[")  # not overwritten with nothing
+    again.sup.set_assignments(doc())  # a new desired state, explicitly empty: now it is a drain
+    again.watch.until(lambda: again.containers() == {}, "w1 removed")
+
+
+def test_counters_and_handled_exits_survive_a_restart(base: Path, stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("bad", 6700)))
+    for n in range(1, 4):  # crashloop_after = 3
+        h.running("bad")
+        h.fake.finish("bad", exit_code=1)
+        h.watch.until(lambda n=n: h.sup.status("bad")["failures"] == n, f"failure {n}")
+        if n < 3:
+            h.clock.advance(16)
+            h.sup.poke()
+    st = h.sup.status("bad")
+    assert (st["state"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 2, 16.0)
+    h.clock.advance(5)
+
+    again = restart(h, base, stop_all).start()
+    again.watch.settle()
+    st = again.sup.status("bad")
+    # the exit already handled is not handled again: still 3 failures, 2 restarts, the cap's rest
+    assert (st["state"], st["failures"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 3, 2, 11.0)
+    assert st["last_exit"]["exit_code"] == 1
+    assert not any(op == "create" for op, _ in again.fake.calls)
+    again.clock.advance(11)
+    again.running("bad")
+    assert again.sup.status("bad")["restarts"] == 3
+
+
+def test_a_second_supervisor_with_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    second = Harness(base, fake=h.fake.restarted(), clock=h.clock)
+    with pytest.raises(SupervisorLocked) as err:
+        second.sup.start()
+    assert f"pid {os.getpid()}" in str(err.value) and "supervisor.lock" in str(err.value)
+    assert not second.sup.lock.held
+
+
+def test_a_second_supervisor_of_the_same_node_name_on_the_engine_refuses(base: Path,
+                                                                          stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    other = base / "other"
+    other.mkdir()
+    os.chmod(other, 0o755)
+    second = Harness(other, fake=h.fake.restarted(), clock=h.clock)
+    with pytest.raises(SupervisorLocked) as err:
+        second.sup.start()
+    assert h.config.state_dir in str(err.value) and "w1" in str(err.value)
+    assert not second.sup.lock.held  # released: the refusal leaves nothing held
+    assert h.containers() == {"w1": h.containers()["w1"]}
+
+
+def test_workers_of_another_supervisor_are_never_touched(base: Path, stop_all: list[Harness]) -> None:
+    """Two supervisors that started before either had workers: each leaves the other's alone."""
+    other = base / "other"
+    other.mkdir()
+    os.chmod(other, 0o755)
+    a = Harness(base).start()
+    stop_all.append(a)
+    b = Harness(other, fake=a.fake.restarted(), clock=a.clock).start()
+    stop_all.append(b)
+    a.sup.set_assignments(doc(spec("a1", 6700)))
+    a.running("a1")
+    b.sup.set_assignments(doc(spec("b1", 6701)))
+    b.running("b1")
+    a.watch.settle()
+    b.watch.settle()
+    assert sorted(a.containers()) == ["a1", "b1"]
+    assert a.sup.conflicts == {b.config.state_dir: ["b1"]} and b.sup.conflicts == {a.config.state_dir: ["a1"]}
+    assert not any(op == "stop" for op, _ in a.fake.calls + b.fake.calls)
