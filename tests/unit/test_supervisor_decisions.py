@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from berth import EngineError, LaunchError
-from berth._core.config import SupervisorSection
+from berth._core.serviceconfig import SupervisorSection
 from berth._runtimes.base import ExitRecord
 from berth._service.decisions import backoff_delay, decide_exit
 from berth._service.phase import Phase
@@ -135,7 +135,7 @@ def test_a_changed_assignment_applies_at_once_to_a_crash_looping_worker(h: Harne
     for n in range(1, 4):
         h.running("w1")
         h.fake.finish("w1", exit_code=2)
-        h.watch.until(lambda n=n: h.sup.status("w1")["failures"] == n, f"failure {n}")
+        h.watch.until(lambda: h.sup.status("w1")["failures"] == n, f"failure {n}")  # noqa: B023
         h.clock.advance(2 if n < 3 else 0)
         h.sup.poke()
     assert h.sup.status("w1")["state"] == "crash-looping"

@@ -88,7 +88,7 @@ def test_counters_and_handled_exits_survive_a_restart(base: Path, stop_all: list
     for n in range(1, 4):  # crashloop_after = 3
         h.running("bad")
         h.fake.finish("bad", exit_code=1)
-        h.watch.until(lambda n=n: h.sup.status("bad")["failures"] == n, f"failure {n}")
+        h.watch.until(lambda: h.sup.status("bad")["failures"] == n, f"failure {n}")  # noqa: B023
         if n < 3:
             h.clock.advance(16)
             h.sup.poke()

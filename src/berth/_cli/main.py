@@ -19,7 +19,7 @@ from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._exceptions import BerthError, SpecError
+from .._exceptions import BerthError, ConfigError, SpecError
 from .service import serve, supervise, supervisor_view
 from .views import ps_rows, ps_table, rejection_line, with_supervisor
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._core.config import NodeConfig, check_listen_address
+from .._core.config import NodeConfig
+from .._core.serviceconfig import check_listen_address
 from .._exceptions import ConfigError
 
 if TYPE_CHECKING:

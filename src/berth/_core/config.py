@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._exceptions import ConfigError
 from .._paths import is_under
 from .clusterconfig import ClusterSection
+from .serviceconfig import SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
 from .trust import account_names, state_apart
 from .validation import raise_validation
@@ -254,54 +255,6 @@ class RuncSection(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return {k: os.path.normpath(p) for k, p in v.items()}
-
-
-class SupervisorSection(BaseModel):
-    """How the supervisor keeps assigned workers running."""
-
-    model_config = _strict
-
-    grace_s: float = Field(default=10.0, ge=0)
-    backoff_base_s: float = Field(default=1.0, gt=0)
-    backoff_cap_s: float = Field(default=60.0, gt=0)
-    crashloop_after: int = Field(default=5, ge=1)
-    """Consecutive failed runs after which a worker is marked crash-looping (restarts at the cap)."""
-    healthy_after_s: float = Field(default=30.0, ge=0)
-    """A run this long that ends with exit code 0 does not count as a failure."""
-    resync_s: float = Field(default=10.0, gt=0)
-    """The longest the supervisor goes without comparing what runs with what is assigned."""
-    parallel: int = Field(default=8, ge=1, le=64)
-    """Stops and launches in flight at once: a slow stop (the full grace) never holds up the others."""
-    stale_after_s: float = Field(default=60.0, gt=0)
-    """``/healthz`` says degraded when no reconcile pass has completed for this long."""
-
-
-class TenantToken(BaseModel):
-    """A bearer token bound to a tenant: it may only see, launch, kill and replace workers that
-    run as one of ``users`` in a topology matching one of ``topologies`` (shell patterns)."""
-
-    model_config = _strict
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    token: str = Field(min_length=16)
-    users: tuple[str, ...] = Field(min_length=1)
-    topologies: tuple[str, ...] = ("*",)
-
-    def allows(self, user: str, topology_id: str) -> bool:
-        return user in self.users and self.allows_topology(topology_id)
-
-    def allows_topology(self, topology_id: str) -> bool:
-        import fnmatch
-
-        return any(fnmatch.fnmatchcase(topology_id, p) for p in self.topologies)
-
-
-def check_listen_address(v: str) -> str:
-    """``host:port`` or ``:port`` with a port in 1-65535 (raises ValueError naming the value)."""
-    _host, _, port = v.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be host:port or :port with a port in 1-65535, got {v!r}")
-    return v
 
 
 class ApiSection(BaseModel):

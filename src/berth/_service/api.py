@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .._core.config import TenantToken
+from .._core.serviceconfig import TenantToken
 from .._core.spec import WorkerSpec
 from .._exceptions import BerthError, PolicyError, WorkerNotFound
 from .._version import __version__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._core.config import SupervisorSection
+from .._core.serviceconfig import SupervisorSection
 from .._core.timefmt import seconds_between
 from .._exceptions import ConfigError, IdentityError, LaunchError, PolicyError, SpecError
 from .._runtimes.base import ExitRecord

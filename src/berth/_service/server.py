@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from .._core.config import TenantToken
+from .._core.serviceconfig import TenantToken
 from .api import create_app
 from .supervisor import Supervisor
 
