@@ -136,13 +136,11 @@ def _coordinator(ctx: click.Context, zk: str | None, auth_file: str | None, root
 def schedule(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None,
              topologies: str | None, follow: bool, wait_s: float, dead_after: float | None, as_json: bool) -> None:
     """Place the workers of TOPOLOGIES (YAML: topologies: {id: {user, command, workers, …}}) on live nodes."""
-    from .._cluster.placement import parse_topologies
-    from .._core.spec import read_spec_file
+    from .._cluster.placement import read_topologies
 
     co = _coordinator(ctx, zk, auth_file, root, dead_after)
     if topologies:
-        data = read_spec_file(topologies)
-        co.store_topologies(parse_topologies(data))
+        co.store_topologies(read_topologies(topologies))
     elif not follow:
         raise click.UsageError("give a TOPOLOGIES file, or --follow to coordinate the stored ones")
     if follow:
@@ -197,6 +195,11 @@ def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergenc
             click.echo(f"{name}: not live (document {r['want']} waits for it)")
         elif r.get("rejected"):
             click.echo(f"{name}: REJECTED document {r['want']}: {r['rejected']}")
+        elif r.get("rejections"):
+            click.echo(f"{name}: applied {r['applied']} of {r['want']} with {len(r['rejections'])} entries rejected, "
+                       f"{r['running']}/{r['workers']} running")
+            for line in r["rejections"]:
+                click.echo(f"  rejected: {line}")
         else:
             click.echo(f"{name}: applied {r['applied'] or '-'} of {r['want']}, {r['running']}/{r['workers']} running")
     click.echo("converged" if conv.done else "NOT converged")

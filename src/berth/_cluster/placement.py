@@ -76,6 +76,20 @@ ZoneChoice = tuple[int, tuple[int, ...]]
 """(zone id, its cores)"""
 
 
+def read_topologies(path: str) -> dict[str, Topology]:
+    """A topologies file (YAML or JSON): ``topologies: {id: {user, command, workers, …}}``."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh.read(4 * 1024 * 1024 + 1))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ClusterError("topologies", f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClusterError("topologies", f"{path} must hold a mapping topologies: {{id: {{…}}}}")
+    return parse_topologies(data)
+
+
 def worker_spec(tid: str, topo: Topology, worker_id: str, port: int, zone: ZoneChoice | None) -> WorkerSpec:
     return WorkerSpec(worker_id=worker_id, topology_id=tid, port=port, user=topo.user, command=topo.command,
                       env=dict(topo.env), image=topo.image, cpu_percent=topo.cpu_percent, memory_mb=topo.memory_mb,

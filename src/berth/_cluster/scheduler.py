@@ -266,10 +266,15 @@ class Coordinator:
                 applied = st.applied_version if st else None
                 rejected = st is not None and st.document is not None and st.document.version == want and \
                     st.document.status == "rejected"
-                ok = version_number(applied) >= version_number(want) and (not running or v.running() == len(v.workers))
+                rejections = [f"{r.get('worker_id') or '-'}: {r.get('field') or '-'}: {r.get('reason')}"
+                              for r in (st.rejected if st else [])]
+                applied_ok = version_number(applied) >= version_number(want)
+                ids = {r.split(":")[0] for r in rejections}
+                runnable = sum(1 for w in v.workers if w.worker_id not in ids)
+                ok = applied_ok and (not running or v.running() >= runnable)
                 report[name] = {"live": True, "want": want, "applied": applied, "workers": len(v.workers),
                                 "running": v.running(), "rejected": st.document.reason if rejected and st and
-                                st.document else None}
+                                st.document else None, "rejections": rejections if applied_ok else []}
                 done = done and (ok or rejected)
                 self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
             if done or time.monotonic() >= deadline:
