@@ -103,3 +103,13 @@ def test_config_prints_the_loaded_config_as_toml(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert tomllib.loads(r.stdout)["node"] == {"name": "n1", "local_dir": f"{tmp_path}/local",
                                                 "log_dir": f"{tmp_path}/log", "min_uid": 1, "banned_users": []}
+
+
+def test_serve_with_a_bad_tcp_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    for bad in ("127.0.0.1:99999", "127.0.0.1:http", "localhost:0"):
+        r = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--tcp", bad])
+        assert r.exit_code == 125, r.output
+        assert r.output.strip().splitlines() == [f"error: tcp: must be host:port or :port with a port in 1-65535, "
+                                                 f"got {bad!r}"]
+    assert not (tmp_path / "local").exists()  # no lock, no state, no socket: nothing started

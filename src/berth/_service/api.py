@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .._core.serviceconfig import TenantToken
 from .._core.spec import WorkerSpec
-from .._exceptions import BerthError, PolicyError, WorkerNotFound
+from .._exceptions import BerthError, WorkerNotFound
 from .._version import __version__
 from .apimodels import (
     ERRORS,
@@ -94,13 +94,13 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
 
     def operator(caller: Caller = Depends(auth)) -> Caller:  # noqa: B008
         if caller.tenant is not None:
-            raise PolicyError(None, "this endpoint needs the operator's token")
+            raise HTTPException(403, "this endpoint needs the operator's token")
         return caller
 
     def writable() -> None:
         if read_only:
-            raise PolicyError(None, "read-only: this supervisor (berth supervise) takes its assignments from "
-                              f"{sup.assignments_path}")
+            raise HTTPException(403, "read-only: this supervisor (berth supervise) takes its assignments from "
+                                f"{sup.assignments_path}")
 
     def mine(caller: Caller, worker_id: str) -> dict[str, Any]:
         st = sup.status(worker_id)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._exceptions import BerthError, PolicyError, WorkerNotFound
+from .._exceptions import BerthError, WorkerNotFound
 
 
 class ErrorItem(BaseModel):
@@ -151,10 +151,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
         return error(500, f"internal error: {type(exc).__name__}", kind="internal")
-
-
-def forbidden(msg: str, loc: list[str | int] | None = None) -> PolicyError:
-    return PolicyError(".".join(str(x) for x in loc) if loc else None, msg)
 
 
 def docs_page(spec: dict[str, Any]) -> str:
