@@ -70,6 +70,25 @@ def test_the_top_itself_being_a_link_is_unlinked(tmp_path: Path) -> None:
     assert not os.path.lexists(tmp_path / "root") and (outside / "file").read_text() == "keep"
 
 
+def test_a_wide_tree_is_removed_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = tmp_path / "root"
+    for i in range(50):
+        (top / f"d{i}" / "sub").mkdir(parents=True)
+        (top / f"d{i}" / "file").write_text("x")
+    scans: list[int] = []
+    real = workdirs._scan
+
+    def counting(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+        scans.append(depth)
+        return real(fd, dev, shown, depth, limit)
+
+    monkeypatch.setattr(workdirs, "_BATCH", 16)
+    monkeypatch.setattr(workdirs, "_scan", counting)
+    remove_tree(top)
+    assert not top.exists()
+    assert scans.count(1) == 5  # 50 subdirectories, 16 a scan (then the scan that finds it empty)
+
+
 def test_a_missing_tree_is_not_an_error(tmp_path: Path) -> None:
     remove_tree(tmp_path / "absent")
     remove_tree(tmp_path / "absent-parent" / "absent")
@@ -81,14 +100,14 @@ def test_a_directory_moved_out_during_the_walk_stops_it(tmp_path: Path, monkeypa
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "precious").write_text("keep")
-    real = workdirs._empty_all_but_one_dir
+    real = workdirs._scan
 
-    def move_while_inside(fd: int, dev: int, shown: str, depth: int) -> tuple[str, os.stat_result] | None:
+    def move_while_inside(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
         if depth == 4 and (top / "a" / "b").exists():  # inside c: move b (and c with it) away
             os.rename(top / "a" / "b", elsewhere / "b")
-        return real(fd, dev, shown, depth)
+        return real(fd, dev, shown, depth, limit)
 
-    monkeypatch.setattr(workdirs, "_empty_all_but_one_dir", move_while_inside)
+    monkeypatch.setattr(workdirs, "_scan", move_while_inside)
     with pytest.raises(CleanupError) as info:
         remove_tree(top)
     assert info.value.field == "directories" and "moved while it was being removed" in info.value.reason

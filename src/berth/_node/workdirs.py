@@ -23,6 +23,9 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RETRIES = 100
 """Times a directory may turn out non-empty again when it is removed (something still writes in
 it) before removal gives up with an error instead of looping."""
+_BATCH = 512
+_KEPT = 65536
+"""Subdirectories remembered per level (``_BATCH``) and in all (``_KEPT``) between scans."""
 
 
 def prepare(plan: Plan, made: list[Path]) -> None:
@@ -153,23 +156,33 @@ def _remove_entry(pfd: int, name: str, shown: str) -> None:
         return
     cur = _open_dir(pfd, name, st, shown)
     # levels[i]: the name, device and inode of the i-th directory of the path from the top down to
-    # the one ``cur`` holds: all that is kept per level, so depth costs memory, not descriptors.
-    levels: list[tuple[str, int, int]] = [(name, st.st_dev, st.st_ino)]
-    retries = 0
+    # the one ``cur`` holds, and subdirectories of it seen by a scan and not yet visited: all that is
+    # kept per level, so depth costs memory, not descriptors. Keeping a batch of those (not just one)
+    # spares rescanning a wide directory from its start after each subdirectory (quadratic in its
+    # width); the total kept is bounded, so a tree both deep and wide cannot make it large either.
+    levels: list[tuple[str, int, int, list[tuple[str, os.stat_result]]]] = [(name, st.st_dev, st.st_ino, [])]
+    kept = retries = 0
     try:
         while True:
-            child = _empty_all_but_one_dir(cur, st.st_dev, shown, len(levels))
-            if child is not None:
-                cname, cst = child
-                nfd = _open_dir(cur, cname, cst, shown)
+            pending = levels[-1][3]
+            if not pending:
+                pending += _scan(cur, st.st_dev, shown, len(levels), max(1, min(_BATCH, _KEPT - kept)))
+                kept += len(pending)
+            if pending:
+                cname, cst = pending.pop()
+                kept -= 1
+                try:
+                    nfd = _open_dir(cur, cname, cst, shown)
+                except FileNotFoundError:
+                    continue
                 os.close(cur)
                 cur = nfd
-                levels.append((cname, cst.st_dev, cst.st_ino))
+                levels.append((cname, cst.st_dev, cst.st_ino, []))
                 continue
             if len(levels) == 1:
                 break
-            done, _, _ = levels.pop()
-            _, pdev, pino = levels[-1]
+            done = levels.pop()[0]
+            _, pdev, pino, _ = levels[-1]
             up = os.open("..", _DIR, dir_fd=cur)
             ust = os.fstat(up)
             if (ust.st_dev, ust.st_ino) != (pdev, pino):
@@ -183,7 +196,7 @@ def _remove_entry(pfd: int, name: str, shown: str) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or retries >= _RETRIES:
                     raise
-                retries += 1  # written to meanwhile: the next pass empties it again
+                retries += 1  # written to meanwhile: a later scan of this level finds it again
     finally:
         os.close(cur)
     os.rmdir(name, dir_fd=pfd)
@@ -199,9 +212,10 @@ def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
     return fd
 
 
-def _empty_all_but_one_dir(fd: int, dev: int, shown: str, depth: int) -> tuple[str, os.stat_result] | None:
-    """Unlink every non-directory in ``fd`` until a subdirectory turns up, and return it (None
-    when the directory is empty). A later pass over the same directory lists only what is left."""
+def _scan(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+    """Unlink every non-directory in ``fd`` until ``limit`` subdirectories have turned up, and
+    return those (none: the directory is empty). A later scan lists only what is left."""
+    found: list[tuple[str, os.stat_result]] = []
     with os.scandir(fd) as entries:
         for entry in entries:
             try:
@@ -209,10 +223,12 @@ def _empty_all_but_one_dir(fd: int, dev: int, shown: str, depth: int) -> tuple[s
                 if not stat.S_ISDIR(st.st_mode):
                     os.unlink(entry.name, dir_fd=fd)
                     continue
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, IsADirectoryError):
+                continue  # gone, or a directory now: the next scan sees it as it is
             if st.st_dev != dev:
                 raise CleanupError("directories", f"{shown}: a mount point {depth} levels down "
                                    f"({entry.name!r}); not crossing it")
-            return entry.name, st
-    return None
+            found.append((entry.name, st))
+            if len(found) >= limit:
+                break
+    return found
