@@ -105,3 +105,18 @@ def test_a_config_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(f)
     assert info.value.field == "config" and f"{d} is writable by everyone" in info.value.reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ownership rule applies when berth runs as root")
+def test_a_config_reached_through_a_link_others_could_repoint_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    real = tmp_path / "etc" / "berth.toml"
+    real.write_text("")
+    home = tmp_path / "home-alice"
+    home.mkdir()
+    os.chown(home, 1234, 1234)  # a tenant's own directory: the link in it is the tenant's to change
+    (home / "berth.toml").symlink_to(real)
+    with pytest.raises(ConfigError) as info:
+        load_config(home / "berth.toml")
+    assert f"{home} is owned by uid 1234" in info.value.reason
+    assert load_config(real).node.name

@@ -43,16 +43,20 @@ def check_root_owned(path: str) -> None:
     except OSError:
         return  # reading it reports the error
     problems = _writable_by_others(path, st, directory=False)
-    real = os.path.realpath(path)
-    d = os.path.dirname(real)
-    while not problems:
+    # The directories of the path as given (a symlink there could be re-pointed) and as resolved.
+    dirs: list[str] = []
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        d = os.path.dirname(start)
+        while d not in dirs:
+            dirs.append(d)
+            d = os.path.dirname(d)
+    for d in dirs:
+        if problems:
+            break
         try:
             problems = _writable_by_others(d, os.stat(d), directory=True)
         except OSError:
-            break
-        if d == "/":
-            break
-        d = os.path.dirname(d)
+            continue
     if problems:
         raise ConfigError("config", f"{problems}; the node config must be root's alone to write")
 
