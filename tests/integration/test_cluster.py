@@ -177,24 +177,31 @@ def test_hostile_and_missing_documents_leave_the_workers_running(cluster: Cluste
     assert all(w["restarts"] == 0 for w in st["workers"])
 
 
-def test_a_second_agent_for_the_node_waits_and_a_removed_registration_comes_back(cluster: Cluster) -> None:
+def test_a_second_agent_for_the_node_is_refused_and_a_removed_registration_comes_back(cluster: Cluster) -> None:
     c = cluster
     a = c.add_node("a")
     c.start_agent("a")
     live = c.layout.live(a.name)
     c.until_znode(live, True, "the agent to register")
-    c.converge(c.schedule({"wc": worker_topology(1)}).versions)
-    before = c.running("a")
 
-    # the same identity started again elsewhere (another state dir): it must not supervise
-    c.agents["a2"] = Agent(a.name, a.config.with_name("second.toml"), a.auth, a.state_dir.with_name("state2"))
-    c.agents["a2"].config.write_text(a.config.read_text().replace(str(a.state_dir), str(a.state_dir) + "2"))
+    # the same identity started again elsewhere (another state dir): it waits for the registration
+    # and reads nothing (a node without workers: the engine holds no claim of the first one yet)
     (c.base / "a2").mkdir()
+    second_cfg = a.config.with_name("second.toml")
+    second_cfg.write_text(a.config.read_text().replace(str(a.state_dir), str(a.state_dir) + "2"))
+    c.agents["a2"] = Agent(a.name, second_cfg, a.auth, a.state_dir.with_name("state2"))
     second = c.start_agent("a2")
     poll_until(lambda: "registered by pid" in (second.status.get("problem") or ""), "the second agent to wait",
                120, every=0.1)
-    assert not second.status["supervising"] and second.status["applied_version"] is None
+    assert second.status["applied_version"] is None and not second.status["registered"]
     second.stop()
+
+    c.converge(c.schedule({"wc": worker_topology(1)}).versions)
+    before = c.running("a")
+    # with workers running, the first supervisor's claim on the engine refuses a second one outright
+    second = c.start_agent("a2")
+    assert second.proc is not None and second.proc.wait(120) != 0
+    assert "state" in c.log("a2").lower()
     assert c.running("a") == before
 
     # a registration removed under a live session is made again

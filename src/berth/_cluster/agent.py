@@ -26,27 +26,25 @@ from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
 from .._core.clusterconfig import ClusterSection
 from .._exceptions import ClusterError
-from .._service.assignments import Assignments, Rejection, parse_document
+from .._service.assignments import Assignments, parse_document
 from .._service.supervisor import Supervisor
 from .._version import __version__
-from .cache import DocumentCache, write_status
+from .cache import DocumentCache
 from .capacity import Capacity, check_capacity, node_capacity
 from .documents import (
     DocumentStatus,
-    NodeState,
     Registration,
     coordinator_of,
     decode_assignment,
     decode_registration,
     encode_registration,
-    encode_state,
     now,
     process_start,
     this_process,
     version_of,
-    worker_reports,
 )
-from .layout import Credential, Layout, live_acl, node_user, state_acl
+from .layout import Credential, Layout, live_acl, node_user
+from .reporting import Reporting
 from .zk import UNAVAILABLE, Connection, ConnState, explain
 
 log = logging.getLogger("berth.agent")
@@ -55,7 +53,7 @@ RETRY_S = 1.0
 """How soon a failed registration or read is tried again while connected (never a busy loop)."""
 
 
-class Agent:
+class Agent(Reporting):
     def __init__(self, supervisor: Supervisor, hosts: str, cred: Credential,
                  settings: ClusterSection | None = None, capacity: Capacity | None = None) -> None:
         self.sup = supervisor
@@ -81,7 +79,6 @@ class Agent:
         self._coordinator: str | None = None
         self._applied: str | None = None
         self._doc: DocumentStatus | None = None
-        self._rejected: list[Rejection] = []
         self._fenced = False
         self._supervising = False
         self._last_state_write = 0.0
@@ -98,14 +95,22 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run from the cached document (if any) at once, then connect in the background."""
+        """Start the supervisor (its lock, its persisted desired state: nothing is removed until
+        that is known), run from the cached document if the supervisor has not a newer one, then
+        connect in the background."""
+        self.sup.start()
+        self._supervising = True
         try:
             cached = self.cache.load(self.node)
         except ClusterError as exc:
             log.error("ignoring the cached document: %s", exc)
             cached = None
-        if cached is not None:
+        if self.sup.loaded and self.sup.version and (cached is None or cached.version == self.sup.version):
+            self._applied = self.sup.version
+            self._doc = DocumentStatus(version=self._applied, status="cached")
+        elif cached is not None:
             self._apply(cached.raw, cached.version, from_cache=True)
+        self._write_status()
         self.conn.start()
         self._thread = threading.Thread(target=self._loop, name="berth-agent", daemon=True)
         self._thread.start()
@@ -340,9 +345,9 @@ class Agent:
         for fn in self.apply_listeners:
             fn(version, started)
         parsed = parse_document({"workers": list(doc.workers)}, self.source)
-        extra = check_capacity(parsed, self.capacity, self.sup.config.container, self.source)
-        rejected = self.sup.set_assignments(parsed) + extra
-        self._applied, self._rejected, self._fenced = version, rejected, False
+        check_capacity(parsed, self.capacity, self.sup.config.container, self.source)
+        rejected = self.sup.set_assignments(parsed, version=version)
+        self._applied, self._fenced = version, False
         status = "cached" if from_cache else ("partly-applied" if rejected else "applied")
         self._doc = DocumentStatus(version=version, status=status,
                                    reason=f"{len(rejected)} entries rejected" if rejected else None)
@@ -354,9 +359,6 @@ class Agent:
                 self.cache.save(raw, version, self.node)
             except OSError as exc:
                 log.error("cannot cache the assignment document: %s", exc)
-        if not self._supervising:
-            self._supervising = True
-            self.sup.start()
         self._state_dirty = True
         self._write_status()
 
@@ -366,52 +368,5 @@ class Agent:
             return
         log.warning("no ZooKeeper for %.0fs (fence_after_s): stopping every worker until a document is read", limit)
         self._fenced = True
-        if self._supervising:
-            self.sup.set_assignments(Assignments())
+        self.sup.set_assignments(Assignments(), version=None)
         self._write_status()
-
-    # -- reporting -----------------------------------------------------------------------------
-
-    def node_state(self, conn: ConnState | None = None) -> NodeState:
-        conn = conn or self.conn.state
-        return NodeState(node=self.node, updated_at=now(),
-                         session=f"{conn.session_id:#x}" if conn.session_id else None,
-                         applied_version=self._applied, document=self._doc,
-                         rejected=[r.to_dict() for r in self._rejected], fenced=self._fenced, problem=self._problem,
-                         workers=worker_reports(self.sup.statuses()))
-
-    def _write_state(self, conn: ConnState) -> None:
-        c, path = self.conn, self.layout.state(self.node)
-        with self._cond:
-            self._state_dirty = False
-        body = encode_state(self.node_state(conn))
-        self._last_state_write = time.monotonic()
-        try:
-            try:
-                c.call(c.client.set_async, path, body)
-            except NoNodeError:
-                if self._coordinator is None:
-                    raise
-                c.call(c.client.create_async, path, body, acl=state_acl(self._coordinator, self.cred.digest_id))
-        except (*UNAVAILABLE, NoNodeError, NoAuthError, NodeExistsError) as exc:
-            log.info("state write postponed: %s", explain(exc, path))
-            self._state_dirty = True
-            return
-        self.counters["state_writes"] += 1
-
-    def health(self) -> dict[str, Any]:
-        conn = self.conn.state
-        registered = conn.connected and conn.session_id == self._registered
-        ok = registered and not self._fenced and self._problem is None
-        return {"status": "ok" if ok else "degraded", "node": self.node, "zookeeper": conn.state,
-                "session": f"{conn.session_id:#x}" if conn.session_id else None, "registered": registered,
-                "session_expirations": conn.expirations, "problem": self._problem, "fenced": self._fenced,
-                "applied_version": self._applied, "document": self._doc.model_dump() if self._doc else None,
-                "supervising": self._supervising, "counters": dict(self.counters)}
-
-    def _write_status(self) -> None:
-        try:
-            write_status(self.dir, {**self.health(), "updated_at": now()})
-        except OSError as exc:
-            log.error("cannot write the agent status: %s", exc)
-

@@ -232,6 +232,9 @@ class NodeState(BaseModel):
     updated_at: float
     session: str | None = Field(default=None, max_length=32)
     applied_version: str | None = Field(default=None, max_length=32)
+    """The version of the last document read and handed to the supervisor."""
+    supervisor_version: str | None = Field(default=None, max_length=32)
+    """The same once every worker of it has been launched, adopted or rejected (None meanwhile)."""
     document: DocumentStatus | None = None
     rejected: list[dict[str, Any]] = Field(default_factory=list)
     """Cut to MAX_REPORTED_REJECTIONS when written; a document read is bounded by its size."""
