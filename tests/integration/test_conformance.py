@@ -121,7 +121,8 @@ def test_recover_after_a_restart_reports_each_exit_once(rt_config: NodeConfig) -
     go(second, "c-r2", "12")
     recs = got.wait_for(2)
     assert sorted((r.worker_id, r.exit_code) for r in recs) == [("c-r1", 11), ("c-r2", 12)]
-    assert Node(rt_config).recover().reported == []  # the journal remembers
+    with Node(rt_config) as third:
+        assert third.recover().reported == []  # the journal remembers
     second.close()
 
 

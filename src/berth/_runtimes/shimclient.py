@@ -37,6 +37,7 @@ class ShimClient:
         self._start_lock = threading.Lock()
         self._closed = threading.Event()
         self._stream: socket.socket | None = None
+        self._subscribed_once = False
 
     # -- starting and stopping --------------------------------------------------------------------
 
@@ -57,10 +58,13 @@ class ShimClient:
             return False
         return True
 
-    def start(self) -> int:
+    def start(self, create: bool = True) -> int:
         """Start the shim unless one runs; returns its pid. Detached: its own session and cgroup,
-        and not berth's child (the process berth starts forks it and exits at once)."""
+        and not berth's child (the process berth starts forks it and exits at once). Without
+        ``create``, a state directory that is gone (the node was removed) is not made again."""
         with self._start_lock:
+            if not create and not os.path.isdir(self.base):
+                raise ShimError("shim", f"{self.base} is gone; not starting a shim for it")
             os.makedirs(self.base, mode=0o700, exist_ok=True)
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             r, w = os.pipe()
@@ -85,9 +89,9 @@ class ShimClient:
         raise ShimError("shim", f"berth-shim did not start: {said or 'no word from it'} "
                         f"(see {os.path.join(self.base, 'shim.log')})")
 
-    def ensure(self) -> None:
+    def ensure(self, create: bool = True) -> None:
         if not self.running():
-            self.start()
+            self.start(create)
 
     def pid(self) -> int | None:
         """The pid in the lock file of a running shim, None when none runs."""
@@ -139,8 +143,10 @@ class ShimClient:
 
     def events(self) -> Iterator[dict[str, Any] | None]:
         """``None`` once subscribed, then each exit event; the previous event is acknowledged when
-        the next one is asked for. Ends on a broken connection (the caller reconnects)."""
-        self.ensure()
+        the next one is asked for. Ends on a broken connection (the caller reconnects; a shim that
+        is gone is started again, unless its whole state directory went with it)."""
+        self.ensure(create=not self._subscribed_once)
+        self._subscribed_once = True
         s = self._connect(None)
         self._stream = s
         try:

@@ -1,0 +1,213 @@
+"""The runc runtime's own promises: images never written, audit as for docker (and failing on a
+container started by hand), ps words, recovery after berth is SIGKILLed, the shim commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from berth import LaunchError, Node, NodeConfig, audit_worker
+from berth._cli import main
+from berth._runtimes.runcbundle import mount_overlay
+
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
+from ._helpers import worker as spec
+from .conftest import BB_IMAGE, ROOT, RUNC_IMAGES, config_toml, poll_until
+from .test_audit import ALWAYS
+
+pytestmark = pytest.mark.integration
+READY_THEN_GO = "open('ready', 'w').close()\n" + WAIT_FOR_GO + "import sys\nsys.exit(int(open('go').read() or 0))\n"
+
+
+def _tree(top: str) -> dict[str, tuple[int, int, int, str]]:
+    """Every path under ``top`` with mode, owner, group and content hash (a link: its target)."""
+    out = {}
+    for here, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            p = os.path.join(here, name)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                digest = "-> " + os.readlink(p)
+            elif os.path.isfile(p):
+                with open(p, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            else:
+                digest = ""
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, digest)
+    return out
+
+
+def test_twenty_launches_never_write_into_the_image(runc_config: NodeConfig) -> None:
+    image = RUNC_IMAGES[BB_IMAGE]
+    before = _tree(image)
+    node = Node(runc_config.model_copy(update={"container": runc_config.container.model_copy(
+        update={"shell": "sh"})}))  # busybox has no bash
+    got = Exits()
+    attempt = "for f in /etc/passwd /bin/sh /new; do echo x >> $f; done 2>/dev/null; exit 0"
+    for i in range(20):
+        node.launch(spec(f"w-img{i}", "", image=BB_IMAGE).model_copy(
+            update={"command": ("sh", "-c", attempt)}), on_exit=got)
+    assert [r.exit_code for r in got.wait_for(20)] == [0] * 20
+    for i in range(20):
+        node.cleanup(f"w-img{i}")
+    node.close()
+    assert _tree(image) == before
+
+
+def test_audit_passes_on_a_runc_worker_with_the_same_checks_as_docker(runc_node: Node) -> None:
+    handle = runc_node.launch(spec("w-aud", READY_THEN_GO, cpu_percent=50, memory_mb=96, cores=(0,), pids_limit=77),
+                              on_exit=lambda r: None)
+    wait_file(root_of(runc_node, "w-aud") / "ready", runc_node, "w-aud")
+    report = audit_worker(runc_node, "w-aud")
+    assert report.ok, "\n".join(c.line() for c in report.failed)
+    assert {c.name for c in report.checks} == ALWAYS | {f"mount {m.target}" for m in handle.plan.mounts}
+    assert report.check("seccomp").observed == "2 (filter)"
+    assert report.check("pids.limit").observed == "77" and report.check("cpuset.cpus").observed == "0"
+    assert report.check("memory.limit").observed.startswith(str(96 * 2**20))
+    go(runc_node, "w-aud", "0")
+    runc_node.wait("w-aud", WAIT)
+
+
+def test_audit_fails_on_a_runc_container_started_by_hand(runc_node: Node, runc_config: NodeConfig,
+                                                         base: Path) -> None:
+    bundle = base / "by-hand"
+    for d in ("rootfs", "upper", "work"):
+        (bundle / d).mkdir(parents=True)
+    mount_overlay(RUNC_IMAGES[BB_IMAGE], str(bundle / "upper"), str(bundle / "work"), str(bundle / "rootfs"))
+    config = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "hostname": "hand",
+              "annotations": {"berth.node": runc_config.node.name, "berth.worker": "w-hand", "berth.topology": "topo-h",
+                              "berth.port": "6700", "berth.user": "berth-alice", "berth.image": BB_IMAGE},
+              "process": {"args": ["sh", "-c", "sleep 600"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                          "env": ["PATH=/bin"], "capabilities": {k: ["CAP_CHOWN", "CAP_KILL"] for k in
+                                                                 ("bounding", "effective", "permitted")}},
+              "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]}],
+              "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")],
+                        "cgroupsPath": f"/berth-hand-{runc_config.node.name}/w-hand"}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = Path(runc_config.runc_dir, "root")
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(base / "hand.err", "w") as err:  # not a pipe: the container would hold it open
+            made = subprocess.run(["runc", "--root", str(root), "run", "-d", "--bundle", str(bundle), "hand1"],
+                                  stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        assert made.returncode == 0, (base / "hand.err").read_text()
+        report = audit_worker(runc_node, "w-hand")
+        failed = {c.name for c in report.failed}
+        assert report.check("plan").ok  # a valid request, but none of berth's settings:
+        assert {"caps.effective", "caps.bounding", "no_new_privs", "seccomp", "uid", "rootfs.read_only",
+                "memory.limit", "pids.limit", "cgroup.parent", "logs.limit"} <= failed
+        assert report.check("seccomp").observed.endswith(": 0 (disabled)")
+        cfg = base / "berth.toml"
+        cfg.write_text(config_toml(runc_config))
+        r = CliRunner().invoke(main, ["--config", str(cfg), "audit", "w-hand"])
+        assert r.exit_code == 1 and "FAIL  w-hand seccomp" in r.output
+    finally:
+        subprocess.run(["runc", "--root", str(root), "delete", "--force", "hand1"], capture_output=True)
+        subprocess.run(["umount", str(bundle / "rootfs")], capture_output=True)
+
+
+def test_ps_tells_exit_137_from_sigkill_and_from_oom(runc_node: Node, runc_config: NodeConfig, base: Path) -> None:
+    got = Exits()
+    runc_node.launch(spec("p-137", "raise SystemExit(137)"), on_exit=got)
+    runc_node.launch(spec("p-kill", READY_THEN_GO), on_exit=got)
+    runc_node.launch(spec("p-oom", "b = []\nwhile True: b.append(bytearray(8 << 20))\n", memory_mb=48), on_exit=got)
+    wait_file(root_of(runc_node, "p-kill") / "ready", runc_node, "p-kill")
+    runc_node.force_kill("p-kill")
+    got.wait_for(3)
+    cfg = base / "berth.toml"
+    cfg.write_text(config_toml(runc_config))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ps", "--json"])
+    rows = {row["worker_id"]: row for row in json.loads(r.output)}
+    assert (rows["p-137"]["how"], rows["p-137"]["signal"], rows["p-137"]["exact"]) == ("exited 137", None, True)
+    assert (rows["p-kill"]["how"], rows["p-kill"]["signal"]) == ("killed by SIGKILL", 9)
+    assert rows["p-oom"]["how"] == "killed by SIGKILL, out of memory" and rows["p-oom"]["oom_killed"]
+    assert {rows[w]["exit_code"] for w in rows} == {137}  # the same code; the words differ
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["--config", str(cfg), "ps"])
+    assert "exited 137" in r.output and "killed by SIGKILL" in r.output and "out of memory" in r.output
+
+
+RECOVER_CHILD = r"""
+import sys
+from berth._core.config import load_config
+from berth import Node, WorkerSpec
+node = Node(load_config(sys.argv[1]))
+script = "import os,time,sys\nwhile not os.path.exists('go'): time.sleep(0.02)\nsys.exit(int(open('go').read() or 0))\n"
+for i in range(6):
+    node.launch(WorkerSpec(worker_id=f"r{i}", topology_id="topo-r", port=6800 + i, user="berth-bob",
+                           command=("python3", "-c", script), memory_mb=32), on_exit=lambda r: None)
+print("launched", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_recover_after_berth_is_sigkilled_reports_each_exit_once_and_exactly(runc_config: NodeConfig,
+                                                                             base: Path) -> None:
+    cfg_file = base / "berth.toml"
+    cfg_file.write_text(config_toml(runc_config))
+    child = subprocess.Popen([sys.executable, "-c", RECOVER_CHILD, str(cfg_file)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert child.stdout is not None and child.stdout.readline().strip() == "launched"
+    child.kill()  # berth dies without any cleanup; the shim and the workers do not
+    child.wait()
+    observer = Node(runc_config)
+    for i in range(3):
+        Path(runc_config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
+    for i in range(3):
+        poll_until(lambda i=i: observer.inspect(f"r{i}").state == "exited", f"r{i} exited")  # type: ignore[misc]
+    got = Exits()
+    fresh = Node(runc_config, on_exit=got)
+    report = fresh.recover()
+    assert sorted((r.worker_id, r.exit_code, r.exact) for r in report.reported) == [
+        ("r0", 10, True), ("r1", 11, True), ("r2", 12, True)]
+    assert sorted(report.adopted) == [f"r{i}" for i in range(3, 6)]
+    go(fresh, "r4", "7")
+    recs = got.wait_for(4)
+    assert sorted((r.worker_id, r.exit_code) for r in recs) == [("r0", 10), ("r1", 11), ("r2", 12), ("r4", 7)]
+    with Node(runc_config) as third:
+        assert third.recover().reported == []
+    fresh.close()
+
+
+def test_shim_commands(runc_config: NodeConfig, base: Path, users: dict[str, Any]) -> None:
+    cfg = base / "berth.toml"
+    cfg.write_text(config_toml(runc_config))
+
+    def run(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(main, ["--config", str(cfg), "shim", *args])
+        return r.exit_code, r.output
+
+    assert run("status")[0] == 1
+    code, out = run("start")
+    assert code == 0 and out.startswith("berth-shim running, pid ")
+    pid = int(out.split("pid ")[1].split()[0])
+    code, out = run("status")
+    assert code == 0 and f"pid {pid}" in out and "containers 0" in out and "threads 1" in out
+    node = Node(runc_config)
+    node.launch(spec("s-1", READY_THEN_GO), on_exit=lambda r: None)
+    wait_file(root_of(node, "s-1") / "ready", node, "s-1")
+    code, out = run("stop")
+    assert code == 125 and "1 containers are running" in out  # refused: its status would be lost
+    go(node, "s-1", "0")
+    node.wait("s-1", WAIT)
+    node.close()
+    assert run("stop")[0] == 0
+    poll_until(lambda: not Path(f"/proc/{pid}").exists(), "the shim to exit")
+
+
+def test_an_image_without_a_directory_is_refused_and_leaves_nothing(runc_config: NodeConfig) -> None:
+    node = Node(runc_config.model_copy(update={"images": runc_config.images.model_copy(update={"allowed": ("*",)})}))
+    with pytest.raises(LaunchError) as err:
+        node.launch(spec("w-noimg", "pass", image="berth/nope:latest"), on_exit=lambda r: None)
+    assert err.value.step == "image" and "berth never pulls" in err.value.reason
+    assert not Path(runc_config.runc_dir, "workers", "w-noimg").exists()
+    assert not root_of(node, "w-noimg").exists()
+    node.close()

@@ -1,0 +1,139 @@
+"""The runc runtime's pure parts, pinned: exit files as records, cgroup numbers on v1 and v2
+(fabricated files), what a runc container stands for, log rotation, image lookup, ps words."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from berth import ExitRecord
+from berth._cli.views import ended
+from berth._core.config import config_from_mapping
+from berth._linux.cgroup import CgroupMount, memory_dir_for
+from berth._runtimes.logfile import read_logs
+from berth._runtimes.runc import RuncRuntime, record_from_exit
+from berth._runtimes.runcbundle import request_from_oci
+from berth._runtimes.shim.files import cgroup_numbers, decode_status
+from berth._runtimes.shim.logs import rotate_if_needed
+
+STARTED, FINISHED = "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.500000Z"
+EXIT: dict[str, object] = {"id": "c1", "worker": "w1", "pid": 42, "status": 35072, "started_at": STARTED,
+        "finished_at": FINISHED, "oom_kills": 0, "peak_memory_bytes": 1 << 20,
+        "status_lost": False, "exit_code": 137, "signal": None, "core_dumped": False}
+
+
+def test_raw_statuses_decode_exactly() -> None:
+    assert decode_status(137 << 8) == {"exit_code": 137, "signal": None, "core_dumped": False}
+    assert decode_status(9) == {"exit_code": 137, "signal": 9, "core_dumped": False}
+    assert decode_status(11 | 0x80) == {"exit_code": 139, "signal": 11, "core_dumped": True}
+    assert decode_status(3 << 8) == {"exit_code": 3, "signal": None, "core_dumped": False}
+
+
+def test_exit_files_become_exact_records() -> None:
+    rec = record_from_exit(EXIT)
+    assert rec == ExitRecord("w1", "c1", 137, None, False, STARTED, FINISHED, exact=True)
+    assert ended(rec) == "exited 137"
+    killed = record_from_exit({**EXIT, "signal": 9})
+    assert (killed.signal, killed.oom_killed, killed.oom_victim) == (9, False, None)
+    assert ended(killed) == "killed by SIGKILL"
+    oom = record_from_exit({**EXIT, "signal": 9, "oom_kills": 1})
+    assert (oom.oom_killed, oom.oom_victim) == (True, "worker")
+    assert ended(oom) == "killed by SIGKILL, out of memory"
+    child = record_from_exit({**EXIT, "exit_code": 0, "oom_kills": 2})
+    assert (child.oom_killed, child.oom_victim, ended(child)) == (False, "child", "exited 0, a child out of memory")
+    lost = record_from_exit({**EXIT, "status_lost": True, "exit_code": None, "status": None})
+    assert (lost.exit_code, lost.signal, lost.exact, lost.status_lost) == (None, None, False, True)
+    assert ended(lost) == "status lost"
+
+
+def test_inexact_records_show_the_code_with_the_signal_it_may_stand_for() -> None:
+    rec = ExitRecord("w", "c", 137, 9, False, None, None, exact=False)
+    assert ended(rec) == "exit code 137 (SIGKILL?)"
+
+
+def test_cgroup_numbers_v1_and_v2_from_fabricated_files(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    (v1 / "memory.max_usage_in_bytes").write_text("67108864\n")
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n")
+    (v2 / "memory.peak").write_text("1048576\n")
+    assert cgroup_numbers(str(v1), 1) == (3, 67108864)
+    assert cgroup_numbers(str(v2), 2) == (2, 1048576)
+    (v2 / "memory.peak").unlink()  # kernels before 5.19 keep no peak on v2
+    assert cgroup_numbers(str(v2), 2) == (2, None)
+    assert cgroup_numbers(str(tmp_path / "gone"), 2) == (None, None)
+    assert cgroup_numbers(None, 1) == (None, None)
+
+
+def test_the_memory_cgroup_of_a_path_on_v1_and_on_v2(tmp_path: Path) -> None:
+    v1 = (CgroupMount("/sys/fs/cgroup/memory", "/", 1, frozenset({"rw", "memory"})),
+          CgroupMount("/sys/fs/cgroup/unified", "/", 2, frozenset()))
+    assert memory_dir_for("/berth/w1", v1) == ("/sys/fs/cgroup/memory/berth/w1", 1)
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    v2 = (CgroupMount(str(tmp_path), "/", 2, frozenset()),)
+    assert memory_dir_for("/berth/w1", v2) == (str(tmp_path / "berth/w1"), 2)
+    (tmp_path / "cgroup.controllers").write_text("hugetlb\n")  # a hybrid host's empty v2 mount
+    assert memory_dir_for("/berth/w1", v2) is None
+
+
+def test_what_a_runc_container_stands_for() -> None:
+    config = {"annotations": {"berth.worker": "w1", "berth.topology": "topo", "berth.port": "6700",
+                              "berth.user": "alice", "berth.image": "berth/python:latest"},
+              "linux": {"resources": {"cpu": {"quota": 150000, "period": 100000, "cpus": "0-1", "mems": "0"},
+                                      "memory": {"limit": 64 * 2**20 + 1}, "pids": {"limit": 99}}}}
+    assert request_from_oci(config) == {
+        "worker_id": "w1", "topology_id": "topo", "user": "alice", "image": "berth/python:latest", "port": 6700,
+        "cpu_percent": 150, "memory_mb": 65, "pids_limit": 99, "cores": (0, 1), "numa_node": 0}
+    assert request_from_oci({}) == {}
+
+
+def test_rotation_keeps_at_most_n_files_of_the_newest_output(tmp_path: Path) -> None:
+    log = tmp_path / "output.log"
+    log.write_bytes(b"a" * 10)
+    assert not rotate_if_needed(str(log), 10, 3)
+    for letter in b"bcd":
+        with open(log, "ab") as fh:
+            fh.write(bytes([letter]) * 15)
+        assert rotate_if_needed(str(log), 10, 3)
+        assert log.stat().st_size == 0
+    assert sorted(os.listdir(tmp_path)) == ["output.log", "output.log.1", "output.log.2"]
+    assert (tmp_path / "output.log.1").read_bytes() == b"d" * 10  # the newest 10 bytes
+    assert (tmp_path / "output.log.2").read_bytes() == b"c" * 10
+    log.write_bytes(b"e\n")
+    files = [str(tmp_path / "output.log.2"), str(tmp_path / "output.log.1"), str(log)]
+    assert b"".join(read_logs(files, None, False, lambda: False)) == b"c" * 10 + b"d" * 10 + b"e\n"
+    log.write_bytes(b"x" * 11)
+    assert rotate_if_needed(str(log), 10, 1) and sorted(os.listdir(tmp_path))[0] == "output.log"
+
+
+def test_images_are_directories_named_in_the_config(tmp_path: Path) -> None:
+    (tmp_path / "python").mkdir()
+    (tmp_path / "custom").mkdir()
+    cfg = config_from_mapping({"node": {"runtime": "runc", "state_dir": str(tmp_path / "state")},
+                               "runc": {"images": {"shop/app:1": str(tmp_path / "custom")},
+                                        "image_root": str(tmp_path)}})
+    rt = RuncRuntime(cfg)
+    assert rt.image_dir("shop/app:1") == str(tmp_path / "custom")
+    assert rt.image_dir("berth/python:latest") == str(tmp_path / "python")
+    assert rt.image_dir("berth/python:3.11") == str(tmp_path / "python")
+    assert rt.image_dir("berth/busybox:latest") is None  # no such directory
+    assert rt.image_dir("other/python:latest") is None  # only berth/… names map to image_root
+    assert not rt.image_present("berth/../etc:x")
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"images": {"Not An Image": "/x"}}, "runc.images"),
+    ({"images": {"a/b:1": "relative"}}, "runc.images"),
+    ({"binary": "runc; rm -rf /"}, "runc.binary"),
+    ({"default_seccomp": "seccomp.json"}, "runc.default_seccomp"),
+])
+def test_bad_runc_config_names_the_field(bad: dict[str, object], field: str) -> None:
+    from berth import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"runc": bad})
+    assert str(err.value).startswith(field)
