@@ -134,3 +134,24 @@ def test_read_only_binds_are_read_only_in_their_submounts_and_keep_storms_order(
     rest = [(m.target, "rbind", "ro" if m.read_only else "rw") for m in plan.mounts[1:]]
     assert binds[3:] == rest
     assert [m["destination"] for m in mounts[:6]] == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]
+
+
+def test_without_namespaces_refuses_what_the_engines_default_refuses_a_worker_without_capabilities() -> None:
+    from berth._core.seccomp import without_namespaces
+
+    allow_all = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read", "clone", "clone3", "unshare", "keyctl"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["setns"], "action": "SCMP_ACT_ALLOW"}]}
+    out = without_namespaces(allow_all, arch="amd64")
+    rules = out["syscalls"]
+    assert rules[0] == {"names": ["read"], "action": "SCMP_ACT_ALLOW"}  # the rest of the rule stays
+    assert rules[1] == {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                        "args": [{"index": 0, "value": 0x7E020000, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}
+    flags = [r["args"][0]["value"] for r in rules[2:9]]
+    assert sorted(flags) == sorted([0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000])
+    assert all(r["action"] == "SCMP_ACT_ERRNO" and r["errnoRet"] == 1 for r in rules[2:9])
+    assert rules[9] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+    assert rules[10] == {"names": ["unshare", "setns", "keyctl", "add_key", "request_key"],
+                         "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    assert len(rules) == 11  # the setns-only allow rule is gone
+    assert without_namespaces(allow_all, arch="s390x")["syscalls"][1]["args"][0]["index"] == 1

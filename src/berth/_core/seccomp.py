@@ -112,6 +112,43 @@ def oci_seccomp(profile: Mapping[str, Any], *, arch: str | None = None, kernel_r
     return out
 
 
+CLONE_NAMESPACES = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+                    "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+                    "CLONE_NEWNET": 0x40000000}
+NAMESPACE_CALLS = ("unshare", "setns", "keyctl", "add_key", "request_key")
+"""Denied (EPERM) by :func:`without_namespaces`, as the engine's default profile denies them to a
+container without CAP_SYS_ADMIN: new namespaces (a user namespace gives its creator every
+capability inside it, and so the kernel code behind them) and the kernel keyring, which is not
+namespaced. Debian's containers-common profile allows them (podman relies on capabilities)."""
+_EPERM, _ENOSYS = 1, 38
+
+
+def without_namespaces(oci: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+    """``oci`` with clone's namespace flags, clone3, unshare, setns and the keyring calls refused,
+    whatever its allow rules say: berth's workers have no capabilities and make no namespaces.
+
+    clone3 answers ENOSYS (its flags are in memory a filter cannot read), so the C library falls
+    back to clone, whose flags are filtered: allowed without namespace flags, EPERM with any.
+    """
+    arch = arch or GO_ARCH.get(platform.machine(), platform.machine())
+    index = 1 if arch in ("s390", "s390x") else 0  # clone's flags are its second argument there
+    denied = {"clone", "clone3", *NAMESPACE_CALLS}
+    rules = []
+    for rule in oci.get("syscalls") or []:
+        names = [n for n in rule["names"] if n not in denied]
+        if names:
+            rules.append({**rule, "names": names})
+    mask = sum(CLONE_NAMESPACES.values())
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": index, "value": mask, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]})
+    rules += [{"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM,
+               "args": [{"index": index, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
+              for flag in CLONE_NAMESPACES.values()]
+    rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS})
+    rules.append({"names": list(NAMESPACE_CALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM})
+    return {**oci, "syscalls": rules}
+
+
 def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
     """Read and convert a profile file; a bad one is a ConfigError naming ``field``."""
     try:

@@ -24,7 +24,7 @@ from typing import Any
 from .._core.config import NodeConfig
 from .._core.oci import oci_config
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
-from .._core.seccomp import load_oci_seccomp
+from .._core.seccomp import load_oci_seccomp, without_namespaces
 from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_mountinfo
@@ -120,8 +120,9 @@ class RuncRuntime:
         return self.image_dir(image) is not None
 
     def _seccomp_for(self, plan: Plan) -> dict[str, Any]:
-        """The operator's profile, else the distribution's default: a runc worker never runs
-        without a filter. Converted once per file version."""
+        """The operator's profile as it is, else the distribution's default made as strict as the
+        engine's (``without_namespaces``): a runc worker never runs without a filter. Converted
+        once per file version."""
         path = plan.security.seccomp_profile or self._config.runc.default_seccomp
         field = "container.seccomp_profile" if plan.security.seccomp_profile else "runc.default_seccomp"
         try:
@@ -131,7 +132,10 @@ class RuncRuntime:
             raise EngineError(field, f"seccomp profile {path}: {exc.strerror}{hint}") from None
         cached = self._seccomp.get(path)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, load_oci_seccomp(path, field))
+            converted = load_oci_seccomp(path, field)
+            if not plan.security.seccomp_profile:  # the distribution's profile: as strict as the engine's
+                converted = without_namespaces(converted)
+            cached = (mtime, converted)
             self._seccomp[path] = cached
         return cached[1]
 
