@@ -230,3 +230,20 @@ def test_launch_errors_classified() -> None:
     assert permanent(PolicyError("image", "not allowed"))
     assert not permanent(LaunchError("start", "engine said 500"))
     assert not permanent(EngineError("engine", "down"))
+
+
+def test_launches_never_queue_behind_stops(tmp_path: Path) -> None:
+    """With every stop slot taken by a stop that waits out its grace, a new worker still starts."""
+    os.chmod(tmp_path, 0o755)
+    h = Harness(tmp_path, parallel=1, parallel_stops=1).start()
+    try:
+        h.sup.set_assignments(doc(spec("slow", 6700)))
+        h.running("slow")
+        gate = h.fake.hold_stops("slow")
+        h.sup.set_assignments(doc(spec("new", 6701)))
+        h.running("new")
+        assert "slow" in h.containers() and h.sup.status("slow")["busy"] == "stop"
+        gate.set()
+        h.watch.until(lambda: "slow" not in h.containers(), "slow removed")
+    finally:
+        h.sup.stop()

@@ -23,7 +23,10 @@ class SupervisorSection(BaseModel):
     resync_s: float = Field(default=10.0, gt=0)
     """The longest the supervisor goes without comparing what runs with what is assigned."""
     parallel: int = Field(default=8, ge=1, le=64)
-    """Stops and launches in flight at once: a slow stop (the full grace) never holds up the others."""
+    """Launches in flight at once."""
+    parallel_stops: int = Field(default=16, ge=1, le=256)
+    """Stops in flight at once, apart from launches: a stop that waits out its grace period never
+    holds up a launch, and draining N workers that ignore SIGTERM takes ceil(N / this) graces."""
     stale_after_s: float = Field(default=60.0, gt=0)
     """``/healthz`` says degraded when no reconcile pass has completed for this long."""
 

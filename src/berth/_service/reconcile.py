@@ -63,7 +63,9 @@ class Reconciler:
         self.rejected: list[Rejection] = []
         self.conflicts: dict[str, list[str]] = {}
         self._quit = False
-        self._pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="berth-act")
+        # Two pools: launches never queue behind stops that wait out their grace period.
+        self._launches = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="berth-launch")
+        self._stops = ThreadPoolExecutor(max_workers=self.settings.parallel_stops, thread_name_prefix="berth-stop")
         self._events = EventLog(self.config.state_dir)
         self._store = DesiredStore(self.config.state_dir)
         self._save_lock = threading.Lock()
@@ -200,7 +202,8 @@ class Reconciler:
                 return None
             self._busy[wid] = what
         try:
-            return self._pool.submit(self._run, wid, what, fn, *args)
+            pool = self._launches if what == "launch" else self._stops
+            return pool.submit(self._run, wid, what, fn, *args)
         except RuntimeError:  # the pool is shut down: the supervisor is stopping
             with self._lock:
                 self._busy.pop(wid, None)

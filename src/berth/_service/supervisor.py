@@ -196,7 +196,8 @@ class Supervisor(Reconciler):
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30.0)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._launches, self._stops):
+            pool.shutdown(wait=True, cancel_futures=True)
         try:
             if drain:
                 self._drain(progress)
@@ -210,7 +211,7 @@ class Supervisor(Reconciler):
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         workers = [w for w in self.node.ps() if not any(w.worker_id in v for v in self.conflicts.values())]
-        with ThreadPoolExecutor(self.settings.parallel, thread_name_prefix="berth-drain") as pool:
+        with ThreadPoolExecutor(self.settings.parallel_stops, thread_name_prefix="berth-drain") as pool:
             futures = [pool.submit(self._guard, w.worker_id, "drain", self._stop_action, w.worker_id,
                                    w.container_id, "drain", self.settings.grace_s) for w in workers]
             for done, _ in enumerate(as_completed(futures), 1):
@@ -230,7 +231,7 @@ class Supervisor(Reconciler):
             rec.operator_stop = rec.container_id
         grace = self.settings.grace_s if grace_s is None else grace_s
         # Not held back by a launch that is just finishing (the worker runs already).
-        self._pool.submit(self._guard, worker_id, "kill", self._operator_stop_action, rec, grace)
+        self._stops.submit(self._guard, worker_id, "kill", self._operator_stop_action, rec, grace)
 
     def poke(self) -> None:
         with self._lock:
