@@ -56,6 +56,8 @@ def test_a_tenant_may_launch_only_as_its_users_and_topologies(h: Harness, tcp: T
         [item] = r.json()["detail"]
         assert item["loc"] == ["body", "workers", 1, field] and item["type"] == "forbidden"
         assert "team-a" in item["msg"]
+    r = tcp.put("/assignments", json={"workers": [], "version": "v9"}, headers=bearer(ALICE_T.token))
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "version"]
     assert sorted(h.sup.desired()) == ["a1"]  # nothing of a refused request was applied
 
 

@@ -161,6 +161,9 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
         if caller.tenant is not None:
             others = {w: s for w, s in sup.desired().items() if not caller.owns(s)}
             refused = _refusals(caller.tenant, body.workers, others)
+            if body.version is not None:  # the node's assignment version is the operator's to set
+                refused.append({"loc": ["body", "version"], "msg": "only the operator's token sets the version",
+                                "type": "forbidden"})
             if refused:
                 return JSONResponse({"detail": refused}, status_code=403)
             parsed = parse_document({"workers": []}, "api")
@@ -169,7 +172,7 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             parse_document({"workers": body.workers}, source, into=parsed)
         else:
             parsed = parse_document({"workers": body.workers}, source)
-        rejected = sup.set_assignments(parsed, version=body.version)
+        rejected = sup.set_assignments(parsed, version=body.version if caller.tenant is None else sup.version)
         accepted = sorted(w for w, s in sup.desired().items() if caller.owns(s))
         out = {"accepted": accepted, "rejected": [r.to_dict() for r in rejected]}
         if rejected:

@@ -90,7 +90,12 @@ class Supervisor(Reconciler):
             self._desired, self._sources, self._version = accepted, sources, version
             self._loaded, self.state_problem = True, None
             self.rejected = rejected
+            # Assigned again: a worker rejected at launch gets one more try (the operator may have
+            # loaded its image meanwhile); it is not retried on its own.
+            again = [r for w, r in self._workers.items() if w in accepted and r.phase == Phase.REJECTED]
             self._wake.notify_all()
+        for rec in again:
+            self._set(rec, Phase.PENDING, "assigned again: one more try")
         for r in rejected:
             if (r.source, r.worker_id, r.field, r.reason) not in seen:  # once, not on every re-read
                 self._event(r.worker_id or "-", None, None, f"assignment rejected: {r}", level=logging.WARNING,
