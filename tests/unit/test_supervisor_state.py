@@ -153,3 +153,22 @@ def test_workers_of_another_supervisor_are_never_touched(base: Path, stop_all: l
     assert sorted(a.containers()) == ["a1", "b1"]
     assert a.sup.conflicts == {b.config.state_dir: ["b1"]} and b.sup.conflicts == {a.config.state_dir: ["a1"]}
     assert not any(op == "stop" for op, _ in a.fake.calls + b.fake.calls)
+
+
+def test_assignments_set_before_start_win_over_the_saved_ones(base: Path, stop_all: list[Harness]) -> None:
+    """The cluster agent sets its document before starting the supervisor: the saved (older) state
+    must not replace it, and nothing is written before the lock is held."""
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)), version="v1")
+    h.running("w1", "w2")
+    h.sup.stop()
+    new = Harness(base, fake=h.fake.restarted(), clock=h.clock)
+    stop_all.append(new)
+    new.sup.set_assignments(doc(spec("w2", 6701), spec("w3", 6702)), version="v2")
+    saved = json.loads(Path(h.config.state_dir, STATE_FILE).read_text())
+    assert saved["version"] == "v1"  # not written without the lock
+    new.start()
+    new.running("w2", "w3")
+    new.watch.until(lambda: "w1" not in new.containers(), "w1 removed")
+    assert new.sup.version == "v2" and json.loads(Path(h.config.state_dir, STATE_FILE).read_text())["version"] == "v2"

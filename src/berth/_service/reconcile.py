@@ -120,6 +120,10 @@ class Reconciler:
             wait = min(wait, at - now)
         return max(wait, 0.05)
 
+    def _holds_lock(self) -> bool:
+        """Whether this supervisor holds the node's lock (overridden by the supervisor)."""
+        return True
+
     def _check_source(self) -> None:
         """File mode re-reads its assignments here; overridden by the supervisor."""
 
@@ -360,8 +364,8 @@ class Reconciler:
 
     def _persist(self) -> None:
         with self._lock:
-            if not self._loaded:
-                return  # never overwrite a state we could not read with an empty one
+            if not self._loaded or not self._holds_lock():
+                return  # never overwrite a state we could not read, nor another supervisor's
         with self._save_lock:
             self._store.save(self._snapshot())
 

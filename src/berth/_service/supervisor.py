@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._core.spec import WorkerSpec
+from .._core.spec import WorkerSpec, spec_digest
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord
@@ -109,6 +109,9 @@ class Supervisor(Reconciler):
         self._source.mark_read()
         return self.set_assignments(load_assignments(self.assignments_path))
 
+    def _holds_lock(self) -> bool:
+        return self.lock.held
+
     def _check_source(self) -> None:
         if self._source is not None and self._source.changed():
             self.reload()
@@ -146,7 +149,8 @@ class Supervisor(Reconciler):
         self.lock.acquire(node=self.config.node.name, state_dir=self.config.state_dir)
         self._started_at = self._clock()
         try:
-            self._restore()
+            self._restore(keep_desired=self._loaded)  # set before start (the cluster agent does): it wins
+            self._persist()
             if self._source is not None:
                 self._source.start()
                 self.reload()
@@ -164,30 +168,40 @@ class Supervisor(Reconciler):
         self._thread = threading.Thread(target=self._loop, name="berth-supervisor", daemon=True)
         self._thread.start()
 
-    def _restore(self) -> None:
+    def _restore(self, keep_desired: bool) -> None:
         try:
             saved = self._store.load()
         except StateError as exc:
-            self.state_problem = exc.reason
-            log.error("%s; no worker is removed until assignments are set again", exc.reason)
+            if not keep_desired:
+                self.state_problem = exc.reason
+                log.error("%s; no worker is removed until assignments are set again", exc.reason)
             return
         if saved is None:
             return
-        self._apply_saved(saved)
+        self._apply_saved(saved, keep_desired)
 
-    def _apply_saved(self, saved: Saved) -> None:
+    def _apply_saved(self, saved: Saved, keep_desired: bool) -> None:
+        """The saved desired state (unless one was set before ``start``) and each worker's
+        counters; a worker whose spec has changed since keeps its history, not its backoff."""
         now, wall = self._clock(), self._wall()
         with self._lock:
-            self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
-            self.rejected, self._loaded = list(saved.rejected), True
-            for wid, spec in saved.specs.items():
+            if not keep_desired:
+                self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
+                self.rejected, self._loaded = list(saved.rejected), True
+            for wid, spec in self._desired.items():
                 c = saved.counters.get(wid) or {}
+                old = saved.specs.get(wid)
                 rec = self._workers[wid] = Assigned(wid, spec)
+                if old is None:
+                    continue
                 rec.restarts, rec.failures = int(c.get("restarts") or 0), int(c.get("failures") or 0)
                 rec.handled_exit, rec.last_error = c.get("handled_exit"), c.get("last_error")
                 rec.version = c.get("version")
                 if c.get("last_exit"):
                     rec.last_exit = ExitRecord.from_dict(c["last_exit"])
+                if spec_digest(old) != spec_digest(spec):
+                    rec.failures = 0
+                    continue
                 phase = Phase(c["phase"]) if c.get("phase") in {p.value for p in WAITING} else None
                 if phase is not None:  # the backoff goes on where it was (never longer than the cap)
                     left = float(c.get("next_start_wall") or 0.0) - wall
