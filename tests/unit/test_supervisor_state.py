@@ -172,3 +172,17 @@ def test_assignments_set_before_start_win_over_the_saved_ones(base: Path, stop_a
     new.running("w2", "w3")
     new.watch.until(lambda: "w1" not in new.containers(), "w1 removed")
     assert new.sup.version == "v2" and json.loads(Path(h.config.state_dir, STATE_FILE).read_text())["version"] == "v2"
+
+
+def test_the_lock_is_taken_once_per_holder(tmp_path: Path) -> None:
+    from berth._service.lock import SupervisorLock
+
+    mine, other = SupervisorLock(str(tmp_path)), SupervisorLock(str(tmp_path))
+    mine.acquire(what="serve")
+    mine.acquire(what="serve")  # the API server, then the supervisor's start: one holder
+    with pytest.raises(SupervisorLocked, match="what serve"):
+        other.acquire()
+    mine.release()
+    other.acquire()
+    assert other.held and not mine.held
+    other.release()

@@ -33,7 +33,10 @@ class SupervisorLock:
         self._fd: int | None = None
 
     def acquire(self, **about: str) -> None:
-        """Take the lock or raise ``SupervisorLocked`` naming the holder (pid, since, what)."""
+        """Take the lock or raise ``SupervisorLocked`` naming the holder (pid, since, what).
+        Taking it again while holding it is a no-op."""
+        if self._fd is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

@@ -1,7 +1,7 @@
 """Running the API under uvicorn, on a unix socket or one TCP listener, until SIGINT/SIGTERM.
 
-Only a supervisor that holds the node's lock gets here, so a socket left at the path is a dead
-one's and may be replaced; the socket is removed again on the way out.
+The node's lock is held (taken here if the supervisor has not started yet), so a socket left at
+the path is a dead supervisor's and may be replaced; the socket is removed again on the way out.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     ``app`` is a prepared app (the cluster agent's), else the supervisor's own."""
     import uvicorn
 
-    assert sup.lock.held, "serve only under the node's supervisor lock"
+    # Whoever answers on the node's socket holds the node's lock (the cluster agent may serve
+    # before its first document starts the supervisor); a second one fails here, socket untouched.
+    sup.lock.acquire(node=sup.config.node.name, state_dir=sup.config.state_dir)
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down; a no-op handler underneath lets the
     # caller finish its own shutdown (leave workers running, or drain them) instead of dying.
     for sig in (signal.SIGTERM, signal.SIGINT):
