@@ -21,10 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from berth import Node, NodeConfig, Supervisor
 from berth._service.api import create_app
 
-from .conftest import ROOT, config_toml, poll_until
+from .conftest import ROOT, config_toml, make_config, poll_until
 from .test_supervisor import FOREVER, Watch, fast
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["docker", "runc"])
+def config(request: pytest.FixtureRequest, users: dict[str, Any], base: Path, node_name: str) -> NodeConfig:
+    """Every test here runs on the engine and on runc (under berth-shim)."""
+    request.getfixturevalue("engine" if request.param == "docker" else "runc_ready")
+    return make_config(base, node_name, runtime=request.param)
 
 TOKEN = "s3cret-token-for-tests"
 

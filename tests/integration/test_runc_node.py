@@ -211,3 +211,12 @@ def test_an_image_without_a_directory_is_refused_and_leaves_nothing(runc_config:
     assert not Path(runc_config.runc_dir, "workers", "w-noimg").exists()
     assert not root_of(node, "w-noimg").exists()
     node.close()
+
+
+def test_a_strict_umask_in_berth_does_not_lock_the_worker_out_of_its_root(runc_node: Node) -> None:
+    old = os.umask(0o177)  # as `berth serve` runs
+    try:
+        runc_node.launch(spec("w-umask", "raise SystemExit(5)"), on_exit=lambda r: None)
+    finally:
+        os.umask(old)
+    assert runc_node.wait("w-umask", WAIT).exit_code == 5

@@ -17,9 +17,16 @@ import yaml
 from berth import Node, NodeConfig, Supervisor
 from berth._core.spec import spec_digest, spec_from_mapping
 
-from .conftest import ROOT, config_toml, poll_until
+from .conftest import ROOT, config_toml, make_config, poll_until
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["docker", "runc"])
+def config(request: pytest.FixtureRequest, users: dict[str, Any], base: Path, node_name: str) -> NodeConfig:
+    """Every test here runs on the engine and on runc (under berth-shim)."""
+    request.getfixturevalue("engine" if request.param == "docker" else "runc_ready")
+    return make_config(base, node_name, runtime=request.param)
 
 WAIT = 120.0
 FOREVER = "import signal\nsignal.pause()\n"

@@ -153,7 +153,11 @@ class RuncRuntime:
         try:
             os.mkdir(wdir, 0o700)
             for d in (os.path.join(wdir, "upper"), os.path.join(wdir, "work"), bundle, rootfs):
-                os.mkdir(d, 0o755)
+                os.mkdir(d)
+                os.chmod(d, 0o755)  # whatever the umask of the berth process (serve's is strict)
+            top = os.stat(image)  # the root directory the worker sees is the upper one: make it the image's
+            os.chown(os.path.join(wdir, "upper"), top.st_uid, top.st_gid)
+            os.chmod(os.path.join(wdir, "upper"), top.st_mode & 0o7777)
             rb.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
             config = oci_config(plan, rootfs, seccomp=seccomp, table=read_mountinfo())
             rb.write_json(os.path.join(bundle, "config.json"), config)

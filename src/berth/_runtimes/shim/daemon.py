@@ -74,6 +74,7 @@ def main(argv: list[str]) -> int:
         if ready is not None:
             os.write(ready, msg.encode() + b"\n")
 
+    os.umask(0o022)  # not whatever the starter had: runc makes the workers' mount points with it
     base, runc, root = a["dir"], a["runc"], a["root"]
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
