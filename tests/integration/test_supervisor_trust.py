@@ -198,3 +198,31 @@ def test_ps_under_supervise_shows_what_the_supervisor_knows(cfg: tuple[NodeConfi
     finally:
         err = child.stop()
     assert "draining: " in err and not os.path.exists(config.api_socket)
+
+
+def test_a_worker_whose_directory_cannot_be_removed_does_not_stop_the_others(config: NodeConfig,
+                                                                             base: Path) -> None:
+    """Issue 9 item 1, the supervisor's part, on the real engine: its removal fails (an immutable
+    file in its root), it is reported and retried; the others are removed and launched meanwhile."""
+    path = base / "assign.yaml"
+    write(path, [spec("r0", 6950), spec("r1", 6951)])
+    sup = Supervisor(Node(fast(config)), assignments_path=str(path))
+    watch = Watch(sup)
+    sup.start()
+    pinned = Path(config.node.local_dir, "workers", "r0", "pinned")
+    try:
+        watch.until(lambda: watch.states() == {"r0": "running", "r1": "running"}, "both running")
+        pinned.write_text("x")
+        subprocess.run(["chattr", "+i", str(pinned)], check=True)
+        write(path, [spec("r2", 6952)])
+        sup.poke()
+        watch.until(lambda: watch.states().get("r0") == "failed" and watch.states().get("r2") == "running"
+                    and "r1" not in watch.states(), "r0 failed, r1 removed, r2 running")
+        assert "cannot remove" in (sup.status("r0")["last_error"] or "")
+        assert any(e["worker_id"] == "r0" and "stop failed" in e["reason"] for e in events(config))
+        subprocess.run(["chattr", "-i", str(pinned)], check=True)
+        watch.until(lambda: "r0" not in watch.states(), "r0 removed on a retry")
+        assert sorted(containers(config)) == ["r2"] and not pinned.parent.exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(pinned)], check=False, capture_output=True)
+        sup.stop(drain=True)

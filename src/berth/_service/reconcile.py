@@ -59,7 +59,8 @@ class Reconciler:
         self._epoch = 0
         self._planned: dict[str, None] = {}
         """Container ids whose exit berth caused (unassigned, replaced, drained): not crashes."""
-        self._retry_at: dict[str, float] = {}
+        self._retry_at: dict[str, tuple[float, int]] = {}
+        """Not-assigned worker id -> (when its failed stop is tried again, failures so far)."""
         self.rejected: list[Rejection] = []
         self.conflicts: dict[str, list[str]] = {}
         self._quit = False
@@ -116,8 +117,9 @@ class Reconciler:
         for r in self._workers.values():
             if r.phase in WAITING and r.worker_id not in self._busy:
                 wait = min(wait, r.next_start - now)
-        for at in self._retry_at.values():
-            wait = min(wait, at - now)
+        for wid, (at, _) in self._retry_at.items():
+            if wid not in self._busy:
+                wait = min(wait, at - now)
         return max(wait, 0.05)
 
     def _holds_lock(self) -> bool:
@@ -144,16 +146,20 @@ class Reconciler:
         actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
         with self._lock:
             desired, loaded = dict(self._desired), self._loaded
+        for wid in set(self._retry_at) & set(desired):
+            self._retry_at.pop(wid, None)  # assigned again: the launch cleans up what is left
         for wid, spec in desired.items():
             self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch)
         now = self._clock()
         if loaded:
-            for wid in sorted(set(actual) - set(desired)):
+            # Not assigned: listed by the engine, or gone from it after a stop that failed half-way
+            # (its directories could not be removed): stopped and removed, a failure retried later.
+            for wid in sorted((set(actual) | set(self._retry_at)) - set(desired)):
                 with self._lock:
                     skip = wid in self._busy or self._touched.get(wid, -1) > epoch
-                if not skip and self._retry_at.get(wid, 0.0) <= now:
-                    self._submit(wid, "stop", self._stop_action, wid, actual[wid].container_id,
-                                 "no longer assigned", self.settings.grace_s)
+                if not skip and self._retry_at.get(wid, (0.0, 0))[0] <= now:
+                    cid = actual[wid].container_id if wid in actual else None
+                    self._submit(wid, "stop", self._stop_action, wid, cid, "no longer assigned", self.settings.grace_s)
         with self._lock:
             gone = [w for w, r in self._workers.items() if w not in desired and r.phase == Phase.STOPPED]
             for wid in gone:
@@ -242,8 +248,8 @@ class Reconciler:
                               "next_start": self._clock() + delay})
             self._persist()
         else:  # a worker berth is removing: its stop is retried after a while
-            failures = 1 + int(self._retry_at.get(wid, 0.0) > 0)
-            self._retry_at[wid] = self._clock() + backoff_delay(failures, self.settings)
+            failures = self._retry_at.get(wid, (0.0, 0))[1] + 1
+            self._retry_at[wid] = (self._clock() + backoff_delay(failures, self.settings), failures)
             if rec is not None:
                 self._set(rec, Phase.FAILED, reason, level=logging.WARNING, fields={"last_error": reason})
             else:
