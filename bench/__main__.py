@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._common import FIELDS, LAUNCHERS, REPO, BenchError, Stopping
+from ._common import FIELDS, LAUNCHERS, REPO, SEQUENTIAL_ONLY, BenchError, Stopping
 
 COMMANDS = ("all", "launch", "throughput", "watch", "memory", "profile", "render", "cleanup")
 PHASES = {"all": ("sequential", "burst", "memory", "watch"), "launch": ("sequential",), "throughput": ("burst",),
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--engine", default="private", help="private (default), shared, or an engine URL")
     ap.add_argument("--keep-engine", action="store_true", help="leave a private engine the bench started running")
     ap.add_argument("--rootfs", default=None, help="unpacked image for runc (/var/lib/berth-dev/rootfs/python)")
+    ap.add_argument("--image-dir", default=None, help=argparse.SUPPRESS)  # the watch child's berth_runc image
     ap.add_argument("--out", type=Path, help="where benchmarks.md and the plots go")
     ap.add_argument("--json", action="store_true", help="print only the JSON results on stdout")
     ap.add_argument("--from", dest="source", type=Path, help="render: saved results (bench/out/results-latest.json)")
@@ -234,8 +235,9 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         _env.ensure_users()
         run_dir = _env.new_run_dir(run)
         merged = rootfs
-        if "runc" in names:
+        if {"runc", "runc_noseccomp", "berth_runc"} & set(names):
             _env.ensure_rootfs(rootfs, say)
+        if {"runc", "runc_noseccomp"} & set(names):
             merged = _env.mount_runc_rootfs(run_dir, rootfs)
         host = HostFacts.probe()
         ids = _measure.Ids(run)
@@ -243,7 +245,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             f"phases {', '.join(phases)}" + (" [quick]" if args.quick else ""))
         in_process = [p for p in phases if p != "watch"]
         if in_process:
-            launchers = {n: make_launcher(n, run_dir, run, engine.url, host, merged) for n in names}
+            launchers = {n: make_launcher(n, run_dir, run, engine.url, host, merged, rootfs) for n in names}
         exits = {n: _measure.Exits() for n in names}
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
@@ -256,13 +258,13 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                     raw[n]["sequential"] = [asdict(s) for s in seq[n]]
             if "burst" in phases:
                 task = progress.add_task(f"{params['concurrent']} at once", total=len(names))
-                for n in names:
+                for n in (n for n in names if n not in SEQUENTIAL_ONLY):
                     progress.update(task, description=f"{params['concurrent']} at once: {n}")
                     raw[n]["burst"] = asdict(_measure.burst(launchers[n], exits[n], ids, params["concurrent"]))
                     progress.advance(task)
             if "memory" in phases:
                 task = progress.add_task("memory readings", total=len(names))
-                for n in names:
+                for n in (n for n in names if n not in SEQUENTIAL_ONLY):
                     iters = {"sdk": params["stats_iters"], "berth": params["berth_mem_iters"]}.get(
                         n, params["mem_iters"])
                     raw[n]["memory"] = asdict(_measure.memory(launchers[n], exits[n], ids, iters))
@@ -272,8 +274,9 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             launchers = {}
             if "watch" in phases:
                 task = progress.add_task("watching cost", total=len(names) * params["watch"])
-                for n in names:
-                    raw[n]["watch"] = _watch_in_child(n, params, engine, run, run_dir, merged, progress, task)
+                for n in (n for n in names if n not in SEQUENTIAL_ONLY):
+                    raw[n]["watch"] = _watch_in_child(n, params, engine, run, run_dir, merged, rootfs, progress,
+                                                      task)
     finally:
         Stopping.event.set()
         for lau in launchers.values():
@@ -333,11 +336,12 @@ def _finish_launch_threads() -> None:
 
 
 def _watch_in_child(name: str, params: dict[str, Any], engine: Any, run: str, run_dir: Path, rootfs: str,
-                    progress: Any, task: Any) -> dict[str, Any]:
+                    image_dir: str, progress: Any, task: Any) -> dict[str, Any]:
     """The watching cost of one launcher, measured in a fresh Python process (its own threads,
     RSS and CPU, nothing left from the other launchers)."""
     cmd = [sys.executable, "-m", "bench", "watch", "--launcher", name, "--watch", str(params["watch"]),
-           "--idle", str(params["idle"]), "--rootfs", rootfs, "--child-url", engine.url, "--child-run", run,
+           "--idle", str(params["idle"]), "--rootfs", rootfs, "--image-dir", image_dir, "--child-url", engine.url,
+           "--child-run", run,
            "--child-run-dir", str(run_dir)]
     for pf in engine.pidfiles:
         cmd += ["--child-pidfile", pf]
@@ -386,7 +390,7 @@ def _child(args: argparse.Namespace) -> int:
     run_dir = Path(args.child_run_dir)
 
     def make() -> Any:
-        return make_launcher(name, run_dir, args.child_run, args.child_url, host, args.rootfs)
+        return make_launcher(name, run_dir, args.child_run, args.child_url, host, args.rootfs, args.image_dir or "")
 
     try:
         w = _measure.watch_child(make, params["watch"], params["idle"], _measure.Ids(args.child_run),

@@ -37,8 +37,11 @@ NAME_PREFIX = "bnch-"
 NODE_PREFIX = "bench-"
 """berth's ``berth.node`` label of every bench container that carries labels."""
 
-LAUNCHERS = ("berth", "storm_style", "sdk", "runc")
-TAGS = {"berth": "b", "storm_style": "s", "sdk": "k", "runc": "r"}
+LAUNCHERS = ("berth", "berth_runc", "storm_style", "sdk", "runc", "runc_noseccomp")
+TAGS = {"berth": "b", "berth_runc": "c", "storm_style": "s", "sdk": "k", "runc": "r", "runc_noseccomp": "n"}
+SEQUENTIAL_ONLY = ("runc_noseccomp",)
+"""Launchers measured in the sequential phase only: bare runc without a filter is there to show
+what the seccomp filter costs a launch, nothing else."""
 FIELDS = ("launch_p50_ms", "launch_p90_ms", "throughput_50_s", "exit_detect_p50_ms", "threads_100",
           "children_100", "rss_100_mb", "idle_cpu_s_100", "memory_read_us")
 

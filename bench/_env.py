@@ -158,6 +158,26 @@ def _is_ours(c: dict[str, Any], run: str | None) -> bool:
     return any(n.startswith(name_prefix) for n in names) or node.startswith(node_prefix)
 
 
+def _sweep_berth_runc(run_dir: Path) -> int:
+    """berth_runc's nodes of a run: their runc containers, their shims, their workers' roots."""
+    removed = 0
+    for runc_dir in run_dir.glob("state/*/runc"):
+        root = runc_dir / "root"
+        if root.is_dir() and shutil.which("runc"):
+            listed = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            for cid in listed.stdout.split():
+                subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
+                removed += 1
+        if (runc_dir / "shim.sock").exists():
+            from berth._runtimes.shimclient import ShimClient
+
+            with contextlib.suppress(Exception):
+                ShimClient(str(runc_dir), "runc", str(root)).stop(force=True)
+        for rootfs in runc_dir.glob("workers/*/bundle/rootfs"):
+            subprocess.run(["umount", "-l", str(rootfs)], capture_output=True)
+    return removed
+
+
 def sweep(url: str | None, run: str | None = None, say: Any = print) -> int:
     """Remove every container, runc container, mount and directory of ``run`` (or of every run)."""
     removed = 0
@@ -181,6 +201,7 @@ def sweep(url: str | None, run: str | None = None, say: Any = print) -> int:
                 removed += 1
     runs = [RUNS / run] if run else (sorted(RUNS.iterdir()) if RUNS.is_dir() else [])
     for rd in runs:
+        removed += _sweep_berth_runc(rd)
         merged = rd / "runc-rootfs" / "merged"
         if os.path.ismount(merged):
             subprocess.run(["umount", str(merged)], capture_output=True)

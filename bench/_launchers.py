@@ -93,6 +93,10 @@ class Launcher:
         """Processes that are workers (so not the launcher's helpers) though they are its children."""
         return set()
 
+    def monitor_pids(self) -> list[int]:
+        """Helper processes that are not this process's descendants (berth-shim): counted as helpers."""
+        return []
+
     def close(self) -> None:
         pass
 
@@ -132,6 +136,33 @@ class BerthLauncher(Launcher):
 
     def close(self) -> None:
         self.node.close()
+
+
+class BerthRuncLauncher(BerthLauncher):
+    """berth with the runc runtime: the same ``Node.launch``; exits come from berth-shim, the
+    node's one monitor process, over its socket. The shim is started here, before the bare runc
+    launcher makes this process a subreaper (it would otherwise become this process's child)."""
+
+    name = "berth_runc"
+
+    def __init__(self, config: NodeConfig, url: str, host: HostFacts, image_dir: str) -> None:
+        runc = config.runc.model_copy(update={"images": {IMAGE: image_dir}})
+        config = config.model_copy(update={"node": config.node.model_copy(update={"runtime": "runc"}), "runc": runc})
+        super().__init__(config, url, host)
+        self.shim = self.node.runtime.shim  # type: ignore[attr-defined]
+        self.shim.ensure()
+
+    def worker_pids(self) -> set[int]:
+        return {w.pid for w in self.node.ps() if w.pid}
+
+    def monitor_pids(self) -> list[int]:
+        pid = self.shim.pid()
+        return [pid] if pid else []
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self.shim.stop(force=True)
 
 
 class StormLauncher(Launcher):
@@ -248,9 +279,18 @@ def set_child_subreaper(on: bool) -> None:
 class RuncLauncher(Launcher):
     name = "runc"
 
-    def __init__(self, config: NodeConfig, url: str, host: HostFacts, rootfs: str, bundles: Path) -> None:
+    def __init__(self, config: NodeConfig, url: str, host: HostFacts, rootfs: str, bundles: Path,
+                 seccomp: bool = True) -> None:
         super().__init__(config, url, host)
         self.rootfs = rootfs
+        self.seccomp: dict[str, Any] | None = None
+        if seccomp:  # the very filter berth's runc runtime gives its workers (converted once, as berth does)
+            from berth._core.seccomp import load_oci_seccomp, without_namespaces
+
+            self.seccomp = without_namespaces(load_oci_seccomp(config.runc.default_seccomp, "runc.default_seccomp",
+                                                               compat_arches=config.runc.seccomp_compat_arches))
+        if not seccomp:
+            self.name = "runc_noseccomp"
         self.bundles = bundles
         self.bundles.mkdir(parents=True, exist_ok=True)
         self._runc = ["runc", "--root", RUNC_ROOT]
@@ -267,11 +307,13 @@ class RuncLauncher(Launcher):
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
         from berth._core.oci import oci_config
+        from berth._linux.mountinfo import read_mountinfo
 
         plan = self._plan_and_dirs(spec)
         bundle = self.bundles / spec.worker_id
         bundle.mkdir()
-        (bundle / "config.json").write_text(json.dumps(oci_config(plan, self.rootfs)))
+        config = oci_config(plan, self.rootfs, seccomp=self.seccomp, table=read_mountinfo())
+        (bundle / "config.json").write_text(json.dumps(config))
         pid_file = bundle / "init.pid"
         log = bundle / "runc.log"
         rc = subprocess.run([*self._runc, "--log", str(log), "run", "-d", "--bundle", str(bundle),
@@ -345,14 +387,17 @@ class RuncLauncher(Launcher):
         os.close(self._wake_w)
 
 
-def make_launcher(name: str, run_dir: Path, run: str, url: str, host: HostFacts, rootfs: str) -> Launcher:
+def make_launcher(name: str, run_dir: Path, run: str, url: str, host: HostFacts, rootfs: str,
+                  image_dir: str = "") -> Launcher:
     """One launcher, with its own berth node name so no launcher sees another's containers."""
     from ._common import NODE_PREFIX, TAGS
 
     config = make_config(run_dir, f"{NODE_PREFIX}{run}-{TAGS[name]}", url)
     classes: dict[str, Any] = {"berth": BerthLauncher, "storm_style": StormLauncher, "sdk": SdkLauncher}
-    if name == "runc":
-        return RuncLauncher(config, url, host, rootfs, run_dir / "runc-bundles")
+    if name in ("runc", "runc_noseccomp"):
+        return RuncLauncher(config, url, host, rootfs, run_dir / "runc-bundles", seccomp=name == "runc")
+    if name == "berth_runc":
+        return BerthRuncLauncher(config, url, host, image_dir)
     if name not in classes:
         raise BenchError(f"unknown launcher {name!r}")
     launcher: Launcher = classes[name](config, url, host)

@@ -263,15 +263,19 @@ class Watch:
     """CPU seconds (user+system) of the launcher process and its helpers over the idle window."""
     engine_idle_cpu_s: float | None
     self_rss_mb: float
+    monitor_rss_mb: float | None = None
+    """berth-shim's own RSS (berth on runc), with every worker running."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _point(me: int, n: int, base_threads: int, workers: set[int]) -> tuple[WatchPoint, float]:
+def _point(me: int, n: int, base_threads: int, workers: set[int],
+           monitors: list[int] | None = None) -> tuple[WatchPoint, float]:
+    """``monitors``: helper processes that are not descendants (berth-shim), counted as helpers."""
     info = proc_info(me)
     assert info is not None
-    helpers = [h for h in (proc_info(p) for p in descendants(me, workers)) if h is not None]
+    helpers = [h for h in (proc_info(p) for p in [*descendants(me, workers), *(monitors or [])]) if h is not None]
     rss_kb = info.rss_kb + sum(h.rss_kb for h in helpers)
     pss = pss_kb(me) + sum(pss_kb(h.pid) for h in helpers)
     return WatchPoint(n, info.threads - base_threads, len(helpers), sum(h.threads for h in helpers),
@@ -318,13 +322,13 @@ def watch_child(make: Callable[[], Launcher], n: int, idle: float, ids: Ids, eng
                 read_stamp(launcher.worker_root(w) / "t0", 120.0, exits.expect(w))
             done += k
             time.sleep(1.0)  # every watcher started and connected
-            point, _ = _point(me, done, base.threads, launcher.worker_pids())
+            point, _ = _point(me, done, base.threads, launcher.worker_pids(), launcher.monitor_pids())
             ramp.append(point)
             tick(f"{done}/{n}")
         time.sleep(1.0)
         workers = launcher.worker_pids()
         engine = [p for p in (read_pidfile(f) for f in engine_pidfiles) if p is not None]
-        mine = [me, *descendants(me, workers)]
+        mine = [me, *descendants(me, workers), *launcher.monitor_pids()]
         eng0, cpu0 = _cpu(engine), _cpu(mine)
         t0 = time.monotonic()
         time.sleep(idle)
@@ -332,11 +336,13 @@ def watch_child(make: Callable[[], Launcher], n: int, idle: float, ids: Ids, eng
         cpu1, eng1 = _cpu(mine), _cpu(engine)
         idle_cpu = _delta_s(cpu0, cpu1)
         engine_cpu = _delta_s(eng0, eng1) if eng0 else None
-        final, self_rss = _point(me, n, base.threads, workers)
+        final, self_rss = _point(me, n, base.threads, workers, launcher.monitor_pids())
         if ramp and ramp[-1].workers == n:
             ramp[-1] = final
+        monitors = [m for m in (proc_info(p) for p in launcher.monitor_pids()) if m is not None]
         return Watch(launcher.name, base.threads, round(base.rss_kb / 1024, 1), ramp, round(elapsed, 2),
-                     round(idle_cpu, 4), None if engine_cpu is None else round(engine_cpu, 4), round(self_rss, 1))
+                     round(idle_cpu, 4), None if engine_cpu is None else round(engine_cpu, 4), round(self_rss, 1),
+                     round(sum(m.rss_kb for m in monitors) / 1024, 1) if monitors else None)
     finally:
         _remove_all(launcher, wids)
         launcher.close()

@@ -8,8 +8,10 @@ from typing import Any
 
 from ._common import FIELDS, LAUNCHERS, REPO, percentile
 
-TITLES = {"berth": "berth", "storm_style": "Storm-style", "sdk": "Docker SDK", "runc": "bare runc"}
-COLORS = {"berth": "#1f77b4", "storm_style": "#d62728", "sdk": "#2ca02c", "runc": "#7f7f7f"}
+TITLES = {"berth": "berth", "berth_runc": "berth on runc", "storm_style": "Storm-style", "sdk": "Docker SDK",
+          "runc": "bare runc", "runc_noseccomp": "bare runc, no seccomp"}
+COLORS = {"berth": "#1f77b4", "berth_runc": "#9467bd", "storm_style": "#d62728", "sdk": "#2ca02c",
+          "runc": "#7f7f7f", "runc_noseccomp": "#bcbd22"}
 
 
 def _r(x: float | None, nd: int = 2) -> float | None:
@@ -51,6 +53,8 @@ def summarize(name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         x["pss_100_mb"] = last["pss_mb"]
         x["helper_threads_100"] = last["helper_threads"]
         x["launcher_rss_mb"] = w["self_rss_mb"]
+        if w.get("monitor_rss_mb") is not None:
+            x["monitor_rss_mb"] = w["monitor_rss_mb"]
         x["baseline_rss_mb"] = w["baseline_rss_mb"]
         x["engine_idle_cpu_s"] = w["engine_idle_cpu_s"]
         first = w["ramp"][0]
@@ -98,6 +102,49 @@ def targets(summary: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]
     out.append(("berth memory reading at least 1000x cheaper than the stats call",
                 "n/a" if r is None else f"{r:,.0f}x ({b['memory_read_us']} µs vs {k['memory_read_us']:,.0f} µs)",
                 None if r is None else r >= 1000))
+    return out + runc_targets(summary, extra)
+
+
+def runc_targets(summary: dict[str, dict[str, Any]],
+                 extra: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+    """Issue 13's targets for berth on runc."""
+    c, rc, st = summary.get("berth_runc", {}), summary.get("runc", {}), summary.get("storm_style", {})
+    cx, plain = extra.get("berth_runc", {}), summary.get("runc_noseccomp", {})
+    out: list[tuple[str, str, bool | None]] = []
+
+    def num(v: Any) -> bool:
+        return isinstance(v, int | float)
+
+    a, b = c.get("launch_p50_ms"), rc.get("launch_p50_ms")
+    r = a / b if num(a) and num(b) and b else None
+    out.append(("berth on runc: launch p50 within 1.2x of bare runc (same seccomp filter)",
+                "n/a" if r is None else f"{r:.2f}x ({a} vs {b} ms)", None if r is None else r <= 1.2))
+    s = st.get("launch_p50_ms")
+    r = s / a if num(a) and num(s) and a else None
+    out.append(("berth on runc: launch p50 at least 2.5x faster than Storm-style docker run",
+                "n/a" if r is None else f"{r:.2f}x ({s} vs {a} ms)", None if r is None else r >= 2.5))
+    e = c.get("exit_detect_p50_ms")
+    out.append(("berth on runc: exit detection p50 at most 5 ms", "n/a" if e is None else f"{e} ms",
+                None if e is None else e <= 5))
+    m, n = cx.get("burst_exit_max_ms"), cx.get("burst_n")
+    out.append((f"berth on runc: a burst of {n or 'N'} exits released at once, all reported within 100 ms",
+                "n/a" if m is None else f"slowest {m} ms after its worker's last instruction",
+                None if m is None else m <= 100))
+    th, ch = c.get("threads_100"), c.get("children_100")
+    if th is not None and "threads_first" in cx:
+        ok = th == cx["threads_first"] and ch == 1 and cx.get("helper_threads_100") == 1
+        out.append(("berth on runc: 1 monitor process and no thread per worker",
+                    f"{cx['threads_first']} berth thread(s) at {cx['first_n']} worker(s), {th} at {cx['watch_n']}; "
+                    f"{ch} helper process(es) with {cx.get('helper_threads_100')} thread(s)", ok))
+    else:
+        out.append(("berth on runc: 1 monitor process and no thread per worker", "n/a", None))
+    rss = cx.get("monitor_rss_mb")
+    out.append(("berth on runc: shim RSS at most 30 MB", "n/a" if rss is None else f"{rss} MB",
+                None if rss is None else rss <= 30))
+    a, b = rc.get("launch_p50_ms"), plain.get("launch_p50_ms")
+    d = float(a) - float(b) if num(a) and num(b) else None  # type: ignore[arg-type]
+    out.append(("seccomp costs a runc launch at most 5 ms (p50 with the filter minus without)",
+                "n/a" if d is None else f"{d:+.2f} ms ({a} vs {b} ms)", None if d is None else d <= 5))
     return out
 
 
@@ -150,6 +197,7 @@ EXTRA_ROWS = [
     ("burst_exit_p50_ms", "burst: exit detection p50 (N released at once), ms"),
     ("burst_exit_max_ms", "burst: exit detection max, ms"),
     ("helper_threads_100", "threads inside the helper processes"),
+    ("monitor_rss_mb", "berth-shim RSS, MB"),
     ("launcher_rss_mb", "launcher process RSS alone, MB"),
     ("baseline_rss_mb", "launcher process RSS before the launcher existed, MB"),
     ("pss_100_mb", "launcher + helpers PSS, MB"),

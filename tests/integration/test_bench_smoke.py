@@ -19,12 +19,14 @@ from .conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-LAUNCHERS = ("berth", "storm_style", "sdk", "runc")
+LAUNCHERS = ("berth", "berth_runc", "storm_style", "sdk", "runc", "runc_noseccomp")
+SEQUENTIAL = ("launch_p50_ms", "launch_p90_ms", "exit_detect_p50_ms")
+"""All that is measured of bare runc without a filter (it is there for the seccomp cost)."""
 FIELDS = ("launch_p50_ms", "launch_p90_ms", "throughput_50_s", "exit_detect_p50_ms", "threads_100",
           "children_100", "rss_100_mb", "idle_cpu_s_100", "memory_read_us")
 
 
-def test_quick_bench_gives_well_formed_json(engine: str, users: object, tmp_path: Path) -> None:
+def test_quick_bench_gives_well_formed_json(engine: str, users: object, runc_ready: None, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "all", "--quick", "--n", "2", "--concurrent", "3", "--watch", "3",
@@ -38,11 +40,21 @@ def test_quick_bench_gives_well_formed_json(engine: str, users: object, tmp_path
         for field in FIELDS:
             value = result[name][field]
             assert value is None or (isinstance(value, int | float) and not isinstance(value, bool)), (name, field)
-            assert value is not None, f"{name}.{field} was not measured"
+            assert (value is not None) == (name != "runc_noseccomp" or field in SEQUENTIAL), (name, field)
     assert result["berth"]["children_100"] == 0
+    assert result["berth_runc"]["children_100"] == 1  # berth-shim, whatever the number of workers
     assert (tmp_path / "benchmarks.md").exists()
     assert sorted(p.name for p in tmp_path.glob("bench-*.png")) == [
         "bench-launch.png", "bench-memory.png", "bench-throughput.png", "bench-watch.png"]
     client = docker.APIClient(base_url=engine, version="auto")
     left = [c["Names"] for c in client.containers(all=True) if any(n.startswith("/bnch-") for n in c["Names"])]
     assert left == []
+    shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and b"berth-bench" in _cmdline(p)]
+    assert shims == []  # the berth_runc node's shim was stopped
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return p.joinpath("cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -155,3 +155,8 @@ def test_without_namespaces_refuses_what_the_engines_default_refuses_a_worker_wi
                          "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
     assert len(rules) == 11  # the setns-only allow rule is gone
     assert without_namespaces(allow_all, arch="s390x")["syscalls"][1]["args"][0]["index"] == 1
+
+
+def test_without_compat_arches_only_the_native_architecture_is_filtered() -> None:
+    oci = oci_seccomp(PROFILE, arch="amd64", kernel_release="6.1", compat_arches=False)
+    assert oci["architectures"] == ["SCMP_ARCH_X86_64"]

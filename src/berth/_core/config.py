@@ -226,6 +226,10 @@ class RuncSection(BaseModel):
     default_seccomp: str = "/usr/share/containers/seccomp.json"
     """The Docker-format profile converted for workers when container.seccomp_profile is empty
     (Debian: golang-github-containers-common)."""
+    seccomp_compat_arches: bool = False
+    """Also filter (and so allow) the profile's compatible architectures (x86 and x32 on x86_64).
+    Off: the filter covers the native architecture only and any 32-bit system call is refused, which
+    also makes each launch ~15 ms cheaper (runc compiles one filter per architecture)."""
 
     @field_validator("root", "image_root")
     @classmethod

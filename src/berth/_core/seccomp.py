@@ -77,11 +77,13 @@ def _syscall(rule: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def oci_seccomp(profile: Mapping[str, Any], *, arch: str | None = None, kernel_release: str | None = None,
-                caps: Sequence[str] = ()) -> dict[str, Any]:
+                caps: Sequence[str] = (), compat_arches: bool = True) -> dict[str, Any]:
     """The OCI ``linux.seccomp`` for a Docker-format (or OCI-format) profile.
 
     ``arch`` is the Go arch name (default: this machine's); ``caps`` the container's bounding
-    set (berth's workers: none). Raises ValueError naming the offending rule.
+    set (berth's workers: none). Without ``compat_arches`` only the native architecture of the
+    ``archMap`` entry is kept: system calls of the others (32-bit ones) are then refused.
+    Raises ValueError naming the offending rule.
     """
     arch = arch or GO_ARCH.get(platform.machine(), platform.machine())
     kernel = _kernel(kernel_release or platform.release())
@@ -97,7 +99,7 @@ def oci_seccomp(profile: Mapping[str, Any], *, arch: str | None = None, kernel_r
     native = SECCOMP_ARCH.get(arch)
     for entry in profile.get("archMap") or []:
         if entry.get("architecture") == native:
-            arches = [native, *(entry.get("subArchitectures") or [])]
+            arches = [native, *(entry.get("subArchitectures") or [])] if compat_arches else [native]
             break
     if arches:
         out["architectures"] = arches

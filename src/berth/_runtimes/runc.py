@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -37,6 +38,8 @@ from .shimclient import ShimClient
 
 log = logging.getLogger("berth.runc")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_BERTH_CID = re.compile(r"[0-9a-f]{32}")
+"""The runc ids berth gives its containers (``uuid4().hex``)."""
 _RUNC_STATUS = {"created": WorkerStatus.CREATED, "running": WorkerStatus.RUNNING, "paused": WorkerStatus.PAUSED,
                 "stopped": WorkerStatus.EXITED}
 
@@ -79,6 +82,7 @@ class RuncRuntime:
         self._runc: str | None = None
         self._shim: ShimClient | None = None
         self._seccomp: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
 
     @property
@@ -132,7 +136,7 @@ class RuncRuntime:
             raise EngineError(field, f"seccomp profile {path}: {exc.strerror}{hint}") from None
         cached = self._seccomp.get(path)
         if cached is None or cached[0] != mtime:
-            converted = load_oci_seccomp(path, field)
+            converted = load_oci_seccomp(path, field, compat_arches=self._config.runc.seccomp_compat_arches)
             if not plan.security.seccomp_profile:  # the distribution's profile: as strict as the engine's
                 converted = without_namespaces(converted)
             cached = (mtime, converted)
@@ -190,6 +194,7 @@ class RuncRuntime:
 
     def remove(self, worker_id: str) -> None:
         wdir = self._wdir(worker_id)
+        self._memfiles.pop(worker_id, None)
         meta = rb.read_json(os.path.join(wdir, "meta.json"))
         if meta is not None:
             if os.path.exists(os.path.join(wdir, "started.json")):
@@ -234,9 +239,14 @@ class RuncRuntime:
 
     def _by_hand(self) -> dict[str, dict[str, Any]]:
         """Containers in this node's runc root that berth did not make but that carry this node's
-        annotations (``runc list``: one runc process, so only listings and lookups of unknown ids)."""
-        if not os.path.isdir(self._root):
+        annotations (``runc list``: one runc process, spawned only when the root holds an id that
+        is not of berth's form). A container started by hand under a 32-hex-digit id is not seen."""
+        try:
+            ids = os.listdir(self._root)
+        except FileNotFoundError:
             return {}
+        if all(_BERTH_CID.fullmatch(i) for i in ids):
+            return {}  # only berth's own (uuid4 hex ids): no runc process to spawn on every lookup
         out = subprocess.run([self.runc, "--root", self._root, "list", "--format", "json"], capture_output=True,
                              check=False)
         try:
@@ -284,13 +294,25 @@ class RuncRuntime:
                                  pid=state.pid if state.running else None, logs=logs)
 
     def memory_usage(self, worker_id: str) -> int:
+        """One file read once the worker's cgroup file is known (it is kept; a stale one can only
+        fail to read, since the cgroup is named after the worker and goes with its container)."""
+        path = self._memfiles.get(worker_id)
+        if path is not None:
+            try:
+                return _cgroup.read_int(path)
+            except (OSError, ValueError):
+                self._memfiles.pop(worker_id, None)
         meta = self._meta(worker_id)
         if meta.get("memcg"):
             name = "memory.usage_in_bytes" if meta.get("cgroup_version", 1) == 1 else "memory.current"
             try:
-                return _cgroup.read_int(os.path.join(meta["memcg"], name))
+                value = _cgroup.read_int(os.path.join(meta["memcg"], name))
             except (OSError, ValueError):
                 pass
+            else:
+                if self._state(worker_id, meta).running:
+                    self._memfiles[worker_id] = os.path.join(meta["memcg"], name)
+                return value
         st = self._state(worker_id, meta)
         raise WorkerNotRunning(worker_id, st.state)
 

@@ -56,7 +56,7 @@ def write_json(path: str, data: Mapping[str, Any], mode: int = 0o600) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
+        fh.write(json.dumps(data))  # dumps uses the C encoder; dump would encode in Python (ms for a config)
     os.replace(tmp, path)
 
 

@@ -23,7 +23,7 @@ def write_json(path: str, data: dict[str, Any]) -> None:
     """Atomically: a reader sees the old file or the whole new one, never a part."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
+        fh.write(json.dumps(data))
     os.replace(tmp, path)
 
 
