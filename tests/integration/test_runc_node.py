@@ -220,3 +220,49 @@ def test_a_strict_umask_in_berth_does_not_lock_the_worker_out_of_its_root(runc_n
     finally:
         os.umask(old)
     assert runc_node.wait("w-umask", WAIT).exit_code == 5
+
+
+def test_a_worker_flooding_its_output_is_kept_within_the_node_log_limits(runc_config: NodeConfig) -> None:
+    cfg = runc_config.model_copy(update={"container": runc_config.container.model_copy(
+        update={"log_max_size_mb": 1, "log_max_files": 2})})
+    node = Node(cfg)
+    flood = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(6 * 1024): sys.stdout.write(line)\n" \
+            "sys.stdout.flush()\nopen('ready', 'w').close()\n" + WAIT_FOR_GO
+    node.launch(spec("w-flood", flood), on_exit=lambda r: None)
+    wait_file(root_of(node, "w-flood") / "ready", node, "w-flood")  # 6 MiB written
+    out = Path(cfg.runc_dir, "workers", "w-flood", "output.log")
+    poll_until(lambda: out.stat().st_size <= 2**20, "the shim to rotate the output")
+    kept = sorted(p.name for p in out.parent.glob("output.log*"))
+    assert kept == ["output.log", "output.log.1"]  # log_max_files = 2
+    assert sum(p.stat().st_size for p in out.parent.glob("output.log*")) <= 2 * 2**20
+    assert audit_worker(node, "w-flood").check("logs.limit").ok
+    tail = b"".join(node.logs("w-flood", tail=2))
+    assert tail.count(b"\n") == 2 and tail.endswith(b"x\n")
+    go(node, "w-flood", "0")
+    node.wait("w-flood", WAIT)
+    node.close()
+
+
+def test_no_seccomp_profile_is_a_clear_launch_error_and_leaves_nothing(runc_config: NodeConfig,
+                                                                       base: Path) -> None:
+    cfg = runc_config.model_copy(update={"runc": runc_config.runc.model_copy(
+        update={"default_seccomp": str(base / "missing.json")})})
+    node = Node(cfg)
+    with pytest.raises(LaunchError) as err:
+        node.launch(spec("w-nosc", "pass"), on_exit=lambda r: None)
+    assert "runc.default_seccomp" in str(err.value) and "golang-github-containers-common" in str(err.value)
+    assert not Path(cfg.runc_dir, "workers", "w-nosc").exists() and not root_of(node, "w-nosc").exists()
+    node.close()
+
+
+def test_recover_removes_a_half_made_runc_worker(runc_node: Node, runc_config: NodeConfig) -> None:
+    from berth import prepare_worker_dirs
+
+    plan = runc_node.plan(spec("w-half", "pass"))
+    prepare_worker_dirs(plan, [])
+    runc_node.runtime.create(plan)  # as if berth died between create and start
+    assert runc_node.inspect("w-half").state == "created"
+    with Node(runc_config) as other:
+        assert other.recover().removed == ["w-half"]
+    assert not Path(runc_config.runc_dir, "workers", "w-half").exists()
+    assert not any("w-half" in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
