@@ -276,7 +276,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
             for i, (vals, n) in enumerate(zip(data, seq_names, strict=True), start=1):
                 xs = [i + ((j % 7) - 3) * 0.03 for j in range(len(vals))]
                 ax.scatter(xs, vals, s=9, color=COLORS[n], zorder=3)
-            ax.set_xticks(range(1, len(seq_names) + 1), [TITLES[n] for n in seq_names])
+            ax.set_xticks(range(1, len(seq_names) + 1), [TITLES[n].replace(" ", "\n", 1) for n in seq_names],
+                          fontsize=8)
             ax.set_yscale("log")
             ax.set_ylabel("ms (log)")
             ax.set_title(title, fontsize=10)

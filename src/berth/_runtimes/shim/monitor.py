@@ -330,9 +330,11 @@ class Shim(Wire):
             if child is not None and child.pid == pid:
                 self._signal(child, signal.SIGKILL)
 
-    def _delete(self, cid: str, conn: Conn | None) -> None:
+    def _delete(self, cid: str, conn: Conn | None) -> int:
+        """``runc delete`` (which removes the cgroup), answering ``conn`` when it is done."""
         pid = self._spawn([self.runc, "--root", self.root, "delete", "--force", cid])
         self.deleting[pid] = (cid, [conn] if conn is not None else [])
+        return pid
 
     # -- exits ----------------------------------------------------------------------------------
 
@@ -366,8 +368,7 @@ class Shim(Wire):
                 self._send(conn, {"ok": True, "id": child.cid, "running": False, "exit": rec})
         removers = [conn for conn, what in waiters if what == "remove"]
         if removers:  # removed, not ended: nobody is told (as the engine's forced removal)
-            self._delete(child.cid, None)
-            self.deleting[next(reversed(self.deleting))][1].extend(removers)
+            self.deleting[self._delete(child.cid, None)][1].extend(removers)
             return
         event = {"event": "exit", **rec}
         self.pending[child.cid] = event
