@@ -131,3 +131,20 @@ def test_a_read_only_socket_refuses_changes(h: Harness) -> None:
     r = client.put("/assignments", json={"workers": []})
     assert r.status_code == 403 and "read-only" in r.json()["detail"][0]["msg"]
     assert client.get("/workers").status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_unread(h: Harness) -> None:
+    from berth._service.apimodels import MAX_BODY_BYTES
+
+    client = TestClient(create_app(h.sup))
+    big = b'{"workers": [' + b" " * MAX_BODY_BYTES + b"]}"
+    r = client.put("/assignments", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["msg"].startswith("the body is larger than")
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"workers": ['
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 1):
+            yield b" " * (1 << 20)
+
+    r = client.put("/assignments", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413

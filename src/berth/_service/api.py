@@ -28,6 +28,7 @@ from .apimodels import (
     ERRORS,
     AssignmentsBody,
     AssignmentsOut,
+    BodyLimit,
     Health,
     HealthBrief,
     KillResult,
@@ -71,6 +72,7 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
     app = FastAPI(title="berth", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
                   description="Keep a node's assigned workers running in hardened containers.")
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     put_lock = threading.Lock()
     open_access = token is None
 

@@ -172,3 +172,49 @@ def docs_page(spec: dict[str, Any]) -> str:
             f"<p>{esc(str(info.get('description', '')))} The full schema: <a href='openapi.json'>openapi.json</a>.</p>"
             "<table><tr><th>endpoint</th><th>what</th><th>parameters</th><th>answers</th></tr>"
             + "".join(rows) + "</table></body></html>")
+
+
+MAX_BODY_BYTES = 16 << 20
+"""The largest request body read (an assignments document's limit); past it, 413 unread."""
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``MAX_BODY_BYTES`` (413) whether its length is
+    declared or it comes chunked; no more than the limit is ever held in memory."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.limit:
+            await error(413, f"the body is larger than {self.limit} bytes")(scope, receive, send)
+            return
+        body, more = [], True
+        size = 0
+        while more:  # read it here, up to the limit, then hand it over whole
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await error(413, f"the body is larger than {self.limit} bytes")(scope, receive, send)
+                return
+            body.append(message)
+            more = message.get("more_body", False)
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _replay(messages: list[Any], then: Any = None) -> Any:
+    pending = list(messages)
+
+    async def receive() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await then() if then is not None else {"type": "http.disconnect"}
+
+    return receive
