@@ -95,6 +95,23 @@ def test_serve_keeps_api_assignments_across_a_restart(cfg: tuple[NodeConfig, Pat
     assert "draining: 2/2 stopped" in err and containers(config) == {}
 
 
+def test_serve_keeps_the_process_umask_once_its_socket_is_bound(cfg: tuple[NodeConfig, Path]) -> None:
+    """The socket is born owner-only (a strict umask while it is bound); everything berth makes
+    afterwards (worker roots, runc mount points, state files) must not inherit that umask."""
+    config, path = cfg
+    mine = os.umask(0o022)
+    os.umask(mine)
+    server = Berth(path, "serve")
+    try:
+        with server.client(Path(config.api_socket)) as c:
+            assert c.get("/healthz").status_code in (200, 503)
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        umask = next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+        assert int(umask, 8) == mine
+    finally:
+        server.stop()
+
+
 def test_an_empty_assignments_file_changes_nothing(config: NodeConfig, base: Path) -> None:
     """Item 2: `: > assign.yaml` keeps the workers; `workers: []` drains."""
     path = base / "assign.yaml"

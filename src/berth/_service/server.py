@@ -46,8 +46,12 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     server = uvicorn.Server(uvicorn.Config(app or create_app(sup, read_only=read_only), uds=socket_path,
                                            log_level="warning"))
     mine: list[tuple[int, int]] = []
+    previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
 
     def bound() -> None:
+        # Only the socket needs the strict umask; it is process-wide, and whatever berth makes
+        # from now on (worker roots, runc mount points, state files) must not inherit it.
+        os.umask(previous)
         os.chmod(socket_path, socket_mode)
         if socket_group:
             import grp
@@ -59,7 +63,6 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
             announce(f"unix:{socket_path}")
 
     _after_bind(server, bound)
-    previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
     try:
         server.run()
     finally:
