@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--idle", type=float, help="idle window in seconds for the CPU reading (full: 30, quick: 5)")
     ap.add_argument("--settle", type=float, help="seconds between a worker's start and its release (0.5)")
     ap.add_argument("--engine", default="private", help="private (default), shared, or an engine URL")
+    ap.add_argument("--run-id", type=_run_id, help="name this run's containers, dirs and shim bnch-<ID>-… "
+                                                    "(default: random; 6 hex digits)")
     ap.add_argument("--keep-engine", action="store_true", help="leave a private engine the bench started running")
     ap.add_argument("--rootfs", default=None, help="unpacked image for runc (/var/lib/berth-dev/rootfs/python)")
     ap.add_argument("--image-dir", default=None, help=argparse.SUPPRESS)  # the watch child's berth_runc image
@@ -77,6 +80,12 @@ def _launchers(args: argparse.Namespace) -> list[str]:
     if bad:
         raise BenchError(f"unknown launcher(s) {', '.join(bad)}; choose from {', '.join(LAUNCHERS)}")
     return [n for n in LAUNCHERS if n in names]
+
+
+def _run_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{6}", text):
+        raise argparse.ArgumentTypeError(f"must be 6 hex digits, got {text!r}")
+    return text
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,7 +182,7 @@ def _profile(args: argparse.Namespace, console: Any) -> int:
     from ._profile import profile_berth
 
     n = args.n or 15
-    run = uuid.uuid4().hex[:6]
+    run = getattr(args, "run_id", None) or uuid.uuid4().hex[:6]
     engine = _env.open_engine(args.engine, console.print)
     launcher = None
     try:
@@ -224,7 +233,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     params["image"] = "berth/python:latest"
     started = time.monotonic()
     drift0 = time.time_ns() - time.monotonic_ns()
-    run = uuid.uuid4().hex[:6]
+    run = getattr(args, "run_id", None) or uuid.uuid4().hex[:6]
     rootfs = args.rootfs or DEFAULT_ROOTFS
     say = console.print
     engine = _env.open_engine(args.engine, say)

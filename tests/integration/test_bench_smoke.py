@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import docker
@@ -28,9 +29,10 @@ FIELDS = ("launch_p50_ms", "launch_p90_ms", "throughput_50_s", "exit_detect_p50_
 
 def test_quick_bench_gives_well_formed_json(engine: str, users: object, runc_ready: None, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = uuid.uuid4().hex[:6]  # what this run leaves behind is told apart from any other bench's
     done = subprocess.run(
         [sys.executable, "-m", "bench", "all", "--quick", "--n", "2", "--concurrent", "3", "--watch", "3",
-         "--idle", "1", "--engine", engine, "--json", "--out", str(tmp_path)],
+         "--idle", "1", "--engine", engine, "--json", "--out", str(tmp_path), "--run-id", run],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout)
@@ -47,9 +49,9 @@ def test_quick_bench_gives_well_formed_json(engine: str, users: object, runc_rea
     assert sorted(p.name for p in tmp_path.glob("bench-*.png")) == [
         "bench-launch.png", "bench-memory.png", "bench-throughput.png", "bench-watch.png"]
     client = docker.APIClient(base_url=engine, version="auto")
-    left = [c["Names"] for c in client.containers(all=True) if any(n.startswith("/bnch-") for n in c["Names"])]
+    left = [c["Names"] for c in client.containers(all=True) if any(n.startswith(f"/bnch-{run}-") for n in c["Names"])]
     assert left == []
-    shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and b"berth-bench" in _cmdline(p)]
+    shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and f"/{run}/".encode() in _cmdline(p)]
     assert shims == []  # the berth_runc node's shim was stopped
 
 
