@@ -69,7 +69,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
     from berth._cluster.scheduler import Coordinator
     from berth._cluster.zk import Connection
     from berth._core.clusterconfig import ClusterSection
-    from berth._core.config import load_config
+    from berth._core.loading import load_config
     from berth._service.supervisor import Supervisor
 
     hosts = _zk_hosts()

@@ -6,9 +6,10 @@ change. The layers underneath, lowest first: ``_core`` (request, config, plan, r
 (launch, watch, audit), ``_service`` (supervisor, HTTP API), ``_cli``.
 """
 
-from ._core.config import NodeConfig, load_config
+from ._core.config import NodeConfig
 from ._core.hostfacts import HostFacts
 from ._core.identity import Identity, resolve_identity
+from ._core.loading import load_config
 from ._core.plan import Mount, Plan, Resources, Security, build_plan, plan_for
 from ._core.render import docker_run_argv, docker_run_line, engine_create_body, text_summary
 from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
@@ -26,7 +27,8 @@ from ._exceptions import (
     WorkerNotFound,
     WorkerNotRunning,
 )
-from ._node.audit import AuditReport, Check, audit_all, audit_worker
+from ._node.audit import AuditReport, audit_all, audit_worker
+from ._node.check import Check
 from ._node.node import Node, RecoveryReport, WorkerHandle
 from ._node.workdirs import prepare as prepare_worker_dirs
 from ._node.workdirs import remove as remove_worker_dirs

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from berth import AuditReport, Node, NodeConfig, WorkerNotFound, audit_all, audit_worker
 from berth._cli import main
 from berth._cli.demo import DEMO_WORKERS, WORKER
-from berth._core.config import load_config
+from berth._core.loading import load_config
 from berth._linux.cgroup import cgroup_dir
 from berth._linux.mountinfo import submounts
 

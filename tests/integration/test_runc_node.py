@@ -139,7 +139,7 @@ def test_ps_tells_exit_137_from_sigkill_and_from_oom(runc_node: Node, runc_confi
 
 RECOVER_CHILD = r"""
 import sys
-from berth._core.config import load_config
+from berth._core.loading import load_config
 from berth import Node, WorkerSpec
 node = Node(load_config(sys.argv[1]))
 script = "import os,time,sys\nwhile not os.path.exists('go'): time.sleep(0.02)\nsys.exit(int(open('go').read() or 0))\n"

@@ -17,7 +17,8 @@ from berth import (
     build_plan,
     spec_from_mapping,
 )
-from berth._core.config import config_from_mapping, load_config
+from berth._core.config import config_from_mapping
+from berth._core.loading import load_config
 from berth._core.storm import config_from_storm
 
 from .conftest import ALICE, FOUR_CPUS, make_config

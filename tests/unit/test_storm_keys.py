@@ -137,7 +137,7 @@ def test_printed_toml_loads_to_the_same_config(example: str) -> None:
     toml = tomllib.loads(text)
     assert toml["node"]["local_dir"] == "/var/storm" and toml["storm"]["local_dir"] == "/var/storm/"
     assert toml["storm"]["numa"] == [{"id": "0", "cores": [1, 0], "memory_mb": 1024.0, "ports": [6700]}]
-    from berth._core.config import _tuples
+    from berth._core.config import tuples as _tuples
 
     assert config_from_mapping(_tuples(toml)) == _without_notes(storm)
 

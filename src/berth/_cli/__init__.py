@@ -1,10 +1,13 @@
 """The ``berth`` command line and its views (tables, the demo): presentation only.
 
 The top layer: it may import every other layer; nothing imports it but the entry point.
+Importing the command modules registers their commands on the group ``app.main``.
 """
 
-from . import cluster as _cluster_commands  # noqa: F401 - registers agent, schedule and cluster on main
-from . import shim as _shim_commands  # noqa: F401 - registers the shim group on main
-from .main import main
+from . import cluster as _cluster_commands  # noqa: F401 - agent, schedule, cluster
+from . import commands as _node_commands  # noqa: F401 - explain, launch, ps, kill, rm, logs, audit, demo, …
+from . import service as _service_commands  # noqa: F401 - supervise, serve
+from . import shim as _shim_commands  # noqa: F401 - shim
+from .app import main
 
 __all__ = ["main"]

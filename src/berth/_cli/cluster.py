@@ -17,7 +17,7 @@ import click
 from .._core.clusterconfig import ClusterSection
 from .._core.config import NodeConfig
 from .._exceptions import ClusterError
-from .main import get_config, get_node, main
+from .app import get_config, get_node, main
 
 if TYPE_CHECKING:
     from .._cluster.layout import Credential
@@ -77,7 +77,6 @@ def _logging() -> None:
 def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None, node_name: str | None,
           fence_after: float | None, socket_path: str | None, no_api: bool, drain: bool) -> None:
     """Run this node's supervisor with its assignments from ZooKeeper."""
-    import signal
 
     from .._cluster.agent import Agent
     from .._service.supervisor import Supervisor
@@ -98,10 +97,9 @@ def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: st
                f"status {ag.dir}/status.json", err=True)
     try:
         if no_api:
-            done = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: done.set())
-            done.wait()
+            from .service import wait_for_stop_signal
+
+            wait_for_stop_signal()
         else:
             from .._cluster.health import serve_agent
 

@@ -14,49 +14,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._core.config import NodeConfig, load_config
 from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._exceptions import BerthError, ConfigError, SpecError
-from .service import serve, supervise, supervisor_view
+from .._exceptions import ConfigError, SpecError
+from .app import EXIT_BERTH_ERROR, get_config, get_node, main
+from .service import supervisor_view
 from .views import ps_rows, ps_table, rejection_line, with_supervisor
 
 if TYPE_CHECKING:
 
-    from .._node.node import Node
+    pass
 
-EXIT_BERTH_ERROR = 125
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BerthError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_BERTH_ERROR)
-
-
-@click.group(cls=_Group)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="BERTH_CONFIG",
-              help="Node config: berth.toml, or a Storm storm.yaml.")
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
-    """berth: launch cluster workers in hardened containers, watch them, report how they ended."""
-    ctx.obj = {"config_path": config_path}
-
-
-def get_config(ctx: click.Context) -> NodeConfig:
-    obj = ctx.find_root().obj
-    if "config" not in obj:
-        obj["config"] = load_config(obj["config_path"])
-        for note in obj["config"].storm.notes if obj["config"].storm else ():
-            click.echo(f"note: {note}", err=True)
-    config: NodeConfig = obj["config"]
-    return config
 
 
 def spec_options(fn: F) -> F:
@@ -147,17 +118,6 @@ def config_(ctx: click.Context, /, storm_yaml: str | None) -> None:
         click.echo(f"note: {note}", err=True)
     click.echo(config_toml(config, f"berth.toml equivalent to {source}\n(berth config --from-storm; docs/storm.md)"
                            if storm_yaml else f"the node config from {source}"), nl=False)
-
-
-def get_node(ctx: click.Context) -> Node:
-    from .._node.node import Node
-
-    obj = ctx.find_root().obj
-    if "node" not in obj:
-        obj["node"] = Node(get_config(ctx))
-        ctx.find_root().call_on_close(obj["node"].close)
-    node: Node = obj["node"]
-    return node
 
 
 @main.command()
@@ -298,9 +258,6 @@ def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None, runtime: str
 
     ctx.exit(run_demo(get_node(ctx), console))
 
-
-main.add_command(supervise)
-main.add_command(serve)
 
 
 EXIT_AUDIT_FAILED = 1

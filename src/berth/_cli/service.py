@@ -17,6 +17,7 @@ import click
 from .._core.config import NodeConfig
 from .._core.serviceconfig import check_listen_address
 from .._exceptions import ConfigError
+from .app import get_config, get_node, main
 
 if TYPE_CHECKING:
     from .._service.supervisor import Supervisor
@@ -44,7 +45,6 @@ def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
     import logging
 
     from .._service.supervisor import Supervisor
-    from .main import get_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = get_node(ctx)
@@ -64,11 +64,19 @@ def _start(sup: Supervisor, drain: bool) -> None:
         click.echo("on exit, every worker of this node will be stopped (--drain)", err=True)
 
 
+def wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT: a service without a listener has nothing else to wait on."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
 def _announce(where: str) -> None:
     click.echo(f"berth: API listening on {where}", err=True)
 
 
-@click.command()
+@main.command()
 @click.option("--assignments", required=True, type=click.Path(exists=True),
               help="A YAML/JSON file {workers: [spec, …]} or a directory of them; watched for changes.")
 @click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
@@ -77,17 +85,13 @@ def _announce(where: str) -> None:
 def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool) -> None:
     """Keep the assigned workers running: launch, restart with backoff, replace, stop."""
     from .._service.server import serve
-    from .main import get_config
 
     config = get_config(ctx)
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:
         if no_api:
-            done = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: done.set())
-            done.wait()
+            wait_for_stop_signal()
         else:
             serve(sup, config.api_socket, None, None, socket_mode=int(config.api.socket_mode, 8),
                   socket_group=config.api.socket_group, read_only=True, announce=_announce)
@@ -95,7 +99,7 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
         sup.stop(drain=drain, progress=_progress)
 
 
-@click.command()
+@main.command()
 @click.option("--assignments", type=click.Path(exists=True),
               help="Take assignments from this file/dir (then PUT /assignments is refused).")
 @click.option("--socket", "socket_path", help="Unix socket path (default: api.socket, or <state_dir>/api.sock).")
@@ -106,7 +110,6 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
           drain: bool) -> None:
     """Run the supervisor with its HTTP API (and /metrics)."""
     from .._service.server import serve as run_api
-    from .main import get_config
 
     config = get_config(ctx)
     tcp = tcp or config.api.tcp

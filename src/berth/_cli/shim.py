@@ -10,7 +10,7 @@ import click
 
 from .._runtimes.runc import RuncRuntime
 from .._runtimes.shimclient import ShimClient
-from .main import get_config, main
+from .app import get_config, main
 
 
 def _client(ctx: click.Context) -> ShimClient:

@@ -58,7 +58,7 @@ def agent_app(agent: Agent, token: str | None) -> Any:
 
 def serve_agent(agent: Agent, socket_path: str, config: NodeConfig) -> None:
     """The API on the node's socket until SIGTERM/SIGINT (the caller then stops the agent)."""
-    from .._service.api import serve
+    from .._service.server import serve
 
     serve(agent.sup, socket_path, None, None, socket_mode=int(config.api.socket_mode, 8),
           socket_group=config.api.socket_group, app=agent_app(agent, None))

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -382,33 +380,10 @@ def tupled(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _tuples(data: Any) -> Any:
+def tuples(data: Any) -> Any:
+    """Every list in a parsed document as a tuple (the models are frozen)."""
     if isinstance(data, dict):
-        return {k: _tuples(v) for k, v in data.items()}
+        return {k: tuples(v) for k, v in data.items()}
     if isinstance(data, list):
-        return tuple(_tuples(v) for v in data)
+        return tuple(tuples(v) for v in data)
     return data
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
-    """Load the node config from ``path``, ``$BERTH_CONFIG``, or defaults when neither is set."""
-    chosen = os.fspath(path) if path is not None else os.environ.get("BERTH_CONFIG")
-    if not chosen:
-        return NodeConfig()
-    from .trust import check_root_owned
-
-    check_root_owned(chosen)
-    p = Path(chosen)
-    if p.suffix in (".yaml", ".yml"):
-        from .storm import load_storm_yaml
-
-        return load_storm_yaml(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from None
-    try:
-        toml = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from None
-    return config_from_mapping(_tuples(toml))

@@ -34,12 +34,11 @@ from .._exceptions import BerthError, EngineError, WorkerNotFound
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import MountEntry, filesystem_path, reachable, read_mountinfo, top_mount
 from .._linux.proc import read_status
+from .check import Check, Locator, read_check
 
 if TYPE_CHECKING:
     from .node import Node
 
-Locator = Callable[[int, str], tuple[str, int]]
-"""``(pid, controller) -> (cgroup directory, cgroup version)``, as ``_cgroup.cgroup_dir``."""
 
 NO_CAPS = "0000000000000000"
 SECCOMP_MODES = {"0": "disabled", "1": "strict", "2": "filter"}
@@ -49,20 +48,6 @@ PSEUDO_RW = {("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/de
 of /proc are re-mounted read-only or masked by the engine)."""
 PLACEHOLDER_COMMAND = ("true",)
 """The command only shapes the worker script, which nothing here audits; the re-plan needs one."""
-
-
-@dataclass(frozen=True)
-class Check:
-    """One audited property: what berth's plan says, what the kernel shows, and whether they agree."""
-
-    name: str
-    ok: bool
-    expected: str
-    observed: str
-
-    def line(self, prefix: str = "") -> str:
-        return (f"{'PASS' if self.ok else 'FAIL'}  {prefix}{self.name}: observed {self.observed}"
-                f"  (expected {self.expected})")
 
 
 @dataclass(frozen=True)
@@ -243,11 +228,7 @@ def cgroup_checks(pid: int, plan: Plan, host: HostFacts, locate: Locator = _cgro
     checks: list[Check] = []
 
     def attempt(name: str, expected: str, fn: Callable[[], tuple[bool, str]]) -> None:
-        try:
-            ok, observed = fn()
-        except (OSError, ValueError) as exc:
-            ok, observed = False, f"cannot read: {exc}"
-        checks.append(Check(name, ok, expected, observed))
+        checks.append(read_check(name, expected, fn))
 
     def mib(n: int | None) -> str:
         return "unlimited" if n is None else f"{n} ({n / 2**20:g} MiB)"

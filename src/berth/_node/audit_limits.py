@@ -17,7 +17,7 @@ from .._core.limits import max_memory_mb, max_pids
 from .._core.plan import LogLimits
 from .._linux import cgroup as _cgroup
 from .._linux.proc import is_stopped
-from .audit import Check, Locator
+from .check import Check, Locator, read_check
 
 MIB = 1024 * 1024
 
@@ -61,11 +61,7 @@ def maxima_checks(pid: int, config: NodeConfig, host: HostFacts, logs: LogLimits
         f"pid {pid} is stopped" if stopped else f"pid {pid} is not stopped")]
 
     def attempt(name: str, expected: str, fn: Callable[[], tuple[bool, str]]) -> None:
-        try:
-            ok, observed = fn()
-        except (OSError, ValueError) as exc:
-            ok, observed = False, f"cannot read: {exc}"
-        checks.append(Check(name, ok, expected, observed))
+        checks.append(read_check(name, expected, fn))
 
     mem_max = max_memory_mb(config, host)
 

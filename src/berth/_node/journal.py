@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from .._exceptions import LaunchError
+from .._linux.fsprobe import probe_write
 from .._runtimes.base import ExitRecord
 
 log = logging.getLogger("berth.node")
@@ -27,13 +26,7 @@ class ExitJournal:
         """Fail a launch up front when an exit could not be recorded: better than a double report."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".probe-")
-            try:
-                os.write(fd, b"ok")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
+            probe_write(self.dir)
         except OSError as exc:
             raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from None
 

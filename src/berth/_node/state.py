@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from .._core.config import NodeConfig
 from .._exceptions import ConfigError, LaunchError, PolicyError
+from .._linux.fsprobe import probe_write
 from .._paths import is_under
 
 CLAIMS = "claims"
@@ -69,13 +69,7 @@ class StateDir:
         if st.st_mode & 0o022:
             raise ConfigError("node.state_dir", f"{p} is writable by others (mode {st.st_mode & 0o777:04o})")
         try:
-            fd, probe = tempfile.mkstemp(dir=p, prefix=".probe-")
-            try:
-                os.write(fd, b"ok")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
+            probe_write(p)
         except OSError as exc:
             raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from None
 

@@ -32,7 +32,7 @@ from .base import (
     WorkerStatus,
     code_from_returncode,
 )
-from .logfile import tail_offset as _tail_offset
+from .logfile import read_log
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -163,21 +163,7 @@ class ProcessRuntime:
 
     def logs(self, worker_id: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         p = self._get(worker_id)
-        try:
-            fh = open(p.log_path, "rb")  # noqa: SIM115 - closed in the generator's finally
-        except FileNotFoundError:
-            return
-        with fh:
-            if tail is not None:
-                fh.seek(_tail_offset(fh, tail))
-            while True:
-                chunk = fh.read(65536)
-                if chunk:
-                    yield chunk
-                    continue
-                if not follow or self._state(p).state != WorkerStatus.RUNNING:
-                    return
-                time.sleep(0.1)
+        return read_log(p.log_path, tail, follow, lambda: self._state(p).state == WorkerStatus.RUNNING)
 
     def list_workers(self) -> list[WorkerState]:
         with self._lock:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._exceptions import EngineError, WaitTimeout
 from .shim import LOCK_NAME, SOCKET_NAME, VERSION
-from .shim.daemon import command
+from .shim.argv import command
 
 MAX_SOCKET_PATH = 107
 

@@ -234,12 +234,3 @@ def _refusals(tenant: TenantToken, entries: list[dict[str, Any]], others: dict[s
         if wid in others:
             out.append((i, "worker_id", f"worker id {wid!r} belongs to another tenant"))
     return [{"loc": ["body", "workers", i, k], "msg": m, "type": "forbidden"} for i, k, m in out]
-
-
-def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
-          socket_mode: int = 0o660, socket_group: str | None = None, app: FastAPI | None = None,
-          **kw: Any) -> None:
-    """Run the API until SIGINT/SIGTERM on one listener (``app``: a prepared one); see ``server``."""
-    from .server import serve as run
-
-    run(sup, socket_path, tcp, token, socket_mode, socket_group, app=app, **kw)

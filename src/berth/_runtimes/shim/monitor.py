@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from . import VERSION, WORKERS
+from .argv import command
 from .files import cgroup_numbers, decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
 from .logs import CHECK_S, rotate_if_needed
 from .wire import Conn, Wire
@@ -387,7 +388,6 @@ class Shim(Wire):
             self._flush(conn)
         os.set_inheritable(self.listen.fileno(), True)
         os.set_inheritable(self.lock_fd, True)
-        from .daemon import command
 
         env = {**os.environ, "BERTH_SHIM_EXECS": str(int(os.environ.get("BERTH_SHIM_EXECS", "0")) + 1)}
         argv = [*command(self.base, self.runc, self.root), "--listen-fd", str(self.listen.fileno()),

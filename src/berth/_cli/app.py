@@ -1,0 +1,59 @@
+"""The ``berth`` command group and what every command shares: the node config and the node,
+each made once per invocation, and one line per error (``error: <field>: <reason>``, status 125,
+``docker run``'s code for "the launcher failed", so ``launch --wait`` passes exit codes through).
+Command modules (commands, service, cluster, shim) register themselves on ``main``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .._core.config import NodeConfig
+from .._core.loading import load_config
+from .._exceptions import BerthError
+
+if TYPE_CHECKING:
+    from .._node.node import Node
+
+EXIT_BERTH_ERROR = 125
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BerthError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_BERTH_ERROR)
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="BERTH_CONFIG",
+              help="Node config: berth.toml, or a Storm storm.yaml.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """berth: launch cluster workers in hardened containers, watch them, report how they ended."""
+    ctx.obj = {"config_path": config_path}
+
+
+def get_config(ctx: click.Context) -> NodeConfig:
+    obj = ctx.find_root().obj
+    if "config" not in obj:
+        obj["config"] = load_config(obj["config_path"])
+        for note in obj["config"].storm.notes if obj["config"].storm else ():
+            click.echo(f"note: {note}", err=True)
+    config: NodeConfig = obj["config"]
+    return config
+
+
+def get_node(ctx: click.Context) -> Node:
+    from .._node.node import Node
+
+    obj = ctx.find_root().obj
+    if "node" not in obj:
+        obj["node"] = Node(get_config(ctx))
+        ctx.find_root().call_on_close(obj["node"].close)
+    node: Node = obj["node"]
+    return node

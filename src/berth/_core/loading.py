@@ -1,0 +1,35 @@
+"""Which file a node config comes from and how it is read: berth's TOML or a Storm storm.yaml.
+
+Apart from ``config`` (the model) and ``storm`` (Storm's mapping) so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from .._exceptions import ConfigError
+from .config import NodeConfig, config_from_mapping, tuples
+from .storm import load_storm_yaml
+from .trust import check_root_owned
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
+    """Load the node config from ``path``, ``$BERTH_CONFIG``, or defaults when neither is set."""
+    chosen = os.fspath(path) if path is not None else os.environ.get("BERTH_CONFIG")
+    if not chosen:
+        return NodeConfig()
+    check_root_owned(chosen)
+    p = Path(chosen)
+    if p.suffix in (".yaml", ".yml"):
+        return load_storm_yaml(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from None
+    try:
+        toml = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from None
+    return config_from_mapping(tuples(toml))
