@@ -344,3 +344,19 @@ def test_a_forbidden_mount_shows_storms_line_but_never_launches(n: dict[str, str
     assert "/proc:/proc" in docker_run_argv(plan, storm=True)
     with pytest.raises(PolicyError, match=r"^storm\.oci\.readwrite\.bindmounts\[0\]: /proc"):
         build_plan(SPEC, config, ALICE, HOST)
+
+
+def test_memory_above_the_nodes_maximum_shows_storms_line_but_never_launches(n: dict[str, str]) -> None:
+    """Storm has no per-worker memory maximum: without enforcement its line has no --memory at all
+    (OCM.reserveResourcesForWorker), with it DRC.setMemoryMb passes the request's value. berth's
+    maximum (container.max_memory_mb) is its own hardening: a refusal kept for explain --storm."""
+    big = SPEC.model_copy(update={"memory_mb": 999_999})
+    host = HostFacts(cpus=HOST.cpus, mems=HOST.mems, memory_mb=8192)
+    for enforce, tail in ((False, []), (True, ["--memory=999999m"])):
+        config = config_from_storm(storm_yaml(n, storm_cgroup_memory_enforcement_enable=enforce or None))
+        plan = build_plan(big, config, ALICE, host, keep_refusals=True)
+        assert docker_run_argv(plan, storm=True) == [*expected(n)[:-4], "--cpus=2.6", *tail, *expected(n)[-3:]]
+        assert plan.refusals == ("memory_mb: 999999 MiB is above the node's maximum of 7168 MiB per worker "
+                                 "(container.max_memory_mb)",)
+        with pytest.raises(PolicyError, match=r"^memory_mb: 999999 MiB is above the node's maximum"):
+            build_plan(big, config, ALICE, host)

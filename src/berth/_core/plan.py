@@ -226,7 +226,7 @@ def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> 
     return spec.model_copy(update=update)
 
 
-def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resources:
+def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts, refused: list[PolicyError]) -> Resources:
     c, s = config.container, config.storm
     # A value from the storm.yaml is reported under its key, not as the request's fault.
     cpu_key = key_of(config, "storm.worker_cpu_limit") if s and s.worker_cpu_limit else "cpu_percent"
@@ -244,7 +244,11 @@ def _resources(spec: WorkerSpec, config: NodeConfig, host: HostFacts) -> Resourc
     if spec.numa_node is not None and spec.numa_node not in host.mems:
         raise PolicyError("numa_node" if pin_key == "cores" else pin_key,
                           f"memory node {spec.numa_node} does not exist on this node")
-    memory = limits.memory_for(spec.memory_mb, config, host)
+    try:
+        memory = limits.memory_for(spec.memory_mb, config, host)
+    except PolicyError as exc:  # the node's maximum is berth's hardening; Storm has none and would launch
+        refused.append(exc)
+        memory = spec.memory_mb or config.container.memory_mb
     return Resources(cpu_percent=cpu, memory_mb=memory, pids_limit=pids, cores=tuple(cores),
                      numa_node=spec.numa_node, logs=LogLimits(c.log_max_size_mb, c.log_max_files))
 
@@ -315,7 +319,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
     refused: list[PolicyError] = []
     spec_in = spec
     spec = _storm_resources(spec, config, notes)
-    resources = _resources(spec, config, host)
+    resources = _resources(spec, config, host, refused)
     limits.check_exec_size(spec.command, spec.env, host)
     script = render_script(spec.command, spec.env, config.container.umask)
     limits.check_script_size(script)
