@@ -94,6 +94,13 @@ def test_explain_with_a_storm_yaml_says_where_berth_differs(tmp_path: Path) -> N
     assert "berth limits the worker to 64 MiB with no swap beyond it" in r.stderr
     r = CliRunner().invoke(main, [*base, "--format", "text", "--", "sh"])
     assert "Storm key not used by berth: storm.zookeeper.servers" in r.stdout
+    f.write_text(f.read_text() + "storm.resource.isolation.plugin.enable: true\n"
+                 "storm.resource.isolation.plugin: org.apache.storm.container.oci.RuncLibContainerManager\n")
+    r = CliRunner().invoke(main, [*base, "--storm", "--", "sh"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("docker run ")  # RuncLibContainerManager builds no such line: say whose it is
+    assert "note: RuncLibContainerManager runs workers with runc, not docker run; the line is what Storm's " \
+           "DockerManager builds for this storm.yaml" in r.stderr
 
 
 def test_config_prints_the_loaded_config_as_toml(tmp_path: Path) -> None:
