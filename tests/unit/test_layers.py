@@ -37,27 +37,36 @@ def _layer(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def _imported_layers(path: Path) -> set[tuple[str, int]]:
-    """Every berth layer this module imports, with the line of the import."""
-    tree = ast.parse(path.read_text(), str(path))
+def _layer_of(target: list[str]) -> str:
+    """The layer a module path inside ``berth`` names; the package itself is ``__init__``."""
+    return target[0].removesuffix(".py") if target else "__init__"
+
+
+def _imported_layers(path: Path, source: str | None = None) -> set[tuple[str, int]]:
+    """Every berth layer this module (or ``source``, as if it were this module) imports, with the
+    line of the import."""
+    tree = ast.parse(path.read_text() if source is None else source, str(path))
     package = path.relative_to(SRC).parent.parts
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-                target = [*base, *(node.module.split(".") if node.module else [])]
-                if not target:  # "from . import x" at the package top
-                    target = [n.name for n in node.names][:1]
-            elif node.module and (node.module == "berth" or node.module.startswith("berth.")):
-                target = node.module.split(".")[1:] or [n.name for n in node.names][:1]
+                base = list(package[: len(package) - (node.level - 1)])
+            elif node.module == "berth" or (node.module or "").startswith("berth."):
+                base = []
             else:
                 continue
-            found.add((target[0], node.lineno))
+            target = base + (node.module.split(".")[0 if node.level else 1:] if node.module else [])
+            if not target:  # "from berth import x" / "from .. import x": a layer, or the package's top
+                for alias in node.names:
+                    found.add((alias.name if alias.name in RANK else "__init__", node.lineno))
+                continue
+            found.add((_layer_of(target), node.lineno))
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.startswith("berth."):
-                    found.add((alias.name.split(".")[1], node.lineno))
+                parts = alias.name.split(".")
+                if parts[0] == "berth":
+                    found.add((_layer_of(parts[1:]), node.lineno))
     return found
 
 
@@ -102,3 +111,19 @@ def test_the_walker_finds_relative_and_absolute_imports() -> None:
     assert {"_core", "_runtimes", "_exceptions"} <= found
     found = {layer for layer, _ in _imported_layers(SRC / "__init__.py")}
     assert {"_service", "_node", "_core"} <= found
+
+
+@pytest.mark.parametrize(("source", "layer"), [
+    ("from .._node.node import Node", "_node"),
+    ("from .. import _service", "_service"),
+    ("from ..import Node", "__init__"),
+    ("from berth._cli import main", "_cli"),
+    ("from berth import Node", "__init__"),
+    ("import berth", "__init__"),
+    ("import berth._cluster.agent", "_cluster"),
+    ("def f():\n    from .._runtimes import fake", "_runtimes"),
+])
+def test_the_walker_sees_every_form_of_import(source: str, layer: str) -> None:
+    """A module of ``_core`` that imports in any of these forms imports ``layer``; the package's top
+    (``import berth``, ``from berth import Node``) is the highest layer of all, since it imports every one."""
+    assert {found for found, _ in _imported_layers(SRC / "_core" / "spec.py", source)} == {layer}
