@@ -1,9 +1,11 @@
 """berth: launch the workers of a multi-tenant cluster node in hardened containers.
 
-The public API is what this module exports; everything in ``berth._*`` is private and may
-change. The layers underneath, lowest first: ``_core`` (request, config, plan, renderers),
-``_linux`` (cgroups, mount tables, /proc), ``_runtimes`` (docker, process, …), ``_node``
-(launch, watch, audit), ``_service`` (supervisor, HTTP API), ``_cli``.
+The public API is what this module exports (``__all__``, pinned by tests/unit/test_public_api.py);
+everything in ``berth._*`` is private and may change. The layers underneath, lowest first (each
+imports only its own and lower ones, tests/unit/test_layers.py): ``_linux`` (cgroups, mount tables,
+/proc), ``_core`` (request, config, plan, renderers), ``_runtimes`` (docker, runc, process, fake),
+``_node`` (launch, watch, audit), ``_service`` (supervisor, HTTP API), ``_cluster`` (ZooKeeper agent,
+scheduler), ``_cli``.
 """
 
 from ._core.config import NodeConfig
@@ -15,6 +17,7 @@ from ._core.render import docker_run_argv, docker_run_line, engine_create_body, 
 from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
 from ._exceptions import (
     BerthError,
+    CleanupError,
     ConfigError,
     EngineError,
     IdentityError,
@@ -51,6 +54,7 @@ __all__ = [
     "BerthError",
     "Capabilities",
     "Check",
+    "CleanupError",
     "ConfigError",
     "EngineError",
     "ExecResult",
