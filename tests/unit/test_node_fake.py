@@ -106,10 +106,12 @@ def test_an_exit_while_unsubscribed_is_found_by_the_reconcile(node: Node, fake: 
 
 def test_a_failed_start_removes_the_container_and_every_directory_it_made(node: Node, fake: FakeRuntime,
                                                                           base: Path) -> None:
-    fake.fail_next("start", EngineError("engine", "start container: no"))
+    cause = EngineError("engine", "start container: no")
+    fake.fail_next("start", cause)
     with pytest.raises(LaunchError) as err:
         node.launch(spec())
     assert err.value.step == "start" and err.value.reason == "start container: no"
+    assert err.value.__cause__ is cause  # the runtime's error (its field, its own cause) is kept
     assert ("remove", "w1") in fake.calls
     with pytest.raises(Exception, match="no worker 'w1'"):
         node.inspect("w1")
@@ -169,3 +171,19 @@ def test_cleanup_removes_the_container_and_the_worker_dirs_but_keeps_artifacts(n
     assert ("remove", "w1") in fake.calls
     assert not Path(handle.plan.layout.worker_root).exists()
     assert Path(handle.plan.layout.artifacts).is_dir()
+
+
+def test_a_launch_error_keeps_a_permanent_cause_so_the_supervisor_stops_retrying(node: Node, fake: FakeRuntime) -> None:
+    """The supervisor rejects (instead of retrying forever) a launch whose cause no retry can fix,
+    e.g. the runc runtime's ConfigError for an image it has no directory for."""
+    from berth import ConfigError
+    from berth._service.decisions import permanent
+
+    fake.fail_next("create", ConfigError("runc.images", "no root filesystem for img:1"))
+    with pytest.raises(LaunchError) as err:
+        node.launch(spec())
+    assert permanent(err.value)
+    fake.fail_next("create", EngineError("engine", "create container: engine restarting"))
+    with pytest.raises(LaunchError) as err:
+        node.launch(spec())
+    assert not permanent(err.value)

@@ -145,7 +145,7 @@ class Node:
         except (BerthError, OSError) as exc:
             self._rollback(plan.worker_id, container_id, made)
             reason = exc.reason if isinstance(exc, BerthError) else f"{exc.strerror or exc}"
-            raise LaunchError(step, reason) from None
+            raise LaunchError(step, reason) from exc
         return WorkerHandle(plan.worker_id, container_id, plan)
 
     def _rollback(self, worker_id: str, container_id: str | None, made: list[Path]) -> None:
