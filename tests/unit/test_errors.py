@@ -211,3 +211,27 @@ def test_all_bad_fields_are_reported_at_once() -> None:
     with pytest.raises(SpecError) as info:
         spec_from_mapping({**GOOD, "port": 0, "worker_id": "a/b"})
     assert "worker_id" in str(info.value) and "port" in str(info.value)
+
+
+def _causes_dropped() -> list[str]:
+    """``raise … from None`` inside an ``except … as exc`` that bound the error it maps."""
+    import ast
+
+    src = Path(__file__).resolve().parents[2] / "src" / "berth"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        for handler in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(handler, ast.ExceptHandler) or not handler.name or handler.type is None:
+                continue
+            if ast.unparse(handler.type) == "ValidationError":
+                continue  # pydantic's: the mapped error already names every field and reason
+            for node in ast.walk(handler):
+                if isinstance(node, ast.Raise) and isinstance(node.cause, ast.Constant) and node.cause.value is None:
+                    found.append(f"{path.relative_to(src)}:{node.lineno}")
+    return found
+
+
+def test_a_mapped_error_keeps_the_original_as_its_cause() -> None:
+    """_exceptions: a backend's own exception (OSError, the engine's, ZooKeeper's, a parser's) is kept
+    as ``__cause__``, for logs and for callers that look at it (the supervisor's ``permanent``)."""
+    assert _causes_dropped() == []

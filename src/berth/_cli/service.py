@@ -117,7 +117,7 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
         try:
             check_listen_address(tcp)
         except ValueError as exc:
-            raise ConfigError("tcp", str(exc)) from None
+            raise ConfigError("tcp", str(exc)) from exc
     if tcp and not config.api.token:
         raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
     sup = _make(ctx, assignments)

@@ -58,7 +58,7 @@ def init_cluster(conn: Connection, layout: Layout, cred: Credential) -> list[str
                 continue  # a parent of the root may be shared with other applications
             _check_owned(conn, path)
         except (NoAuthError, *UNAVAILABLE) as exc:
-            raise _fail(exc, path, f"creating {path}") from None
+            raise _fail(exc, path, f"creating {path}") from exc
     return made
 
 
@@ -67,7 +67,7 @@ def _check_owned(conn: Connection, path: str) -> None:
         acls, _ = conn.call(conn.client.get_acls_async, path)
     except (NoAuthError, *UNAVAILABLE) as exc:
         raise ClusterError("zk", f"{path} exists and this identity cannot read its ACL ({explain(exc, path)}): "
-                                 "it belongs to someone else") from None
+                                 "it belongs to someone else") from exc
     open_to = [f"{a.id.scheme}:{a.id.id}" for a in acls if a.id.scheme in ("world", "ip", "auth")]
     if open_to:
         raise ClusterError("zk", f"{path} exists with an ACL open to {', '.join(open_to)}; refusing to use it")
@@ -90,7 +90,7 @@ def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: st
             try:
                 conn.call(c.set_acls_async, path, acl)
             except (NoNodeError, NoAuthError, *UNAVAILABLE) as exc:
-                raise _fail(exc, path, f"re-keying {node}") from None
+                raise _fail(exc, path, f"re-keying {node}") from exc
         return
     t = c.transaction()
     t.create(paths[0], record, acl=acls[0])
@@ -99,7 +99,7 @@ def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: st
     try:
         results = t.commit_async().get(timeout=conn.timeout_s)
     except UNAVAILABLE as exc:
-        raise _fail(exc, paths[0], f"enrolling {node}") from None
+        raise _fail(exc, paths[0], f"enrolling {node}") from exc
     for path, res in zip(paths, results, strict=True):
         if isinstance(res, NodeExistsError):
             raise ClusterError("node", f"{node!r} is enrolled already (--rotate gives it a new identity)")
@@ -114,7 +114,7 @@ def remove_node(conn: Connection, layout: Layout, node: str) -> None:
         except NoNodeError:
             continue
         except (NoAuthError, *UNAVAILABLE) as exc:
-            raise _fail(exc, path, f"removing {node}") from None
+            raise _fail(exc, path, f"removing {node}") from exc
 
 
 # -- reading the cluster ---------------------------------------------------------------------
@@ -146,7 +146,7 @@ def read_cluster(conn: Connection, layout: Layout) -> dict[str, NodeView]:
     try:
         names = sorted(conn.call(c.get_children_async, layout.nodes))
     except (NoNodeError, NoAuthError, *UNAVAILABLE) as exc:
-        raise _fail(exc, layout.nodes, "listing nodes") from None
+        raise _fail(exc, layout.nodes, "listing nodes") from exc
     pending: dict[tuple[str, str], Any] = {}
     for n in names:
         for kind, path in (("live", layout.live(n)), ("doc", layout.assignment(n)), ("state", layout.state(n))):
@@ -162,7 +162,7 @@ def read_cluster(conn: Connection, layout: Layout) -> dict[str, NodeView]:
             continue
         except (NoAuthError, *UNAVAILABLE) as exc:
             if isinstance(exc, UNAVAILABLE):
-                raise _fail(exc, path, "reading the cluster") from None
+                raise _fail(exc, path, "reading the cluster") from exc
             v.problems.append(explain(exc, path))
             continue
         try:

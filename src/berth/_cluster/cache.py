@@ -55,7 +55,7 @@ class DocumentCache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ClusterError("cache", f"cannot read {self.path}: {exc.strerror}") from None
+            raise ClusterError("cache", f"cannot read {self.path}: {exc.strerror}") from exc
         body = load_json(raw, "cache", max_bytes=2 * MAX_DOCUMENT_BYTES)
         try:
             doc = base64.b64decode(body["document"], validate=True)

@@ -50,7 +50,7 @@ def load_json(raw: bytes, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any
     except RecursionError:
         raise ClusterError(what, "is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, duplicate keys, ints of more than 4300 digits
-        raise ClusterError(what, f"is not valid JSON: {exc}") from None
+        raise ClusterError(what, f"is not valid JSON: {exc}") from exc
 
 
 def dump_json(data: Any) -> bytes:

@@ -105,7 +105,7 @@ def read_credential(path: str) -> Credential:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise ClusterError("auth_file", f"cannot open {path}: {exc.strerror}") from None
+        raise ClusterError("auth_file", f"cannot open {path}: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -139,7 +139,7 @@ def write_credential(path: str, cred: Credential) -> None:
     except FileExistsError:
         raise ClusterError("auth_file", f"{path} exists already; remove it first to make a new identity") from None
     except OSError as exc:
-        raise ClusterError("auth_file", f"cannot create {path}: {exc.strerror}") from None
+        raise ClusterError("auth_file", f"cannot create {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(f"{cred.user}:{cred.password}\n")
 

@@ -84,7 +84,7 @@ def read_topologies(path: str) -> dict[str, Topology]:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh.read(4 * 1024 * 1024 + 1))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ClusterError("topologies", f"cannot read {path}: {exc}") from None
+        raise ClusterError("topologies", f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ClusterError("topologies", f"{path} must hold a mapping topologies: {{id: {{…}}}}")
     return parse_topologies(data)

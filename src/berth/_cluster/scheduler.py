@@ -123,7 +123,7 @@ class Coordinator:
                 c.call(c.client.create_async, path, raw)  # the client's default ACL: coordinator only
                 stat = c.call(c.client.exists_async, path)
         except UNAVAILABLE as exc:
-            raise ClusterError("zk", f"storing the topologies: {explain(exc, path)}") from None
+            raise ClusterError("zk", f"storing the topologies: {explain(exc, path)}") from exc
         return version_of(stat.mzxid)
 
     def read_topologies(self, watch: bool = False) -> tuple[dict[str, Topology], str | None]:
@@ -188,7 +188,7 @@ class Coordinator:
         try:
             results = txn.commit_async().get(timeout=c.timeout_s)
         except UNAVAILABLE as exc:
-            raise ClusterError("zk", f"writing the assignments: {explain(exc, self.layout.assignments)}") from None
+            raise ClusterError("zk", f"writing the assignments: {explain(exc, self.layout.assignments)}") from exc
         failed = [r for r in results if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
         if any(isinstance(r, BadVersionError | NodeExistsError) for r in failed):
             return None

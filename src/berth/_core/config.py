@@ -255,7 +255,7 @@ class RuncSection(BaseModel):
             try:
                 _absolute(path)
             except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+                raise ValueError(f"{name}: {exc}") from exc
         return {k: os.path.normpath(p) for k, p in v.items()}
 
 

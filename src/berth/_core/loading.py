@@ -27,9 +27,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from None
+        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from exc
     try:
         toml = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from None
+        raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from exc
     return config_from_mapping(tuples(toml))

@@ -157,7 +157,7 @@ def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
         with open(path, "rb") as fh:
             data = fh.read(MAX_PROFILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(field, f"cannot read the seccomp profile {path}: {exc.strerror}") from None
+        raise ConfigError(field, f"cannot read the seccomp profile {path}: {exc.strerror}") from exc
     if len(data) > MAX_PROFILE_BYTES:
         raise ConfigError(field, f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
     try:
@@ -166,4 +166,4 @@ def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         return oci_seccomp(profile, **kw)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(field, f"{path} is not a usable seccomp profile: {exc}") from None
+        raise ConfigError(field, f"{path} is not a usable seccomp profile: {exc}") from exc

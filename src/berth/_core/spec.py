@@ -167,12 +167,12 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("spec", f"cannot read {p}: {exc}") from None
+        raise SpecError("spec", f"cannot read {p}: {exc}") from exc
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         kind = "JSON" if p.suffix == ".json" else "YAML"
-        raise SpecError("spec", f"{p} is not valid {kind}: {exc}") from None
+        raise SpecError("spec", f"{p} is not valid {kind}: {exc}") from exc
     if not isinstance(data, dict):
         raise SpecError("spec", f"{p} must hold a mapping of worker fields")
     return data

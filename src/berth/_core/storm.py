@@ -265,11 +265,11 @@ def load_storm_yaml(path: str | os.PathLike[str]) -> NodeConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError("config", f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

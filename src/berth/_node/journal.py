@@ -28,7 +28,7 @@ class ExitJournal:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             probe_write(self.dir)
         except OSError as exc:
-            raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from None
+            raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from exc
 
     def known(self) -> set[str]:
         """Container ids whose exit was reported."""

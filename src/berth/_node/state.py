@@ -54,7 +54,7 @@ class StateDir:
         try:
             p.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ConfigError("node.state_dir", f"cannot create {p}: {exc.strerror}") from None
+            raise ConfigError("node.state_dir", f"cannot create {p}: {exc.strerror}") from exc
         real = os.path.realpath(p)
         for key, tree in self._worker_reachable().items():
             other = os.path.realpath(tree)
@@ -71,7 +71,7 @@ class StateDir:
         try:
             probe_write(p)
         except OSError as exc:
-            raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from None
+            raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from exc
 
     @contextlib.contextmanager
     def claim(self, worker_id: str, required: bool = True) -> Iterator[None]:
@@ -110,7 +110,7 @@ class StateDir:
             if fd >= 0:
                 os.close(fd)
             if required:
-                raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from None
+                raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from exc
             fd = -1
         try:
             yield

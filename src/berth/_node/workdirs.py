@@ -68,7 +68,7 @@ def mkdir(path: Path, made: list[Path], owner: tuple[int, int] | None = None, mo
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         raise PolicyError("directories", f"{path} is not a plain directory ({exc.strerror}); refusing "
-                          "to follow it") from None
+                          "to follow it") from exc
     try:
         uid = os.fstat(fd).st_uid
         if uid not in (0, owner[0]):
@@ -121,7 +121,7 @@ def remove(config: NodeConfig, worker_id: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise CleanupError("directories", f"cannot remove {user_file(config, worker_id)}: {exc.strerror}") from None
+        raise CleanupError("directories", f"cannot remove {user_file(config, worker_id)}: {exc.strerror}") from exc
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
@@ -137,11 +137,11 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise CleanupError("directories", f"cannot open {parent}: {exc.strerror}") from None
+        raise CleanupError("directories", f"cannot open {parent}: {exc.strerror}") from exc
     try:
         _remove_entry(pfd, name, os.fspath(path))
     except OSError as exc:
-        raise CleanupError("directories", f"cannot remove {path}: {exc.strerror or exc}") from None
+        raise CleanupError("directories", f"cannot remove {path}: {exc.strerror or exc}") from exc
     finally:
         os.close(pfd)
 

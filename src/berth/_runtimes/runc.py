@@ -133,7 +133,7 @@ class RuncRuntime:
             mtime = os.stat(path).st_mtime
         except OSError as exc:
             hint = "" if plan.security.seccomp_profile else " (Debian: apt-get install golang-github-containers-common)"
-            raise EngineError(field, f"{field} = {path}: {exc.strerror}{hint}") from None
+            raise EngineError(field, f"{field} = {path}: {exc.strerror}{hint}") from exc
         cached = self._seccomp.get(path)
         if cached is None or cached[0] != mtime:
             converted = load_oci_seccomp(path, field, compat_arches=self._config.runc.seccomp_compat_arches)

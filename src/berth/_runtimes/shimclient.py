@@ -110,12 +110,12 @@ class ShimClient:
             s = self._connect(timeout)
         except OSError as exc:
             if not start:
-                raise ShimError("shim", f"no berth-shim answers at {self.socket_path}: {exc.strerror}") from None
+                raise ShimError("shim", f"no berth-shim answers at {self.socket_path}: {exc.strerror}") from exc
             self.ensure()
             try:
                 s = self._connect(timeout)
             except OSError as exc2:
-                raise ShimError("shim", f"berth-shim does not answer at {self.socket_path}: {exc2.strerror}") from None
+                raise ShimError("shim", f"berth-shim does not answer at {self.socket_path}: {exc2.strerror}") from exc2
         with s:
             try:
                 s.sendall(json.dumps(req).encode() + b"\n")
@@ -123,7 +123,7 @@ class ShimClient:
             except TimeoutError:
                 raise WaitTimeout("shim", f"berth-shim did not answer {req.get('op')!r} within {timeout:g}s") from None
             except OSError as exc:
-                raise ShimError("shim", f"{req.get('op')}: the connection to berth-shim broke: {exc}") from None
+                raise ShimError("shim", f"{req.get('op')}: the connection to berth-shim broke: {exc}") from exc
         if reply is None:
             raise ShimError("shim", f"{req.get('op')}: berth-shim closed the connection (restarting?)")
         if not reply.get("ok"):

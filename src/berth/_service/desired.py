@@ -60,7 +60,7 @@ class DesiredStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError("state", f"cannot read {self.path}: {exc.strerror}") from None
+            raise StateError("state", f"cannot read {self.path}: {exc.strerror}") from exc
         if len(raw) > MAX_STATE_BYTES:
             raise StateError("state", f"{self.path} is larger than {MAX_STATE_BYTES} bytes")
         try:
@@ -74,7 +74,7 @@ class DesiredStore:
                 out.sources[spec.worker_id] = str(entry.get("source", "?"))
             out.rejected = [Rejection(**r) for r in doc.get("rejected") or []]
         except (ValueError, KeyError, TypeError, BerthError) as exc:
-            raise StateError("state", f"{self.path} cannot be used: {exc}") from None
+            raise StateError("state", f"{self.path} cannot be used: {exc}") from exc
         return out
 
     def save(self, saved: Saved) -> bool:
