@@ -175,3 +175,19 @@ def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
     assert {"type": "network"} not in cfg["linux"]["namespaces"]  # network host, as configured
     binds = [(m["source"], m["destination"], m["options"][-1]) for m in cfg["mounts"] if m["type"] == "bind"]
     assert binds == [(m.source, m.target, "ro" if m.read_only else "rw") for m in plan.mounts]
+
+
+def test_the_engine_body_reads_the_profile_with_the_same_bound_and_errors_as_runc(node: dict[str, Path]) -> None:
+    """One reader of a seccomp profile: at most MAX_PROFILE_BYTES, a ConfigError naming the key."""
+    from berth import ConfigError
+    from berth._core.render import read_seccomp
+    from berth._core.seccomp import MAX_PROFILE_BYTES
+
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    assert read_seccomp(plan) == '{"defaultAction": "SCMP_ACT_ALLOW"}'
+    node["seccomp"].write_text(" " * (MAX_PROFILE_BYTES + 1))
+    with pytest.raises(ConfigError, match=r"^container\.seccomp_profile: .* is larger than 4194304 bytes"):
+        read_seccomp(plan)
+    node["seccomp"].unlink()  # gone between the plan and the launch
+    with pytest.raises(ConfigError, match=r"^container\.seccomp_profile: cannot read the seccomp profile"):
+        read_seccomp(plan)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from .._exceptions import ConfigError
 from .plan import Plan
+from .seccomp import read_profile
 from .stormline import StormLine, java_double
 
 
@@ -83,8 +85,11 @@ def read_seccomp(plan: Plan) -> str | None:
     engine's default profile)."""
     if not plan.security.seccomp_profile:
         return None
-    with open(plan.security.seccomp_profile, encoding="utf-8") as fh:
-        return fh.read()
+    data = read_profile(plan.security.seccomp_profile, "container.seccomp_profile")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("container.seccomp_profile", f"{plan.security.seccomp_profile} is not UTF-8 text") from exc
 
 
 def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str, Any]:

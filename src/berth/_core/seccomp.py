@@ -151,8 +151,9 @@ def without_namespaces(oci: Mapping[str, Any], arch: str | None = None) -> dict[
     return {**oci, "syscalls": rules}
 
 
-def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
-    """Read and convert a profile file; a bad one is a ConfigError naming ``field``."""
+def read_profile(path: str, field: str) -> bytes:
+    """The bytes of a profile file, for the engine (which takes them inline) and for runc (after
+    ``oci_seccomp``); bounded, and a ConfigError naming ``field`` when unreadable."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_PROFILE_BYTES + 1)
@@ -160,6 +161,12 @@ def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
         raise ConfigError(field, f"cannot read the seccomp profile {path}: {exc.strerror}") from exc
     if len(data) > MAX_PROFILE_BYTES:
         raise ConfigError(field, f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
+    return data
+
+
+def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
+    """Read and convert a profile file; a bad one is a ConfigError naming ``field``."""
+    data = read_profile(path, field)
     try:
         profile = json.loads(data)
         if not isinstance(profile, dict):
