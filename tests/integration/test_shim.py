@@ -3,8 +3,11 @@ upgrade, and a killed shim whose successor reports what it could not see as lost
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from berth import Node, NodeConfig
 from berth._runtimes.runc import RuncRuntime
 from berth._runtimes.shimclient import ShimClient
 
-from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, wait_file
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
 from .conftest import poll_until
 
@@ -128,3 +131,66 @@ def test_a_killed_shim_is_replaced_and_what_it_could_not_see_is_status_lost(runc
     assert (rec.exit_code, rec.exact) == (8, True)
     assert fresh.wait("w-c", WAIT).exit_code == 8
     fresh.close()
+
+
+TERM_IGNORED = ("import signal, time\nsignal.signal(signal.SIGTERM, lambda *_: open('term', 'w').close())\n"
+                "open('ready', 'w').close()\nwhile True: time.sleep(1)\n")
+
+
+def test_a_grace_kill_survives_an_upgrade_even_once_its_caller_is_gone(runc_node: Node) -> None:
+    """The SIGKILL due at the end of a grace period is the shim's promise, not its caller's: an
+    upgrade (or a new shim) in the middle of the grace keeps it."""
+    got = Exits()
+    runc_node.launch(spec("w-grace", TERM_IGNORED), on_exit=got)
+    _ready(runc_node, "w-grace")
+    shim = _shim(runc_node)
+    cid = runc_node.inspect("w-grace").container_id
+    with socket.socket(socket.AF_UNIX) as s:  # a caller that asks and goes away (a berth killed mid-stop)
+        s.connect(shim.socket_path)
+        s.sendall(json.dumps({"op": "kill", "id": cid, "signal": 15, "grace": 1.0}).encode() + b"\n")
+    wait_file(root_of(runc_node, "w-grace") / "term", runc_node, "w-grace")
+    shim.upgrade()
+    rec = got.of("w-grace")
+    assert (rec.signal, rec.exact, rec.status_lost) == (9, True, False)
+
+
+def test_stops_and_launches_under_way_while_the_shim_upgrades_all_succeed(runc_node: Node) -> None:
+    got = Exits()
+    runc_node.launch(spec("w-stop", TERM_IGNORED), on_exit=got)
+    _ready(runc_node, "w-stop")
+    shim = _shim(runc_node)
+    errors: list[str] = []
+    done = threading.Event()
+
+    def stop() -> None:
+        try:
+            runc_node.kill("w-stop", 2.0)
+        except Exception as exc:
+            errors.append(f"kill: {exc!r}")
+
+    def launch(k: int) -> None:
+        i = k
+        while not done.is_set():
+            try:
+                runc_node.launch(spec(f"w-up{i}", f"raise SystemExit({i % 100})", port=6701 + i), on_exit=got)
+            except Exception as exc:
+                errors.append(f"w-up{i}: {exc!r}")
+            i += 3
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    wait_file(root_of(runc_node, "w-stop") / "term", runc_node, "w-stop")
+    launchers = [threading.Thread(target=launch, args=(k,)) for k in range(3)]
+    for t in launchers:
+        t.start()
+    for n in range(1, 4):
+        poll_until(lambda: len(got.records) >= 3 * n, "launches to go on")  # noqa: B023 - called at once
+        shim.upgrade()
+        poll_until(lambda: _execs(shim) == n, "the shim to re-execute itself")  # noqa: B023
+    done.set()
+    for t in [stopper, *launchers]:
+        t.join(WAIT)
+    assert errors == []
+    assert (got.of("w-stop").signal, got.of("w-stop").exact) == (9, True)
+    ups = [r for r in got.records if r.worker_id.startswith("w-up")]
+    assert ups and all(r.exact and r.exit_code == int(r.worker_id[4:]) % 100 for r in ups)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from berth._runtimes.runc import RuncRuntime, record_from_exit
 from berth._runtimes.runcbundle import request_from_oci
 from berth._runtimes.shim.files import cgroup_numbers, decode_status
 from berth._runtimes.shim.logs import rotate_if_needed
+from berth._runtimes.shimclient import ShimClient, ShimError
 
 STARTED, FINISHED = "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.500000Z"
 EXIT: dict[str, object] = {"id": "c1", "worker": "w1", "pid": 42, "status": 35072, "started_at": STARTED,
@@ -137,3 +141,46 @@ def test_bad_runc_config_names_the_field(bad: dict[str, object], field: str) -> 
     with pytest.raises(ConfigError) as err:
         config_from_mapping({"runc": bad})
     assert str(err.value).startswith(field)
+
+
+def _fake_shim(path: str, answers: list[bytes | None]) -> tuple[list[bytes], threading.Thread]:
+    """A socket that answers the n-th connection with answers[n] (None: it closes without a word,
+    as a shim does when it re-executes itself)."""
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(8)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        with srv:
+            for answer in answers:
+                conn, _ = srv.accept()
+                with conn:
+                    seen.append(conn.makefile("rb").readline())
+                    if answer is not None:
+                        conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return seen, t
+
+
+def test_a_request_is_sent_again_while_the_shim_re_executes_itself(tmp_path: Path) -> None:
+    client = ShimClient(str(tmp_path), "runc", str(tmp_path / "root"))
+    seen, t = _fake_shim(client.socket_path, [
+        b'{"ok": false, "retry": true, "error": "the shim is restarting; try again"}\n', None,
+        b'{"ok": true, "pid": 7}\n'])
+    assert client.request({"op": "run", "id": "c1"}, timeout=30) == {"ok": True, "pid": 7}
+    t.join(5)
+    assert [json.loads(line) for line in seen] == [{"op": "run", "id": "c1"}] * 3
+
+
+def test_a_refusal_is_final_and_a_missing_shim_is_not_waited_for(tmp_path: Path) -> None:
+    client = ShimClient(str(tmp_path), "runc", str(tmp_path / "root"))
+    with pytest.raises(ShimError, match="no berth-shim answers"):
+        client.request({"op": "hello"}, timeout=30, start=False)
+    seen, t = _fake_shim(client.socket_path, [b'{"ok": false, "error": "run: c1 is running already"}\n'])
+    with pytest.raises(ShimError, match="c1 is running already"):
+        client.request({"op": "run", "id": "c1"}, timeout=30)
+    t.join(5)
+    assert len(seen) == 1

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,10 +22,16 @@ from .shim import LOCK_NAME, SOCKET_NAME, VERSION
 from .shim.argv import command
 
 MAX_SOCKET_PATH = 107
+RETRY_S = 0.05
+"""Between attempts while the shim re-executes itself (it is back within milliseconds)."""
 
 
 class ShimError(EngineError):
     """The shim refused a request or could not be reached."""
+
+
+class _Again(ShimError):
+    """No answer, or "try again": the shim is re-executing itself (or was just started)."""
 
 
 class ShimClient:
@@ -106,6 +113,27 @@ class ShimClient:
     # -- requests ---------------------------------------------------------------------------------
 
     def request(self, req: dict[str, Any], timeout: float = 30.0, start: bool = True) -> dict[str, Any]:
+        """Send ``req`` and return the reply. A shim re-executing itself (``upgrade``) refuses
+        new launches and drops its connections; the request is then sent again to the new program,
+        until ``timeout``. Every request is safe to repeat: a launch of a container that runs is
+        refused, a kill or remove finds it (or its exit) again, and a grace period already promised
+        is kept by the shim, not restarted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self._ask(req, max(1.0, deadline - time.monotonic()), start)
+            except _Again:
+                if time.monotonic() >= deadline or self._closed.is_set():
+                    raise
+                self._closed.wait(RETRY_S)
+                continue
+            if not reply.get("ok"):
+                raise ShimError("shim", str(reply.get("error") or reply))
+            return reply
+
+    def _ask(self, req: dict[str, Any], timeout: float, start: bool) -> dict[str, Any]:
+        """One attempt; ``_Again`` when it is worth another (no answer yet, or "try again")."""
+        op = req.get("op")
         try:
             s = self._connect(timeout)
         except OSError as exc:
@@ -115,19 +143,19 @@ class ShimClient:
             try:
                 s = self._connect(timeout)
             except OSError as exc2:
-                raise ShimError("shim", f"berth-shim does not answer at {self.socket_path}: {exc2.strerror}") from exc2
+                raise _Again("shim", f"berth-shim does not answer at {self.socket_path}: {exc2.strerror}") from exc2
         with s:
             try:
                 s.sendall(json.dumps(req).encode() + b"\n")
                 reply = _read_line(s)
             except TimeoutError:
-                raise WaitTimeout("shim", f"berth-shim did not answer {req.get('op')!r} within {timeout:g}s") from None
+                raise WaitTimeout("shim", f"berth-shim did not answer {op!r} within {timeout:g}s") from None
             except OSError as exc:
-                raise ShimError("shim", f"{req.get('op')}: the connection to berth-shim broke: {exc}") from exc
+                raise _Again("shim", f"{op}: the connection to berth-shim broke: {exc}") from exc
         if reply is None:
-            raise ShimError("shim", f"{req.get('op')}: berth-shim closed the connection (restarting?)")
-        if not reply.get("ok"):
-            raise ShimError("shim", str(reply.get("error") or reply))
+            raise _Again("shim", f"{op}: berth-shim closed the connection (restarting?)")
+        if not reply.get("ok") and reply.get("retry"):
+            raise _Again("shim", f"{op}: {reply.get('error')}")
         return reply
 
     def hello(self, start: bool = False) -> dict[str, Any]:

@@ -117,3 +117,38 @@ def tail(path: str, limit: int = 2000) -> str:
             return fh.read().decode(errors="replace").strip()
     except OSError:
         return "(no runc log)"
+
+
+def carried(req: dict[str, Any]) -> dict[str, Any]:
+    """What a run request says that outlives the launch (kept in ``started.json``)."""
+    keys = ("id", "worker", "memcg", "cgroup_version", "log", "log_max_bytes", "log_files")
+    return {k: req[k] for k in keys if k in req}
+
+
+def self_usage() -> tuple[int, int]:
+    """(RSS bytes, threads) of this process."""
+    rss = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, len(os.listdir("/proc/self/task"))
+
+
+def started_after_a_lost_launch(wdir: str) -> dict[str, Any] | None:
+    """runc finished a launch after the shim that asked for it died: runc's pid file is there,
+    ``started.json`` is not. The request is in ``launch.json``; ``started.json`` is written from it."""
+    req = read_json(os.path.join(wdir, "launch.json"))
+    try:
+        with open(os.path.join(wdir, "init.pid"), encoding="ascii") as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    if req is None:
+        return None
+    started = {**carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso()}
+    write_json(os.path.join(wdir, "started.json"), started)
+    return started

@@ -12,7 +12,20 @@ from typing import Any
 
 from . import VERSION, WORKERS
 from .argv import command
-from .files import cgroup_numbers, decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
+from .files import (
+    carried,
+    cgroup_numbers,
+    decode_status,
+    log,
+    now_iso,
+    proc_state,
+    read_json,
+    self_usage,
+    start_time,
+    started_after_a_lost_launch,
+    tail,
+    write_json,
+)
 from .logs import CHECK_S, rotate_if_needed
 from .wire import Conn, Wire
 
@@ -80,13 +93,16 @@ class Shim(Wire):
                     self.pending[ended["id"]] = {"event": "exit", **ended}  # never acknowledged
                 continue
             if started is None:
-                started = self._started_after_a_lost_launch(wdir)
+                started = started_after_a_lost_launch(wdir)
                 if started is None:
                     continue
             child = Child(started, wdir)
             pid, cid = child.pid, child.cid
             st = proc_state(pid)
             same = st is not None and start_time(pid) == started.get("start_time")
+            kill = read_json(os.path.join(wdir, "kill.json"))
+            if same and kill is not None and kill.get("id") == cid:
+                self._kill_at(child, float(kill["deadline"]))
             if same and st is not None and st[1] == me:
                 self._watch(child)  # still our child (an upgrade): its status will be exact
             elif same and st is not None and st[0] != "Z":
@@ -101,21 +117,6 @@ class Shim(Wire):
             else:
                 self._record(child, None)
                 log(f"{cid} (pid {pid}) ended while no shim watched it: status lost")
-
-    def _started_after_a_lost_launch(self, wdir: str) -> dict[str, Any] | None:
-        """runc finished a launch after the shim that asked for it died: runc's pid file is there,
-        ``started.json`` is not. The request is in ``launch.json``."""
-        req = read_json(os.path.join(wdir, "launch.json"))
-        try:
-            with open(os.path.join(wdir, "init.pid"), encoding="ascii") as fh:
-                pid = int(fh.read().strip())
-        except (OSError, ValueError):
-            return None
-        if req is None:
-            return None
-        started = {**_carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso()}
-        write_json(os.path.join(wdir, "started.json"), started)
-        return started
 
     def _watch(self, child: Child) -> None:
         self.children[child.pid] = child
@@ -238,26 +239,20 @@ class Shim(Wire):
             self._send(conn, {"ok": False, "error": f"unknown op {op!r}"})
 
     def status(self) -> dict[str, Any]:
-        rss = 0
-        try:
-            with open("/proc/self/status", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        rss, threads = self_usage()
         return {"pid": os.getpid(), "version": VERSION, "started_at": self.started_at,
                 "execs": int(os.environ.get("BERTH_SHIM_EXECS", "0")), "containers": len(self.by_cid),
                 "adopted": sum(1 for c in self.by_cid.values() if c.pidfd is not None),
                 "pending": len(self.pending), "launching": len(self.launching), "rss_bytes": rss,
-                "threads": len(os.listdir("/proc/self/task"))}
+                "threads": threads}
 
     def _run(self, conn: Conn, req: dict[str, Any]) -> None:
         cid, wdir = str(req["id"]), os.path.realpath(str(req["dir"]))
         if os.path.dirname(wdir) != os.path.realpath(self.workers):
             raise ValueError(f"dir {wdir} is not under {self.workers}")
         if self.upgrade_requested or self.stopping:
-            raise ValueError("the shim is restarting; try again")
+            self._send(conn, {"ok": False, "retry": True, "error": "the shim is restarting; try again"})
+            return
         if cid in self.by_cid:
             raise ValueError(f"{cid} is running already")
         write_json(os.path.join(wdir, "launch.json"), req)
@@ -279,7 +274,7 @@ class Shim(Wire):
         except (OSError, ValueError) as exc:
             self._send(conn, {"ok": False, "error": f"runc gave no pid: {exc}"})
             return
-        info = {**_carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
+        info = {**carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
         write_json(os.path.join(wdir, "started.json"), info)
         child = Child(info, wdir)
         self._watch(child)
@@ -303,7 +298,15 @@ class Shim(Wire):
         self._signal(child, sig)
         grace = req.get("grace")
         if grace is not None and sig != signal.SIGKILL:
-            heapq.heappush(self.timers, (time.monotonic() + float(grace), cid, child.pid))
+            self._kill_at(child, time.time() + float(grace))
+
+    def _kill_at(self, child: Child, deadline: float) -> None:
+        """SIGKILL ``child`` at ``deadline`` (wall clock), or at the earlier one already promised.
+        Kept in its ``kill.json``: the promise outlives the caller, an upgrade and this shim."""
+        path = os.path.join(child.dir, "kill.json")
+        deadline = min(deadline, float((read_json(path) or {}).get("deadline", deadline)))
+        write_json(path, {"id": child.cid, "deadline": deadline})
+        heapq.heappush(self.timers, (time.monotonic() + deadline - time.time(), child.cid, child.pid))
 
     def _signal(self, child: Child, sig: int) -> None:
         try:
@@ -393,9 +396,3 @@ class Shim(Wire):
         argv = [*command(self.base, self.runc, self.root), "--listen-fd", str(self.listen.fileno()),
                 "--lock-fd", str(self.lock_fd)]
         os.execve(argv[0], argv, env)
-
-
-def _carried(req: dict[str, Any]) -> dict[str, Any]:
-    """What a run request says that outlives the launch (kept in ``started.json``)."""
-    keys = ("id", "worker", "memcg", "cgroup_version", "log", "log_max_bytes", "log_files")
-    return {k: req[k] for k in keys if k in req}
