@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from berth._cluster.capacity import Capacity, Zone
@@ -119,3 +121,15 @@ def test_topologies_file_errors_name_the_field() -> None:
     with pytest.raises(ClusterError, match="more than 10000"):
         parse_topologies({"topologies": {f"t{i}": {"user": "a", "command": ["x"], "workers": 1000}
                                          for i in range(11)}})
+
+
+def test_a_topologies_file_above_the_bound_is_refused_not_cut(tmp_path: Path) -> None:
+    """Read past 4 MiB and parsed, a file whose first 4 MiB are valid YAML would silently lose the
+    topologies after them."""
+    from berth._cluster.placement import read_topologies
+
+    f = tmp_path / "topologies.yaml"
+    one = "  {}: {{user: alice, command: [x], workers: 1}}\n"
+    f.write_text("topologies:\n" + one.format("t1") + "#" * (4 * 1024 * 1024) + "\n" + one.format("t2"))
+    with pytest.raises(ClusterError, match=r"^topologies: .* is larger than 4194304 bytes"):
+        read_topologies(str(f))

@@ -205,6 +205,10 @@ def test_config_file_errors(tmp_path: Path) -> None:
     y.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(y)
+    for big in (bad, y):  # a node config is read up to a bound, like every file berth reads
+        big.write_text("#" * (4 * 1024 * 1024 + 1))
+        with pytest.raises(ConfigError, match=r"^config: .* is larger than 4194304 bytes"):
+            load_config(big)
 
 
 def test_all_bad_fields_are_reported_at_once() -> None:

@@ -314,3 +314,10 @@ def _through_bash(args: tuple[str, ...] | list[str], env: dict[str, str]) -> tup
         "(LC_|PYTHON)", n)), values, max_size=5))
 def test_bash_runs_exactly_the_requested_argv_and_env(args: list[str], env: dict[str, str]) -> None:
     assert _through_bash(args, env) == (args, env)
+
+
+def test_a_spec_file_above_the_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_bytes(b"worker_id: w1\n" + b"#" * (4 * 1024 * 1024) + b"\n")
+    with pytest.raises(SpecError, match=r"^spec: .* is larger than 4194304 bytes"):
+        read_spec_file(path)

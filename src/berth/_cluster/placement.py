@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._core.docfile import read_document
 from .._core.spec import ID_PATTERN, WorkerSpec
 from .._core.validation import raise_validation
 from .._exceptions import ClusterError
@@ -78,13 +79,7 @@ ZoneChoice = tuple[int, tuple[int, ...]]
 
 def read_topologies(path: str) -> dict[str, Topology]:
     """A topologies file (YAML or JSON): ``topologies: {id: {user, command, workers, …}}``."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh.read(4 * 1024 * 1024 + 1))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ClusterError("topologies", f"cannot read {path}: {exc}") from exc
+    data = read_document(path, "topologies", ClusterError)
     if not isinstance(data, dict):
         raise ClusterError("topologies", f"{path} must hold a mapping topologies: {{id: {{…}}}}")
     return parse_topologies(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .._exceptions import ConfigError
 from .config import NodeConfig, config_from_mapping, tuples
+from .docfile import read_text
 from .storm import load_storm_yaml
 from .trust import check_root_owned
 
@@ -24,10 +25,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
     p = Path(chosen)
     if p.suffix in (".yaml", ".yml"):
         return load_storm_yaml(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {chosen}: {exc.strerror}") from exc
+    text = read_text(p, "config", ConfigError)
     try:
         toml = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._exceptions import ConfigError
+from .docfile import read_bytes
 
 GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "x86", "i386": "x86", "armv7l": "arm",
            "ppc64le": "ppc64le", "s390x": "s390x", "mips64": "mips64", "riscv64": "riscv64"}
@@ -154,14 +155,7 @@ def without_namespaces(oci: Mapping[str, Any], arch: str | None = None) -> dict[
 def read_profile(path: str, field: str) -> bytes:
     """The bytes of a profile file, for the engine (which takes them inline) and for runc (after
     ``oci_seccomp``); bounded, and a ConfigError naming ``field`` when unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PROFILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(field, f"cannot read the seccomp profile {path}: {exc.strerror}") from exc
-    if len(data) > MAX_PROFILE_BYTES:
-        raise ConfigError(field, f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
-    return data
+    return read_bytes(path, field, ConfigError, MAX_PROFILE_BYTES, what="the seccomp profile")
 
 
 def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:

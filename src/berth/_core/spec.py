@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._exceptions import SpecError
+from .docfile import read_document
 from .limits import MAX_ARG_STRLEN
 from .validation import raise_validation
 
@@ -163,18 +163,9 @@ def spec_from_mapping(data: Any, source: str = "spec") -> WorkerSpec:
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a spec file (YAML or JSON) into a mapping, without validating its fields."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("spec", f"cannot read {p}: {exc}") from exc
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        kind = "JSON" if p.suffix == ".json" else "YAML"
-        raise SpecError("spec", f"{p} is not valid {kind}: {exc}") from exc
+    data = read_document(path, "spec", SpecError)
     if not isinstance(data, dict):
-        raise SpecError("spec", f"{p} must hold a mapping of worker fields")
+        raise SpecError("spec", f"{path} must hold a mapping of worker fields")
     return data
 
 

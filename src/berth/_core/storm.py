@@ -14,15 +14,14 @@ import os
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from .._exceptions import ConfigError
 from .._paths import is_under
 from .config import NodeConfig, config_from_mapping
+from .docfile import read_document
 from .stormconf import BERTH_TO_STORM, NumaZone
 
 DOCKER_PLUGIN = "org.apache.storm.container.docker.DockerManager"
@@ -261,17 +260,9 @@ def _spellings(paths: Mapping[str, str], container: Mapping[str, Any], conf_pare
 
 
 def load_storm_yaml(path: str | os.PathLike[str]) -> NodeConfig:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from exc
+    data = read_document(path, "config", ConfigError)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("config", f"{p} must hold a mapping of Storm keys")
+        raise ConfigError("config", f"{os.fspath(path)} must hold a mapping of Storm keys")
     return config_from_storm(data)

@@ -6,15 +6,13 @@ because a typo in one worker's entry must not stop (or kill) the rest of the nod
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .._core.docfile import read_document
 from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError
 
@@ -116,15 +114,9 @@ def load_assignments(path: str | os.PathLike[str]) -> Assignments:
         return out
     for f in _files(root):
         try:
-            with open(f, "rb") as fh:
-                raw = fh.read(MAX_DOCUMENT_BYTES + 1)
-            if len(raw) > MAX_DOCUMENT_BYTES:
-                raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
-            text = raw.decode("utf-8")
-            doc = json.loads(text) if f.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-            kind = "JSON" if f.suffix == ".json" else "YAML"
-            out.rejected.append(Rejection(str(f), None, None, None, f"not valid {kind}: {exc}"))
+            doc = read_document(f, "assignments", BerthError, MAX_DOCUMENT_BYTES)
+        except BerthError as exc:
+            out.rejected.append(Rejection(str(f), None, None, None, exc.reason))
             out.broken_sources.add(str(f))
             continue
         parse_document(doc, str(f), into=out)
