@@ -18,7 +18,7 @@ from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._core.storm import RUNC_PLUGIN
+from .._core.storm import RUNC_PLUGIN, load_storm_yaml
 from .._exceptions import ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
@@ -113,7 +113,6 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
 @click.pass_context
 def config_(ctx: click.Context, /, storm_yaml: str | None) -> None:
     """Print the node config as berth.toml (only what differs from berth's defaults)."""
-    from .._core.storm import load_storm_yaml
     from .._core.tomlout import config_toml
 
     source = storm_yaml or ctx.find_root().obj["config_path"] or "berth's defaults"

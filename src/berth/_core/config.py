@@ -375,11 +375,6 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config",
         raise raise_validation(exc, ConfigError, rename=rename) from None
 
 
-def tupled(value: Any) -> Any:
-    """YAML and TOML give lists; the frozen models hold tuples."""
-    return tuple(value) if isinstance(value, list) else value
-
-
 def tuples(data: Any) -> Any:
     """Every list in a parsed document as a tuple (the models are frozen)."""
     if isinstance(data, dict):

@@ -16,10 +16,11 @@ from .._paths import is_under
 from . import limits
 from .config import ImagesSection, NodeConfig, valid_image
 from .hostfacts import HostFacts, format_cpu_list
-from .identity import Identity, check_identity
+from .identity import Identity, check_identity, resolve_identity
 from .layout import Layout, layout
 from .script import render_script
 from .spec import WorkerSpec, spec_digest
+from .storm import swap_hint
 from .stormconf import BERTH_TO_STORM
 from .stormline import StormLine, storm_line
 
@@ -57,10 +58,6 @@ class LogLimits:
     @property
     def file_bytes(self) -> int:
         return self.file_mb * 1024 * 1024
-
-    @property
-    def total_bytes(self) -> int:
-        return self.file_bytes * self.files
 
     def __str__(self) -> str:
         return f"at most {self.files} file(s) of {self.file_mb} MiB"
@@ -261,8 +258,6 @@ def _mounts(config: NodeConfig, lay: Layout, refused: list[PolicyError]) -> tupl
     if c.mount_cgroup_root:
         # Exempt from the forbidden list: berth adds it itself, read-only, as Storm does.
         if not os.path.exists(c.cgroup_root):
-            from .storm import swap_hint
-
             root_key, parent_key = key_of(config, "container.cgroup_root"), key_of(config, "container.cgroup_parent")
             raise ConfigError(root_key, f"{c.cgroup_root} does not exist on this node"
                               + swap_hint(c.cgroup_root, c.cgroup_parent, root_key, parent_key))
@@ -375,8 +370,6 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
 def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None,
              keep_refusals: bool = False) -> Plan:
     """Resolve the user and the node's facts, then build the plan."""
-    from .identity import resolve_identity
-
     n = config.node
     identity = resolve_identity(spec.user, n.min_uid, n.banned_users, allowed_users=n.allowed_users,
                                 allowed_groups=n.allowed_groups)

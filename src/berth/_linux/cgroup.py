@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .._paths import is_under
 from .mountinfo import read_mountinfo
 
 
@@ -68,7 +69,7 @@ def cgroup_path(pid: int | str, controller: str = "memory", proc: str = "/proc")
 
 def _join(mount: CgroupMount, path: str) -> str:
     rel = path
-    if mount.root != "/" and (path == mount.root or path.startswith(mount.root + "/")):
+    if mount.root != "/" and is_under(path, mount.root):
         rel = path[len(mount.root):]
     return os.path.join(mount.mount_point, rel.lstrip("/"))
 

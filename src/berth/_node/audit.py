@@ -34,6 +34,7 @@ from .._exceptions import BerthError, EngineError, WorkerNotFound
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import MountEntry, filesystem_path, reachable, read_mountinfo, top_mount
 from .._linux.proc import read_status
+from .._paths import is_under
 from .check import Check, Locator, read_check
 
 if TYPE_CHECKING:
@@ -170,9 +171,9 @@ def _host_path(entry: MountEntry, host_table: list[MountEntry], prefer: str) -> 
     for h in reachable(host_table):
         if h.device != entry.device:
             continue
-        rel = os.path.relpath(entry.root, h.root) if h.root != "/" else entry.root.lstrip("/") or "."
-        if rel == ".." or rel.startswith("../"):
+        if not is_under(entry.root, h.root):
             continue
+        rel = os.path.relpath(entry.root, h.root)
         candidates.append(os.path.normpath(os.path.join(h.mount_point, rel)))
     if prefer in candidates:
         return prefer

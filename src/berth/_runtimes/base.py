@@ -143,16 +143,6 @@ def code_from_returncode(returncode: int) -> tuple[int, int | None]:
     return returncode, None
 
 
-def code_from_wait_status(status: int) -> tuple[int, int | None, bool]:
-    """A raw ``wait`` status as (shell-convention code, signal or None, core dumped)."""
-    import os
-
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig, os.WCOREDUMP(status)
-    return os.waitstatus_to_exitcode(status), None, False
-
-
 @dataclass(frozen=True)
 class ExecResult:
     exit_code: int
