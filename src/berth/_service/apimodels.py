@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._exceptions import BerthError, WorkerNotFound
+from .assignments import MAX_ASSIGNMENTS_BYTES
 
 
 class ErrorItem(BaseModel):
@@ -174,7 +175,7 @@ def docs_page(spec: dict[str, Any]) -> str:
             + "".join(rows) + "</table></body></html>")
 
 
-MAX_BODY_BYTES = 16 << 20
+MAX_BODY_BYTES = MAX_ASSIGNMENTS_BYTES
 """The largest request body read (an assignments document's limit); past it, 413 unread."""
 
 

@@ -17,7 +17,7 @@ from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError
 
 SUFFIXES = (".yaml", ".yml", ".json")
-MAX_DOCUMENT_BYTES = 16 << 20
+MAX_ASSIGNMENTS_BYTES = 16 << 20
 """An assignments file larger than this is rejected unread."""
 MAX_WORKERS = 4096
 """Entries in one document; a node runs far fewer workers."""
@@ -114,7 +114,7 @@ def load_assignments(path: str | os.PathLike[str]) -> Assignments:
         return out
     for f in _files(root):
         try:
-            doc = read_document(f, "assignments", BerthError, MAX_DOCUMENT_BYTES)
+            doc = read_document(f, "assignments", BerthError, MAX_ASSIGNMENTS_BYTES)
         except BerthError as exc:
             out.rejected.append(Rejection(str(f), None, None, None, exc.reason))
             out.broken_sources.add(str(f))
