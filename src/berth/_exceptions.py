@@ -60,6 +60,10 @@ class WorkerNotRunning(EngineError):
         super().__init__("worker_id", f"worker {worker_id!r} is not running ({state})")
 
 
+class ShimError(EngineError):
+    """The runc runtime's monitor (berth-shim) refused a request or could not be reached."""
+
+
 class ClusterError(BerthError):
     """ZooKeeper is unreachable or refused an operation, or a cluster document is invalid."""
 

@@ -17,17 +17,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .._exceptions import EngineError, WaitTimeout
+from .._exceptions import EngineError, ShimError, WaitTimeout
 from .shim import LOCK_NAME, SOCKET_NAME, VERSION
 from .shim.argv import command
 
 MAX_SOCKET_PATH = 107
 RETRY_S = 0.05
 """Between attempts while the shim re-executes itself (it is back within milliseconds)."""
-
-
-class ShimError(EngineError):
-    """The shim refused a request or could not be reached."""
 
 
 class _Again(ShimError):
