@@ -360,3 +360,16 @@ def test_memory_above_the_nodes_maximum_shows_storms_line_but_never_launches(n: 
                                  "(container.max_memory_mb)",)
         with pytest.raises(PolicyError, match=r"^memory_mb: 999999 MiB is above the node's maximum"):
             build_plan(big, config, ALICE, host)
+
+
+def test_only_numa_zones_pin_on_storms_line(n: dict[str, str]) -> None:
+    """[5] Storm's worker has no cores of its own: DM adds --cpuset-cpus/--cpuset-mems only from
+    workerToCores/workerToMemoryZone, which OCM.reserveResourcesForWorker fills from the port's NUMA
+    zone. A request that pins cores on a port in no zone is pinned by berth, and Storm's line says
+    nothing of it (a note does)."""
+    pinned = SPEC.model_copy(update={"cores": (1, 3), "numa_node": 1})
+    config = config_from_storm(storm_yaml(n))
+    assert line(config, pinned) == expected(n)
+    assert "--cpuset-cpus=1,3" in line(config, pinned, storm=False)
+    notes = build_plan(pinned, config, ALICE, HOST).notes
+    assert any(x.startswith("cores: the request pins cpus 1,3 and memory node 1") for x in notes)

@@ -213,6 +213,10 @@ def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> 
                          f"{spec.cpu_percent}, as in Storm")
         update["cpu_percent"] = s.worker_cpu_limit
     zone = s.zone_for(spec.port)
+    if zone is None and (spec.cores or spec.numa_node is not None):
+        notes.append(f"cores: the request pins cpus {','.join(map(str, spec.cores or ())) or 'any'} and memory node "
+                     f"{'any' if spec.numa_node is None else spec.numa_node}; Storm pins only by supervisor.numa.meta, "
+                     "so its line has no --cpuset-cpus/--cpuset-mems")
     if zone is not None:
         if (spec.cores is not None and spec.cores != zone.cores) or spec.numa_node not in (None, int(zone.id)):
             raise PolicyError("cores", f"port {spec.port} is bound to NUMA zone {zone.id} by supervisor.numa.meta; "

@@ -87,7 +87,8 @@ def storm_line(config: NodeConfig, worker_id: str, topology_id: str, port: int, 
     mounts += [(p, p, True) for p in ro] + [(p, p, False) for p in rw]
     workdir = java_file_path(root)  # targetDir.getAbsolutePath()
     seccomp = s.seccomp_profile or c.seccomp_profile or None
-    return StormLine(mounts=tuple(mounts), cores=cores, mems=mems,
+    zone = s.zone_for(port)  # Storm pins only by the port's NUMA zone (reserveResourcesForWorker)
+    return StormLine(mounts=tuple(mounts), cores=zone.cores if zone else (), mems=zone.id if zone else None,
                      cgroup_parent=s.cgroup_parent or c.cgroup_parent, workdir=workdir,
                      cid_file=f"{root}/container.cid", seccomp=seccomp, cpu_percent=cpu_percent,
                      memory_mb=memory_mb if s.memory_enforcement else None,
