@@ -1,6 +1,7 @@
 """Which file a node config comes from and how it is read: berth's TOML or a Storm storm.yaml.
 
-Apart from ``config`` (the model) and ``storm`` (Storm's mapping) so that neither imports the other.
+Apart from ``config`` (the model) so that the model need not import ``storm`` (Storm's mapping,
+which builds on the model).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The launch plan: one immutable, runtime-neutral value that says exactly what a worker gets.
 
 All policy is applied here, once, by a pure function of (spec, config, identity, host facts).
-Renderers and runtimes only translate a plan; they never decide. The only I/O is checking
-that operator-configured mount sources exist and resolving their symlinks, because a mount
-whose meaning changes behind a symlink is exactly what a reviewer needs to see resolved.
+Renderers and runtimes only translate a plan; they never decide. The only I/O is checking that
+operator-configured paths exist (mount sources, the cgroup root, the seccomp profile) and
+resolving the mount sources' symlinks, because a mount whose meaning changes behind a symlink is
+exactly what a reviewer needs to see resolved.
 """
 
 from __future__ import annotations
