@@ -29,6 +29,10 @@ class SupervisorSection(BaseModel):
     holds up a launch, and draining N workers that ignore SIGTERM takes ceil(N / this) graces."""
     stale_after_s: float = Field(default=60.0, gt=0)
     """``/healthz`` says degraded when no reconcile pass has completed for this long."""
+    max_workers: int = Field(default=256, ge=1, le=4096)
+    """The most workers this node runs at once, whoever assigns them (a file, the API, the
+    cluster agent): each costs a container, processes, memory and the supervisor's time. Entries
+    past it are rejected, workers already assigned keeping their places."""
 
 
 class TenantToken(BaseModel):

@@ -7,7 +7,7 @@ because a typo in one worker's entry must not stop (or kill) the rest of the nod
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class Assignments:
     specs: dict[str, WorkerSpec] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     """worker_id -> where its spec came from."""
+    indexes: dict[str, int | None] = field(default_factory=dict)
+    """worker_id -> its position in its document's ``workers`` list."""
     rejected: list[Rejection] = field(default_factory=list)
     broken_sources: set[str] = field(default_factory=set)
     """Sources that could not be read at all (their previous specs should be kept)."""
@@ -64,6 +66,7 @@ class Assignments:
                 return
         self.specs[spec.worker_id] = spec
         self.sources[spec.worker_id] = source
+        self.indexes[spec.worker_id] = index
 
 
 def parse_document(doc: Any, source: str, into: Assignments | None = None) -> Assignments:
@@ -135,6 +138,15 @@ def one_user_per_topology(specs: Mapping[str, WorkerSpec], sources: Mapping[str,
                                  f"topology {spec.topology_id!r} runs as {first.user!r} (worker "
                                  f"{first.worker_id!r}); one topology, one user"))
     return out
+
+
+def past_the_maximum(specs: Mapping[str, WorkerSpec], assigned: Container[str], limit: int) -> list[str]:
+    """The worker ids to refuse so that at most ``limit`` remain: workers already ``assigned``
+    keep their places (a new entry never pushes out one that runs), then entries in their order."""
+    if len(specs) <= limit:
+        return []
+    ranked = [w for w in specs if w in assigned] + [w for w in specs if w not in assigned]
+    return ranked[limit:]
 
 
 def signature(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:

@@ -14,6 +14,7 @@ Until the desired state is known nothing is removed. One supervisor per node (``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from .._core.spec import WorkerSpec, spec_digest
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord
-from .assignments import Assignments, Rejection, load_assignments, one_user_per_topology
+from .assignments import Assignments, Rejection, load_assignments, one_user_per_topology, past_the_maximum
 from .desired import Saved
 from .lock import SupervisorLock, check_claim
 from .phase import WAITING, Assigned, Phase
@@ -74,18 +75,21 @@ class Supervisor(Reconciler):
             try:
                 self.node.plan(spec)  # validated like a launch request: image, user, mounts, cores
             except BerthError as exc:
-                rejected.append(Rejection(new.sources.get(wid, "?"), None, wid, exc.field, exc.reason))
+                rejected.append(Rejection(new.sources.get(wid, "?"), new.indexes.get(wid), wid, exc.field, exc.reason))
                 continue
             accepted[wid] = spec
             sources[wid] = new.sources.get(wid, "?")
         for r in one_user_per_topology(accepted, sources):
-            rejected.append(r)
+            rejected.append(dataclasses.replace(r, index=new.indexes.get(r.worker_id or "")))
             del accepted[r.worker_id or ""], sources[r.worker_id or ""]
         with self._lock:
             keep_ids = {r.worker_id for r in rejected if r.worker_id}
             for wid, spec in self._desired.items():
                 if wid not in accepted and (self._sources.get(wid) in new.broken_sources or wid in keep_ids):
                     accepted[wid], sources[wid] = spec, self._sources[wid]
+            for wid in past_the_maximum(accepted, self._desired, self.settings.max_workers):
+                rejected.append(self._too_many(sources.pop(wid), new.indexes.get(wid), wid))
+                del accepted[wid]
             seen = {(r.source, r.worker_id, r.field, r.reason) for r in self.rejected}
             self._desired, self._sources, self._version = accepted, sources, version
             self._loaded, self.state_problem = True, None
@@ -102,6 +106,11 @@ class Supervisor(Reconciler):
                             rejection=r.to_dict())
         self._persist()
         return rejected
+
+    def _too_many(self, source: str, index: int | None, wid: str) -> Rejection:
+        limit = self.settings.max_workers
+        return Rejection(source, index, wid, "workers", f"this node runs at most {limit} workers "
+                         "(supervisor.max_workers); the workers already assigned keep their places")
 
     def reload(self) -> list[Rejection]:
         """Read the assignments file(s) again and apply them."""
@@ -188,6 +197,11 @@ class Supervisor(Reconciler):
             if not keep_desired:
                 self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
                 self.rejected, self._loaded = list(saved.rejected), True
+                # Saved under a larger max_workers: the maximum holds for what was accepted then, too.
+                for wid in sorted(self._desired)[self.settings.max_workers:]:
+                    del self._desired[wid]
+                    self.rejected.append(self._too_many(self._sources.pop(wid, "?"), None, wid))
+                    log.warning("%s: assignment rejected: %s", wid, self.rejected[-1].reason)
             for wid, spec in self._desired.items():
                 c = saved.counters.get(wid) or {}
                 old = saved.specs.get(wid)

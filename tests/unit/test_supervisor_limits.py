@@ -1,0 +1,107 @@
+"""What one supervisor takes on, bounded: the node's maximum number of workers, wherever the
+assignments come from (a file, the API, the cluster agent through ``set_assignments``, the state
+saved by an earlier run), on the in-memory runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from berth._service.api import create_app
+from berth._service.desired import STATE_FILE
+
+from ._supfake import Harness, doc, spec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    os.chmod(tmp_path, 0o755)
+    return tmp_path
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[Harness]]:
+    started: list[Harness] = []
+    yield started
+    for h in started:
+        if h.sup.lock.held:
+            h.sup.stop()
+
+
+def started(base: Path, stop_all: list[Harness], **kw: Any) -> Harness:
+    h = Harness(base, **kw).start()
+    stop_all.append(h)
+    return h
+
+
+def over(rejected: Any) -> list[tuple[str | None, str | None]]:
+    return [(r.worker_id, r.field) for r in rejected if "supervisor.max_workers" in r.reason]
+
+
+def test_the_default_maximum_is_set_and_bounded() -> None:
+    from berth._core.serviceconfig import SupervisorSection
+
+    assert SupervisorSection().max_workers == 256
+    with pytest.raises(ValueError):
+        SupervisorSection(max_workers=0)
+    with pytest.raises(ValueError):
+        SupervisorSection(max_workers=4097)
+
+
+def test_entries_past_the_maximum_are_rejected_naming_the_field(base: Path, stop_all: list[Harness]) -> None:
+    h = started(base, stop_all, max_workers=3)
+    rejected = h.sup.set_assignments(doc(*(spec(f"w{i}", 6700 + i) for i in range(5))))
+    assert over(rejected) == [("w3", "workers"), ("w4", "workers")]
+    assert [r.index for r in rejected] == [3, 4]
+    assert "at most 3 workers" in rejected[0].reason
+    assert sorted(h.sup.desired()) == ["w0", "w1", "w2"]
+    h.running("w0", "w1", "w2")
+    assert sorted(h.containers()) == ["w0", "w1", "w2"]
+    # Workers already assigned keep their places: new entries are the ones refused, wherever they stand.
+    rejected = h.sup.set_assignments(doc(spec("n1", 6710), spec("w2", 6702), spec("w0", 6700), spec("w1", 6701)))
+    assert over(rejected) == [("n1", "workers")]
+    assert sorted(h.sup.desired()) == ["w0", "w1", "w2"]
+    assert [r.worker_id for r in h.sup.rejections()] == ["n1"]
+
+
+def test_the_maximum_holds_for_the_api(base: Path, stop_all: list[Harness]) -> None:
+    h = started(base, stop_all, max_workers=2)
+    client = TestClient(create_app(h.sup))
+    entries = [{"worker_id": f"a{i}", "topology_id": "wc-1", "port": 6700 + i, "user": "alice", "command": ["run"]}
+               for i in range(3)]
+    r = client.put("/assignments", json={"workers": entries})
+    assert r.status_code == 422, r.text
+    assert r.json()["accepted"] == ["a0", "a1"]
+    [item] = r.json()["detail"]
+    assert item["loc"] == ["body", "workers", 2, "workers"] and "supervisor.max_workers" in item["msg"]
+
+
+def test_a_file_past_the_maximum_keeps_the_others_running(base: Path, stop_all: list[Harness]) -> None:
+    path = base / "assign.yaml"
+    path.write_text(json.dumps({"workers": [spec(f"f{i}", 6800 + i).model_dump(mode="json", exclude_defaults=True)
+                                            for i in range(4)]}))
+    h = started(base, stop_all, max_workers=3, path=str(path))
+    h.running("f0", "f1", "f2")
+    assert [(r.worker_id, r.field, r.source) for r in h.sup.rejections()] == [("f3", "workers", str(path))]
+
+
+def test_a_saved_state_past_a_lowered_maximum_is_cut_to_it(base: Path, stop_all: list[Harness]) -> None:
+    """The operator lowered max_workers and restarted berth: the maximum applies to what was saved too."""
+    h = started(base, stop_all, max_workers=4)
+    h.sup.set_assignments(doc(*(spec(f"w{i}", 6700 + i) for i in range(4))), version="v1")
+    h.running("w0", "w1", "w2", "w3")
+    h.sup.stop()
+    again = started(base, stop_all, max_workers=2, fake=h.fake.restarted(), clock=h.clock)
+    assert sorted(again.sup.desired()) == ["w0", "w1"]
+    assert over(again.sup.rejections()) == [("w2", "workers"), ("w3", "workers")]
+    again.watch.until(lambda: sorted(again.containers()) == ["w0", "w1"], "w2 and w3 removed")
+    saved = json.loads(Path(again.config.state_dir, STATE_FILE).read_text())
+    assert [w["spec"]["worker_id"] for w in saved["workers"]] == ["w0", "w1"]
