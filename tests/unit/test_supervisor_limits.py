@@ -105,3 +105,23 @@ def test_a_saved_state_past_a_lowered_maximum_is_cut_to_it(base: Path, stop_all:
     again.watch.until(lambda: sorted(again.containers()) == ["w0", "w1"], "w2 and w3 removed")
     saved = json.loads(Path(again.config.state_dir, STATE_FILE).read_text())
     assert [w["spec"]["worker_id"] for w in saved["workers"]] == ["w0", "w1"]
+
+
+def test_nothing_is_written_to_the_event_log_before_the_lock_is_held(base: Path, stop_all: list[Harness]) -> None:
+    """The cluster agent sets its first document before the supervisor starts: a rejection then
+    must not land in the event log of another supervisor that holds the node; it is written once
+    this one holds the lock."""
+    holder = started(base, stop_all)
+    holder.sup.set_assignments(doc(spec("w1", 6700)))
+    holder.running("w1")
+    log = Path(holder.config.state_dir, "events.jsonl")
+    before = log.read_bytes()
+    second = Harness(base, fake=holder.fake.restarted(), clock=holder.clock)
+    stop_all.append(second)
+    rejected = second.sup.set_assignments(doc(spec("w1", 6700), spec("w9", 6709, user="bob")))
+    assert [(r.worker_id, r.field) for r in rejected] == [("w9", "user")]
+    assert log.read_bytes() == before  # not this supervisor's log to write, yet
+    holder.sup.stop()
+    second.start()
+    lines = [json.loads(x) for x in log.read_bytes()[len(before):].splitlines()]
+    assert [x["worker_id"] for x in lines if "assignment rejected" in x["reason"]] == ["w9"]

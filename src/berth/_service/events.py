@@ -3,6 +3,11 @@
 For people and tools to read (not to be confused with the node's exit journal, which makes
 exits exactly-once). Bounded: past ``max_bytes`` the file is rotated to ``events.jsonl.1``, so a
 worker that crash-loops for a month cannot fill the state dir.
+
+Like everything else in the state dir it is written only under the node's lock (``gate``): lines
+made before (the cluster agent hands its first document to the supervisor before starting it)
+are kept, a bounded number, and written once the lock is held; a supervisor that never gets the
+lock writes none of them into the log of the one that has it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +27,18 @@ from .phase import Phase, iso
 log = logging.getLogger("berth.supervisor")
 
 MAX_EVENTS_BYTES = 16 << 20
+MAX_PENDING = 10000
+"""Lines kept while the lock is not held (a document's rejections: at most 4096 entries)."""
 
 
 class EventLog:
-    def __init__(self, state_dir: str, max_bytes: int = MAX_EVENTS_BYTES) -> None:
+    def __init__(self, state_dir: str, max_bytes: int = MAX_EVENTS_BYTES,
+                 gate: Callable[[], bool] = lambda: True) -> None:
         self.path = Path(state_dir, "events.jsonl")
         self.max_bytes = max_bytes
+        self._gate = gate
+        self._pending: deque[bytes] = deque(maxlen=MAX_PENDING)
+        self._dropped = 0
         self._lock = threading.Lock()
         self._failing = False
 
@@ -36,20 +49,39 @@ class EventLog:
         log.log(level, "%s: %s -> %s (%s)", wid, line["from"], line["to"], reason)
         data = (json.dumps(line) + "\n").encode()
         with self._lock:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    if self.path.stat().st_size + len(data) > self.max_bytes:
-                        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-                except FileNotFoundError:
-                    pass
-                with open(self.path, "ab") as fh:
-                    fh.write(data)
-                if self._failing:
-                    log.info("writing %s again", self.path)
-                self._failing = False
-            except OSError as exc:
-                if not self._failing:  # one line per change, not one per event
-                    log.error("cannot write %s: %s", self.path, exc)
-                self._failing = True
+            if not self._gate():
+                self._dropped += len(self._pending) == MAX_PENDING
+                self._pending.append(data)  # the oldest goes when it is full
+                return line
+            self._append(data)
         return line
+
+    def flush(self) -> None:
+        """Write the lines kept while the lock was not held (call once it is)."""
+        with self._lock:
+            if self._gate() and self._pending:
+                self._append(b"")
+
+    def _append(self, data: bytes) -> None:
+        if self._pending:
+            if self._dropped:
+                log.warning("%d event lines made before the node's lock was held were dropped", self._dropped)
+            data = b"".join(self._pending) + data
+            self._pending.clear()
+            self._dropped = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.path.stat().st_size + len(data) > self.max_bytes:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            except FileNotFoundError:
+                pass
+            with open(self.path, "ab") as fh:
+                fh.write(data)
+            if self._failing:
+                log.info("writing %s again", self.path)
+            self._failing = False
+        except OSError as exc:
+            if not self._failing:  # one line per change, not one per event
+                log.error("cannot write %s: %s", self.path, exc)
+            self._failing = True

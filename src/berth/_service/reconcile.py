@@ -67,7 +67,7 @@ class Reconciler:
         # Two pools: launches never queue behind stops that wait out their grace period.
         self._launches = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="berth-launch")
         self._stops = ThreadPoolExecutor(max_workers=self.settings.parallel_stops, thread_name_prefix="berth-stop")
-        self._events = EventLog(self.config.state_dir)
+        self._events = EventLog(self.config.state_dir, gate=lambda: self._holds_lock())
         self._store = DesiredStore(self.config.state_dir)
         self._save_lock = threading.Lock()
         self.last_pass: float | None = None

@@ -156,6 +156,7 @@ class Supervisor(Reconciler):
         """Take the node's lock, load the persisted state, refuse another supervisor's node,
         adopt what runs (and report what exited meanwhile), then start reconciling."""
         self.lock.acquire(node=self.config.node.name, state_dir=self.config.state_dir)
+        self._events.flush()  # lines made before the lock was held (set_assignments before start)
         self._started_at = self._clock()
         try:
             self._restore(keep_desired=self._loaded)  # set before start (the cluster agent does): it wins
