@@ -61,7 +61,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
     import docker
 
     from berth import Node
-    from berth._cluster.admin import add_node, init_cluster
+    from berth._cluster.admin import add_node, init_cluster, remove_cluster
     from berth._cluster.agent import Agent
     from berth._cluster.documents import encode_assignment
     from berth._cluster.layout import Layout, new_credential, node_user, write_credential
@@ -176,7 +176,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
         for n in names:
             for c in engine.containers(all=True, filters={"label": f"berth.node={n}"}):
                 engine.remove_container(c["Id"], force=True)
-        admin.client.delete(settings.root, recursive=True)
+        remove_cluster(admin, Layout(settings.root))
         admin.close()
         subprocess.run(["rm", "-rf", str(base)], check=False)
     return result

@@ -26,7 +26,7 @@ import docker
 import pytest
 from kazoo.exceptions import NoNodeError
 
-from berth._cluster.admin import NodeView, add_node, init_cluster, read_cluster
+from berth._cluster.admin import NodeView, add_node, init_cluster, read_cluster, remove_cluster
 from berth._cluster.cache import read_status
 from berth._cluster.layout import Credential, Layout, new_credential, node_user, write_credential
 from berth._cluster.placement import parse_topologies
@@ -272,7 +272,7 @@ class Cluster:
 
         def remove_tree() -> None:
             with contextlib.suppress(NoNodeError, Exception):
-                self.admin.client.delete(self.layout.root, recursive=True)
+                remove_cluster(self.admin, self.layout)
 
         t = threading.Thread(target=remove_tree, daemon=True)  # bounded: the ensemble may be down
         t.start()

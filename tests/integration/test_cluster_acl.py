@@ -1,7 +1,8 @@
 """Per-node identities and ACLs on a real ensemble: every forbidden read and write is tried.
 
-A node reads only its own assignment document and writes only its own state and registration;
-the coordinator alone writes assignments; an anonymous client is refused by the ensemble.
+A node reads only its own assignment document and writes only its own state and registration,
+within a quota; the coordinator alone writes assignments; an anonymous client is refused by the
+ensemble; ``--lock-ensemble`` closes ZooKeeper's own top to made-up identities.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError
-from kazoo.security import make_digest_acl
+from kazoo.exceptions import NoAuthError, QuotaExceededError
+from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
-from berth._cluster.admin import add_node, init_cluster
+from berth._cli import main
+from berth._cluster.admin import add_node, init_cluster, remove_cluster
 from berth._cluster.documents import encode_assignment
-from berth._cluster.layout import Credential, Layout, new_credential, node_user
+from berth._cluster.layout import Credential, Layout, new_credential, node_user, read_credential
+from berth._cluster.quota import NODE_BYTES, OPEN_TOPS, quotas_enforced
 from berth._cluster.zk import Connection
 from berth._exceptions import ClusterError
 
@@ -51,7 +55,7 @@ class Setup:
     def close(self) -> None:
         for c in self.conns:
             c.close()
-        self.admin.client.delete(self.layout.root, recursive=True)
+        remove_cluster(self.admin, self.layout)
         self.admin.close()
 
 
@@ -140,3 +144,53 @@ def test_init_refuses_a_tree_owned_by_someone_else_and_enrolment_is_whole(acl: S
     with pytest.raises(ClusterError, match="must be 'node-n3'"):
         add_node(acl.admin, acl.layout, acl.co, "n3", acl.creds["n1"].digest_id)
     assert acl.admin.client.exists(acl.layout.node("n3")) is None
+
+
+def test_a_node_cannot_grow_its_directory_past_its_own_znodes(acl: Setup) -> None:
+    """CREATE on nodes/<node> (for its ephemeral registration) cannot name the child: a quota
+    bounds the directory to the registration and the state, and their largest sizes."""
+    L, a = acl.layout, acl.as_node("n1").client
+    assert quotas_enforced(acl.admin, L, acl.co), \
+        "the ensemble does not enforce quotas: restart it so that enforceQuota=true applies (scripts/zookeeper)"
+    a.create(L.live("n1"), b"{}", ephemeral=True)  # what the agent makes
+    with pytest.raises(QuotaExceededError):
+        a.create(f"{L.node('n1')}/junk", b"")
+    with pytest.raises(QuotaExceededError):
+        a.set(L.state("n1"), b"x" * NODE_BYTES)
+    a.delete(L.live("n1"))
+    a.create(f"{L.node('n1')}/junk", b"", acl=[make_acl("auth", "", all=True)])  # instead of its registration
+    with pytest.raises(QuotaExceededError):
+        a.create(f"{L.node('n1')}/junk/deeper", b"")
+    acl.as_node("n2").client.create(L.live("n2"), b"{}", ephemeral=True)  # each node has its own bound
+
+
+def test_lock_ensemble_closes_zookeepers_own_top_to_made_up_identities(private_zookeeper: Ensemble,
+                                                                       tmp_path: Path) -> None:
+    import uuid
+
+    hosts, root = private_zookeeper.hosts, "/lock" + uuid.uuid4().hex[:8]
+    auth = tmp_path / "co.auth"
+    stranger = login(hosts, "made-up", "a-password-nobody-gave-out")
+    admin: Connection | None = None
+    try:
+        r = CliRunner().invoke(main, ["cluster", "init", "--zk", hosts, "--auth", str(auth), "--root", root])
+        assert r.exit_code == 0, r.output
+        assert "quotas: enforced" in r.output and "--lock-ensemble" in r.output
+        stranger.client.create("/made-up-junk", b"")  # open until locked
+        stranger.client.delete("/made-up-junk")
+        r = CliRunner().invoke(main, ["cluster", "init", "--zk", hosts, "--auth", str(auth), "--root", root,
+                                      "--lock-ensemble"])
+        assert r.exit_code == 0, r.output
+        assert "locked /, /zookeeper, /zookeeper/quota" in r.output
+        for path in ("/made-up-junk", "/zookeeper/made-up-junk", "/zookeeper/quota/made-up-junk"):
+            refused(lambda p=path: stranger.client.create(p, b""))  # type: ignore[misc]
+        assert root.lstrip("/") in stranger.client.get_children("/")  # everyone may still read
+    finally:
+        stranger.close()
+        if auth.exists():
+            admin = Connection(hosts, read_credential(str(auth)), SESSION_S, 0.5)
+            admin.start_and_wait(30)
+            for path in OPEN_TOPS:  # the private ensemble is shared by the other fault tests
+                admin.client.set_acls(path, OPEN_ACL_UNSAFE)
+            remove_cluster(admin, Layout(root))
+            admin.close()

@@ -210,14 +210,22 @@ def cluster() -> None:
 
 @cluster.command(name="init")
 @zk_options
+@click.option("--lock-ensemble", is_flag=True,
+              help="Give ZooKeeper's /, /zookeeper and /zookeeper/quota to the coordinator (everyone may still "
+                   "read): for an ensemble that is berth's alone.")
 @click.pass_context
-def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None) -> None:
-    """Create berth's tree, readable and writable by the coordinator alone.
+def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None,
+                 lock_ensemble: bool) -> None:
+    """Create berth's tree, readable and writable by the coordinator alone, and say what of the
+    ensemble stays open: whether the servers enforce the quotas that bound each node's znodes, and
+    whether ZooKeeper's own top is writable by anyone (digest accepts made-up identities).
 
     A missing --auth file is created first with a new coordinator identity (mode 0600).
     """
     from .._cluster.admin import init_cluster
     from .._cluster.layout import Layout, new_credential, write_credential
+    from .._cluster.quota import lock_ensemble as lock
+    from .._cluster.quota import open_tops, quotas_enforced
     from .._cluster.zk import Connection
 
     settings, hosts, auth = _settings(ctx, zk, auth_file, root)
@@ -229,9 +237,23 @@ def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, r
     conn.start_and_wait(15.0)
     try:
         made = init_cluster(conn, Layout(settings.root), cred)
+        enforced = quotas_enforced(conn, Layout(settings.root), cred)
+        locked = lock(conn, cred) if lock_ensemble else []
+        still_open = open_tops(conn)
     finally:
         conn.close()
     click.echo(f"{settings.root}: " + (f"created {', '.join(made)}" if made else "exists, owned by this identity"))
+    click.echo("quotas: " + {True: "enforced (each node's directory is bounded)",
+                             False: "NOT enforced by the servers: a node's identity can create any number of znodes "
+                                    "under its directory (enforceQuota=true in every zoo.cfg; docs/cluster.md)",
+                             None: "cannot be set: /zookeeper/quota is not writable by this identity "
+                                   "(docs/cluster.md)"}[enforced])
+    if locked:
+        click.echo(f"locked {', '.join(locked)}: only the coordinator may create there (everyone may read)")
+    if still_open:
+        click.echo(f"open: {', '.join(still_open)} can be written by any client that authenticates (a made-up "
+                   "digest identity will do); on an ensemble that is berth's alone: berth cluster init "
+                   "--lock-ensemble")
 
 
 @cluster.command(name="add-node")
@@ -255,13 +277,15 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
     conn = Connection(hosts, cred, settings.session_timeout_s, patient=True)
     try:
         conn.start_and_wait(15.0)
-        add_node(conn, Layout(settings.root), cred, name, node_cred.digest_id, rotate=rotate)
+        notes = add_node(conn, Layout(settings.root), cred, name, node_cred.digest_id, rotate=rotate)
     except BaseException:
         os.unlink(out)  # nothing half-made: no identity without its enrolment
         raise
     finally:
         conn.close()
     click.echo(f"node {name} enrolled; its identity is in {out} (berth agent --auth {out})")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @cluster.command(name="remove-node")

@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .._cluster.admin import add_node, init_cluster, read_cluster
+from .._cluster.admin import add_node, init_cluster, read_cluster, remove_cluster
 from .._cluster.layout import Layout, new_credential, node_user, write_credential
 from .._cluster.placement import parse_topologies
 from .._cluster.scheduler import Coordinator
@@ -167,7 +167,7 @@ class _Demo:
         if self.co is not None:
             self.co.close()
         try:
-            self.admin.client.delete(self.layout.root, recursive=True)
+            remove_cluster(self.admin, self.layout)
         except Exception as exc:
             self.console.print(f"[yellow]could not remove {self.layout.root}: {exc}")
         self.admin.close()

@@ -7,10 +7,11 @@ transaction, so a node is enrolled completely or not at all.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
+from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .._core.spec import ID_PATTERN, WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError, ClusterError
@@ -35,6 +36,16 @@ from .layout import (
     node_dir_acl,
     node_user,
     state_acl,
+)
+from .quota import (
+    NODE_BYTES,
+    NODE_ZNODES,
+    QUOTA_ROOT,
+    add_node_quota,
+    ensure_quota_base,
+    limits,
+    quota_dir,
+    remove_quota,
 )
 from .zk import UNAVAILABLE, Connection, explain
 
@@ -74,8 +85,9 @@ def _check_owned(conn: Connection, path: str) -> None:
 
 
 def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: str, node_digest: str,
-             rotate: bool = False) -> None:
-    """Enrol ``node`` with the identity whose digest is ``node_digest`` (``node-<name>:<base64>``)."""
+             rotate: bool = False) -> list[str]:
+    """Enrol ``node`` with the identity whose digest is ``node_digest`` (``node-<name>:<base64>``),
+    its directory bounded by a quota (``quota``); returns notes for the operator."""
     if not ID_PATTERN.fullmatch(node):
         raise ClusterError("node", f"{node!r} is not a node name (2-128 of A-Z a-z 0-9 '_' '.' '-')")
     if not node_digest.startswith(node_user(node) + ":"):
@@ -85,36 +97,78 @@ def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: st
     paths = [layout.node(node), layout.assignment(node), layout.state(node)]
     acls = [node_dir_acl(co, node_digest), assignment_acl(co, node_digest), state_acl(co, node_digest)]
     c = conn.client
+    try:
+        bounded = ensure_quota_base(conn, layout, coordinator)
+    except UNAVAILABLE as exc:
+        raise _fail(exc, quota_dir(layout.nodes), f"enrolling {node}") from exc
+    notes = [] if bounded else [f"{QUOTA_ROOT} is not writable by this identity: {layout.node(node)} has no quota, "
+                                "so the node's identity can create any number of znodes under it (docs/cluster.md)"]
     if rotate:
         for path, acl in zip(paths, acls, strict=True):
             try:
                 conn.call(c.set_acls_async, path, acl)
             except (NoNodeError, NoAuthError, *UNAVAILABLE) as exc:
                 raise _fail(exc, path, f"re-keying {node}") from exc
-        return
+        if bounded:
+            add_node_quota(conn, layout, coordinator, node)
+        return notes
     t = c.transaction()
     t.create(paths[0], record, acl=acls[0])
     t.create(paths[1], encode_assignment(node, []), acl=acls[1])
     t.create(paths[2], encode_state(NodeState(node=node, updated_at=now())), acl=acls[2])
+    if bounded:  # limits before stats: creating the stats znode makes the servers count the subtree
+        quota = quota_dir(layout.node(node))
+        t.create(quota, b"", acl=coordinator_only(co))
+        t.create(f"{quota}/zookeeper_limits", limits(NODE_ZNODES, NODE_BYTES), acl=coordinator_only(co))
+        t.create(f"{quota}/zookeeper_stats", b"count=0,bytes=0", acl=coordinator_only(co))
+        paths += [quota, f"{quota}/zookeeper_limits", f"{quota}/zookeeper_stats"]
     try:
         results = t.commit_async().get(timeout=conn.timeout_s)
     except UNAVAILABLE as exc:
         raise _fail(exc, paths[0], f"enrolling {node}") from exc
     for path, res in zip(paths, results, strict=True):
-        if isinstance(res, NodeExistsError):
+        if isinstance(res, NodeExistsError) and not path.startswith(QUOTA_ROOT):
             raise ClusterError("node", f"{node!r} is enrolled already (--rotate gives it a new identity)")
+        if isinstance(res, NodeExistsError):
+            raise ClusterError("node", f"{path} exists already (a quota left behind?); remove it first")
         if isinstance(res, Exception) and type(res).__name__ != "RolledBackError":
             raise _fail(res, path, f"enrolling {node}")
+    return notes
 
 
 def remove_node(conn: Connection, layout: Layout, node: str) -> None:
-    for path in (layout.live(node), layout.state(node), layout.assignment(node), layout.node(node)):
+    """Delete the node's znodes, and whatever its identity made in its directory: a leaf can be
+    deleted without reading it; one it gave children only it can see is reported."""
+    try:
+        made = [f"{layout.node(node)}/{n}" for n in conn.call(conn.client.get_children_async, layout.node(node))]
+    except NoNodeError:
+        made = []
+    except (NoAuthError, *UNAVAILABLE) as exc:
+        raise _fail(exc, layout.node(node), f"removing {node}") from exc
+    for path in (*made, layout.state(node), layout.assignment(node), layout.node(node)):
         try:
             conn.call(conn.client.delete_async, path)
         except NoNodeError:
             continue
+        except NotEmptyError as exc:
+            raise ClusterError("node", f"cannot remove {path}: the node's identity gave it children this identity "
+                                       "cannot see; remove them with that identity (or a ZooKeeper superuser)") from exc
         except (NoAuthError, *UNAVAILABLE) as exc:
             raise _fail(exc, path, f"removing {node}") from exc
+    try:
+        remove_quota(conn, layout.node(node))
+    except (NoAuthError, *UNAVAILABLE) as exc:
+        raise _fail(exc, quota_dir(layout.node(node)), f"removing the quota of {node}") from exc
+
+
+def remove_cluster(conn: Connection, layout: Layout) -> None:
+    """Delete berth's whole tree and its quotas (the demo's and the tests' clean-up)."""
+    with contextlib.suppress(NoNodeError):
+        for node in conn.call(conn.client.get_children_async, layout.nodes):
+            remove_node(conn, layout, node)  # what nodes made there may be unreadable to a recursive delete
+    for path in (layout.root, quota_dir(layout.root)):
+        with contextlib.suppress(NoNodeError):
+            conn.client.delete(path, recursive=True)
 
 
 # -- reading the cluster ---------------------------------------------------------------------
