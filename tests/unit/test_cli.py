@@ -95,7 +95,8 @@ def test_explain_with_a_storm_yaml_says_where_berth_differs(tmp_path: Path) -> N
     r = CliRunner().invoke(main, [*base, "--format", "text", "--", "sh"])
     assert "Storm key not used by berth: storm.zookeeper.servers" in r.stdout
     f.write_text(f.read_text() + "storm.resource.isolation.plugin.enable: true\n"
-                 "storm.resource.isolation.plugin: org.apache.storm.container.oci.RuncLibContainerManager\n")
+                 "storm.resource.isolation.plugin: org.apache.storm.container.oci.RuncLibContainerManager\n"
+                 "berth.runc.image.root: /srv/rootfs\n")
     r = CliRunner().invoke(main, [*base, "--storm", "--", "sh"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("docker run ")  # RuncLibContainerManager builds no such line: say whose it is

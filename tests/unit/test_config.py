@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from berth import NodeConfig, load_config
-from berth._core.config import DEFAULT_FORBIDDEN
+from berth import ConfigError, NodeConfig, load_config
+from berth._core.config import DEFAULT_FORBIDDEN, config_from_mapping
 
 
 def test_defaults() -> None:
@@ -88,3 +88,21 @@ def test_spec_digest_is_stable_and_tracks_changes() -> None:
     assert spec_digest(a) == spec_digest(same) == "35741cbdb84069fe"
     assert spec_digest(a.model_copy(update={"memory_mb": 65})) != spec_digest(a)
     assert spec_digest(a.model_copy(update={"command": ("y",)})) != spec_digest(a)
+
+
+def test_the_runc_runtime_needs_a_directory_for_the_default_image_at_load() -> None:
+    """Not a launch-time surprise: without one, every launch of the default image would fail."""
+    base = {"node": {"runtime": "runc"}, "images": {"default": "berth/python:1"}}
+    with pytest.raises(ConfigError, match=r"^runc\.images: runtime runc runs each image from a root filesystem "
+                                          r"directory, and images\.default berth/python:1 has none"):
+        config_from_mapping(base)
+    with pytest.raises(ConfigError, match=r"^runc\.images: .*other/python:1 has none"):
+        config_from_mapping({**base, "images": {"default": "other/python:1"}, "runc": {"image_root": "/srv"}})
+    assert config_from_mapping({**base, "runc": {"image_root": "/srv"}}).runc.image_path("berth/python:1") == \
+        "/srv/python"
+    assert config_from_mapping({**base, "runc": {"images": {"berth/python:1": "/r/py"}}}).runc.image_path(
+        "berth/python:1") == "/r/py"
+    with pytest.raises(ConfigError, match=r"^runc\.images: runtime runc runs each image from a root filesystem "
+                                          r"directory, and none is named"):
+        config_from_mapping({"node": {"runtime": "runc"}})
+    assert config_from_mapping({"images": {"default": "berth/python:1"}}).node.runtime == "docker"

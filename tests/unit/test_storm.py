@@ -283,9 +283,12 @@ def test_default_image_must_be_allowed(n: dict[str, str]) -> None:
         config_from_storm(storm_yaml(n, storm_oci_image="storm/other:1"))
 
 
+RUNC = "org.apache.storm.container.oci.RuncLibContainerManager"
+
+
 def test_isolation_plugin_picks_the_runtime(n: dict[str, str]) -> None:
-    runc = config_from_storm(storm_yaml(n, storm_resource_isolation_plugin=(
-        "org.apache.storm.container.oci.RuncLibContainerManager")))
+    runc = config_from_storm({**storm_yaml(n, storm_resource_isolation_plugin=RUNC),
+                              "berth.runc.images": {"storm/worker:2.6": "/srv/rootfs/worker"}})
     assert runc.node.runtime == "runc"
     off = config_from_storm(storm_yaml(n, storm_resource_isolation_plugin_enable=False))
     assert off.node.runtime == "docker" and off.storm is not None
@@ -373,3 +376,24 @@ def test_only_numa_zones_pin_on_storms_line(n: dict[str, str]) -> None:
     assert "--cpuset-cpus=1,3" in line(config, pinned, storm=False)
     notes = build_plan(pinned, config, ALICE, HOST).notes
     assert any(x.startswith("cores: the request pins cpus 1,3 and memory node 1") for x in notes)
+
+
+def test_runc_from_a_storm_yaml_needs_its_image_directories_named_at_load(n: dict[str, str]) -> None:
+    """Storm's runc manager takes images from HDFS layers berth does not read: a storm.yaml that
+    selects it is refused at load, naming the key that maps images to root filesystem directories,
+    instead of every launch failing later."""
+    with pytest.raises(ConfigError, match=r"^berth\.runc\.images: storm\.resource\.isolation\.plugin selects "
+                                          r"RuncLibContainerManager.*storm\.oci\.image storm/worker:2\.6 has none"):
+        config_from_storm(storm_yaml(n, storm_resource_isolation_plugin=RUNC))
+    with pytest.raises(ConfigError, match=r"^berth\.runc\.images: .*storm\.oci\.image storm/worker:2\.6 has none"):
+        config_from_storm({**storm_yaml(n, storm_resource_isolation_plugin=RUNC),
+                           "berth.runc.images": {"storm/other:1": "/srv/rootfs/other"}})
+    with pytest.raises(ConfigError, match=r"^berth\.runc\.image\.root: must be an absolute path"):
+        config_from_storm({**storm_yaml(n, storm_resource_isolation_plugin=RUNC), "berth.runc.image.root": "rootfs"})
+    c = config_from_storm({**storm_yaml(n, storm_resource_isolation_plugin=RUNC, storm_oci_image="berth/python:1",
+                                        storm_oci_allowed_images=["berth/python:1"]),
+                           "berth.runc.image.root": "/srv/rootfs"})
+    assert (c.runc.image_root, c.runc.image_path("berth/python:1")) == ("/srv/rootfs", "/srv/rootfs/python")
+    assert c.storm is not None and "berth.runc.image.root" not in c.storm.unused_keys
+    docker = config_from_storm({**storm_yaml(n), "berth.runc.images": {"storm/worker:2.6": "/srv/rootfs/worker"}})
+    assert docker.node.runtime == "docker" and docker.runc.images == {"storm/worker:2.6": "/srv/rootfs/worker"}

@@ -71,7 +71,12 @@ def test_docker_support_example_loads_with_the_swap_warning() -> None:
 
 
 def test_oci_support_example_loads() -> None:
-    c = config_from_storm(yaml.safe_load(OCI_EXAMPLE), env=HOME)
+    """Storm's example names images berth cannot find (HDFS layers): refused until they are mapped
+    to root filesystem directories (a key Storm ignores), then loaded as it is."""
+    with pytest.raises(ConfigError, match=r"^berth\.runc\.images: .*storm/rhel7:dev_current has none"):
+        config_from_storm(yaml.safe_load(OCI_EXAMPLE), env=HOME)
+    mapped = OCI_EXAMPLE + 'berth.runc.images: {"storm/rhel7:dev_current": /srv/rootfs/rhel7}\n'
+    c = config_from_storm(yaml.safe_load(mapped), env=HOME)
     assert c.node.runtime == "runc"
     assert c.container.readonly_mounts == ("/home/y/lib64/storm", "/etc/krb5.conf")
     assert c.container.seccomp_profile == "/home/y/conf/storm/seccomp.json"
@@ -131,7 +136,8 @@ def test_printed_toml_loads_to_the_same_config(example: str) -> None:
     data = yaml.safe_load(example)
     data.update({"storm.local.dir": "/var/storm/", "storm.log.dir": "/var/log/storm", "storm.local.hostname": "n7",
                  "supervisor.numa.meta": {"0": {"numa.cores": [1, 0], "numa.memory.mb": 1024, "numa.ports": [6700]}},
-                 "storm.worker.cgroup.cpu.limit": 150, "storm.workers.artifacts.dir": "/var/arts"})
+                 "storm.worker.cgroup.cpu.limit": 150, "storm.workers.artifacts.dir": "/var/arts",
+                 "berth.runc.images": {"storm/rhel7:dev_current": "/srv/rootfs/rhel7"}})
     storm = config_from_storm(data, env=HOME)
     text = config_toml(storm)
     toml = tomllib.loads(text)

@@ -18,18 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._exceptions import ConfigError
 from .._paths import is_under
 from .clusterconfig import ClusterSection
+from .fields import absolute, valid_image
+from .runcconfig import RuncSection, runc_images
 from .serviceconfig import SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
 from .trust import account_names, state_apart
 from .validation import raise_validation
-
-IMAGE_PATTERN = re.compile(r"^(([a-zA-Z0-9.-]+)(:\d+)?/)?([a-z0-9_./-]+)(:[\w.-]+)?$")
-"""Storm's image-reference pattern, kept verbatim so that the same names are accepted…"""
-
-
-def valid_image(name: str) -> bool:
-    """…except one that starts with '-': on a ``docker run`` line it would be read as an option."""
-    return bool(IMAGE_PATTERN.match(name)) and not name.startswith("-")
 
 DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
                      "/var/run/docker.sock", "/run/containerd")
@@ -37,18 +31,6 @@ DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/berth/state"  # never where workers write (default local_dir: /var/lib/berth/local)
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def _absolute(value: str, what: str = "an absolute path") -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"must be {what}, got {value!r}")
-    if "\0" in value or "\n" in value:
-        raise ValueError("must not contain NUL or newline")
-    if ":" in value:
-        # Docker's -v syntax and Storm's command line split on ':'; such a path cannot be mounted
-        # faithfully, so it is refused here instead of being mangled later.
-        raise ValueError(f"must not contain ':', got {value!r}")
-    return os.path.normpath(value)
 
 
 def _octal(value: str, what: str) -> str:
@@ -85,7 +67,7 @@ class NodeSection(BaseModel):
     @field_validator("local_dir", "log_dir", "install_dir", "artifacts_dir", "state_dir")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:
-        return None if v is None else _absolute(v)
+        return None if v is None else absolute(v)
 
     @field_validator("name")
     @classmethod
@@ -156,19 +138,19 @@ class ContainerSection(BaseModel):
     @field_validator("cgroup_root")
     @classmethod
     def _root(cls, v: str) -> str:
-        return _absolute(v)
+        return absolute(v)
 
     @field_validator("nscd_dir", "seccomp_profile")
     @classmethod
     def _optional_path(cls, v: str) -> str:
         if v == "unconfined":
             raise ValueError("'unconfined' is not allowed; leave empty for the engine's default profile")
-        return _absolute(v) if v else v
+        return absolute(v) if v else v
 
     @field_validator("readonly_mounts", "readwrite_mounts", "forbidden_mounts")
     @classmethod
     def _path_list(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_absolute(p) for p in v)
+        return tuple(absolute(p) for p in v)
 
     @field_validator("cgroup_parent")
     @classmethod
@@ -207,58 +189,6 @@ class ContainerSection(BaseModel):
         return self
 
 
-class RuncSection(BaseModel):
-    """The runc runtime: no daemon, one monitor per node (``berth-shim``), images as root
-    filesystem directories (no registry)."""
-
-    model_config = _strict
-
-    binary: str = "runc"
-    """A program name (looked up on PATH when the shim starts) or an absolute path."""
-    root: str | None = None
-    """runc's ``--root`` (its state); default ``<state_dir>/runc/root``."""
-    images: dict[str, str] = Field(default_factory=dict)
-    """Image name -> read-only root filesystem directory, e.g. ``"berth/python:latest" = "/srv/rootfs/python"``."""
-    image_root: str | None = None
-    """Where ``berth/<name>:<tag>`` images not in ``images`` are found: ``<image_root>/<name>``."""
-    default_seccomp: str = "/usr/share/containers/seccomp.json"
-    """The Docker-format profile converted for workers when container.seccomp_profile is empty
-    (Debian: golang-github-containers-common)."""
-    seccomp_compat_arches: bool = False
-    """Also filter (and so allow) the profile's compatible architectures (x86 and x32 on x86_64).
-    Off: the filter covers the native architecture only and any 32-bit system call is refused, which
-    also makes each launch ~15 ms cheaper (runc compiles one filter per architecture)."""
-
-    @field_validator("root", "image_root")
-    @classmethod
-    def _dirs(cls, v: str | None) -> str | None:
-        return None if v is None else _absolute(v)
-
-    @field_validator("default_seccomp")
-    @classmethod
-    def _seccomp(cls, v: str) -> str:
-        return _absolute(v)
-
-    @field_validator("binary")
-    @classmethod
-    def _binary(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", v):
-            raise ValueError(f"must be a program name or absolute path, got {v!r}")
-        return v
-
-    @field_validator("images")
-    @classmethod
-    def _images(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, path in v.items():
-            if not valid_image(name):
-                raise ValueError(f"{name!r} is not a valid image reference")
-            try:
-                _absolute(path)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from exc
-        return {k: os.path.normpath(p) for k, p in v.items()}
-
-
 class ApiSection(BaseModel):
     """The HTTP API: a unix socket by default; TCP only with a bearer token. ``token`` is the
     operator's (everything); each of ``tenants`` is bound to its users and topologies."""
@@ -276,7 +206,7 @@ class ApiSection(BaseModel):
     @field_validator("socket")
     @classmethod
     def _socket(cls, v: str | None) -> str | None:
-        return None if v is None else _absolute(v)
+        return None if v is None else absolute(v)
 
     @field_validator("socket_mode")
     @classmethod
@@ -370,9 +300,11 @@ class NodeConfig(BaseModel):
 def config_from_mapping(data: Mapping[str, Any], source: str = "config",
                         rename: Mapping[str, str] | None = None) -> NodeConfig:
     try:
-        return NodeConfig.model_validate(data)
+        config = NodeConfig.model_validate(data)
     except ValidationError as exc:
         raise raise_validation(exc, ConfigError, rename=rename) from None
+    runc_images(config.node.runtime, config.images.default, config.runc, config.storm is not None, rename or {})
+    return config
 
 
 def tuples(data: Any) -> Any:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from .._exceptions import ConfigError, PolicyError, SpecError
 from .._paths import is_under
 from . import limits
-from .config import ImagesSection, NodeConfig, valid_image
+from .config import ImagesSection, NodeConfig
+from .fields import valid_image
 from .hostfacts import HostFacts, format_cpu_list
 from .identity import Identity, check_identity, resolve_identity
 from .layout import Layout, layout

@@ -40,8 +40,11 @@ DEFAULTS: dict[str, Any] = {
     "storm.cgroup.memory.enforcement.enable": False,
 }
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
-BERTH_ONLY = frozenset({"storm.home"})
-"""Read from a storm.yaml by berth although Storm takes it from its launcher (``-Dstorm.home``)."""
+BERTH_ONLY = frozenset({"storm.home", "berth.runc.images", "berth.runc.image.root"})
+"""Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
+launcher, ``-Dstorm.home``), and where the runc runtime finds each image's root filesystem
+directory (Storm's runc manager reads HDFS image layers instead; Storm ignores keys it does not
+know)."""
 NUMA_KEYS = {"numa.cores": "cores", "numa.memory.mb": "memory_mb", "numa.ports": "ports"}
 NUMA_IGNORED = frozenset({"numa.generic.resources.map"})
 
@@ -210,8 +213,12 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
     if hint:
         notes.append(f"storm.oci.cgroup.root {container['cgroup_root']} does not exist on this node{hint}")
     storm["notes"] = tuple(notes)
-    return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm},
-                               rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
+    runc = {mine: conf[theirs] for theirs, mine in (("berth.runc.images", "images"),
+                                                     ("berth.runc.image.root", "image_root")) if theirs in conf}
+    if isinstance(runc.get("images"), dict):
+        runc["images"] = {str(k): v for k, v in runc["images"].items()}
+    return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm,
+                                "runc": runc}, rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
 
 
 def _images(conf: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:

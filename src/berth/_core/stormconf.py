@@ -33,6 +33,8 @@ BERTH_TO_STORM = {
     "storm.memory_enforcement": "storm.cgroup.memory.enforcement.enable",
     "storm.worker_cpu_limit": "storm.worker.cgroup.cpu.limit",
     "storm.numa": "supervisor.numa.meta",
+    "runc.images": "berth.runc.images",
+    "runc.image_root": "berth.runc.image.root",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 

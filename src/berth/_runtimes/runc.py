@@ -111,13 +111,8 @@ class RuncRuntime:
     # -- images and bundles --------------------------------------------------------------------
 
     def image_dir(self, image: str) -> str | None:
-        """The read-only root filesystem directory of ``image``: from ``runc.images``, else
-        ``<runc.image_root>/<name>`` for ``berth/<name>[:tag]``."""
-        path = self._config.runc.images.get(image)
-        if path is None and self._config.runc.image_root and image.startswith("berth/"):
-            name = image[len("berth/"):].split(":", 1)[0]
-            if name and "/" not in name and name not in (".", ".."):
-                path = os.path.join(self._config.runc.image_root, name)
+        """The read-only root filesystem directory of ``image`` (``RuncSection.image_path``), if it is one."""
+        path = self._config.runc.image_path(image)
         return path if path is not None and os.path.isdir(path) else None
 
     def image_present(self, image: str) -> bool:
