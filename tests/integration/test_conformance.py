@@ -6,6 +6,7 @@ a runtime declares it cannot do (``Capabilities``) is skipped for it, never asse
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,17 @@ def test_grace_kill_ends_with_the_workers_own_code(rt: Node) -> None:
     rt.kill("c-term", grace_s=60)
     rec = rt.wait("c-term", WAIT)
     assert (rec.exit_code, rec.signal) == (42, None)
+
+
+def test_a_stop_ends_a_worker_that_does_not_handle_sigterm_without_waiting_out_the_grace(rt: Node) -> None:
+    """SIGTERM's default action ends a worker at once: on docker through the engine's init, as a
+    plain process by the kernel. A runc worker is PID 1 of its namespace, for which the kernel drops
+    a signal it does not handle, so the shim kills it at once instead of letting the grace run out."""
+    rt.launch(spec("c-noterm", READY_THEN_GO), on_exit=lambda r: None)
+    _ready(rt, "c-noterm")
+    threading.Thread(target=rt.kill, args=("c-noterm", 3600.0), daemon=True).start()
+    rec = rt.wait("c-noterm", WAIT)  # an hour's grace: WAIT is reached only if the stop waits it out
+    assert rec.signal in (15, 9) and rec.exit_code == 128 + rec.signal and not rec.oom_killed, rec
 
 
 def test_list_shows_state_digest_and_exit_code(rt: Node) -> None:

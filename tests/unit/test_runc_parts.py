@@ -184,3 +184,23 @@ def test_a_refusal_is_final_and_a_missing_shim_is_not_waited_for(tmp_path: Path)
         client.request({"op": "run", "id": "c1"}, timeout=30)
     t.join(5)
     assert len(seen) == 1
+
+
+def test_whether_a_process_handles_a_signal_is_read_from_its_masks() -> None:
+    """A stop sends SIGTERM only to a worker that catches or ignores it: as PID 1 of its namespace
+    the kernel would drop it otherwise (the shim sends SIGKILL at once instead)."""
+    import signal
+
+    from berth._runtimes.shim.files import handles
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert not handles(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        assert handles(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert handles(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert handles(2**22 + 12345, signal.SIGTERM)  # unknown (no such process): as before, SIGTERM is sent

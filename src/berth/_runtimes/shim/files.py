@@ -47,6 +47,21 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def handles(pid: int, sig: int) -> bool:
+    """Whether ``pid`` catches or ignores ``sig`` (``SigCgt``, ``SigIgn`` of /proc/<pid>/status);
+    True when that cannot be read."""
+    masks: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("SigCgt", "SigIgn"):
+                    masks[key] = int(value.strip(), 16)
+    except (OSError, ValueError):
+        return True
+    return len(masks) < 2 or bool((masks["SigCgt"] | masks["SigIgn"]) & (1 << (sig - 1)))
+
+
 def proc_state(pid: int) -> tuple[str, int] | None:
     """(state letter, parent pid) of a process, None once it is gone."""
     try:

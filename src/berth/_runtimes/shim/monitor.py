@@ -10,22 +10,9 @@ import socket
 import time
 from typing import Any
 
-from . import VERSION, WORKERS
+from . import VERSION, WORKERS, files
 from .argv import command
-from .files import (
-    carried,
-    cgroup_numbers,
-    decode_status,
-    log,
-    now_iso,
-    proc_state,
-    read_json,
-    self_usage,
-    start_time,
-    started_after_a_lost_launch,
-    tail,
-    write_json,
-)
+from .files import cgroup_numbers, decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
 from .logs import CHECK_S, rotate_if_needed
 from .wire import Conn, Wire
 
@@ -93,7 +80,7 @@ class Shim(Wire):
                     self.pending[ended["id"]] = {"event": "exit", **ended}  # never acknowledged
                 continue
             if started is None:
-                started = started_after_a_lost_launch(wdir)
+                started = files.started_after_a_lost_launch(wdir)
                 if started is None:
                     continue
             child = Child(started, wdir)
@@ -239,7 +226,7 @@ class Shim(Wire):
             self._send(conn, {"ok": False, "error": f"unknown op {op!r}"})
 
     def status(self) -> dict[str, Any]:
-        rss, threads = self_usage()
+        rss, threads = files.self_usage()
         return {"pid": os.getpid(), "version": VERSION, "started_at": self.started_at,
                 "execs": int(os.environ.get("BERTH_SHIM_EXECS", "0")), "containers": len(self.by_cid),
                 "adopted": sum(1 for c in self.by_cid.values() if c.pidfd is not None),
@@ -274,7 +261,7 @@ class Shim(Wire):
         except (OSError, ValueError) as exc:
             self._send(conn, {"ok": False, "error": f"runc gave no pid: {exc}"})
             return
-        info = {**carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
+        info = {**files.carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
         write_json(os.path.join(wdir, "started.json"), info)
         child = Child(info, wdir)
         self._watch(child)
@@ -295,6 +282,10 @@ class Shim(Wire):
                 self._send(conn, {"ok": True, "id": cid, "running": False})
             return
         self.waiters.setdefault(cid, []).append((conn, "remove" if remove else "kill"))
+        if sig == signal.SIGTERM and not files.handles(child.pid, sig):
+            # The worker is PID 1 of its namespace (no init): the kernel drops a signal it does not
+            # handle. SIGTERM's default action, which the engine's init gives, is its end: at once.
+            sig = signal.SIGKILL
         self._signal(child, sig)
         grace = req.get("grace")
         if grace is not None and sig != signal.SIGKILL:
