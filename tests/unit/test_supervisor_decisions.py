@@ -249,3 +249,47 @@ def test_launches_never_queue_behind_stops(tmp_path: Path) -> None:
         h.watch.until(lambda: "slow" not in h.containers(), "slow removed")
     finally:
         h.sup.stop()
+
+
+def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path) -> None:
+    """Issue 9 item 8, the supervisor's part: a worker that ptrace-stops its own PID 1 can no longer
+    end by itself (its exit would never be reported, its crash never restarted). It is shown as
+    ``stalled``; if it does not resume within ``stalled_after_s`` it is killed and started again,
+    as a failure with cause ``stalled``. One that resumes is running again, untouched."""
+    os.chmod(tmp_path, 0o755)
+    h = Harness(tmp_path, stalled_after_s=30.0).start()
+    try:
+        h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)))
+        h.running("w1", "w2")
+        first = h.containers()["w1"]
+        h.fake.worker("w1").main_stopped = True
+        h.clock.advance(h.sup.stall_sweep_s)
+        h.watch.until(lambda: h.watch.state("w1") == "stalled", "w1 stalled")
+        line = next(x for x in h.watch.lines if x["to"] == "stalled")
+        assert "PID 1" in line["reason"] and "30" in line["reason"]
+        assert "PID 1" in (h.sup.status("w1")["last_error"] or "")
+        h.fake.worker("w1").main_stopped = False  # resumed (SIGCONT from inside): nothing to do
+        h.clock.advance(h.sup.stall_sweep_s)
+        h.watch.until(lambda: h.watch.state("w1") == "running", "w1 running again")
+        assert h.containers()["w1"] == first and not any(op == "force_kill" for op, _ in h.fake.calls)
+
+        h.fake.worker("w1").main_stopped = True
+        h.clock.advance(h.sup.stall_sweep_s)
+        h.watch.until(lambda: h.watch.state("w1") == "stalled", "w1 stalled again")
+        h.clock.advance(29)
+        h.watch.settle()
+        assert h.watch.state("w1") == "stalled" and h.containers()["w1"] == first  # not before its time
+        h.clock.advance(1)
+        h.sup.poke()
+        h.watch.until(lambda: ("force_kill", "w1") in h.fake.calls, "w1 killed")
+        h.watch.until(lambda: h.watch.state("w1") in ("backoff", "exited", "starting", "running"), "w1 ended")
+        exits = [d for k, d in h.watch.events if k == "exit"]
+        assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stalled")]
+        h.clock.advance(h.config.supervisor.backoff_cap_s)
+        h.sup.poke()
+        h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 started again")
+        st = h.sup.status("w1")
+        assert (st["state"], st["failures"], st["restarts"]) == ("running", 1, 1)
+        assert st["last_exit"]["signal"] == 9 and h.watch.state("w2") == "running"
+    finally:
+        h.sup.stop()

@@ -29,6 +29,9 @@ class SupervisorSection(BaseModel):
     holds up a launch, and draining N workers that ignore SIGTERM takes ceil(N / this) graces."""
     stale_after_s: float = Field(default=60.0, gt=0)
     """``/healthz`` says degraded when no reconcile pass has completed for this long."""
+    stalled_after_s: float = Field(default=30.0, ge=0)
+    """A worker whose PID 1 stays stopped (ptrace, from inside the worker) this long is killed and
+    started again, as a failure: stopped, it can neither end by itself nor be told to stop."""
     max_workers: int = Field(default=256, ge=1, le=4096)
     """The most workers this node runs at once, whoever assigns them (a file, the API, the
     cluster agent): each costs a container, processes, memory and the supervisor's time. Entries

@@ -45,6 +45,8 @@ class FakeWorker:
     memory: int = 1 << 20
     log: bytearray = field(default_factory=bytearray)
     ignores_sigterm: bool = False
+    main_stopped: bool = False
+    """As if a process of the worker had ptrace-stopped its PID 1 (reported while it runs)."""
 
 
 class FakeRuntime:
@@ -148,7 +150,8 @@ class FakeRuntime:
                            oom_killed=bool(w.exit and w.exit.oom_killed),
                            oom_victim=w.exit.oom_victim if w.exit else None, started_at=w.started_at,
                            finished_at=w.finished_at,
-                           pid=4242 if w.state.running else None, labels=plan.label_map)
+                           pid=4242 if w.state.running else None, labels=plan.label_map,
+                           main_stopped=w.main_stopped and w.state.running)
 
     # -- the Runtime interface ---------------------------------------------------------------
 

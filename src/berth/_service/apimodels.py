@@ -47,7 +47,7 @@ class ExitOut(BaseModel):
 class WorkerOut(BaseModel):
     worker_id: str
     state: str = Field(description="The supervisor's phase: pending, starting, running, exited, backoff, "
-                                   "crash-looping, failed, rejected, stopping, stopped.")
+                                   "crash-looping, failed, rejected, stalled, stopping, stopped.")
     container_id: str | None
     restarts: int
     failures: int = Field(description="Consecutive failed runs; reset by a run of healthy_after_s.")

@@ -35,7 +35,7 @@ class ExitDecision:
     phase: Phase
     cause: str
     """For metrics and people: ``stop`` (planned), ``oom``, ``crash`` (non-zero, signal, lost
-    status) or ``exit`` (exit code 0)."""
+    status), ``stalled`` (killed because its PID 1 stayed stopped) or ``exit`` (exit code 0)."""
 
 
 def exit_cause(ex: ExitRecord, planned: bool) -> str:
@@ -46,21 +46,23 @@ def exit_cause(ex: ExitRecord, planned: bool) -> str:
     return "exit" if ex.exit_code == 0 else "crash"
 
 
-def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSection) -> ExitDecision:
+def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSection,
+                stalled: bool = False) -> ExitDecision:
     """What an exit of an assigned worker leads to.
 
     A planned stop (an operator's kill) is no failure: restart at once, counters unchanged. A
     run that lasted ``healthy_after_s`` starts the count afresh whatever its exit code (a worker
     that crashes once a day never ends up crash-looping); if it also exited 0 it is no failure.
+    A worker killed because its PID 1 stayed stopped (``stalled``) failed, however long it ran.
     """
-    cause = exit_cause(ex, planned)
+    cause = "stalled" if stalled and not planned else exit_cause(ex, planned)
     if planned:
         return ExitDecision(failures, 0.0, Phase.EXITED, cause)
     ran = seconds_between(ex.started_at, ex.finished_at)
     healthy = ran is not None and ran >= s.healthy_after_s
     if healthy:
         failures = 0
-        if ex.exit_code == 0:
+        if ex.exit_code == 0 and not stalled:
             return ExitDecision(0, 0.0, Phase.EXITED, cause)
     failures += 1
     phase = Phase.CRASH_LOOPING if failures >= s.crashloop_after else Phase.BACKOFF

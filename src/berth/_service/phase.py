@@ -39,6 +39,9 @@ class Phase(StrEnum):
     """The launch itself failed for a reason that may pass (engine error); retried with backoff."""
     REJECTED = "rejected"
     """It can never launch as given (policy, identity, missing image): not retried until changed."""
+    STALLED = "stalled"
+    """Its container runs but its PID 1 is stopped (ptrace from inside the worker): it cannot end
+    by itself, so its exit would never be seen; killed and started again after ``stalled_after_s``."""
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -73,11 +76,13 @@ class Assigned:
     """Container id whose exit was already turned into a restart decision."""
     operator_stop: str | None = None
     """Container id an operator asked to stop: its exit is not a failure."""
+    stalled: str | None = None
+    """Container id killed because its PID 1 stayed stopped: its exit is a failure, cause ``stalled``."""
     version: str | None = None
     """The assignment version its running container was launched (or adopted) for."""
 
     def to_dict(self, now: float, wall: float) -> dict[str, Any]:
-        wait = max(0.0, self.next_start - now) if self.phase in WAITING else None
+        wait = max(0.0, self.next_start - now) if self.phase in (*WAITING, Phase.STALLED) else None
         return {
             "worker_id": self.worker_id,
             "state": self.phase.value,

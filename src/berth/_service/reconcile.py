@@ -75,6 +75,9 @@ class Reconciler:
         self._pass_failures = 0
         self.retry_base_s = 0.25
         """The first wait after a failed pass; it doubles up to ``MAX_PASS_RETRY_S``."""
+        self.stall_sweep_s = 10.0
+        """How often running workers are looked at for a stopped PID 1 (one inspect each)."""
+        self._stall_sweep_at = 0.0
         self.poll_s = 1.0
         """How often the assignments source is checked when nothing notifies a change."""
         self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
@@ -117,6 +120,8 @@ class Reconciler:
         for r in self._workers.values():
             if r.phase in WAITING and r.worker_id not in self._busy:
                 wait = min(wait, r.next_start - now)
+            elif r.phase == Phase.STALLED and r.worker_id not in self._busy:
+                wait = min(wait, r.next_start - now, self._stall_sweep_at - now)
         for wid, (at, _) in self._retry_at.items():
             if wid not in self._busy:
                 wait = min(wait, at - now)
@@ -128,6 +133,9 @@ class Reconciler:
 
     def _check_source(self) -> None:
         """File mode re-reads its assignments here; overridden by the supervisor."""
+
+    def _check_stalled(self, actual: Mapping[str, WorkerState]) -> None:
+        """Running workers whose PID 1 is stopped; overridden by the supervisor."""
 
     def _pass(self) -> None:
         self._check_source()
@@ -150,6 +158,7 @@ class Reconciler:
             self._retry_at.pop(wid, None)  # assigned again: the launch cleans up what is left
         for wid, spec in desired.items():
             self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch)
+        self._check_stalled(actual)
         now = self._clock()
         if loaded:
             # Not assigned: listed by the engine, or gone from it after a stop that failed half-way
@@ -191,7 +200,7 @@ class Reconciler:
                 return
             with self._lock:
                 rec.spec, rec.container_id, rec.version = spec, actual.container_id, self._version
-            if rec.phase != Phase.RUNNING:
+            if rec.phase not in (Phase.RUNNING, Phase.STALLED):  # stalled: _check_stalled's to say
                 self._set(rec, Phase.RUNNING, "running")
             return
         if actual is not None and actual.container_id != rec.handled_exit and actual.state == WorkerStatus.EXITED:
@@ -342,18 +351,20 @@ class Reconciler:
         if rec.handled_exit == ex.container_id:
             return
         by_operator = rec.operator_stop == ex.container_id
-        d = decide_exit(ex, rec.failures, by_operator, self.settings)
+        stalled = rec.stalled == ex.container_id
+        d = decide_exit(ex, rec.failures, by_operator, self.settings, stalled=stalled)
         self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed,
                               "cause": d.cause})
         how = f"signal {ex.signal_name}" if ex.signal else f"exit code {ex.exit_code}"
-        what = "stopped by the operator" if by_operator else f"exited ({how})"
+        what = "stopped by the operator" if by_operator else \
+            "killed: its PID 1 stayed stopped" if stalled else f"exited ({how})"
         if d.phase == Phase.CRASH_LOOPING:
             what += "; crash-looping"
         self._set(rec, d.phase, what, level=logging.INFO if d.cause in ("stop", "exit") else logging.WARNING,
                   exit_code=ex.exit_code, signal=ex.signal, oom_killed=ex.oom_killed, cause=d.cause,
                   restart_in_s=round(d.delay, 3), failures=d.failures,
                   fields={"handled_exit": ex.container_id, "last_exit": ex, "failures": d.failures,
-                          "operator_stop": None, "next_start": self._clock() + d.delay})
+                          "operator_stop": None, "stalled": None, "next_start": self._clock() + d.delay})
         with self._lock:
             while len(self._planned) > 4096:  # exits that never came (removed while berth was away)
                 self._planned.pop(next(iter(self._planned)))

@@ -18,13 +18,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._core.spec import WorkerSpec, spec_digest
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
-from .._runtimes.base import ExitRecord
+from .._runtimes.base import ExitRecord, WorkerState
 from .assignments import Assignments, Rejection, load_assignments, one_user_per_topology, past_the_maximum
 from .desired import Saved
 from .lock import SupervisorLock, check_claim
@@ -260,12 +260,53 @@ class Supervisor(Reconciler):
             if rec is None or worker_id not in self._desired:
                 raise WorkerNotFound(worker_id)
             busy = self._busy.get(worker_id)
-            if rec.phase != Phase.RUNNING or rec.container_id is None or busy not in (None, "launch"):
+            if rec.phase not in (Phase.RUNNING, Phase.STALLED) or rec.container_id is None \
+                    or busy not in (None, "launch"):
                 raise PolicyError("worker_id", f"worker {worker_id!r} is {busy or rec.phase.value}, not running")
             rec.operator_stop = rec.container_id
         grace = self.settings.grace_s if grace_s is None else grace_s
         # Not held back by a launch that is just finishing (the worker runs already).
         self._stops.submit(self._guard, worker_id, "kill", self._operator_stop_action, rec, grace)
+
+    # -- a worker whose PID 1 is stopped ----------------------------------------------------
+
+    def _check_stalled(self, actual: Mapping[str, WorkerState]) -> None:
+        """A process of a worker can ptrace-stop its PID 1 (the engine's init runs as the worker's
+        user). The container then runs on, but it can no longer end by itself (its program's exit
+        is never reaped, so never reported and never restarted) nor take a SIGTERM: the worker is
+        ``stalled``, and after ``stalled_after_s`` it is killed and started again, as a failure.
+        Looked at every ``stall_sweep_s`` (one inspect per running worker)."""
+        now = self._clock()
+        sweep = now >= self._stall_sweep_at
+        if sweep:
+            self._stall_sweep_at = now + self.stall_sweep_s
+        with self._lock:
+            recs = [r for w, r in self._workers.items()
+                    if w in self._desired and w not in self._busy and r.phase in (Phase.RUNNING, Phase.STALLED)
+                    and w in actual and actual[w].container_id == r.container_id]
+        for rec in recs:
+            if rec.phase == Phase.STALLED and now >= rec.next_start:
+                self._submit(rec.worker_id, "stalled", self._stalled_action, rec)
+            elif sweep:
+                self._guard(rec.worker_id, "stall check", self._look_stalled, rec, now)
+
+    def _look_stalled(self, rec: Assigned, now: float) -> None:
+        try:
+            stopped = self.node.inspect(rec.worker_id).main_stopped
+        except WorkerNotFound:
+            return  # gone since the listing: the next pass sees it
+        if stopped and rec.phase == Phase.RUNNING:
+            why = (f"its PID 1 was stopped from inside the worker (ptrace): it cannot end by itself nor take "
+                   f"a SIGTERM; killed and started again in {self.settings.stalled_after_s:g}s unless it resumes")
+            self._set(rec, Phase.STALLED, why, level=logging.WARNING,
+                      fields={"next_start": now + self.settings.stalled_after_s, "last_error": why})
+        elif not stopped and rec.phase == Phase.STALLED:
+            self._set(rec, Phase.RUNNING, "its PID 1 runs again", fields={"last_error": None})
+
+    def _stalled_action(self, rec: Assigned) -> None:
+        with self._lock:
+            rec.stalled = rec.container_id
+        self.node.force_kill(rec.worker_id)  # its exit is handled as any other: a failure, then a restart
 
     def poke(self) -> None:
         with self._lock:
