@@ -71,19 +71,23 @@ def test_docker_support_example_loads_with_the_swap_warning() -> None:
 
 
 def test_oci_support_example_loads() -> None:
-    """Storm's example names images berth cannot find (HDFS layers): refused until they are mapped
-    to root filesystem directories (a key Storm ignores), then loaded as it is."""
-    with pytest.raises(ConfigError, match=r"^berth\.runc\.images: .*storm/rhel7:dev_current has none"):
-        config_from_storm(yaml.safe_load(OCI_EXAMPLE), env=HOME)
-    mapped = OCI_EXAMPLE + 'berth.runc.images: {"storm/rhel7:dev_current": /srv/rootfs/rhel7}\n'
-    c = config_from_storm(yaml.safe_load(mapped), env=HOME)
-    assert c.node.runtime == "runc"
+    """Storm's example as printed loads: it leaves storm.resource.isolation.plugin.enable at its default,
+    false, so Storm would not use RuncLibContainerManager (its supervisor takes the default isolation
+    manager) and neither does berth: docker, with a note. Enabled, the plugin needs what Storm's HDFS
+    image layers gave, a root filesystem directory per image (a key Storm ignores)."""
+    c = config_from_storm(yaml.safe_load(OCI_EXAMPLE), env=HOME)
+    assert c.node.runtime == "docker"
     assert c.container.readonly_mounts == ("/home/y/lib64/storm", "/etc/krb5.conf")
     assert c.container.seccomp_profile == "/home/y/conf/storm/seccomp.json"
     assert c.images.allowed == ("storm/rhel7:dev_current", "storm/rhel7:dev_previous", "storm/rhel7:dev_test")
     assert c.storm is not None and "storm.oci.resources.localizer" in c.storm.unused_keys
-    # the example leaves storm.resource.isolation.plugin.enable at its default, false: Storm ignores the plugin
-    assert any("did you forget storm.resource.isolation.plugin.enable: true" in n for n in c.storm.notes)
+    assert any("did you forget storm.resource.isolation.plugin.enable: true" in n and
+               n.endswith("berth runs workers in docker containers") for n in c.storm.notes)
+    enabled = OCI_EXAMPLE + "storm.resource.isolation.plugin.enable: true\n"
+    with pytest.raises(ConfigError, match=r"^berth\.runc\.images: .*storm/rhel7:dev_current has none"):
+        config_from_storm(yaml.safe_load(enabled), env=HOME)
+    mapped = enabled + 'berth.runc.images: {"storm/rhel7:dev_current": /srv/rootfs/rhel7}\n'
+    assert config_from_storm(yaml.safe_load(mapped), env=HOME).node.runtime == "runc"
 
 
 @pytest.mark.parametrize("key", [

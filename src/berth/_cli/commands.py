@@ -18,7 +18,7 @@ from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._core.storm import RUNC_PLUGIN, load_storm_yaml
+from .._core.storm import load_storm_yaml
 from .._exceptions import ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
@@ -95,7 +95,7 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
         return
     if fmt == "docker" or storm:
         click.echo(docker_run_line(plan, storm=storm))
-        if storm and config.storm is not None and config.storm.plugin == RUNC_PLUGIN:
+        if storm and config.storm is not None and config.node.runtime == "runc":
             click.echo("note: RuncLibContainerManager runs workers with runc, not docker run; the line is what "
                        "Storm's DockerManager builds for this storm.yaml", err=True)
     else:

@@ -150,7 +150,9 @@ def _runtime(conf: Mapping[str, Any], notes: list[str]) -> str:
     enabled = conf["storm.resource.isolation.plugin.enable"]
     if not isinstance(enabled, bool):
         raise ConfigError("storm.resource.isolation.plugin.enable", f"must be true or false, got {enabled!r}")
-    runtime = "runc" if plugin == RUNC_PLUGIN else "docker"
+    # A disabled plugin is not Storm's choice (its supervisor takes the default isolation manager), so
+    # not berth's either: the runtime follows only an enabled RuncLibContainerManager.
+    runtime = "runc" if plugin == RUNC_PLUGIN and enabled else "docker"
     if plugin not in (DOCKER_PLUGIN, RUNC_PLUGIN):
         notes.append(f"storm.resource.isolation.plugin is {plugin}: Storm would run workers without containers; "
                      f"berth runs them in {runtime} containers")
