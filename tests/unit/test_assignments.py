@@ -98,3 +98,12 @@ def test_the_examples_parse() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     assert list(load_assignments(root / "assignments.yaml").specs) == ["wc-1", "sess-1"]
     assert load_spec(root / "worker.yaml").memory_mb == 128
+
+
+def test_a_deeply_nested_file_is_a_rejection_not_a_crash(tmp_path: Path) -> None:
+    """The parser's RecursionError escaped load_assignments (and so a supervisor's reload)."""
+    f = tmp_path / "assign.yaml"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    out = load_assignments(f)
+    assert out.specs == {} and out.broken_sources == {str(f)}
+    assert "not valid YAML: maximum recursion depth exceeded" in out.rejected[0].reason
