@@ -148,3 +148,26 @@ def test_a_body_over_the_limit_is_refused_unread(h: Harness) -> None:
 
     r = client.put("/assignments", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_a_tenant_learns_nothing_of_another_tenants_workers_from_a_refusal(h: Harness, tcp: TestClient) -> None:
+    """Another tenant's port or topology is refused without naming its worker (nor its user)."""
+    r = tcp.put("/assignments", json={"workers": [entry("a1", 6700)]}, headers=bearer(ALICE_T.token))
+    assert r.status_code == 200
+    for bad, field in ((entry("b1", 6700, user="bob", topology="sess"), "port"),
+                       (entry("b2", 6702, user="bob", topology="wc-1"), "topology_id")):
+        r = tcp.put("/assignments", json={"workers": [bad]}, headers=bearer(BOB_T.token))
+        assert r.status_code == 403, r.text
+        [item] = r.json()["detail"]
+        assert item["loc"] == ["body", "workers", 0, field] and item["type"] == "forbidden"
+        assert "a1" not in r.text and "alice" not in r.text, r.text
+    assert sorted(h.sup.desired()) == ["a1"]
+    got = tcp.get("/assignments", headers=bearer(BOB_T.token)).json()
+    assert got["workers"] == [] and "a1" not in str(got)
+
+
+@pytest.mark.parametrize("bad", [{"worker_id": []}, {"port": [6700]}, {"topology_id": {}}, {"user": None}])
+def test_a_tenants_malformed_entry_is_a_4xx_not_a_server_error(tcp: TestClient, bad: dict[str, Any]) -> None:
+    r = tcp.put("/assignments", json={"workers": [{**entry("a1", 6700), **bad}]}, headers=bearer(ALICE_T.token))
+    assert r.status_code in (403, 422), r.text
+    assert r.json()["detail"][0]["loc"][:3] == ["body", "workers", 0]

@@ -221,7 +221,11 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
 
 
 def _refusals(tenant: TenantToken, entries: list[dict[str, Any]], others: dict[str, WorkerSpec]) -> list[Any]:
-    """Each entry a tenant may not make: another user, another topology, another's worker id."""
+    """Each entry a tenant may not make: another user, another topology, another's worker id,
+    port or topology. Said without naming the other's worker or user (the rejection of a clash
+    would: not even their existence is a tenant's to learn)."""
+    ports = {s.port for s in others.values()}
+    topologies = {s.topology_id: s.user for s in others.values()}
     out = []
     for i, e in enumerate(entries):
         if not isinstance(e, dict):
@@ -231,6 +235,10 @@ def _refusals(tenant: TenantToken, entries: list[dict[str, Any]], others: dict[s
             out.append((i, "user", f"tenant {tenant.name!r} may not launch as user {user!r}"))
         if not tenant.allows_topology(str(topo)):
             out.append((i, "topology_id", f"tenant {tenant.name!r} may not launch in topology {topo!r}"))
-        if wid in others:
+        elif topologies.get(str(topo), user) != user:
+            out.append((i, "topology_id", f"topology {topo!r} belongs to another tenant"))
+        if isinstance(wid, str) and wid in others:  # not a string: parse_document says why
             out.append((i, "worker_id", f"worker id {wid!r} belongs to another tenant"))
+        if isinstance(e.get("port"), int) and e.get("port") in ports:
+            out.append((i, "port", f"port {e.get('port')!r} is taken by another tenant's worker"))
     return [{"loc": ["body", "workers", i, k], "msg": m, "type": "forbidden"} for i, k, m in out]
