@@ -268,3 +268,41 @@ def test_recover_removes_a_half_made_runc_worker(runc_node: Node, runc_config: N
         assert other.recover().removed == ["w-half"]
     assert not Path(runc_config.runc_dir, "workers", "w-half").exists()
     assert not any("w-half" in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_audit_all_fails_on_an_unboxed_container_started_by_hand_under_the_cgroup_parent(
+        runc_node: Node, runc_config: NodeConfig, base: Path) -> None:
+    """Started in a runc root of its own and without berth's annotations, no runtime lists it as a
+    worker; only the cgroup parent it was put under shows it."""
+    runc_node.launch(spec("w-mine", READY_THEN_GO), on_exit=lambda r: None)
+    wait_file(root_of(runc_node, "w-mine") / "ready", runc_node, "w-mine")
+    bundle, root = base / "stranger", base / "stranger-root"
+    for d in ("rootfs", "upper", "work"):
+        (bundle / d).mkdir(parents=True)
+    mount_overlay(RUNC_IMAGES[BB_IMAGE], str(bundle / "upper"), str(bundle / "work"), str(bundle / "rootfs"))
+    name = f"stranger-{runc_config.node.name}"
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["sh", "-c", "sleep 600"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}],
+                  "cgroupsPath": f"{runc_config.container.cgroup_parent}/{name}"}}))
+    try:
+        with open(base / "stranger.err", "w") as err:
+            made = subprocess.run(["runc", "--root", str(root), "run", "-d", "--bundle", str(bundle), "s1"],
+                                  stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        assert made.returncode == 0, (base / "stranger.err").read_text()
+        assert [w.worker_id for w in runc_node.ps()] == ["w-mine"]  # no runtime sees it as a worker
+        cfg = base / "berth.toml"
+        cfg.write_text(config_toml(runc_config))
+        r = CliRunner().invoke(main, ["--config", str(cfg), "audit", "--all"])
+        assert r.exit_code == 1, r.output
+        parent = runc_config.container.cgroup_parent.strip("/")
+        assert f"FAIL  (cgroup parent) cgroup {parent}/{name}: " in r.output and "(sleep): uid 0," in r.output
+        assert "w-mine: " in r.output and "FAIL  w-mine" not in r.output
+    finally:
+        subprocess.run(["runc", "--root", str(root), "delete", "--force", "s1"], capture_output=True)
+        subprocess.run(["umount", str(bundle / "rootfs")], capture_output=True)
+    go(runc_node, "w-mine", "0")
+    runc_node.wait("w-mine", WAIT)

@@ -282,3 +282,15 @@ def test_the_request_a_container_stands_for() -> None:
                                                                                    "storm/py:3")
     assert (spec.cpu_percent, spec.memory_mb, spec.pids_limit, spec.cores, spec.numa_node) == (150, 65, None,
                                                                                                (0, 1, 3), None)
+
+
+def test_a_process_is_boxed_only_with_every_hardening_a_worker_gets() -> None:
+    from berth._node.audit_parent import boxed
+
+    worker = {"Uid": "2101\t2101\t2101\t2101", "CapEff": "0000000000000000", "CapBnd": "0000000000000000",
+              "NoNewPrivs": "1", "Seccomp": "2"}
+    assert boxed(worker)
+    for key, value in (("Uid", "0\t0\t0\t0"), ("Uid", "2101\t0\t2101\t2101"), ("CapEff", "0000000000000400"),
+                       ("CapBnd", "000001ffffffffff"), ("NoNewPrivs", "0"), ("Seccomp", "0"), ("CapEff", "zz")):
+        assert not boxed({**worker, key: value}), (key, value)
+    assert not boxed({})

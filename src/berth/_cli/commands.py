@@ -276,13 +276,18 @@ def audit(ctx: click.Context, /, worker_id: str | None, all_workers: bool, as_js
 
     One line per check (capabilities, no-new-privileges, seccomp, ids, mounts, cgroup limits,
     network namespace) with the observed and expected values; exit status 1 if any check fails.
+    --all also fails on unboxed processes under the node's cgroup parent that are no worker of it.
     """
     from .._node.audit import audit_all, audit_worker, report_lines
+    from .._node.audit_parent import parent_report
 
     if bool(worker_id) == all_workers:
         raise click.UsageError("give a worker id or --all (not both)")
     node = get_node(ctx)
     reports = audit_all(node) if all_workers else [audit_worker(node, worker_id or "")]
+    strangers = parent_report(node) if all_workers else None  # unboxed processes of no worker, under the parent
+    if strangers is not None:
+        reports.append(strangers)
     if as_json:
         data: Any = [r.to_dict() for r in reports] if all_workers else reports[0].to_dict()
         click.echo(json.dumps(data, indent=2))
