@@ -306,3 +306,13 @@ def test_audit_all_fails_on_an_unboxed_container_started_by_hand_under_the_cgrou
         subprocess.run(["umount", str(bundle / "rootfs")], capture_output=True)
     go(runc_node, "w-mine", "0")
     runc_node.wait("w-mine", WAIT)
+
+
+def test_kill_says_how_the_worker_ended_in_the_words_of_ps(runc_node: Node, runc_config: NodeConfig,
+                                                          base: Path) -> None:
+    runc_node.launch(spec("k-say", READY_THEN_GO), on_exit=lambda r: None)
+    wait_file(root_of(runc_node, "k-say") / "ready", runc_node, "k-say")
+    cfg = base / "berth.toml"
+    cfg.write_text(config_toml(runc_config))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "kill", "k-say", "--force"])
+    assert (r.exit_code, r.output) == (0, "k-say: exited, killed by SIGKILL\n")  # not "exit code 137"

@@ -22,7 +22,7 @@ from .._core.storm import load_storm_yaml
 from .._exceptions import ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
-from .views import ps_rows, ps_table, rejection_line, with_supervisor
+from .views import ended, ps_rows, ps_table, rejection_line, with_supervisor
 
 if TYPE_CHECKING:
 
@@ -173,8 +173,8 @@ def kill(ctx: click.Context, /, worker_id: str, force: bool, grace: float) -> No
     """Stop a worker (SIGTERM, then SIGKILL after the grace period)."""
     node = get_node(ctx)
     node.force_kill(worker_id) if force else node.kill(worker_id, grace)
-    st = node.inspect(worker_id)
-    click.echo(f"{worker_id}: {st.state}, exit code {st.exit_code}")
+    st, rec = node.inspect(worker_id), node.exit_record(worker_id)
+    click.echo(f"{worker_id}: {st.state}, {ended(rec) if rec is not None else f'exit code {st.exit_code}'}")
 
 
 @main.command()
