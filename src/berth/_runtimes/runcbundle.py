@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -22,6 +21,8 @@ from .._core.hostfacts import parse_cpu_list
 from .._core.oci import LABEL_IMAGE
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER
 from .._exceptions import EngineError
+from .shim import files
+from .shim.files import read_json as read_json  # the runc runtime reads its files with the shim's reader
 
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
@@ -53,20 +54,8 @@ def remove_worker_dir(wdir: str) -> None:
 
 
 def write_json(path: str, data: Mapping[str, Any], mode: int = 0o600) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data))  # dumps uses the C encoder; dump would encode in Python (ms for a config)
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """berth's own files of a runc worker (its bundle, meta): the shim's writer, readable by root only."""
+    files.write_json(path, data, mode)
 
 
 def request_from_oci(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -19,11 +20,13 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Atomically: a reader sees the old file or the whole new one, never a part."""
+def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644) -> None:
+    """Atomically: a reader sees the old file or the whole new one, never a part. The temporary
+    file is never reached through a link. (The runc runtime writes its bundles with this too.)"""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data))  # dumps uses the C encoder; dump would encode in Python (ms for a config)
     os.replace(tmp, path)
 
 
