@@ -261,6 +261,8 @@ def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path
     try:
         h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)))
         h.running("w1", "w2")
+        # Their launches must be over: a sweep skips a worker with an action in flight.
+        h.watch.until(lambda: all(s["busy"] is None for s in h.sup.statuses()), "launches done")
         first = h.containers()["w1"]
         h.fake.worker("w1").main_stopped = True
         h.clock.advance(h.sup.stall_sweep_s)
