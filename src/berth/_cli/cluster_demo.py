@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from .._core.clusterconfig import ClusterSection
 from .._core.config import NodeConfig
 from .._exceptions import BerthError
 from .cluster_views import cluster_rows, cluster_tables
+from .demo import wait_until as _until
 
 SESSION_S = 4.0
 DEAD_AFTER_S = 6.0
@@ -66,14 +65,6 @@ class ZkControl:
 
     def start(self, n: int) -> None:
         self._run("start-server", str(n))
-
-
-def _until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise BerthError("demo", f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class _Demo:

@@ -61,7 +61,8 @@ DEMO_WORKERS = (
 )
 
 
-def _wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll a state another process owns (the demos' workers, agents and coordinator), bounded."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -121,7 +122,7 @@ def run_demo(node: Node, console: Console) -> int:
                 return 0
 
         with console.status("waiting for every worker to check 100,000 numbers (see its artifacts dir)…"):
-            _wait_until(lambda: all(checked(a) >= 100_000 for _, a in paths.values()), "progress")
+            wait_until(lambda: all(checked(a) >= 100_000 for _, a in paths.values()), "progress", timeout=60)
         console.print(ps_table(node))
         from .._node.audit import audit_worker
 
