@@ -186,3 +186,32 @@ def test_the_lock_is_taken_once_per_holder(tmp_path: Path) -> None:
     other.acquire()
     assert other.held and not mine.held
     other.release()
+
+
+def test_a_stop_cut_short_by_a_crash_of_berth_is_still_a_planned_stop(base: Path, stop_all: list[Harness]) -> None:
+    """`serve --drain` SIGKILLed half-way: the engine goes on with the stops it was asked for, and the
+    exits found after the restart are berth's own stops, not crashes (no failure, no backoff)."""
+    import threading
+
+    from berth import EngineError
+
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    gate = h.fake.hold_stops("w1")
+    h.fake.fail_next("remove", EngineError("engine", "remove: berth was killed"), worker_id="w1")
+    draining = threading.Thread(target=h.sup.stop, kwargs={"drain": True})
+    draining.start()
+    h.watch.until(lambda: h.watch.state("w1") == "stopping", "the drain's stop of w1 under way")
+    h.sup.lock.release()  # SIGKILL: the kernel drops the lock; what the engine was asked to do goes on
+    gate.set()
+    draining.join()
+    assert [w.state.value for w in h.fake.list_workers()] == ["exited"]
+
+    again = restart(h, base, stop_all).start()
+    again.running("w1")
+    st = again.sup.status("w1")
+    assert (st["failures"], st["last_exit"]["signal"]) == (0, 15)
+    exits = [d for k, d in again.watch.events if k == "exit"]
+    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]

@@ -26,6 +26,8 @@ STATE_FILE = "supervisor.json"
 FORMAT = 1
 MAX_STATE_BYTES = 64 << 20
 """A state file larger than this is not read (it was not written by berth)."""
+MAX_PLANNED = 4096
+"""Planned stops kept (their exits are normally handled, and forgotten, within seconds)."""
 
 
 @dataclass
@@ -37,12 +39,16 @@ class Saved:
     version: str | None = None
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    planned: list[str] = field(default_factory=list)
+    """Container ids berth was stopping (drain, unassigned, replaced): their exits, found after a
+    crash of berth, are berth's own stops, not the workers' failures."""
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": self.version,
                 "workers": [{"source": self.sources.get(w, "?"), "spec": s.model_dump(mode="json")}
                             for w, s in sorted(self.specs.items())],
-                "counters": self.counters, "rejected": [r.to_dict() for r in self.rejected]}
+                "counters": self.counters, "rejected": [r.to_dict() for r in self.rejected],
+                "planned": self.planned[-MAX_PLANNED:]}
 
 
 class DesiredStore:
@@ -73,6 +79,7 @@ class DesiredStore:
                 out.specs[spec.worker_id] = spec
                 out.sources[spec.worker_id] = str(entry.get("source", "?"))
             out.rejected = [Rejection(**r) for r in doc.get("rejected") or []]
+            out.planned = [str(c) for c in doc.get("planned") or []][-MAX_PLANNED:]
         except (ValueError, KeyError, TypeError, BerthError) as exc:
             raise StateError("state", f"{self.path} cannot be used: {exc}") from exc
         return out

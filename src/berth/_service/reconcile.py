@@ -304,6 +304,7 @@ class Reconciler:
             rec = self._workers.get(wid)
             if container_id:
                 self._planned[container_id] = None
+        self._persist()  # a crash of berth from here on must not turn this stop into a failure
         if rec is not None:
             self._set(rec, Phase.STOPPING, why)
         with contextlib.suppress(WorkerNotFound):
@@ -319,6 +320,7 @@ class Reconciler:
     def _replace_action(self, rec: Assigned, spec: WorkerSpec, old: str) -> None:
         with self._lock:
             self._planned[old] = None
+        self._persist()
         self._set(rec, Phase.STOPPING, "assignment changed: replacing")
         with contextlib.suppress(WorkerNotFound):
             self.node.kill(rec.worker_id, self.settings.grace_s)
@@ -345,6 +347,9 @@ class Reconciler:
             self._planned.pop(ex.container_id, None)
         if rec is None or not desired or planned or rec.container_id not in (None, ex.container_id):
             # not (or no longer) assigned, stopped by berth, or an older container of this worker
+            if rec is not None and desired and planned and rec.container_id in (None, ex.container_id):
+                with self._lock:  # berth's own stop of this worker: seen, and never taken for a crash later
+                    rec.handled_exit, rec.last_exit = ex.container_id, ex
             self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code,
                                   "oom_killed": ex.oom_killed, "cause": exit_cause(ex, planned or not desired)})
             return
@@ -377,7 +382,7 @@ class Reconciler:
         with self._lock:
             counters = {w: r.counters(now, wall) for w, r in self._workers.items() if w in self._desired}
             return Saved(specs=dict(self._desired), sources=dict(self._sources), version=self._version,
-                         counters=counters, rejected=list(self.rejected))
+                         counters=counters, rejected=list(self.rejected), planned=list(self._planned))
 
     def _persist(self) -> None:
         with self._lock:

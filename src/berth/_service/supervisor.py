@@ -164,7 +164,11 @@ class Supervisor(Reconciler):
             if self._source is not None:
                 self._source.start()
                 self.reload()
-            check_claim(self.node.ps(), self.config.state_dir, self.config.node.name)
+            listed = self.node.ps()
+            check_claim(listed, self.config.state_dir, self.config.node.name)
+            with self._lock:  # planned stops of containers that are gone: their exits will never come
+                ids = {w.container_id for w in listed}
+                self._planned = {c: None for c in self._planned if c in ids}
             report = self.node.recover()
         except BaseException:
             self.lock.release()
@@ -195,6 +199,7 @@ class Supervisor(Reconciler):
         counters; a worker whose spec has changed since keeps its history, not its backoff."""
         now, wall = self._clock(), self._wall()
         with self._lock:
+            self._planned.update(dict.fromkeys(saved.planned))
             if not keep_desired:
                 self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
                 self.rejected, self._loaded = list(saved.rejected), True
