@@ -171,3 +171,13 @@ def test_a_tenants_malformed_entry_is_a_4xx_not_a_server_error(tcp: TestClient, 
     r = tcp.put("/assignments", json={"workers": [{**entry("a1", 6700), **bad}]}, headers=bearer(ALICE_T.token))
     assert r.status_code in (403, 422), r.text
     assert r.json()["detail"][0]["loc"][:3] == ["body", "workers", 0]
+
+
+def test_a_tenants_health_counts_only_its_own_workers(h: Harness, tcp: TestClient) -> None:
+    tcp.put("/assignments", json={"workers": [entry("a1", 6700), entry("a2", 6701), entry("b1", 6702, user="bob",
+                                                                                          topology="sess")]},
+            headers=bearer(OPERATOR))
+    h.running("a1", "a2", "b1")
+    mine = tcp.get("/healthz", headers=bearer(BOB_T.token)).json()
+    assert mine["workers"]["running"] == 1 and "conflicts" not in mine and "state_problem" not in mine
+    assert tcp.get("/healthz", headers=bearer(OPERATOR)).json()["workers"]["running"] == 3

@@ -137,10 +137,17 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             last = sup.last_pass
             body.update(node=sup.config.node.name, engine=engine, loop="stale" if stale else "ok",
                         last_pass_age_s=None if last is None else round(sup._clock() - last, 3),
-                        workers=sup.counts(), version=sup.version, applied_version=sup.applied_version(),
-                        conflicts=sup.conflicts, state_problem=sup.state_problem)
-            if health:
-                body["cluster"] = extra
+                        workers=sup.counts(), version=sup.version, applied_version=sup.applied_version())
+            if caller.tenant is not None:  # its own workers; other supervisors' and the cluster's are the operator's
+                counts = dict.fromkeys(sup.counts(), 0)
+                for st in sup.statuses():
+                    if caller.owns(st["spec"]):
+                        counts[st["state"]] += 1
+                body["workers"] = counts
+            else:
+                body.update(conflicts=sup.conflicts, state_problem=sup.state_problem)
+                if health:
+                    body["cluster"] = extra
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/workers", response_model=list[WorkerOut], responses={401: ERRORS[401]})

@@ -112,11 +112,11 @@ class Health(HealthBrief):
     engine: str
     loop: str
     last_pass_age_s: float | None
-    workers: dict[str, int]
     version: str | None
     applied_version: str | None
-    conflicts: dict[str, list[str]]
-    state_problem: str | None
+    conflicts: dict[str, list[str]] | None = Field(None, description="Not shown to a tenant's token.")
+    state_problem: str | None = Field(None, description="Not shown to a tenant's token.")
+    workers: dict[str, int] = Field(description="By phase; a tenant's token counts only its own workers.")
     cluster: dict[str, Any] | None = Field(None, description="The cluster agent's report, under berth agent.")
 
 
