@@ -121,3 +121,17 @@ def test_serve_with_a_bad_tcp_port_is_one_line_before_anything_starts(tmp_path: 
         assert r.output.strip().splitlines() == [f"error: tcp: must be host:port or :port with a port in 1-65535, "
                                                  f"got {bad!r}"]
     assert not (tmp_path / "local").exists()  # no lock, no state, no socket: nothing started
+
+
+def test_serve_and_supervise_with_an_unknown_socket_group_are_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """It used to start the supervisor, bind the socket (already at its mode), then die with a
+    traceback, leaving the socket behind."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[node]\n", f'[node]\nstate_dir = "{tmp_path}/state"\n')
+                   + '[api]\nsocket_group = "no-such-group-x"\n')
+    (tmp_path / "a.yaml").write_text("workers: []\n")
+    for cmd in (["serve"], ["supervise", "--assignments", str(tmp_path / "a.yaml")]):
+        r = CliRunner().invoke(main, ["--config", str(cfg), *cmd])
+        assert r.exit_code == 125, r.output
+        assert r.output.strip().splitlines() == ["error: api.socket_group: no such group 'no-such-group-x'"]
+    assert not (tmp_path / "local").exists() and not (tmp_path / "state").exists()

@@ -88,6 +88,10 @@ def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: st
                                                                             "name": node_name}})
         obj["config"] = config
     settings, hosts, auth = _settings(ctx, zk, auth_file, root, fence_after_s=fence_after)
+    if not no_api:
+        from .service import check_socket_group
+
+        check_socket_group(config)
     _logging()
     cred = _credential(auth)
     sup = Supervisor(get_node(ctx))

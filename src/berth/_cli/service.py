@@ -52,6 +52,20 @@ def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
     return Supervisor(node, assignments_path=assignments)
 
 
+def check_socket_group(config: NodeConfig) -> None:
+    """The API socket's group must exist before anything starts (the socket is given to it once
+    bound; failing then left a started supervisor and a socket behind)."""
+    group = config.api.socket_group
+    if group is None:
+        return
+    import grp
+
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError("api.socket_group", f"no such group {group!r}") from None
+
+
 def _progress(done: int, total: int) -> None:
     click.echo(f"draining: {done}/{total} stopped", err=True)
 
@@ -87,6 +101,8 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
     from .._service.server import serve
 
     config = get_config(ctx)
+    if not no_api:
+        check_socket_group(config)
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:
@@ -120,6 +136,8 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
             raise ConfigError("tcp", str(exc)) from exc
     if tcp and not config.api.token:
         raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
+    if not tcp:
+        check_socket_group(config)
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:

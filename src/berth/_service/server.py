@@ -52,13 +52,13 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
         # Only the socket needs the strict umask; it is process-wide, and whatever berth makes
         # from now on (worker roots, runc mount points, state files) must not inherit it.
         os.umask(previous)
-        os.chmod(socket_path, socket_mode)
-        if socket_group:
+        st = os.stat(socket_path)
+        mine.append((st.st_dev, st.st_ino))  # removed on the way out, whatever fails below
+        if socket_group:  # the group first, then the mode that opens the socket to it
             import grp
 
             os.chown(socket_path, -1, grp.getgrnam(socket_group).gr_gid)
-        st = os.stat(socket_path)
-        mine.append((st.st_dev, st.st_ino))
+        os.chmod(socket_path, socket_mode)
         if announce:
             announce(f"unix:{socket_path}")
 
