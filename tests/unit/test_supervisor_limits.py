@@ -125,3 +125,21 @@ def test_nothing_is_written_to_the_event_log_before_the_lock_is_held(base: Path,
     second.start()
     lines = [json.loads(x) for x in log.read_bytes()[len(before):].splitlines()]
     assert [x["worker_id"] for x in lines if "assignment rejected" in x["reason"]] == ["w9"]
+
+
+def test_what_the_desired_state_may_take_is_bounded_in_bytes(base: Path, stop_all: list[Harness],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tenant's PUT is at most 16 MiB, but they add up, and the whole desired state is written
+    to supervisor.json on every change: it is bounded as a whole (by default as one document)."""
+    from berth._service import assignments, supervisor
+
+    assert supervisor.MAX_DESIRED_BYTES == assignments.MAX_ASSIGNMENTS_BYTES
+    monkeypatch.setattr(supervisor, "MAX_DESIRED_BYTES", 3000)
+    h = started(base, stop_all)
+    big = {"PAD": "x" * 1000}
+    h.sup.set_assignments(doc(spec("w0", 6700, env=big), spec("w1", 6701, env=big)))
+    rejected = h.sup.set_assignments(doc(spec("n0", 6710, env=big), spec("w0", 6700, env=big),
+                                         spec("w1", 6701, env=big), spec("n1", 6711)))
+    assert [(r.worker_id, r.field) for r in rejected] == [("n0", "workers")]
+    assert "more than 3000 bytes" in rejected[0].reason
+    assert sorted(h.sup.desired()) == ["n1", "w0", "w1"]  # a small entry still fits

@@ -140,13 +140,23 @@ def one_user_per_topology(specs: Mapping[str, WorkerSpec], sources: Mapping[str,
     return out
 
 
-def past_the_maximum(specs: Mapping[str, WorkerSpec], assigned: Container[str], limit: int) -> list[str]:
-    """The worker ids to refuse so that at most ``limit`` remain: workers already ``assigned``
-    keep their places (a new entry never pushes out one that runs), then entries in their order."""
-    if len(specs) <= limit:
-        return []
+def past_the_maximum(specs: Mapping[str, WorkerSpec], assigned: Container[str], limit: int,
+                     max_bytes: int) -> dict[str, str]:
+    """The worker ids to refuse, with why, so that at most ``limit`` remain, taking at most
+    ``max_bytes`` as JSON: workers already ``assigned`` keep their places (a new entry never
+    pushes out one that runs), then entries in their order."""
     ranked = [w for w in specs if w in assigned] + [w for w in specs if w not in assigned]
-    return ranked[limit:]
+    out: dict[str, str] = {}
+    kept = total = 0
+    for wid in ranked:
+        size = len(specs[wid].model_dump_json())
+        if kept >= limit:
+            out[wid] = f"this node runs at most {limit} workers (supervisor.max_workers)"
+        elif total + size > max_bytes:
+            out[wid] = f"the node's assignments would take more than {max_bytes} bytes"
+        else:
+            kept, total = kept + 1, total + size
+    return out
 
 
 def signature(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:

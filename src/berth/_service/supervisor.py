@@ -25,7 +25,14 @@ from .._core.spec import WorkerSpec, spec_digest
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState
-from .assignments import Assignments, Rejection, load_assignments, one_user_per_topology, past_the_maximum
+from .assignments import (
+    MAX_ASSIGNMENTS_BYTES,
+    Assignments,
+    Rejection,
+    load_assignments,
+    one_user_per_topology,
+    past_the_maximum,
+)
 from .desired import Saved
 from .lock import SupervisorLock, check_claim
 from .phase import WAITING, Assigned, Phase
@@ -33,6 +40,9 @@ from .reconcile import Reconciler
 from .watch import SourceWatch
 
 log = logging.getLogger("berth.supervisor")
+
+MAX_DESIRED_BYTES = MAX_ASSIGNMENTS_BYTES
+"""What the whole desired state may take as JSON (tenants' PUTs add up; it is saved on every change)."""
 
 
 class Supervisor(Reconciler):
@@ -87,8 +97,9 @@ class Supervisor(Reconciler):
             for wid, spec in self._desired.items():
                 if wid not in accepted and (self._sources.get(wid) in new.broken_sources or wid in keep_ids):
                     accepted[wid], sources[wid] = spec, self._sources[wid]
-            for wid in past_the_maximum(accepted, self._desired, self.settings.max_workers):
-                rejected.append(self._too_many(sources.pop(wid), new.indexes.get(wid), wid))
+            for wid, why in past_the_maximum(accepted, self._desired, self.settings.max_workers,
+                                             MAX_DESIRED_BYTES).items():
+                rejected.append(self._too_many(sources.pop(wid), new.indexes.get(wid), wid, why))
                 del accepted[wid]
             seen = {(r.source, r.worker_id, r.field, r.reason) for r in self.rejected}
             self._desired, self._sources, self._version = accepted, sources, version
@@ -107,10 +118,9 @@ class Supervisor(Reconciler):
         self._persist()
         return rejected
 
-    def _too_many(self, source: str, index: int | None, wid: str) -> Rejection:
-        limit = self.settings.max_workers
-        return Rejection(source, index, wid, "workers", f"this node runs at most {limit} workers "
-                         "(supervisor.max_workers); the workers already assigned keep their places")
+    @staticmethod
+    def _too_many(source: str, index: int | None, wid: str, why: str) -> Rejection:
+        return Rejection(source, index, wid, "workers", f"{why}; the workers already assigned keep their places")
 
     def reload(self) -> list[Rejection]:
         """Read the assignments file(s) again and apply them."""
@@ -204,9 +214,10 @@ class Supervisor(Reconciler):
                 self._desired, self._sources, self._version = dict(saved.specs), dict(saved.sources), saved.version
                 self.rejected, self._loaded = list(saved.rejected), True
                 # Saved under a larger max_workers: the maximum holds for what was accepted then, too.
-                for wid in sorted(self._desired)[self.settings.max_workers:]:
+                by_id = dict(sorted(self._desired.items()))
+                for wid, why in past_the_maximum(by_id, (), self.settings.max_workers, MAX_DESIRED_BYTES).items():
                     del self._desired[wid]
-                    self.rejected.append(self._too_many(self._sources.pop(wid, "?"), None, wid))
+                    self.rejected.append(self._too_many(self._sources.pop(wid, "?"), None, wid, why))
                     log.warning("%s: assignment rejected: %s", wid, self.rejected[-1].reason)
             for wid, spec in self._desired.items():
                 c = saved.counters.get(wid) or {}
