@@ -107,3 +107,29 @@ def test_a_deeply_nested_file_is_a_rejection_not_a_crash(tmp_path: Path) -> None
     out = load_assignments(f)
     assert out.specs == {} and out.broken_sources == {str(f)}
     assert "not valid YAML: maximum recursion depth exceeded" in out.rejected[0].reason
+
+
+def test_a_directory_is_read_within_one_budget_and_the_files_past_it_keep_their_workers(tmp_path: Path) -> None:
+    """Each file is bounded; so are the files together (bytes, entries and files), in name order:
+    a file past the budget is rejected as a whole (its previous workers stay), the others apply."""
+    for name, wids in (("a.yaml", ["w1", "w2"]), ("b.yaml", ["w3"]), ("c.yaml", ["w4", "w5"]), ("d.yaml", ["w6"])):
+        (tmp_path / name).write_text(yaml_doc([w(x, 10 + int(x[1:])) for x in wids]))
+    out = load_assignments(tmp_path, max_entries=4)
+    assert list(out.specs) == ["w1", "w2", "w3", "w6"]
+    assert out.broken_sources == {str(tmp_path / "c.yaml")}
+    assert [(r.source, r.field) for r in out.rejected] == [(str(tmp_path / "c.yaml"), "workers")]
+    assert "more than 4 entries" in out.rejected[0].reason
+    size = (tmp_path / "a.yaml").stat().st_size
+    out = load_assignments(tmp_path, max_bytes=size + 1)
+    assert list(out.specs) == ["w1", "w2"] and len(out.broken_sources) == 3
+    assert f"more than {size + 1} bytes" in out.rejected[0].reason
+    out = load_assignments(tmp_path, max_files=3)  # too many files: nothing changes (every file's workers stay)
+    assert out.specs == {} and out.keep_all and [r.field for r in out.rejected] == ["workers"]
+    assert "more than 3 assignment files; nothing is changed" in out.rejected[0].reason
+    assert len(load_assignments(tmp_path, max_files=4).specs) == 6
+
+
+def yaml_doc(workers: list[dict[str, Any]]) -> str:
+    import json
+
+    return json.dumps({"workers": workers})

@@ -143,3 +143,22 @@ def test_what_the_desired_state_may_take_is_bounded_in_bytes(base: Path, stop_al
     assert [(r.worker_id, r.field) for r in rejected] == [("n0", "workers")]
     assert "more than 3000 bytes" in rejected[0].reason
     assert sorted(h.sup.desired()) == ["n1", "w0", "w1"]  # a small entry still fits
+
+
+def test_a_directory_of_too_many_files_changes_nothing(base: Path, stop_all: list[Harness],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from berth._service import assignments
+
+    monkeypatch.setattr(assignments, "MAX_FILES", 2)
+    d = base / "assign.d"
+    d.mkdir()
+    for i in range(2):
+        (d / f"{i}.json").write_text(json.dumps({"workers": [spec(f"w{i}", 6700 + i).model_dump(mode="json")]}))
+    h = started(base, stop_all, path=str(d))
+    h.running("w0", "w1")
+    for name in ("2.json", "3.json"):
+        (d / name).write_text(json.dumps({"workers": []}))
+    (d / "0.json").unlink()  # three files now: w0's removal is not applied either
+    h.sup.reload()
+    assert sorted(h.sup.desired()) == ["w0", "w1"]
+    assert [(r.source, r.field) for r in h.sup.rejections()] == [(str(d), "workers")]

@@ -6,8 +6,9 @@ because a typo in one worker's entry must not stop (or kill) the rest of the nod
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ MAX_ASSIGNMENTS_BYTES = 16 << 20
 """An assignments file larger than this is rejected unread."""
 MAX_WORKERS = 4096
 """Entries in one document; a node runs far fewer workers."""
+MAX_FILES = 1024
+"""Assignment files read from one directory. The files of a directory together are bounded as
+one document is (``MAX_ASSIGNMENTS_BYTES``, ``MAX_WORKERS``): each is read, and polled, in turn."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Assignments:
     rejected: list[Rejection] = field(default_factory=list)
     broken_sources: set[str] = field(default_factory=set)
     """Sources that could not be read at all (their previous specs should be kept)."""
+    keep_all: bool = False
+    """Nothing could be read as a whole (a directory of too many files): every previous spec stays."""
 
     def add(self, spec: WorkerSpec, source: str, index: int | None) -> None:
         if spec.worker_id in self.specs:
@@ -101,27 +107,58 @@ def parse_document(doc: Any, source: str, into: Assignments | None = None) -> As
     return out
 
 
-def _files(path: Path) -> Iterable[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith("."))
-    return [path]
+def _files(path: Path, limit: int = MAX_FILES) -> list[Path]:
+    """The assignment files of ``path`` in name order, at most ``limit + 1`` of them (one more
+    says there are too many), found without holding a listing of a huge directory."""
+    if not path.is_dir():
+        return [path]
+    with os.scandir(path) as entries:
+        names = (e.name for e in entries if e.name.endswith(SUFFIXES) and not e.name.startswith("."))
+        return [path / n for n in heapq.nsmallest(limit + 1, names)]
 
 
-def load_assignments(path: str | os.PathLike[str]) -> Assignments:
-    """Read a file, or every ``*.yaml|*.yml|*.json`` file of a directory, in name order."""
+def load_assignments(path: str | os.PathLike[str], *, max_bytes: int = MAX_ASSIGNMENTS_BYTES,
+                     max_entries: int = MAX_WORKERS, max_files: int | None = None) -> Assignments:
+    """Read a file, or every ``*.yaml|*.yml|*.json`` file of a directory, in name order.
+
+    A directory's files together take at most ``max_bytes`` and list at most ``max_entries``
+    entries: a file past that is rejected as a whole (its previous workers stay), as one that
+    cannot be read is. A directory of more than ``max_files`` (``MAX_FILES``) files changes nothing."""
     out = Assignments()
     root = Path(path)
     if not root.exists():
         out.rejected.append(Rejection(str(root), None, None, "assignments", "does not exist"))
         out.broken_sources.add(str(root))
         return out
-    for f in _files(root):
+    limit = MAX_FILES if max_files is None else max_files
+    files = _files(root, limit)
+    if len(files) > limit:
+        out.rejected.append(Rejection(str(root), None, None, "workers", f"the directory holds more than {limit} "
+                                      "assignment files; nothing is changed until it holds fewer"))
+        out.broken_sources.add(str(root))
+        out.keep_all = True
+        return out
+    used_bytes = used_entries = 0
+    for f in files:
         try:
+            size = f.stat().st_size
+            if used_bytes + size > max_bytes:
+                raise BerthError("workers", f"the directory's files together take more than {max_bytes} bytes")
             doc = read_document(f, "assignments", BerthError, MAX_ASSIGNMENTS_BYTES)
-        except BerthError as exc:
-            out.rejected.append(Rejection(str(f), None, None, None, exc.reason))
+            listed = doc.get("workers") if isinstance(doc, Mapping) else None
+            entries = len(listed) if isinstance(listed, list) else 0
+            if used_entries + entries > max_entries:
+                raise BerthError("workers", f"the directory's files together list more than {max_entries} entries")
+        except OSError as exc:
+            out.rejected.append(Rejection(str(f), None, None, None, f"cannot read: {exc.strerror or exc}"))
             out.broken_sources.add(str(f))
             continue
+        except BerthError as exc:
+            out.rejected.append(Rejection(str(f), None, None, exc.field if exc.field == "workers" else None,
+                                          exc.reason))
+            out.broken_sources.add(str(f))
+            continue
+        used_bytes, used_entries = used_bytes + size, used_entries + entries
         parse_document(doc, str(f), into=out)
     return out
 

@@ -95,7 +95,8 @@ class Supervisor(Reconciler):
         with self._lock:
             keep_ids = {r.worker_id for r in rejected if r.worker_id}
             for wid, spec in self._desired.items():
-                if wid not in accepted and (self._sources.get(wid) in new.broken_sources or wid in keep_ids):
+                if wid not in accepted and (new.keep_all or self._sources.get(wid) in new.broken_sources
+                                            or wid in keep_ids):
                     accepted[wid], sources[wid] = spec, self._sources[wid]
             for wid, why in past_the_maximum(accepted, self._desired, self.settings.max_workers,
                                              MAX_DESIRED_BYTES).items():
