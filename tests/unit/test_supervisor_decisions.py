@@ -295,3 +295,18 @@ def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path
         assert st["last_exit"]["signal"] == 9 and h.watch.state("w2") == "running"
     finally:
         h.sup.stop()
+
+
+def test_a_failed_look_at_a_running_worker_is_no_failure_of_it(h: Harness) -> None:
+    """The stall check's inspect failing (the engine errs for that one id) says nothing of the worker."""
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    h.watch.until(lambda: h.sup.status("w1")["busy"] is None, "the launch done")
+    h.fake.fail_next("inspect", EngineError("engine", "inspect: 500 server error"), worker_id="w1")
+    h.clock.advance(h.sup.stall_sweep_s)
+    h.watch.settle()
+    h.watch.settle()
+    assert ("inspect", "w1") in h.fake.calls
+    st = h.sup.status("w1")
+    assert (st["state"], st["failures"], st["last_error"]) == ("running", 0, None)
+    assert not any(x["to"] == "failed" for x in h.watch.lines)

@@ -310,8 +310,9 @@ class Supervisor(Reconciler):
     def _look_stalled(self, rec: Assigned, now: float) -> None:
         try:
             stopped = self.node.inspect(rec.worker_id).main_stopped
-        except WorkerNotFound:
-            return  # gone since the listing: the next pass sees it
+        except BerthError as exc:  # gone since the listing, or the engine erred: no news of the worker
+            log.debug("stall check of %s: %s", rec.worker_id, exc)
+            return
         if stopped and rec.phase == Phase.RUNNING:
             why = (f"its PID 1 was stopped from inside the worker (ptrace): it cannot end by itself nor take "
                    f"a SIGTERM; killed and started again in {self.settings.stalled_after_s:g}s unless it resumes")
