@@ -135,3 +135,23 @@ def test_serve_and_supervise_with_an_unknown_socket_group_are_one_line_before_an
         assert r.exit_code == 125, r.output
         assert r.output.strip().splitlines() == ["error: api.socket_group: no such group 'no-such-group-x'"]
     assert not (tmp_path / "local").exists() and not (tmp_path / "state").exists()
+
+
+def test_assignments_where_workers_can_reach_them_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    """A worker that could rewrite the node's assignments would run what it likes, as any user the
+    node allows (past any tenant token); one that could read them would see every tenant's specs."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[node]\n", f'[node]\nstate_dir = "{tmp_path}/state"\n'))
+    inside = tmp_path / "local" / "supervisor"
+    inside.mkdir(parents=True)
+    (inside / "a.yaml").write_text("workers: []\n")
+    (tmp_path / "link").symlink_to(inside)
+    for path in (inside / "a.yaml", tmp_path / "link"):
+        for cmd in (["supervise", "--assignments", str(path)], ["serve", "--assignments", str(path)]):
+            r = CliRunner().invoke(main, ["--config", str(cfg), *cmd])
+            assert r.exit_code == 125, r.output
+            assert r.output.startswith(f"error: assignments: {path} resolves to "), r.output
+            assert f"under node.local_dir ({tmp_path}/local), where workers" in r.output
+    r = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--socket", str(inside / "api.sock")])
+    assert r.exit_code == 125 and r.output.startswith(f"error: api.socket: {inside / 'api.sock'} resolves to ")
+    assert not (tmp_path / "state").exists()

@@ -66,6 +66,18 @@ def check_socket_group(config: NodeConfig) -> None:
         raise ConfigError("api.socket_group", f"no such group {group!r}") from None
 
 
+def check_apart(config: NodeConfig, assignments: str | None, socket: str | None) -> None:
+    """Before anything starts: workers can neither reach nor rewrite the assignments, nor reach
+    the API socket (on it, no token is asked for: its mode is the access control)."""
+    from .._node.state import StateDir
+
+    state = StateDir(config)
+    if assignments is not None:
+        state.check_apart(assignments, "assignments")
+    if socket is not None:
+        state.check_apart(socket, "api.socket")
+
+
 def _progress(done: int, total: int) -> None:
     click.echo(f"draining: {done}/{total} stopped", err=True)
 
@@ -101,6 +113,7 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
     from .._service.server import serve
 
     config = get_config(ctx)
+    check_apart(config, assignments, None if no_api else config.api_socket)
     if not no_api:
         check_socket_group(config)
     sup = _make(ctx, assignments)
@@ -138,6 +151,7 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
         raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
     if not tcp:
         check_socket_group(config)
+    check_apart(config, assignments, None if tcp else (socket_path or config.api_socket))
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:
