@@ -52,7 +52,8 @@ class Metrics:
         self.launches = Counter("berth_launches", "Workers launched.", registry=r)
         self.launch_failures = Counter("berth_launch_failures", "Launches that failed.", registry=r)
         self.exits = Counter("berth_exits", "Worker exits by worker and cause: stop (planned, by berth or an "
-                             "operator), crash (non-zero or signal), oom, exit (code 0).", ["worker", "cause"],
+                             "operator), crash (non-zero or signal), oom, stalled (killed: its PID 1 stayed stopped), "
+                             "exit (code 0).", ["worker", "cause"],
                              registry=r)
         self.exit_codes = Counter("berth_exit_codes", "Unplanned worker exits by exit code.", ["code"], registry=r)
         self.oom_kills = Counter("berth_oom_kills", "Workers ended by the OOM killer.", registry=r)
