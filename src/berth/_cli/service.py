@@ -70,12 +70,15 @@ def check_apart(config: NodeConfig, assignments: str | None, socket: str | None)
     """Before anything starts: workers can neither reach nor rewrite the assignments, nor reach
     the API socket (on it, no token is asked for: its mode is the access control)."""
     from .._node.state import StateDir
+    from .._paths import is_under
 
     state = StateDir(config)
     if assignments is not None:
-        state.check_apart(assignments, "assignments")
-    if socket is not None:
-        state.check_apart(socket, "api.socket")
+        state.check_apart(assignments, "assignments", "a worker could rewrite what the node runs, or read every "
+                          "tenant's specs")
+    real = os.path.realpath
+    if socket is not None and not is_under(real(socket), real(config.state_dir)):  # (the state dir is checked)
+        state.check_apart(socket, "api.socket", "a worker could reach the API, which asks no token there")
 
 
 def _progress(done: int, total: int) -> None:

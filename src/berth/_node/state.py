@@ -73,16 +73,16 @@ class StateDir:
         except OSError as exc:
             raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from exc
 
-    def check_apart(self, path: str, key: str) -> None:
-        """An input berth trusts more than it trusts workers (the assignments) lies, resolved,
-        outside every tree a worker can write or read. Raises ``ConfigError`` on ``key``."""
+    def check_apart(self, path: str, key: str, why: str) -> None:
+        """Something berth trusts more than it trusts workers (the assignments, the API socket) lies,
+        resolved, outside every tree a worker can write or read. Raises ``ConfigError`` on ``key``
+        saying ``why`` it matters."""
         real = os.path.realpath(path)
         for tree_key, tree in self._worker_reachable().items():
             other = os.path.realpath(tree)
             if is_under(real, other):
                 raise ConfigError(key, f"{path} resolves to {real}, under {tree_key} ({other}), where workers "
-                                  "write or read: a worker could rewrite what the node runs, or read every "
-                                  "tenant's specs")
+                                  f"write or read: {why}")
 
     @contextlib.contextmanager
     def claim(self, worker_id: str, required: bool = True) -> Iterator[None]:
