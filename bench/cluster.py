@@ -64,7 +64,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
     from berth._cluster.admin import add_node, init_cluster, remove_cluster
     from berth._cluster.agent import Agent
     from berth._cluster.documents import encode_assignment
-    from berth._cluster.layout import Layout, new_credential, node_user, write_credential
+    from berth._cluster.layout import ZkLayout, new_credential, node_user, write_credential
     from berth._cluster.placement import parse_topologies
     from berth._cluster.scheduler import Coordinator
     from berth._cluster.zk import Connection
@@ -77,7 +77,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
     base = Path("/var/lib/berth-bench/cluster") / run_id
     base.mkdir(parents=True)
     settings = ClusterSection(zk=hosts, root=f"/bench-{run_id}", session_timeout_s=10, state_interval_s=0.2)
-    layout = Layout(settings.root)
+    layout = ZkLayout(settings.root)
     co_cred = new_credential("berth-coordinator")
     admin = Connection(hosts, co_cred, 10)
     admin.start_and_wait(30)
@@ -176,7 +176,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
         for n in names:
             for c in engine.containers(all=True, filters={"label": f"berth.node={n}"}):
                 engine.remove_container(c["Id"], force=True)
-        remove_cluster(admin, Layout(settings.root))
+        remove_cluster(admin, ZkLayout(settings.root))
         admin.close()
         subprocess.run(["rm", "-rf", str(base)], check=False)
     return result

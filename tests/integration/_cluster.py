@@ -27,8 +27,8 @@ import pytest
 from kazoo.exceptions import NoNodeError
 
 from berth._cluster.admin import NodeView, add_node, init_cluster, read_cluster, remove_cluster
-from berth._cluster.cache import read_status
-from berth._cluster.layout import Credential, Layout, new_credential, node_user, write_credential
+from berth._cluster.cache import read_agent_status
+from berth._cluster.layout import Credential, ZkLayout, new_credential, node_user, write_credential
 from berth._cluster.placement import parse_topologies
 from berth._cluster.scheduler import Coordinator, PassResult
 from berth._cluster.zk import Connection
@@ -107,7 +107,7 @@ class Agent:
 
     @property
     def status(self) -> dict[str, Any]:
-        return read_status(self.state_dir / "cluster") or {}
+        return read_agent_status(self.state_dir / "cluster") or {}
 
     def send(self, sig: int) -> None:
         assert self.proc is not None
@@ -130,7 +130,7 @@ class Cluster:
         self.prefix = "t" + uuid.uuid4().hex[:8]
         self.settings = ClusterSection(zk=self.hosts, root="/" + self.prefix, session_timeout_s=SESSION_S,
                                        reconnect_max_delay_s=0.5, state_interval_s=0.2)
-        self.layout = Layout(self.settings.root)
+        self.layout = ZkLayout(self.settings.root)
         self.cred = new_credential("berth-coordinator")
         write_credential(str(base / "coordinator.auth"), self.cred)
         self.admin = Connection(self.hosts, self.cred, SESSION_S, 0.5, patient=True)

@@ -20,7 +20,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 from berth._cli import main
 from berth._cluster.admin import add_node, init_cluster, remove_cluster
 from berth._cluster.documents import encode_assignment
-from berth._cluster.layout import Credential, Layout, new_credential, node_user, read_credential
+from berth._cluster.layout import Credential, ZkLayout, new_credential, node_user, read_credential
 from berth._cluster.quota import NODE_BYTES, OPEN_TOPS, quotas_enforced
 from berth._cluster.zk import Connection
 from berth._exceptions import ClusterError
@@ -35,7 +35,7 @@ class Setup:
         import uuid
 
         self.hosts = ensemble.hosts
-        self.layout = Layout("/acl" + uuid.uuid4().hex[:8])
+        self.layout = ZkLayout("/acl" + uuid.uuid4().hex[:8])
         self.co = new_credential("berth-coordinator")
         self.admin = Connection(self.hosts, self.co, SESSION_S, 0.5)
         self.admin.start_and_wait(30)
@@ -192,5 +192,5 @@ def test_lock_ensemble_closes_zookeepers_own_top_to_made_up_identities(private_z
             admin.start_and_wait(30)
             for path in OPEN_TOPS:  # the private ensemble is shared by the other fault tests
                 admin.client.set_acls(path, OPEN_ACL_UNSAFE)
-            remove_cluster(admin, Layout(root))
+            remove_cluster(admin, ZkLayout(root))
             admin.close()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from berth._cluster.capacity import Capacity, Zone
+from berth._cluster.capacity import Capacity
 from berth._cluster.placement import NodeInput, Topology, parse_topologies, place, worker_spec
+from berth._core.clusterconfig import NumaZone as Zone
 from berth._core.spec import WorkerSpec
 from berth._exceptions import ClusterError
 

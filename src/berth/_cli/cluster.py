@@ -227,7 +227,7 @@ def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, r
     A missing --auth file is created first with a new coordinator identity (mode 0600).
     """
     from .._cluster.admin import init_cluster
-    from .._cluster.layout import Layout, new_credential, write_credential
+    from .._cluster.layout import ZkLayout, new_credential, write_credential
     from .._cluster.quota import lock_ensemble as lock
     from .._cluster.quota import open_tops, quotas_enforced
     from .._cluster.zk import Connection
@@ -240,8 +240,8 @@ def cluster_init(ctx: click.Context, /, zk: str | None, auth_file: str | None, r
     conn = Connection(hosts, cred, settings.session_timeout_s, patient=True)
     conn.start_and_wait(15.0)
     try:
-        made = init_cluster(conn, Layout(settings.root), cred)
-        enforced = quotas_enforced(conn, Layout(settings.root), cred)
+        made = init_cluster(conn, ZkLayout(settings.root), cred)
+        enforced = quotas_enforced(conn, ZkLayout(settings.root), cred)
         locked = lock(conn, cred) if lock_ensemble else []
         still_open = open_tops(conn)
     finally:
@@ -271,7 +271,7 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
                      out: str, rotate: bool) -> None:
     """Enrol node NAME: its own identity, its assignment, registration and state znodes, their ACLs."""
     from .._cluster.admin import add_node
-    from .._cluster.layout import Layout, new_credential, node_user, write_credential
+    from .._cluster.layout import ZkLayout, new_credential, node_user, write_credential
     from .._cluster.zk import Connection
 
     settings, hosts, auth = _settings(ctx, zk, auth_file, root)
@@ -281,7 +281,7 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
     conn = Connection(hosts, cred, settings.session_timeout_s, patient=True)
     try:
         conn.start_and_wait(15.0)
-        notes = add_node(conn, Layout(settings.root), cred, name, node_cred.digest_id, rotate=rotate)
+        notes = add_node(conn, ZkLayout(settings.root), cred, name, node_cred.digest_id, rotate=rotate)
     except BaseException:
         os.unlink(out)  # nothing half-made: no identity without its enrolment
         raise

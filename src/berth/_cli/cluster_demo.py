@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from .._cluster.admin import add_node, init_cluster, read_cluster, remove_cluster
-from .._cluster.layout import Layout, new_credential, node_user, write_credential
+from .._cluster.layout import ZkLayout, new_credential, node_user, write_credential
 from .._cluster.placement import parse_topologies
 from .._cluster.scheduler import Coordinator
 from .._cluster.zk import Connection
@@ -72,7 +72,7 @@ class _Demo:
         self.base, self.hosts, self.dir, self.console = base, hosts, workdir, console
         self.settings = ClusterSection(zk=hosts, root=root, session_timeout_s=SESSION_S, reconnect_max_delay_s=0.5,
                                        state_interval_s=0.2)
-        self.layout = Layout(root)
+        self.layout = ZkLayout(root)
         self.names = [f"{prefix}{i}" for i in (1, 2, 3)]
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.cred = new_credential("berth-coordinator")

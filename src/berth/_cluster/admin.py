@@ -30,7 +30,7 @@ from .documents import (
 )
 from .layout import (
     Credential,
-    Layout,
+    ZkLayout,
     assignment_acl,
     coordinator_only,
     node_dir_acl,
@@ -54,7 +54,7 @@ def _fail(exc: BaseException, path: str, doing: str) -> ClusterError:
     return ClusterError("zk", f"{doing}: {explain(exc, path)}")
 
 
-def init_cluster(conn: Connection, layout: Layout, cred: Credential) -> list[str]:
+def init_cluster(conn: Connection, layout: ZkLayout, cred: Credential) -> list[str]:
     """Create the tree (coordinator only); refuse a tree that anyone else can touch."""
     c, made = conn.client, []
     acl = coordinator_only(cred.digest_id)
@@ -84,7 +84,7 @@ def _check_owned(conn: Connection, path: str) -> None:
         raise ClusterError("zk", f"{path} exists with an ACL open to {', '.join(open_to)}; refusing to use it")
 
 
-def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: str, node_digest: str,
+def add_node(conn: Connection, layout: ZkLayout, coordinator: Credential, node: str, node_digest: str,
              rotate: bool = False) -> list[str]:
     """Enrol ``node`` with the identity whose digest is ``node_digest`` (``node-<name>:<base64>``),
     its directory bounded by a quota (``quota``); returns notes for the operator."""
@@ -136,7 +136,7 @@ def add_node(conn: Connection, layout: Layout, coordinator: Credential, node: st
     return notes
 
 
-def remove_node(conn: Connection, layout: Layout, node: str) -> None:
+def remove_node(conn: Connection, layout: ZkLayout, node: str) -> None:
     """Delete the node's znodes, and whatever its identity made in its directory: a leaf can be
     deleted without reading it; one it gave children only it can see is reported."""
     try:
@@ -161,7 +161,7 @@ def remove_node(conn: Connection, layout: Layout, node: str) -> None:
         raise _fail(exc, quota_dir(layout.node(node)), f"removing the quota of {node}") from exc
 
 
-def remove_cluster(conn: Connection, layout: Layout) -> None:
+def remove_cluster(conn: Connection, layout: ZkLayout) -> None:
     """Delete berth's whole tree and its quotas (the demo's and the tests' clean-up)."""
     with contextlib.suppress(NoNodeError):
         for node in conn.call(conn.client.get_children_async, layout.nodes):
@@ -194,7 +194,7 @@ class NodeView:
         return sum(1 for w in (self.state.workers if self.state else []) if w.worker_id in ids and w.state == "running")
 
 
-def read_cluster(conn: Connection, layout: Layout) -> dict[str, NodeView]:
+def read_cluster(conn: Connection, layout: ZkLayout) -> dict[str, NodeView]:
     """Every enrolled node with its registration, document and report (requests sent in parallel)."""
     c = conn.client
     try:

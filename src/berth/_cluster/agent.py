@@ -43,7 +43,7 @@ from .documents import (
     this_process,
     version_of,
 )
-from .layout import Credential, Layout, live_acl, node_user
+from .layout import Credential, ZkLayout, live_acl, node_user
 from .reporting import Reporting
 from .zk import UNAVAILABLE, Connection, ConnState, explain
 
@@ -63,7 +63,7 @@ class Agent(Reporting):
             raise ClusterError("auth_file", f"holds the identity {cred.user!r}; node {self.node!r} is "
                                             f"{node_user(self.node)!r} (berth cluster add-node makes it)")
         self.cred = cred
-        self.layout = Layout(self.settings.root)
+        self.layout = ZkLayout(self.settings.root)
         self.capacity = capacity or node_capacity(supervisor.config)
         self.dir = Path(supervisor.config.state_dir, "cluster")
         self.cache = DocumentCache(self.dir)

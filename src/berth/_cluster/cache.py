@@ -72,7 +72,7 @@ def write_status(directory: str | os.PathLike[str], status: dict[str, Any]) -> N
     write_atomic(Path(directory, "status.json"), json.dumps(status, indent=1, sort_keys=True).encode(), 0o644)
 
 
-def read_status(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_agent_status(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(directory, "status.json").read_text())
     except (OSError, ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .._core.clusterconfig import NumaZone
 from .._core.config import ContainerSection, NodeConfig
 from .._core.hostfacts import HostFacts
 from .._exceptions import ClusterError
@@ -18,17 +19,6 @@ SYSTEM_RESERVE_MB = 1024
 MODEL = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class Zone(BaseModel):
-    model_config = MODEL
-    id: int = Field(ge=0, le=1023)
-    cores: tuple[int, ...] = Field(min_length=1, max_length=4096)
-    memory_mb: int = Field(ge=1, le=1 << 30)
-
-    @property
-    def cpu_percent(self) -> int:
-        return 100 * len(self.cores)
-
-
 class Capacity(BaseModel):
     """What a node offers. Bounded: a node cannot claim a million ports to attract every worker."""
 
@@ -36,7 +26,7 @@ class Capacity(BaseModel):
     cpu_percent: int = Field(ge=1, le=100 * 4096)
     memory_mb: int = Field(ge=1, le=1 << 30)
     ports: tuple[int, ...] = Field(min_length=1, max_length=1024)
-    zones: tuple[Zone, ...] = Field(default=(), max_length=64)
+    zones: tuple[NumaZone, ...] = Field(default=(), max_length=64)
 
     @field_validator("ports")
     @classmethod
@@ -46,31 +36,19 @@ class Capacity(BaseModel):
         return v
 
 
-def _mem_total_mb(meminfo: str = "/proc/meminfo") -> int:
-    try:
-        with open(meminfo, encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 2048
-
-
 def node_capacity(config: NodeConfig, facts: HostFacts | None = None) -> Capacity:
     """The node's offer: the config's ``[cluster]`` values, else what the machine has."""
     c = config.cluster
     facts = facts or HostFacts.probe()
     cpu = c.cpu_percent if c.cpu_percent is not None else 100 * max(1, facts.cpu_count)
-    mem = c.memory_mb if c.memory_mb is not None else max(256, _mem_total_mb() - SYSTEM_RESERVE_MB)
-    zones = tuple(Zone(id=z.id, cores=z.cores, memory_mb=z.memory_mb) for z in c.numa_zones)
+    ram = facts.memory_mb if facts.memory_mb is not None else 2048  # unknown: a small machine
+    mem = c.memory_mb if c.memory_mb is not None else max(256, ram - SYSTEM_RESERVE_MB)
+    zones = tuple(c.numa_zones)
     for z in zones:
         missing = sorted(set(z.cores) - facts.cpus)
         if missing:
             raise ClusterError("cluster.numa_zones", f"zone {z.id} names cpus {missing} this machine does not have")
     return Capacity(cpu_percent=cpu, memory_mb=mem, ports=c.ports, zones=zones)
-
-
 
 
 def check_capacity(parsed: Assignments, capacity: Capacity, defaults: ContainerSection, source: str) -> list[Rejection]:

@@ -32,7 +32,10 @@ MIN_PASSWORD = 16
 
 
 @dataclass(frozen=True)
-class Layout:
+class ZkLayout:
+    """Where berth keeps a cluster's znodes under ``root`` (not ``_core.layout.Layout``, which is
+    where one worker's files are on a node)."""
+
     root: str = "/berth"
 
     @property

@@ -23,7 +23,7 @@ from kazoo.security import ACL, Id, Permissions
 
 from .._exceptions import ClusterError
 from .documents import MAX_DOCUMENT_BYTES, MAX_REGISTRATION_BYTES
-from .layout import Credential, Layout, coordinator_only, digest
+from .layout import Credential, ZkLayout, coordinator_only, digest
 from .zk import UNAVAILABLE, Connection, explain
 
 QUOTA_ROOT = "/zookeeper/quota"
@@ -44,7 +44,7 @@ def quota_dir(path: str) -> str:
     return QUOTA_ROOT + path
 
 
-def ensure_quota_base(conn: Connection, layout: Layout, cred: Credential) -> bool:
+def ensure_quota_base(conn: Connection, layout: ZkLayout, cred: Credential) -> bool:
     """Make ``/zookeeper/quota<root>/nodes`` (the coordinator's); False if this identity may not."""
     acl = coordinator_only(cred.digest_id)
     parts = layout.nodes.strip("/").split("/")
@@ -59,7 +59,7 @@ def ensure_quota_base(conn: Connection, layout: Layout, cred: Credential) -> boo
     return True
 
 
-def add_node_quota(conn: Connection, layout: Layout, cred: Credential, node: str) -> None:
+def add_node_quota(conn: Connection, layout: ZkLayout, cred: Credential, node: str) -> None:
     """The quota of ``nodes/<node>`` (made again if missing: e.g. after ``--rotate``)."""
     acl = coordinator_only(cred.digest_id)
     base = quota_dir(layout.node(node))
@@ -81,7 +81,7 @@ def remove_quota(conn: Connection, path: str) -> None:
         conn.call(conn.client.delete_async, quota_dir(path))
 
 
-def quotas_enforced(conn: Connection, layout: Layout, cred: Credential) -> bool | None:
+def quotas_enforced(conn: Connection, layout: ZkLayout, cred: Credential) -> bool | None:
     """Whether the servers refuse a create past a hard quota, tried on a znode of berth's own;
     None when this identity cannot keep quotas (``/zookeeper/quota`` is not writable to it)."""
     if not ensure_quota_base(conn, layout, cred):

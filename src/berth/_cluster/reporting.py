@@ -15,7 +15,7 @@ from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 from .._service.supervisor import Supervisor
 from .cache import write_status
 from .documents import DocumentStatus, NodeState, encode_state, now, worker_reports
-from .layout import Credential, Layout, state_acl
+from .layout import Credential, ZkLayout, state_acl
 from .zk import UNAVAILABLE, Connection, ConnState, explain
 
 log = logging.getLogger("berth.agent")
@@ -25,7 +25,7 @@ class Reporting:
     sup: Supervisor
     conn: Connection
     node: str
-    layout: Layout
+    layout: ZkLayout
     cred: Credential
     dir: Path
     counters: dict[str, int]

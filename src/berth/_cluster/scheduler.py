@@ -39,7 +39,7 @@ from .documents import (
     version_number,
     version_of,
 )
-from .layout import Credential, Layout, coordinator_only
+from .layout import Credential, ZkLayout, coordinator_only
 from .placement import NodeInput, Placement, Topology, parse_topologies, place
 from .zk import UNAVAILABLE, Connection, explain
 
@@ -72,7 +72,7 @@ class Coordinator:
     def __init__(self, hosts: str, cred: Credential, settings: ClusterSection, dead_after_s: float) -> None:
         if dead_after_s < settings.session_timeout_s:
             raise ClusterError("dead_after", f"must be at least the session timeout ({settings.session_timeout_s:g}s)")
-        self.layout = Layout(settings.root)
+        self.layout = ZkLayout(settings.root)
         self.dead_after_s = dead_after_s
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self._cond = threading.Condition()

@@ -10,13 +10,19 @@ _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class NumaZone(BaseModel):
-    """A NUMA zone the scheduler may pin workers to: its cpus and the memory it offers."""
+    """A NUMA zone the scheduler may pin workers to: its cpus and the memory it offers. The same
+    model checks the node's config and what a node publishes in ZooKeeper (bounded: a node cannot
+    claim a million cores to attract every worker)."""
 
     model_config = _strict
 
-    id: int = Field(ge=0)
-    cores: tuple[int, ...] = Field(min_length=1)
-    memory_mb: int = Field(ge=1)
+    id: int = Field(ge=0, le=1023)
+    cores: tuple[int, ...] = Field(min_length=1, max_length=4096)
+    memory_mb: int = Field(ge=1, le=1 << 30)
+
+    @property
+    def cpu_percent(self) -> int:
+        return 100 * len(self.cores)
 
 
 class ClusterSection(BaseModel):
