@@ -7,21 +7,41 @@ and block on a ``go`` file, so a test waits on exits and on worker-made files, n
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from berth import Node, WorkerSpec
-from berth._runtimes.base import ExitRecord
 
+from ..exits import WAIT as WAIT
+from ..exits import Exits as Exits  # re-exported: the integration tests take it from here
 from .conftest import poll_until
 
-WAIT = 120.0
-"""An upper bound for anything a worker does here; reached only when something is broken."""
-
 WAIT_FOR_GO = "import os,time\nwhile not os.path.exists('go'): time.sleep(0.02)\n"
+
+TRY_READS = r"""
+import errno, json, os, sys
+out = {}
+for path in json.loads(sys.argv[1]):
+    try:
+        out[path] = ("listed " + ",".join(sorted(os.listdir(path)))) if os.path.isdir(path) else \
+            ("read " + open(path).read())
+    except OSError as exc:
+        out[path] = errno.errorcode.get(exc.errno, str(exc.errno))
+json.dump(out, open(".report.json", "w"))
+os.rename(".report.json", "report.json")
+"""
+"""A worker that tries to list or read every path of its JSON argument; ``report.json`` says what
+each gave: ``listed …``, ``read …`` or the errno's name."""
+
+WRITE_SECRETS = r"""
+import sys
+for d in sys.argv[1:]:
+    open(d + "/secret", "w").write("a secret")
+open("ready", "w").close()
+""" + WAIT_FOR_GO
+"""A worker that writes ``secret`` into each directory of its arguments, then waits for ``go``."""
 
 
 def worker(worker_id: str, script: str, *args: str, user: str = "berth-alice", **kw: Any) -> WorkerSpec:
@@ -49,29 +69,6 @@ def wait_file(path: Path, node: Node, worker_id: str, timeout: float = WAIT) -> 
         return False
 
     poll_until(ready, f"{path.name} from {worker_id}", timeout)
-
-
-class Exits:
-    """An exit callback that keeps every record and lets a test wait for them."""
-
-    def __init__(self) -> None:
-        self.records: list[ExitRecord] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, rec: ExitRecord) -> None:
-        with self.cond:
-            self.records.append(rec)
-            self.cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = WAIT) -> list[ExitRecord]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.records) >= n, timeout), self.records
-            return list(self.records)
-
-    def of(self, worker_id: str) -> ExitRecord:
-        with self.cond:
-            assert self.cond.wait_for(lambda: any(r.worker_id == worker_id for r in self.records), WAIT)
-            return next(r for r in self.records if r.worker_id == worker_id)
 
 
 def snapshot(*dirs: str) -> dict[str, tuple[int, int, int, int]]:

@@ -24,7 +24,7 @@ from berth._cli import main
 from berth._node.state import StateDir
 from berth._paths import is_under
 
-from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, snapshot, wait_file, worker
+from ._helpers import TRY_READS, WAIT, WAIT_FOR_GO, WRITE_SECRETS, Exits, go, root_of, snapshot, wait_file, worker
 from .conftest import SOCKET, config_toml, make_config
 
 pytestmark = pytest.mark.integration
@@ -213,26 +213,6 @@ def test_the_nodes_user_policy_is_enforced_through_the_node(engine: str, users: 
 
 
 # -- 9.7 tenants who share a primary group -------------------------------------------------------------
-
-TRY_READS = r"""
-import errno, json, os, sys
-out = {}
-for path in json.loads(sys.argv[1]):
-    try:
-        out[path] = ("listed " + ",".join(sorted(os.listdir(path)))) if os.path.isdir(path) else \
-            ("read " + open(path).read())
-    except OSError as exc:
-        out[path] = errno.errorcode.get(exc.errno, str(exc.errno))
-json.dump(out, open(".report.json", "w"))
-os.rename(".report.json", "report.json")
-"""
-
-WRITE_SECRETS = r"""
-import sys
-for d in sys.argv[1:]:
-    open(d + "/secret", "w").write("carol's")
-open("ready", "w").close()
-""" + WAIT_FOR_GO
 
 
 def test_tenants_sharing_a_primary_group_cannot_read_each_others_files(node: Node, users: dict[str, Any]) -> None:

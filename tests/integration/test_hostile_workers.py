@@ -23,7 +23,7 @@ import pytest
 from berth import BerthError, Node, audit_worker
 from berth._linux.cgroup import cgroup_dir
 
-from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file, worker
+from ._helpers import TRY_READS, WAIT, WAIT_FOR_GO, WRITE_SECRETS, Exits, go, root_of, wait_file, worker
 from .conftest import SOCKET, make_config
 
 pytestmark = pytest.mark.integration
@@ -88,28 +88,6 @@ def test_worker_cannot_write_outside_its_own_directories(node: Node) -> None:
     go(node, "w-bob-w")
     node.wait("w-bob-w", WAIT)
 
-
-TRY_READS = r"""
-import errno, json, os, sys
-out = {}
-for path in json.loads(sys.argv[1]):
-    try:
-        if os.path.isdir(path):
-            out[path] = "listed " + ",".join(sorted(os.listdir(path)))
-        else:
-            out[path] = "read " + open(path).read()
-    except OSError as exc:
-        out[path] = errno.errorcode.get(exc.errno, str(exc.errno))
-json.dump(out, open(".report.json", "w"))
-os.rename(".report.json", "report.json")
-"""
-
-WRITE_SECRETS = r"""
-import sys
-for d in sys.argv[1:]:
-    open(d + "/secret", "w").write("alice's")
-open("ready", "w").close()
-""" + WAIT_FOR_GO
 
 
 def test_bobs_worker_cannot_read_alices_worker_files(node: Node, users: dict[str, Any]) -> None:

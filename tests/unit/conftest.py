@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -9,6 +12,36 @@ from berth._core.config import config_from_mapping
 
 ALICE = Identity(user="alice", uid=1001, gid=1001, groups=(1001, 2001))
 FOUR_CPUS = HostFacts(cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}))
+
+if TYPE_CHECKING:
+    from ._supfake import Harness
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """A node's base dir that the workers' made-up uids can traverse."""
+    os.chmod(tmp_path, 0o755)
+    return tmp_path
+
+
+@pytest.fixture
+def h(base: Path) -> Iterator[Harness]:
+    """A started supervisor on the fake runtime, stopped after the test."""
+    from ._supfake import Harness
+
+    harness = Harness(base).start()
+    yield harness
+    harness.sup.stop()
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[Harness]]:
+    """Supervisors a test starts itself; those still holding their lock are stopped after it."""
+    started: list[Harness] = []
+    yield started
+    for harness in started:
+        if harness.sup.lock.held:
+            harness.sup.stop()
 
 
 @pytest.fixture

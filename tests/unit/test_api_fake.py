@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,14 +31,6 @@ def bearer(token: str) -> dict[str, str]:
 
 def entry(wid: str, port: int, user: str = "alice", topology: str = "wc-1") -> dict[str, Any]:
     return {"worker_id": wid, "topology_id": topology, "port": port, "user": user, "command": ["run"]}
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    os.chmod(tmp_path, 0o755)
-    harness = Harness(tmp_path).start()
-    yield harness
-    harness.sup.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from ._supfake import Harness, doc, spec
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
 
 S = SupervisorSection(backoff_base_s=1, backoff_cap_s=16, crashloop_after=3, healthy_after_s=30)
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    os.chmod(tmp_path, 0o755)
-    harness = Harness(tmp_path).start()
-    yield harness
-    harness.sup.stop()
 
 
 def exit_after(ran_s: float, code: int = 1, oom: bool = False) -> ExitRecord:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,6 @@ from berth._service.desired import STATE_FILE
 from ._supfake import Harness, doc, spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
-
-
-@pytest.fixture
-def stop_all() -> Iterator[list[Harness]]:
-    started: list[Harness] = []
-    yield started
-    for h in started:
-        if h.sup.lock.held:
-            h.sup.stop()
 
 
 def restart(old: Harness, base: Path, stop_all: list[Harness], **kw: object) -> Harness:
