@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from berth._linux.proc import read_status
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 BENCH_ROOT = Path(os.environ.get("BERTH_BENCH_ROOT", "/var/lib/berth-bench"))
@@ -144,28 +146,24 @@ class ProcInfo:
     cpu_s: float
 
 
-def _status(pid: int) -> dict[str, str]:
-    out = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
-        for line in fh:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
+def usage(pid: int) -> dict[str, int]:
+    """A live process's ``VmRSS`` (KiB) and ``Threads``, as its /proc status gives them."""
+    st = read_status(pid)
+    return {"VmRSS": int(st.get("VmRSS", "0 kB").split()[0]), "Threads": int(st.get("Threads", "1"))}
 
 
 def proc_info(pid: int) -> ProcInfo | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
             stat = fh.read()
-        st = _status(pid)
+        use = usage(pid)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     comm = stat[stat.index("(") + 1:stat.rindex(")")]
     rest = stat[stat.rindex(")") + 2:].split()
     ppid = int(rest[1])
     utime, stime = int(rest[11]), int(rest[12])
-    rss = int(st.get("VmRSS", "0 kB").split()[0])
-    return ProcInfo(pid, ppid, comm, int(st.get("Threads", "1")), rss, (utime + stime) / CLK_TCK)
+    return ProcInfo(pid, ppid, comm, use["Threads"], use["VmRSS"], (utime + stime) / CLK_TCK)
 
 
 def cpu_ns(pid: int) -> int | None:

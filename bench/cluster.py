@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ._common import usage
+
 REPO = Path(__file__).resolve().parents[1]
 SOCKET = "unix:///run/berth-dev/docker.sock"
 FOREVER = "import signal\nsignal.pause()\n"
@@ -46,15 +48,6 @@ def _zk_hosts() -> str:
 def _pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def _proc(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
@@ -133,7 +126,7 @@ def run(workers: int, nodes: int, samples: int) -> dict[str, Any]:
         result["schedule"] = {"pass_s": round(t_written - t0, 3), "all_running_s": round(t_running - t0, 3),
                               "all_reported_s": round(t_reported - t0, 3), "converged": conv.done,
                               "per_node": {n: r["workers"] for n, r in conv.nodes.items() if r["live"]}}
-        result["agent_processes"] = [_proc(p.pid) for p in procs]
+        result["agent_processes"] = [usage(p.pid) for p in procs]
         co.lock.release()
         co.close()
 

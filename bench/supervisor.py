@@ -27,19 +27,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ._common import usage
+
 REPO = Path(__file__).resolve().parents[1]
 SOCKET = "unix:///run/berth-dev/docker.sock"
 FOREVER = "import signal\nsignal.pause()\n"
 STUBBORN = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.pause()\n"
-
-
-def _proc(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def _engine() -> None:
@@ -94,7 +87,7 @@ def run(workers: int, grace: float, parallel: int | None) -> dict[str, Any]:
             c.put("/assignments", json={"workers": specs(FOREVER)}).raise_for_status()
             out["all_running_s"] = round(time.monotonic() - t0 + until(lambda: running() == workers), 2)
             until(lambda: all(w["state"] == "running" for w in c.get("/workers").json()))
-            info = _proc(serve.pid)
+            info = usage(serve.pid)
             out["threads"], out["rss_mib"] = info["Threads"], round(info["VmRSS"] / 1024, 1)
             t0 = time.monotonic()
             c.put("/assignments", json={"workers": []}).raise_for_status()
@@ -105,7 +98,7 @@ def run(workers: int, grace: float, parallel: int | None) -> dict[str, Any]:
             t0 = time.monotonic()
             c.put("/assignments", json={"workers": []}).raise_for_status()
             out["stubborn_removed_s"] = round(time.monotonic() - t0 + until(lambda: listed() == 0), 2)
-            out["threads_after"] = _proc(serve.pid)["Threads"]
+            out["threads_after"] = usage(serve.pid)["Threads"]
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(120)
