@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._exceptions import ConfigError
 from .._paths import is_under
 from .clusterconfig import ClusterSection
-from .fields import absolute, valid_image
+from .fields import absolute, program, valid_image
 from .runcconfig import RuncSection, runc_images
 from .serviceconfig import SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
@@ -176,9 +176,7 @@ class ContainerSection(BaseModel):
     @field_validator("shell")
     @classmethod
     def _shell(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", v):
-            raise ValueError(f"must be a program name or absolute path, got {v!r}")
-        return v
+        return program(v)
 
     @model_validator(mode="after")
     def _maxima(self) -> ContainerSection:

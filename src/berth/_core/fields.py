@@ -14,6 +14,14 @@ def valid_image(name: str) -> bool:
     return bool(IMAGE_PATTERN.match(name)) and not name.startswith("-")
 
 
+def program(value: str) -> str:
+    """A program to run: a plain name (looked up on PATH) or an absolute path, nothing a shell or
+    an argv parser could read as something else."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", value):
+        raise ValueError(f"must be a program name or absolute path, got {value!r}")
+    return value
+
+
 def absolute(value: str, what: str = "an absolute path") -> str:
     if not value.startswith("/"):
         raise ValueError(f"must be {what}, got {value!r}")

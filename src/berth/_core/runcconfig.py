@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .._exceptions import ConfigError
-from .fields import absolute, valid_image
+from .fields import absolute, program, valid_image
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -59,9 +58,7 @@ class RuncSection(BaseModel):
     @field_validator("binary")
     @classmethod
     def _binary(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", v):
-            raise ValueError(f"must be a program name or absolute path, got {v!r}")
-        return v
+        return program(v)
 
     @field_validator("images")
     @classmethod
