@@ -11,12 +11,12 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from berth import (
     EngineError,
-    ExitRecord,
     Identity,
     LaunchError,
     Node,
@@ -27,6 +27,7 @@ from berth import (
 from berth._core.config import config_from_mapping
 from berth._runtimes.fake import FakeRuntime
 
+from ..exits import Exits
 from .conftest import FOUR_CPUS
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to a made-up uid")
@@ -34,30 +35,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directo
 ALICE = Identity(user="alice", uid=3101, gid=3101, groups=(3101,))
 
 
-class Exits:
-    def __init__(self) -> None:
-        self.records: list[ExitRecord] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, rec: ExitRecord) -> None:
-        with self.cond:
-            self.records.append(rec)
-            self.cond.notify_all()
-
-    def wait_for(self, n: int) -> list[ExitRecord]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.records) >= n, timeout=10), self.records
-            return list(self.records)
-
-
 def spec(worker_id: str = "w1", port: int = 6700) -> WorkerSpec:
     return WorkerSpec(worker_id=worker_id, topology_id="topo", port=port, user="alice", command=("run",))
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
 
 
 def make_node(base: Path, runtime: FakeRuntime, on_exit: Exits | None = None) -> Node:
@@ -187,3 +166,24 @@ def test_a_launch_error_keeps_a_permanent_cause_so_the_supervisor_stops_retrying
     with pytest.raises(LaunchError) as err:
         node.launch(spec())
     assert not permanent(err.value)
+
+
+def test_two_threads_launching_one_id_one_wins(node: Node, fake: FakeRuntime) -> None:
+    """The per-id claim covers threads of one berth as it covers processes."""
+    inside, release = threading.Event(), threading.Event()
+    real_create = fake.create
+
+    def slow_create(plan: Any) -> str:
+        inside.set()
+        release.wait(10)
+        return real_create(plan)
+
+    fake.create = slow_create  # type: ignore[method-assign]
+    first = threading.Thread(target=node.launch, args=(spec(),))
+    first.start()
+    assert inside.wait(10)
+    with pytest.raises(PolicyError, match="already under way"):
+        node.launch(spec())
+    release.set()
+    first.join(10)
+    assert node.inspect("w1").state == WorkerStatus.RUNNING

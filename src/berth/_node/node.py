@@ -74,7 +74,6 @@ class Node:
         self._lock = threading.RLock()
         self._callbacks: dict[str, ExitCallback] = {}
         self._watched: set[str] = set()
-        self._launching: set[str] = set()
         self._adopt_all = False
         self._journal = ExitJournal(config.state_dir)
         self._state = StateDir(config)
@@ -98,16 +97,8 @@ class Node:
         left behind (container, directories, files).
         """
         plan = self.plan(spec)
-        with self._lock:
-            if plan.worker_id in self._launching:
-                raise PolicyError("worker_id", f"a launch of {plan.worker_id!r} is already under way")
-            self._launching.add(plan.worker_id)
-        try:
-            with self._state.claim(plan.worker_id):  # and across berth processes: one launch of an id
-                return self._launch(plan, on_exit)
-        finally:
-            with self._lock:
-                self._launching.discard(plan.worker_id)
+        with self._state.claim(plan.worker_id):  # one launch of an id at a time: threads and processes
+            return self._launch(plan, on_exit)
 
     def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> WorkerHandle:
         try:
