@@ -54,8 +54,17 @@ def root_of(node: Node, worker_id: str) -> Path:
 
 
 def go(node: Node, worker_id: str, text: str = "") -> None:
-    """Release a worker blocked in WAIT_FOR_GO."""
-    root_of(node, worker_id).joinpath("go").write_text(text)
+    """Release a worker blocked in WAIT_FOR_GO.
+
+    Written aside and renamed: the worker polls for ``go`` and reads it at once, so a file created
+    empty and then written could be read empty (a worker told to exit 6 exited 0)."""
+    release(root_of(node, worker_id), text)
+
+
+def release(root: Path, text: str = "") -> None:
+    """``go`` in a worker's root, whole at once (see ``go``)."""
+    root.joinpath(".go").write_text(text)
+    root.joinpath(".go").rename(root / "go")
 
 
 def wait_file(path: Path, node: Node, worker_id: str, timeout: float = WAIT) -> None:

@@ -15,7 +15,7 @@ import pytest
 from berth import LaunchError, Node, NodeConfig, prepare_worker_dirs
 from berth._linux.cgroup import cgroup_dir
 
-from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, wait_file
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, release, wait_file
 from ._helpers import worker as spec
 from .conftest import ROOT, SOCKET, config_toml, make_config, poll_until
 
@@ -238,7 +238,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     child.wait()
     observer = Node(config)
     for i in range(3):
-        Path(config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
+        release(Path(config.node.local_dir, "workers", f"r{i}"), str(10 + i))
     for i in range(3):  # wait until the engine has them exited; no berth process is watching
         def exited(wid: str = f"r{i}") -> bool:
             return observer.inspect(wid).state == "exited"
@@ -252,7 +252,7 @@ def test_recover_after_sigkill_reports_the_exits_and_adopts_the_rest(config: Nod
     after = {w.worker_id: (w.container_id, w.started_at) for w in fresh.ps(detail=True)}
     assert after == before  # same containers, none restarted
     assert len(got.wait_for(3)) == 3
-    Path(config.node.local_dir, "workers", "r5", "go").write_text("7")
+    release(Path(config.node.local_dir, "workers", "r5"), "7")
     recs = got.wait_for(4)
     assert recs[3].worker_id == "r5" and recs[3].exit_code == 7
     # a second recovery reports nothing again: the journal remembers

@@ -18,7 +18,7 @@ from berth import LaunchError, Node, NodeConfig, audit_worker
 from berth._cli import main
 from berth._runtimes.runcbundle import mount_overlay
 
-from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
+from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, release, root_of, wait_file
 from ._helpers import worker as spec
 from .conftest import BB_IMAGE, ROOT, RUNC_IMAGES, config_toml, poll_until
 from .test_audit import ALWAYS
@@ -162,7 +162,7 @@ def test_recover_after_berth_is_sigkilled_reports_each_exit_once_and_exactly(run
     child.wait()
     observer = Node(runc_config)
     for i in range(3):
-        Path(runc_config.node.local_dir, "workers", f"r{i}", "go").write_text(str(10 + i))
+        release(Path(runc_config.node.local_dir, "workers", f"r{i}"), str(10 + i))
     for i in range(3):
         poll_until(lambda i=i: observer.inspect(f"r{i}").state == "exited", f"r{i} exited")  # type: ignore[misc]
     got = Exits()

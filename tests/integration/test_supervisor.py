@@ -17,6 +17,7 @@ import yaml
 from berth import Node, NodeConfig, Supervisor
 from berth._core.spec import spec_digest, spec_from_mapping
 
+from ._helpers import release
 from .conftest import ROOT, config_toml, make_config, poll_until
 
 pytestmark = pytest.mark.integration
@@ -172,7 +173,7 @@ def test_supervisor_sigkilled_and_restarted_adopts_and_restarts_once(config: Nod
         child.send_signal(signal.SIGKILL)
         child.wait()
     before = {w.worker_id: (w.container_id, w.started_at) for w in observer.ps(detail=True)}
-    Path(config.node.local_dir, "workers", "k1", "go").write_text("5")  # k1 exits while no supervisor runs
+    release(Path(config.node.local_dir, "workers", "k1"), "5")  # k1 exits while no supervisor runs
     poll_until(lambda: observer.inspect("k1").state == "exited", "k1 exited")
     n_events = len(_events(config))
 
