@@ -131,7 +131,7 @@ cmd_install() {
     mkdir -p "$ROOT/dist" "$JARS"
     chmod 0755 "$ROOT" "$ROOT/dist" "$JARS"
     exec 8>"$ROOT/.install.lock"
-    flock 8  # two starts at once: one Maven run
+    flock 8  # two starts at once: one Maven run, one ZooKeeper identity
     install_dist
     install_jar
     if [[ ! -s $ZK_AUTH ]]; then
@@ -141,8 +141,21 @@ cmd_install() {
     exec 8>&-
 }
 
+# The topologies' jar of these sources, built if they changed since (and Storm's jars, the first time).
+ensure_jar() {
+    [[ -f $TOOL_JAR && -f $DIST/stamp ]] && return 0
+    need_root
+    mkdir -p "$ROOT"
+    exec 8>"$ROOT/.install.lock"
+    flock 8
+    install_dist
+    install_jar
+    exec 8>&-
+}
+
 tool() {  # the client tool, on the workers' classpath: tool CLIENT_CONF ARGS...
     local conf=$1; shift
+    ensure_jar
     "$JAVA" -client "${JVM_LEAN[@]}" -Xshare:auto -Dstorm.conf.file="$conf" -Dstorm.options= \
         "-Dlog4j.configurationFile=$REPO/storm/home/log4j2/client.xml" \
         -cp "$DIST/lib-worker/*:$TOOL_JAR" dev.berth.storm.Tool "$@"

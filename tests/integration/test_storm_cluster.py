@@ -7,12 +7,16 @@ leaves no worker process and no worker dir behind.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
-from bench._storm import WORDCOUNT, StormCluster, worker_pids
+from bench._storm import HOSTILE, WORDCOUNT, StormCluster, worker_pids
 
 from .conftest import poll_until
 
@@ -46,3 +50,83 @@ def test_word_count_acks_in_two_workers_and_a_kill_leaves_nothing(storm_cluster:
     poll_until(lambda: c.info(name) is None, "Nimbus to forget the topology", WAIT, every=2)
     poll_until(lambda: worker_pids(topo) == [], "no worker process of the topology", WAIT, every=1)
     poll_until(lambda: list((local / "workers").iterdir()) == [], "no worker dir left", WAIT, every=1)
+
+
+def _report(c: StormCluster, topology_id: str) -> list[dict[str, object]]:
+    logs = Path(c.environment()["STORM_SUPERVISOR_LOG_DIRS"].split()[0])
+    found: list[dict[str, object]] = []
+
+    def written() -> bool:
+        for f in logs.glob(f"workers-artifacts/{topology_id}/*/hostile-report.json"):
+            found.extend(json.loads(f.read_text()))
+            return True
+        return False
+
+    poll_until(written, "the hostile worker's report", WAIT, every=1)
+    return found
+
+
+def test_without_isolation_a_hostile_worker_reaches_everything(storm_cluster: StormCluster, base: Path) -> None:
+    """The baseline the plugin's test turns around: under Storm's default isolation (every worker
+    runs as the supervisor's user) each probe of the hostile topology succeeds, so a refusal under
+    berth means something. It also shows Storm's own leak: the cluster's ZooKeeper payload in the
+    topology's conf, and with it another topology's worker-token key."""
+    c = storm_cluster
+    victim, hostile = "victim-" + uuid.uuid4().hex[:6], "hostile-" + uuid.uuid4().hex[:6]
+    sock_dir = base / "api"  # where the storm user can reach it (pytest's tmp_path is root's alone)
+    sock_dir.mkdir(mode=0o755)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_dir / "api.sock"))
+    os.chmod(sock_dir / "api.sock", 0o777)
+    server.listen(8)
+    supervisor_pid = int(Path(c.environment()["STORM_LOG_DIR"]).parent.joinpath("run/supervisor-1.pid").read_text())
+    try:
+        c.submit(WORDCOUNT, victim, "1", "1")
+        poll_until(lambda: c.acked(victim) > 0, "the victim to ack", WAIT, every=2)
+        c.submit(HOSTILE, hostile, user="berth-alice",
+                 conf={"berth.hostile.socket": str(sock_dir / "api.sock"), "berth.hostile.pids": str(supervisor_pid)})
+        info = c.info(hostile)
+        assert info is not None and info["owner"] == "berth-alice"
+        report = _report(c, info["id"])
+    finally:
+        server.close()
+        for name in (victim, hostile):
+            c.kill(name)
+    ok = {(str(r["probe"]), str(r["target"])) for r in report if r["ok"]}
+    probes = {p for p, _ in ok}
+    assert ("connect", str(sock_dir / "api.sock")) in ok
+    assert {"list", "read", "write", "secret in own conf", "zookeeper read"} <= probes
+    assert any(p == "list" and "/workers/" in t for p, t in ok)  # another worker's dir
+    assert any(p == "write" and "/workers/" in t for p, t in ok)
+    assert any(p == "read" and t.endswith("/stormconf.ser") and victim in t for p, t in ok)
+    assert any(p == "read" and "/supervisor/localstate/" in t for p, t in ok)
+    assert ("signal 0", str(supervisor_pid)) in ok
+    zk = next(r for r in report if r["probe"] == "zookeeper read")
+    assert "worker-token key" in str(zk["detail"])
+
+
+def test_two_users_own_their_topologies_and_storm_passes_the_user_on(storm_cluster: StormCluster) -> None:
+    """SASL DIGEST-MD5 on Thrift: the submitter's name is the owner, and the supervisor records it
+    as the worker's user (workers-users/<id>), which a plugin and the worker-launcher are given."""
+    c = storm_cluster
+    names = {"berth-alice": "alice-" + uuid.uuid4().hex[:6], "berth-bob": "bob-" + uuid.uuid4().hex[:6]}
+    env = c.environment()
+    local, logs = Path(env["STORM_SUPERVISOR_LOCAL_DIRS"].split()[0]), Path(env["STORM_SUPERVISOR_LOG_DIRS"].split()[0])
+    try:
+        for user, name in names.items():
+            c.submit(WORDCOUNT, name, "1", "1", user=user)
+        for user, name in names.items():
+            info = c.info(name)
+            assert info is not None and info["owner"] == user
+        poll_until(lambda: all(c.acked(n) > 0 for n in names.values()), "both topologies to ack", WAIT, every=2)
+        for user, name in names.items():
+            info = c.info(name)
+            assert info is not None
+            (meta,) = logs.glob(f"workers-artifacts/{info['id']}/*/worker.yaml")  # Container.setup's
+            worker_id = yaml.safe_load(meta.read_text())["worker-id"]
+            assert (local / "workers-users" / worker_id).read_text().strip() == user
+    finally:
+        for name in names.values():
+            c.kill(name)
+    for name in names.values():
+        poll_until(lambda n=name: c.info(n) is None, f"{name} gone", WAIT, every=2)  # type: ignore[misc]
