@@ -425,12 +425,19 @@ stop_daemon() {  # stop_daemon NAME [SIGNAL]
     rm -f "$I/run/$d.pid"
 }
 
+# Storm's chroot: Storm's identity creates it; where ZooKeeper's top is locked (berth cluster init
+# --lock-ensemble), BERTH_STORM_ZK_ADMIN_AUTH (a user:password file of an identity that may create
+# there, e.g. the coordinator's) makes $ZK_ROOT once, owned by Storm's identity.
 zk_prepare() {
-    local out
-    if ! out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" 2>&1); then
-        die "ZooKeeper ($ZK) will not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
-  If ZooKeeper's top is locked (berth cluster init --lock-ensemble), create $ZK_ROOT once as an identity
-  that may, with ACL digest:$(cut -d: -f1 "$ZK_AUTH"):<digest of $ZK_AUTH>:cdrwa (docs/storm.md)."
+    local out admin=()
+    if [[ -n ${BERTH_STORM_ZK_ADMIN_AUTH:-} ]]; then
+        [[ -f $BERTH_STORM_ZK_ADMIN_AUTH ]] || die "BERTH_STORM_ZK_ADMIN_AUTH: no file $BERTH_STORM_ZK_ADMIN_AUTH"
+        admin=("$BERTH_STORM_ZK_ADMIN_AUTH")
+    fi
+    if ! out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" "${admin[@]}" 2>&1); then
+        die "ZooKeeper ($ZK) does not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
+  Where ZooKeeper's top is locked (berth cluster init --lock-ensemble), give an identity that may create
+  $ZK_ROOT once: BERTH_STORM_ZK_ADMIN_AUTH=<its user:password file> scripts/storm start (docs/storm.md)"
     fi
 }
 
@@ -678,4 +685,13 @@ cmd_daemon() {  # start-daemon | stop-daemon | kill-daemon NAME: one daemon (a s
         stop-daemon) stop_daemon "$d"; say "$d stopped" ;;
         kill-daemon) stop_daemon "$d" KILL; say "$d killed" ;;
     esac
+}
+
+cmd_zk_prepare() {  # the chroot alone (start does it too)
+    need_root
+    load_settings fresh
+    [[ -n $ZK ]] || ZK=$("$REPO/scripts/zookeeper" env | sed -n 's/^export BERTH_ZK=//p')
+    cmd_install
+    zk_prepare
+    say "ZooKeeper $ZK: $ZK_ROOT/$NAME is Storm's ($(cut -d: -f1 "$ZK_AUTH"))"
 }
