@@ -91,6 +91,8 @@ def _stamps(logs: Path, topology_id: str, tag: str) -> list[int]:
     """Epoch ms of every ``tag <ms>`` line in the topology's worker logs (any slot, rolled-over too)."""
     found = []
     for f in sorted(logs.glob(f"workers-artifacts/{topology_id}/*/worker.log*")):
+        if f.is_symlink() or not f.is_file():
+            continue  # a worker's dir: only its plain files are read (a fifo would block the bench)
         with contextlib.suppress(OSError):
             found += [int(m.group(1)) for m in re.finditer(rf"{tag} (\d+)", f.read_text(errors="replace"))]
     return found
@@ -173,8 +175,9 @@ def run_variant(v: Variant, rounds: int, settle_s: float) -> dict[str, Any]:
             start_s = round(time.monotonic() - t0, 1)
             env = cluster.environment()
             logs = Path(env["STORM_SUPERVISOR_LOG_DIRS"].split()[0])
-            run_dir = Path(env["STORM_LOG_DIR"]).parent / "run"
-            supervisor_pid = int((run_dir / "supervisor-1.pid").read_text())
+            supervisor_pid = cluster.pid("supervisor-1")
+            if supervisor_pid is None:
+                raise BenchError("the supervisor does not run")
             for n in range(rounds):
                 results.append(one_round(cluster, hooks, logs, supervisor_pid, n, settle_s))
                 print(f"  {v.name} round {n + 1}/{rounds}: {results[-1]}", file=sys.stderr)

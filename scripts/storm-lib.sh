@@ -260,26 +260,35 @@ write_jaas() {
 take_hooks() {
     local yaml=$1 extlib=$2
     mkdir -p "$I/hooks"
-    if [[ $yaml != - ]]; then
+    if [[ $yaml == "" ]]; then
         rm -f "$I/hooks/supervisor.yaml"
-        if [[ -n $yaml ]]; then
-            [[ -f $yaml ]] || die "--supervisor-yaml: no file $yaml"
-            (($(stat -c %s "$yaml") <= 1048576)) || die "--supervisor-yaml: $yaml is over 1 MiB"
-            cp -- "$yaml" "$I/hooks/supervisor.yaml"
+    elif [[ $yaml != - ]]; then
+        [[ -f $yaml ]] || die "--supervisor-yaml: no file $yaml"
+        (($(stat -c %s "$yaml") <= 1048576)) || die "--supervisor-yaml: $yaml is over 1 MiB"
+        cp -- "$yaml" "$I/hooks/.supervisor.yaml"
+        # a file that is no mapping of keys is refused now (the saved one stays), not at every later start
+        if ! tool "" merge-yaml "$I/hooks/.check.yaml" "$I/hooks/.supervisor.yaml" >/dev/null; then
+            rm -f "$I/hooks/.supervisor.yaml" "$I/hooks/.check.yaml"
+            die "--supervisor-yaml: $yaml is not a YAML mapping of storm.yaml keys"
         fi
+        rm -f "$I/hooks/.check.yaml"
+        mv -f "$I/hooks/.supervisor.yaml" "$I/hooks/supervisor.yaml"
     fi
     if [[ $extlib != - ]]; then
         rm -rf "$I/hooks/extlib-daemon"
         if [[ -n $extlib ]]; then
             [[ -d $extlib ]] || die "--extlib-daemon: no directory $extlib"
-            mkdir -p "$I/hooks/extlib-daemon"
-            local n=0 j
+            local n=0 bytes=0 j
             for j in "$extlib"/*.jar; do
                 [[ -f $j ]] || continue
-                cp -- "$j" "$I/hooks/extlib-daemon/"
                 n=$((n + 1))
+                bytes=$((bytes + $(stat -Lc %s "$j")))
             done
             ((n)) || die "--extlib-daemon: no *.jar in $extlib"
+            ((n <= 64 && bytes <= 512 * 1048576)) ||
+                die "--extlib-daemon: $n jars, $((bytes / 1048576)) MiB in $extlib (at most 64 jars, 512 MiB)"
+            mkdir -p "$I/hooks/extlib-daemon"
+            cp -L -- "$extlib"/*.jar "$I/hooks/extlib-daemon/"
         fi
     fi
 }
@@ -307,15 +316,26 @@ make_home() {
     chmod -R a+rX,go-w "$H"
 }
 
+# A dir of the storm user's, directly in a root-owned one (so the storm user, and a worker running
+# as it, cannot swap it for a link to where root's chown would land).
+storm_dir() {
+    local d=$1 mode=$2
+    [[ ! -L $d ]] || die "$d is a symbolic link: refusing to chown it (purge the instance)"
+    [[ $(stat -c %u "$(dirname "$d")") == 0 ]] || die "$(dirname "$d") is not root's"
+    mkdir -p "$d"
+    chown -h "$DAEMON_USER:$DAEMON_USER" "$d"
+    chmod "$mode" "$d"
+}
+
 write_config() {
     local n
     make_home
-    mkdir -p "$I/daemon" "$I/run" "$I/logs" "$I/nimbus"
+    mkdir -p "$I/daemon" "$I/run" "$I/logs"
     chown "root:$DAEMON_USER" "$I/daemon"
     chmod 0750 "$I/daemon"
-    chown "$DAEMON_USER:$DAEMON_USER" "$I/logs" "$I/nimbus"
-    chmod 0755 "$I/logs"
-    chmod 0700 "$I/nimbus"
+    chmod 0755 "$I/run" "$I/logs"
+    storm_dir "$I/nimbus" 0700
+    storm_dir "$I/logs/nimbus" 0755
     if [[ $AUTH == digest ]]; then write_jaas; else mkdir -p "$I/clients/$DAEMON_USER"; { common_yaml; } >"$I/clients/$DAEMON_USER/storm.yaml"; fi
     mkdir -p "$I/daemon/nimbus"
     {
@@ -324,9 +344,9 @@ write_config() {
         echo "storm.metricstore.rocksdb.location: \"$I/nimbus/storm_rocks\""
     } >"$I/daemon/nimbus/storm.yaml"
     for ((n = 1; n <= SUPERVISORS; n++)); do
-        mkdir -p "$I/daemon/supervisor-$n" "$I/supervisor-$n" "$I/logs/supervisor-$n"
-        chown "$DAEMON_USER:$DAEMON_USER" "$I/supervisor-$n" "$I/logs/supervisor-$n"
-        chmod 0755 "$I/supervisor-$n" "$I/logs/supervisor-$n"
+        mkdir -p "$I/daemon/supervisor-$n"
+        storm_dir "$I/supervisor-$n" 0755
+        storm_dir "$I/logs/supervisor-$n" 0755
         supervisor_yaml "$n" >"$I/daemon/supervisor-$n/base.yaml"
         local extra=()
         [[ -f $I/hooks/supervisor.yaml ]] && extra=("$I/hooks/supervisor.yaml")
@@ -342,14 +362,13 @@ write_config() {
 port_free() { [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 
 start_daemon() {  # start_daemon nimbus | supervisor-N
-    local d=$1 kind=${1%%-*} class="" heap opts=() logdir=$I/logs p c
+    local d=$1 kind=${1%%-*} class="" heap opts=() logdir=$I/logs/$1 p c
     if p=$(daemon_pid "$d"); then return 0; fi
     for c in "${DAEMON_CLASSES[@]}"; do [[ ${c%%:*} == "$kind" ]] && class=${c#*:}; done
     [[ -n $class ]] || die "unknown daemon $d"
     if [[ $kind == supervisor ]]; then
         local n=${d#supervisor-}
         heap=256m
-        logdir=$I/logs/$d
         # what the supervisor's workers must share with it: Storm hands them its storm.options
         opts=("storm.local.dir=$I/$d" "supervisor.thrift.port=$(sup_port "$n")"
               "supervisor.slots.ports=[$(slot_ports "$n" | tr ' ' ,)]")
@@ -357,8 +376,9 @@ start_daemon() {  # start_daemon nimbus | supervisor-N
         heap=512m
     fi
     mkdir -p "$I/run"
-    echo "=== $(date -Is) scripts/storm: start $d" >>"$logdir/$d.out"
-    chown "$DAEMON_USER:$DAEMON_USER" "$logdir/$d.out"
+    # the JVM's own stdout/stderr (a crash before log4j starts): root's file in root's dir, opened
+    # here and inherited (never a file in the storm user's dirs, which root would follow)
+    echo "=== $(date -Is) scripts/storm: start $d" >>"$I/run/$d.out"
     # bin/storm.py's java line, without bin/storm.py; its config from the classpath (daemon/<d>/)
     setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/nonexistent JAVA_HOME="$JAVA_HOME" \
         setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_USER" --init-groups -- \
@@ -367,18 +387,16 @@ start_daemon() {  # start_daemon nimbus | supervisor-N
         -Dstorm.conf.file= -cp "$H/*:$H/lib/*:$H/extlib/*:$H/extlib-daemon/*:$I/daemon/$d" \
         "-Xmx$heap" "${JVM_LEAN[@]}" -Djava.deserialization.disabled=true "-Dlogfile.name=$kind.log" \
         "-Dlog4j.configurationFile=$H/log4j2/cluster.xml" "-Dberth.storm.daemon=$NAME/$d" "$class" \
-        </dev/null >>"$logdir/$d.out" 2>&1 &
+        </dev/null >>"$I/run/$d.out" 2>&1 7>&- 8>&- 9>&- &  # never the instance's lock
     echo $! >"$I/run/$d.pid"
 }
 
-log_of() {  # the log of daemon $1
-    if [[ $1 == nimbus ]]; then echo "$I/logs/nimbus.log"; else echo "$I/logs/$1/supervisor.log"; fi
-}
+log_of() { echo "$I/logs/$1/${1%%-*}.log"; }  # the log of daemon $1
 
 show_tail() {
     local d=$1 n=${2:-30} f
-    for f in "$(log_of "$d")" "$(dirname "$(log_of "$d")")/$d.out"; do
-        [[ -s $f ]] || continue
+    for f in "$(log_of "$d")" "$I/run/$d.out"; do
+        [[ -s $f && -f $f && ! -L $f ]] || continue  # the storm user's file: read it only if plainly one
         echo "----- $d: last $n lines of $f"
         tail -n "$n" "$f"
     done
@@ -599,6 +617,8 @@ export STORM_SUPERVISOR_CONFS="${sconf[*]}"
 export STORM_SUPERVISOR_LOCAL_DIRS="${sdirs[*]}"
 export STORM_SUPERVISOR_LOG_DIRS="${slogs[*]}"
 export STORM_LOG_DIR=$I/logs
+export STORM_NIMBUS_LOG_DIR=$I/logs/nimbus
+export STORM_RUN_DIR=$I/run
 export STORM_NIMBUS_PORT=$(nimbus_port)
 export STORM_SUPERVISOR_PORTS="${sports[*]}"
 export STORM_SLOTS="${slots[*]}"
@@ -694,4 +714,11 @@ cmd_zk_prepare() {  # the chroot alone (start does it too)
     cmd_install
     zk_prepare
     say "ZooKeeper $ZK: $ZK_ROOT/$NAME is Storm's ($(cut -d: -f1 "$ZK_AUTH"))"
+}
+
+cmd_pid() {
+    [[ -f $I/settings ]] || die "instance $NAME was never started"
+    load_settings
+    daemons | grep -qxF -- "${1:-}" || die "pid: give one of $(daemons | xargs)"
+    daemon_pid "$1"
 }

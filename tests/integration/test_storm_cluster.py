@@ -7,16 +7,18 @@ leaves no worker process and no worker dir behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench._storm import HOSTILE, WORDCOUNT, StormCluster, worker_pids
+from bench._storm import HOSTILE, SCRIPT, WORDCOUNT, StormCluster, worker_pids
 
 from .conftest import poll_until
 
@@ -79,7 +81,8 @@ def test_without_isolation_a_hostile_worker_reaches_everything(storm_cluster: St
     server.bind(str(sock_dir / "api.sock"))
     os.chmod(sock_dir / "api.sock", 0o777)
     server.listen(8)
-    supervisor_pid = int(Path(c.environment()["STORM_LOG_DIR"]).parent.joinpath("run/supervisor-1.pid").read_text())
+    supervisor_pid = c.pid("supervisor-1")
+    assert supervisor_pid is not None
     try:
         c.submit(WORDCOUNT, victim, "1", "1")
         poll_until(lambda: c.acked(victim) > 0, "the victim to ack", WAIT, every=2)
@@ -130,3 +133,64 @@ def test_two_users_own_their_topologies_and_storm_passes_the_user_on(storm_clust
             c.kill(name)
     for name in names.values():
         poll_until(lambda n=name: c.info(n) is None, f"{name} gone", WAIT, every=2)  # type: ignore[misc]
+
+
+def _as_storm(script: str) -> subprocess.CompletedProcess[str]:
+    """A shell as the storm user (what every worker is under Storm's default isolation)."""
+    return subprocess.run(["setpriv", "--reuid=storm", "--regid=storm", "--init-groups", "--", "sh", "-c", script],
+                          capture_output=True, text=True)
+
+
+def test_the_storm_user_cannot_lead_a_restart_to_chown_or_write_elsewhere(zookeeper: object, users: object,
+                                                                          base: Path) -> None:
+    """scripts/storm runs as root and chowns the storm user's dirs at each start, and appends to
+    each daemon's stdout file: none of those may be a path the storm user (or a worker running as
+    it) can swap for a link, or root would chown or append to the link's target."""
+    target = base / "target"
+    target.mkdir(mode=0o755)
+    (target / "file").write_text("root's\n")
+    c = StormCluster()
+    try:
+        c.start()
+        env = c.environment()
+        logs = Path(env["STORM_LOG_DIR"])
+        run = Path(env.get("STORM_RUN_DIR", str(logs.parent / "run")))
+        for d in (logs, run):  # whatever the layout: plant a link for every entry root touches
+            _as_storm(f"cd {d} && for e in *; do mv -f \"$e\" \"$e.old\" && ln -s {target} \"$e\"; done; "
+                      f"for e in *.out; do rm -f \"$e\" && ln -s {target}/file \"$e\"; done")
+        c.stop()
+        c.run("start", check=False)
+    finally:
+        c.run("purge", check=False)
+    assert target.stat().st_uid == 0 and target.stat().st_mode & 0o777 == 0o755
+    assert (target / "file").stat().st_uid == 0
+    assert (target / "file").read_text() == "root's\n"
+
+
+def _daemons_of(instance: str) -> list[int]:
+    want = f"-Dberth.storm.daemon={instance}/".encode()
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                if any(a.startswith(want) for a in p.joinpath("cmdline").read_bytes().split(b"\0")):
+                    found.append(int(p.name))
+    return found
+
+
+def test_two_starts_at_once_make_one_cluster_and_a_cut_settings_file_still_stops(zookeeper: object,
+                                                                                  users: object) -> None:
+    c = StormCluster()
+    try:
+        starts = [subprocess.Popen([str(SCRIPT), "start"], env=c._env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in starts:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-2000:]
+        assert len(_daemons_of(c.instance)) == 2  # one Nimbus, one supervisor
+        settings = Path(c.environment()["STORM_HOME"]).parent / "settings"
+        settings.write_text("")  # a full disk cut it short
+        c.stop()
+        assert _daemons_of(c.instance) == []
+    finally:
+        c.run("purge", check=False)
