@@ -209,15 +209,15 @@ YAML
 
 # What only the daemons read (root:storm 0640): ZooKeeper's identity, the Thrift users.
 daemon_yaml() {
-    local local_dir=$1 auth digest
+    local local_dir=$1 auth
     auth=$(<"$ZK_AUTH")
-    digest=$(printf '%s' "$auth" | openssl dgst -binary -sha1 | base64)
+    [[ -n ${ZK_DIGEST:-} ]] || ZK_DIGEST=$(tool "" zk-digest "$ZK_AUTH") || die "cannot read $ZK_AUTH"
     common_yaml
     cat <<YAML
 storm.local.dir: "$local_dir"
 storm.zookeeper.auth.scheme: "digest"
 storm.zookeeper.auth.payload: "$auth"
-storm.zookeeper.superACL: "digest:${auth%%:*}:$digest"
+storm.zookeeper.superACL: "digest:$ZK_DIGEST"
 YAML
     if [[ $AUTH == digest ]]; then echo "java.security.auth.login.config: \"$I/daemon/jaas.conf\""; fi
 }
@@ -359,7 +359,13 @@ write_config() {
 }
 
 # ---------------------------------------------------------------- daemons
-port_free() { [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
+# Nothing listens on TCP port $1, on any address (/proc/net/tcp*: state 0A is LISTEN; no ss needed).
+port_free() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    ! awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
 
 start_daemon() {  # start_daemon nimbus | supervisor-N
     local d=$1 kind=${1%%-*} class="" heap opts=() logdir=$I/logs/$1 p c
@@ -452,11 +458,15 @@ zk_prepare() {
         [[ -f $BERTH_STORM_ZK_ADMIN_AUTH ]] || die "BERTH_STORM_ZK_ADMIN_AUTH: no file $BERTH_STORM_ZK_ADMIN_AUTH"
         admin=("$BERTH_STORM_ZK_ADMIN_AUTH")
     fi
-    if ! out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" "${admin[@]}" 2>&1); then
-        die "ZooKeeper ($ZK) does not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
+    local rc=0
+    out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" "${admin[@]}" 2>&1) || rc=$?
+    case $rc in
+        0) ;;
+        4) die "ZooKeeper ($ZK) does not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
   Where ZooKeeper's top is locked (berth cluster init --lock-ensemble), give an identity that may create
-  $ZK_ROOT once: BERTH_STORM_ZK_ADMIN_AUTH=<its user:password file> scripts/storm start (docs/storm.md)"
-    fi
+  $ZK_ROOT once: BERTH_STORM_ZK_ADMIN_AUTH=<its user:password file> scripts/storm start (docs/storm.md)" ;;
+        *) die "cannot prepare Storm's chroot $ZK_ROOT/$NAME on ZooKeeper ($ZK): $out" ;;
+    esac
 }
 
 # ---------------------------------------------------------------- ports

@@ -59,10 +59,11 @@ import org.apache.storm.utils.Utils;
  *                             parent it may not create (a locked top) is made by ADMIN_AUTH's
  *                             identity, giving AUTH's all rights on it
  *   zk-purge HOSTS AUTH PATH         delete PATH and everything under it
+ *   zk-digest AUTH                   the digest ACL id of AUTH's identity (user:base64(sha1))
  * </pre>
  *
- * <p>Exit status: 0 done, 2 usage, 3 no such topology, 4 ZooKeeper refused (a message says why),
- * 1 anything else.
+ * <p>Exit status: 0 done, 2 usage, 3 no such topology, 4 ZooKeeper refused this identity, 5 ZooKeeper
+ * or a file could not be reached or read (a message says which), 1 anything else.
  */
 public final class Tool {
     private static final long MAX_YAML_BYTES = 1 << 20;
@@ -81,9 +82,12 @@ public final class Tool {
         } catch (UsageException e) {
             System.err.println(e.getMessage());
             code = 2;
-        } catch (KeeperException e) {
+        } catch (KeeperException.NoAuthException e) {
             System.err.println("ZooKeeper refused: " + e.getMessage());
             code = 4;
+        } catch (KeeperException | IOException e) {
+            System.err.println(e.getClass().getSimpleName() + ": " + e.getMessage());
+            code = 5;
         }
         System.exit(code);
     }
@@ -112,13 +116,17 @@ public final class Tool {
                 need(a, 3, 64, "merge-yaml OUT BASE [EXTRA...]");
                 mergeYaml(a);
                 return 0;
+            case "zk-digest":
+                need(a, 2, 2, "zk-digest AUTH_FILE");
+                System.out.println(DigestAuthenticationProvider.generateDigest(readAuth(a[1])));
+                return 0;
             case "zk-prepare":
             case "zk-purge":
                 need(a, 4, cmd.equals("zk-prepare") ? 5 : 4, cmd + " HOSTS AUTH_FILE PATH [ADMIN_AUTH_FILE]");
                 zk(cmd, a[1], a[2], a[3], a.length > 4 ? a[4] : null);
                 return 0;
             default:
-                throw new UsageException("usage: Tool cluster|list|info|acked|kill|merge-yaml|zk-prepare|zk-purge ...");
+                throw new UsageException("usage: Tool cluster|list|info|acked|kill|merge-yaml|zk-prepare|zk-purge|zk-digest ...");
         }
     }
 
