@@ -157,7 +157,7 @@ tool() {  # the client tool, on the workers' classpath: tool CLIENT_CONF ARGS...
     local conf=$1; shift
     ensure_jar
     "$JAVA" -client "${JVM_LEAN[@]}" -Xshare:auto -Dstorm.conf.file="$conf" -Dstorm.options= \
-        "-Dlog4j.configurationFile=$REPO/storm/home/log4j2/client.xml" \
+        "-Dlog4j.configurationFile=$REPO/storm/home/log4j2/client.xml" -Dberth.client.level=error \
         -cp "$DIST/lib-worker/*:$TOOL_JAR" dev.berth.storm.Tool "$@"
 }
 

@@ -17,6 +17,7 @@ import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import org.apache.storm.Config;
 import org.apache.storm.generated.ClusterSummary;
 import org.apache.storm.generated.ExecutorSpecificStats;
 import org.apache.storm.generated.ExecutorSummary;
@@ -40,6 +41,7 @@ import org.apache.storm.shade.org.yaml.snakeyaml.LoaderOptions;
 import org.apache.storm.shade.org.yaml.snakeyaml.Yaml;
 import org.apache.storm.shade.org.yaml.snakeyaml.constructor.SafeConstructor;
 import org.apache.storm.utils.NimbusClient;
+import org.apache.storm.utils.NimbusLeaderNotFoundException;
 import org.apache.storm.utils.Utils;
 
 /**
@@ -63,7 +65,8 @@ import org.apache.storm.utils.Utils;
  * </pre>
  *
  * <p>Exit status: 0 done, 2 usage, 3 no such topology, 4 ZooKeeper refused this identity, 5 ZooKeeper
- * or a file could not be reached or read (a message says which), 1 anything else.
+ * or a file could not be reached or read (a message says which), 6 Nimbus does not answer, 1 anything
+ * else.
  */
 public final class Tool {
     private static final long MAX_YAML_BYTES = 1 << 20;
@@ -76,6 +79,9 @@ public final class Tool {
         int code;
         try {
             code = run(args);
+        } catch (NimbusLeaderNotFoundException e) {
+            System.err.println("Nimbus does not answer: " + e.getMessage());
+            code = 6;
         } catch (NotAliveException e) {
             System.err.println("no such topology: " + e.get_msg());
             code = 3;
@@ -136,6 +142,10 @@ public final class Tool {
 
     private static int withNimbus(WithClient body) throws Exception {
         Map<String, Object> conf = Utils.readStormConfig();
+        // one quick try: callers poll (scripts/storm start waits for Nimbus), Storm's client would
+        // retry five times with a growing backoff first
+        conf.put(Config.STORM_NIMBUS_RETRY_TIMES, 1);
+        conf.put(Config.STORM_NIMBUS_RETRY_INTERVAL, 500);
         try (NimbusClient client = NimbusClient.getConfiguredClient(conf, 30_000)) {
             body.run(client);
         }
