@@ -8,6 +8,11 @@ DAEMON_CLASSES=(nimbus:org.apache.storm.daemon.nimbus.Nimbus supervisor:org.apac
 # with a fraction of the CPU and the daemons are not where the work is.
 JVM_LEAN=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1)
 
+nimbus_port() { echo "$BASE"; }
+sup_port() { echo $((BASE + 10 + $1)); }
+slot_ports() { local n=$1 j out=(); for ((j = 0; j < SLOTS; j++)); do out+=($((BASE + 20 + (n - 1) * SLOTS + j))); done; echo "${out[*]}"; }
+daemons() { local n; echo nimbus; for ((n = 1; n <= SUPERVISORS; n++)); do echo "supervisor-$n"; done; }
+
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (it creates the storm user, chowns dirs, switches user)"; }
 
 pid_alive() {

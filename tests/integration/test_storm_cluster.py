@@ -194,3 +194,36 @@ def test_two_starts_at_once_make_one_cluster_and_a_cut_settings_file_still_stops
         assert _daemons_of(c.instance) == []
     finally:
         c.run("purge", check=False)
+
+
+def test_hooks_reach_the_supervisors_only_and_stay_until_removed(zookeeper: object, users: object,
+                                                                  base: Path) -> None:
+    """A plugin's lines go into the supervisors' storm.yaml (over ours) and not into Nimbus's, which
+    would load the plugin class to validate them; its jars go into extlib-daemon/. A later start
+    without the options keeps them; an empty value removes them."""
+    extra = base / "plugin.yaml"
+    extra.write_text("berth.test.key: from the hook\nsupervisor.worker.shutdown.sleep.secs: 1\n")
+    jars = base / "jars"
+    jars.mkdir()
+    (jars / "plugin.jar").write_bytes(Path(StormCluster().jar).read_bytes())
+    c = StormCluster()
+    try:
+        c.start(supervisor_yaml=extra, extlib_daemon=jars)
+        env = c.environment()
+        sup = yaml.safe_load(Path(env["STORM_SUPERVISOR_CONFS"]).read_text())
+        assert sup["berth.test.key"] == "from the hook" and sup["supervisor.worker.shutdown.sleep.secs"] == 1
+        assert sup["storm.zookeeper.root"] == env["STORM_ZK_ROOT"]  # ours are still there
+        assert "berth.test.key" not in yaml.safe_load(Path(env["STORM_NIMBUS_CONF"]).read_text())
+        assert "berth.test.key" not in Path(env["STORM_CONF"]).read_text()  # nor the workers'
+        assert [p.name for p in Path(env["STORM_HOME"], "extlib-daemon").iterdir()] == ["plugin.jar"]
+        log = Path(env["STORM_SUPERVISOR_LOG_DIRS"], "supervisor.log").read_text()
+        assert "berth.test.key=from the hook" in log  # what the supervisor itself read
+        c.stop()
+        c.start()
+        assert "berth.test.key" in Path(env["STORM_SUPERVISOR_CONFS"]).read_text()
+        c.stop()
+        c.run("start", "--supervisor-yaml", "", "--extlib-daemon", "")
+        assert "berth.test.key" not in Path(env["STORM_SUPERVISOR_CONFS"]).read_text()
+        assert list(Path(env["STORM_HOME"], "extlib-daemon").iterdir()) == []
+    finally:
+        c.run("purge", check=False)
