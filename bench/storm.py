@@ -20,7 +20,7 @@ A variant is a name, a title, and a context manager that yields the ``Hooks`` it
 with (``scripts/storm start``'s --supervisor-yaml and --extlib-daemon, the submitting user, the
 processes whose memory is its overhead): berth on docker and berth on runc add theirs to
 ``VARIANTS``. Results: a table, JSON in bench/out/storm-<time>.json (``--json``: on stdout
-only), and with ``--out DIR`` storm.md and bench-storm.png there.
+only), and with ``--out DIR`` bench-storm.md (the table) and bench-storm.png there.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds per variant (3; --quick: 1)")
     ap.add_argument("--quick", action="store_true", help="one round, a short settle: a smoke run")
     ap.add_argument("--json", action="store_true", help="only the results' JSON on stdout")
-    ap.add_argument("--out", type=Path, help="write storm.md and bench-storm.png into this dir")
+    ap.add_argument("--out", type=Path, help="write bench-storm.md (the table) and bench-storm.png into this dir")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.storm: needs root (scripts/storm)", file=sys.stderr)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res, indent=1))
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "storm.md").write_text(table(res))
+        (a.out / "bench-storm.md").write_text(table(res))
         plot(res, a.out / "bench-storm.png")
     if a.json:
         print(json.dumps(res))

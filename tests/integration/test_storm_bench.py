@@ -36,6 +36,6 @@ def test_quick_storm_bench_gives_well_formed_json(zookeeper: object, users: obje
     for key in ("submit_to_ack_s", "kill_to_ack_s", "supervisor_mb", "worker_mb"):
         assert set(r[key]) == STATS and all(isinstance(v, int | float) for v in r[key].values()), key
     assert len(r["raw"][0]["workers_mb"]) == 2 and r["overhead_mb"] == {}
-    assert (tmp_path / "storm.md").read_text().startswith("| variant |")
+    assert (tmp_path / "bench-storm.md").read_text().startswith("| variant |")
     assert (tmp_path / "bench-storm.png").stat().st_size > 0
     assert _instances() <= before  # the bench's cluster was purged
