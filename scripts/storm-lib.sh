@@ -426,14 +426,16 @@ wait_ready() {
             # the pid file's process, still on its way through setsid/env/setpriv to java maybe
             if ! pid_alive "$(cat "$I/run/$d.pid" 2>/dev/null)"; then
                 show_tail "$d" 40 >&2
-                die "$d exited during start-up (logs: $I/logs)"
+                say "$d exited during start-up (logs: $I/logs)"
+                return 1
             fi
         done
         n=$(registered) || n=""
         [[ -n $n ]] && ((n >= SUPERVISORS)) && return 0
         if ((SECONDS - t0 >= TIMEOUT)); then
             for d in $(daemons); do show_tail "$d" 20 >&2; done
-            die "not ready after ${TIMEOUT}s: ${n:-Nimbus not answering}, $SUPERVISORS supervisor(s) expected"
+            say "not ready after ${TIMEOUT}s: ${n:-Nimbus not answering}, $SUPERVISORS supervisor(s) expected"
+            return 1
         fi
         if ((SECONDS - t0 >= next)); then
             say "waiting for Nimbus and $SUPERVISORS supervisor(s) (${n:-no answer yet}; $((SECONDS - t0))s/${TIMEOUT}s)"
@@ -567,8 +569,15 @@ cmd_start() {
     "$REPO/scripts/zookeeper" status >/dev/null 2>&1 || [[ -n ${BERTH_STORM_ZK:-} ]] ||
         die "ZooKeeper is not running: scripts/zookeeper start"
     zk_prepare
-    for d in $(daemons); do start_daemon "$d"; done
-    wait_ready
+    local started=()
+    for d in $(daemons); do
+        daemon_pid "$d" >/dev/null || started+=("$d")
+        start_daemon "$d"
+    done
+    if ! wait_ready; then  # a failed start leaves nothing of its own running
+        for d in "${started[@]}"; do stop_daemon "$d"; done
+        die "instance $NAME did not start${started[*]:+; stopped what this start had started (${started[*]})}"
+    fi
     say "ready ($NAME, Storm $VERSION, $SECONDS s): Nimbus localhost:$(nimbus_port), $SUPERVISORS supervisor(s); eval \"\$($0 env)\""
 }
 
@@ -716,7 +725,11 @@ cmd_daemon() {  # start-daemon | stop-daemon | kill-daemon NAME: one daemon (a s
     local d=${2:-}
     daemons | grep -qxF -- "$d" || die "$1: give one of $(daemons | xargs)"
     case $1 in
-        start-daemon) start_daemon "$d"; wait_ready; say "$d running: pid $(daemon_pid "$d")" ;;
+        start-daemon)
+            start_daemon "$d"
+            wait_ready || { stop_daemon "$d"; die "$d did not start"; }
+            say "$d running: pid $(daemon_pid "$d")"
+            ;;
         stop-daemon) stop_daemon "$d"; say "$d stopped" ;;
         kill-daemon) stop_daemon "$d" KILL; say "$d killed" ;;
     esac
