@@ -715,6 +715,7 @@ cmd_purge() {
         tool "" zk-purge "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" || say "could not delete $ZK_ROOT/$NAME in ZooKeeper"
     fi
     rm -rf --one-file-system "$I"
+    rm -f "$ROOT/instances/.$NAME.lock"  # held by this command until it exits; nothing is left of the name
     say "purged $NAME"
 }
 
