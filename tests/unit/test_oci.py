@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -125,15 +126,35 @@ MOUNTINFO = """\
 """
 
 
-def test_read_only_binds_are_read_only_in_their_submounts_and_keep_storms_order(node: dict[str, Path]) -> None:
+def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(node: dict[str, Path]) -> None:
+    """Sorted by depth, as the engine does, and stably: Storm's order among mounts of one depth."""
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
     mounts = oci_mounts(plan, parse_mountinfo(MOUNTINFO))
-    binds = [(m["destination"], m["options"][0], m["options"][-1]) for m in mounts if m["type"] == "bind"]
-    assert binds[:3] == [("/sys/fs/cgroup", "bind", "ro"), ("/sys/fs/cgroup/memory", "bind", "ro"),
-                         ("/sys/fs/cgroup/pids", "bind", "ro")]
-    rest = [(m.target, "rbind", "ro" if m.read_only else "rw") for m in plan.mounts[1:]]
-    assert binds[3:] == rest
-    assert [m["destination"] for m in mounts[:6]] == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]
+    depth = [os.path.normpath(m["destination"]).count("/") for m in mounts]
+    assert depth == sorted(depth)
+    assert [m["destination"] for m in mounts[:4]] == ["/proc", "/dev", "/sys", "/tmp"]
+    assert [m["destination"] for m in mounts if m["type"] != "bind"][3:] == ["/dev/pts", "/dev/shm", "/dev/mqueue"]
+    binds = {m["destination"]: (m["options"][0], m["options"][-1]) for m in mounts if m["type"] == "bind"}
+    assert [binds[d] for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids")] == [
+        ("bind", "ro")] * 3  # the cgroup root is not recursive: each submount is read-only of its own
+    assert [binds[m.target] for m in plan.mounts[1:]] == [("rbind", "ro" if m.read_only else "rw")
+                                                           for m in plan.mounts[1:]]
+    for d in sorted(set(depth)):
+        same = [m["destination"] for m, k in zip(mounts, depth, strict=True) if k == d]
+        planned = [m.target for m in plan.mounts if m.target in same]
+        assert [t for t in same if t in planned] == planned  # Storm's order where the depth is equal
+
+
+def test_explain_storm_keeps_storms_mount_order_while_the_oci_config_goes_parent_first(
+        node: dict[str, Path]) -> None:
+    from berth import docker_run_argv
+
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    storm = docker_run_argv(plan, storm=True)
+    volumes = [storm[i + 1].split(":")[1] for i, t in enumerate(storm) if t == "-v"]
+    assert volumes == [m.target for m in plan.mounts] and volumes[8] == "/tmp"  # Storm's ninth mount
+    oci = [m["destination"] for m in oci_config(plan, "/r")["mounts"]]
+    assert oci.index("/tmp") < oci.index("/data/storm/workers/w1")
 
 
 def test_without_namespaces_refuses_what_the_engines_default_refuses_a_worker_without_capabilities() -> None:
