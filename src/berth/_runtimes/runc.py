@@ -25,7 +25,7 @@ from typing import Any
 from .._core.config import NodeConfig
 from .._core.oci import oci_config
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
-from .._core.seccomp import load_oci_seccomp, without_namespaces
+from .._core.seccomp import Filters
 from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_mountinfo
@@ -81,7 +81,7 @@ class RuncRuntime:
         self._root = config.runc.root or os.path.join(self._base, "root")
         self._runc: str | None = None
         self._shim: ShimClient | None = None
-        self._seccomp: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._filters = Filters.of(config)
         self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
 
@@ -118,32 +118,12 @@ class RuncRuntime:
     def image_present(self, image: str) -> bool:
         return self.image_dir(image) is not None
 
-    def _seccomp_for(self, plan: Plan) -> dict[str, Any]:
-        """The operator's profile as it is, else the distribution's default made as strict as the
-        engine's (``without_namespaces``): a runc worker never runs without a filter. Converted
-        once per file version."""
-        path = plan.security.seccomp_profile or self._config.runc.default_seccomp
-        field = "container.seccomp_profile" if plan.security.seccomp_profile else "runc.default_seccomp"
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError as exc:
-            hint = "" if plan.security.seccomp_profile else " (Debian: apt-get install golang-github-containers-common)"
-            raise EngineError(field, f"{field} = {path}: {exc.strerror}{hint}") from exc
-        cached = self._seccomp.get(path)
-        if cached is None or cached[0] != mtime:
-            converted = load_oci_seccomp(path, field, compat_arches=self._config.runc.seccomp_compat_arches)
-            if not plan.security.seccomp_profile:  # the distribution's profile: as strict as the engine's
-                converted = without_namespaces(converted)
-            cached = (mtime, converted)
-            self._seccomp[path] = cached
-        return cached[1]
-
     def create(self, plan: Plan) -> str:
         image = self.image_dir(plan.image)
         if image is None:
             raise EngineError("image", f"{plan.image}: no root filesystem directory for it (runc.images, "
                               "runc.image_root)")
-        seccomp = self._seccomp_for(plan)
+        seccomp = self._filters.oci(plan.security.seccomp_profile)  # a runc worker never runs without one
         wdir = self._wdir(plan.worker_id)
         os.makedirs(self._workers, mode=0o700, exist_ok=True)
         rb.remove_worker_dir(wdir)  # the leftovers of a worker whose container is gone (checked by the node)
