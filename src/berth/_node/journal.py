@@ -14,6 +14,7 @@ from pathlib import Path
 from .._exceptions import LaunchError
 from .._linux.fsprobe import probe_write
 from .._runtimes.base import ExitRecord
+from .._runtimes.shim.durable import replace_file
 
 log = logging.getLogger("berth.node")
 
@@ -38,14 +39,12 @@ class ExitJournal:
             return set()
 
     def record(self, rec: ExitRecord) -> None:
-        tmp = self.dir / f".{rec.container_id}.tmp"
+        """Durably (file and directory flushed) before the exit is acknowledged to the runtime,
+        which may then forget it: after a power loss the journal still says it was reported."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp.write_text(json.dumps(rec.to_dict()))
-            tmp.replace(self.dir / f"{rec.container_id}.json")
+            replace_file(str(self.dir / f"{rec.container_id}.json"), json.dumps(rec.to_dict()).encode())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             log.error("cannot journal the exit of %s (%s): it may be reported again after a restart",
                       rec.worker_id, exc)
 

@@ -139,7 +139,7 @@ class RuncRuntime:
             os.chmod(os.path.join(wdir, "upper"), top.st_mode & 0o7777)
             rb.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
             config = oci_config(plan, rootfs, seccomp=seccomp, table=read_mountinfo())
-            rb.write_json(os.path.join(bundle, "config.json"), config)
+            rb.write_json(os.path.join(bundle, "config.json"), config, durable=False)  # dies with its container
             where = _cgroup.memory_dir_for(config["linux"]["cgroupsPath"])
             rb.write_json(os.path.join(wdir, "meta.json"), {
                 "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
@@ -301,7 +301,7 @@ class RuncRuntime:
         config = rb.read_json(os.path.join(wdir, "bundle", "config.json")) or {}
         proc = {**config.get("process", {}), "args": list(argv), "terminal": False}
         path = os.path.join(wdir, f"exec-{uuid.uuid4().hex[:8]}.json")
-        rb.write_json(path, proc)
+        rb.write_json(path, proc, durable=False)
         try:
             out = subprocess.run([self.runc, "--root", self._root, "exec", "-p", path, meta["id"]],
                                  stdin=subprocess.DEVNULL, capture_output=True, check=False)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .durable import replace_file
+
 
 def now_iso(t: float | None = None) -> str:
     t = time.time() if t is None else t
@@ -20,14 +22,11 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644) -> None:
-    """Atomically: a reader sees the old file or the whole new one, never a part. The temporary
-    file is never reached through a link. (The runc runtime writes its bundles with this too.)"""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data))  # dumps uses the C encoder; dump would encode in Python (ms for a config)
-    os.replace(tmp, path)
+def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644, *, durable: bool = True) -> None:
+    """Atomically, and with ``durable`` flushed to the disk (``durable.replace_file``: which files
+    need it). (The runc runtime writes its bundles with this too.)"""
+    # dumps uses the C encoder; dump would encode in Python (ms for a config)
+    replace_file(path, json.dumps(data).encode(), mode, durable=durable)
 
 
 def read_json(path: str) -> dict[str, Any] | None:

@@ -242,7 +242,7 @@ class Shim(Wire):
             return
         if cid in self.by_cid:
             raise ValueError(f"{cid} is running already")
-        write_json(os.path.join(wdir, "launch.json"), req)
+        write_json(os.path.join(wdir, "launch.json"), req, durable=False)  # worthless once the machine is down
         argv = [self.runc, "--root", self.root, "--log", os.path.join(wdir, "runc.log"), "run", "-d",
                 "--pid-file", os.path.join(wdir, "init.pid"), "--bundle", str(req["bundle"]), cid]
         pid = self._spawn(argv, stdout=str(req["log"]))
@@ -296,7 +296,7 @@ class Shim(Wire):
         Kept in its ``kill.json``: the promise outlives the caller, an upgrade and this shim."""
         path = os.path.join(child.dir, "kill.json")
         deadline = min(deadline, float((read_json(path) or {}).get("deadline", deadline)))
-        write_json(path, {"id": child.cid, "deadline": deadline})
+        write_json(path, {"id": child.cid, "deadline": deadline}, durable=False)  # no container outlives a crash
         heapq.heappush(self.timers, (time.monotonic() + deadline - time.time(), child.cid, child.pid))
 
     def _signal(self, child: Child, sig: int) -> None:
