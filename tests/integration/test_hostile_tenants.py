@@ -25,7 +25,7 @@ from berth._node.state import StateDir
 from berth._paths import is_under
 
 from ._helpers import TRY_READS, WAIT, WAIT_FOR_GO, WRITE_SECRETS, Exits, go, root_of, snapshot, wait_file, worker
-from .conftest import SOCKET, config_toml, make_config
+from .conftest import SOCKET, config_toml, make_config, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -321,11 +321,8 @@ print("filled after", written, flush=True)
 @pytest.fixture
 def small_local(base: Path) -> Iterator[Path]:
     """``local_dir`` on a filesystem of its own, 16 MiB: what one tenant can fill."""
-    local = base / "local"
-    local.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "berth-test-local", str(local)], check=True)
-    yield local
-    subprocess.run(["umount", "-l", str(local)], check=True)
+    with tmpfs(base / "local", 16) as local:
+        yield local
 
 
 def test_a_full_local_dir_fails_launches_cleanly_and_exits_are_still_recorded(

@@ -3,11 +3,13 @@ upgrade, and a killed shim whose successor reports what it could not see as lost
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from berth._runtimes.shimclient import ShimClient
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
-from .conftest import poll_until
+from .conftest import poll_until, purge_runc, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +196,56 @@ def test_stops_and_launches_under_way_while_the_shim_upgrades_all_succeed(runc_n
     assert (got.of("w-stop").signal, got.of("w-stop").exact) == (9, True)
     ups = [r for r in got.records if r.worker_id.startswith("w-up")]
     assert ups and all(r.exact and r.exit_code == int(r.worker_id[4:]) % 100 for r in ups)
+
+
+@pytest.fixture
+def tmpfs_state(base: Path) -> Iterator[Path]:
+    """A state filesystem of 16 MiB (tmpfs: root gets ENOSPC like anyone once it is full)."""
+    with tmpfs(base / "state", 16, "0700") as state:
+        yield state
+        purge_runc(state)
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 16))
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def test_the_shim_survives_a_full_state_disk_and_writes_its_exits_when_space_returns(
+        runc_config: NodeConfig, tmpfs_state: Path) -> None:
+    node = Node(runc_config)
+    assert node.config.state_dir == str(tmpfs_state)
+    node.launch(spec("w-full", READY_THEN_GO + "print('after')\n"), on_exit=lambda r: None)
+    _ready(node, "w-full")
+    shim = _shim(node)
+    pid = shim.pid()
+    filler = tmpfs_state / "filler"
+    _fill(filler)
+    go(node, "w-full", "5")
+    poll_until(lambda: node.inspect("w-full").state != "running", "the exit to be seen")
+    st = node.inspect("w-full")
+    assert (st.state, st.exit_code) == ("exited", 5)  # from the shim's memory: never "running" again
+    exit_file = Path(runc_config.runc_dir, "workers", "w-full", "exit.json")
+    assert not exit_file.exists()  # no space for it yet
+    assert shim.pid() == pid and shim.hello()["containers"] == 0  # alive, though it could not log
+    filler.unlink()
+    poll_until(exit_file.exists, "the exit file to be written once there is space")
+    assert json.loads(exit_file.read_text())["exit_code"] == 5
+    assert node.exit_record("w-full") is not None and node.exit_record("w-full").exit_code == 5  # type: ignore[union-attr]
+    node.cleanup("w-full")
+    node.close()
+    shim.stop()
+    poll_until(lambda: not Path(f"/proc/{pid}").exists(), "the shim to stop")
+    _fill(filler)
+    again = shim.start()  # on a full disk: it cannot write its log, and that is not fatal
+    assert again != pid and shim.hello()["pid"] == again
+    filler.unlink()
+    shim.stop()
+    poll_until(lambda: not Path(f"/proc/{again}").exists(), "the shim to stop")
+    assert shim.start() not in (pid, again)
+    shim.stop()

@@ -26,7 +26,7 @@ from .._core.config import NodeConfig
 from .._core.oci import oci_config
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
 from .._core.seccomp import Filters
-from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from .._exceptions import BerthError, EngineError, WaitTimeout, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_mountinfo
 from . import runcbundle as rb
@@ -38,6 +38,7 @@ from .shimclient import ShimClient
 
 log = logging.getLogger("berth.runc")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HEALTH_TIMEOUT_S = 2.0
 _BERTH_CID = re.compile(r"[0-9a-f]{32}")
 """The runc ids berth gives its containers (``uuid4().hex``)."""
 _RUNC_STATUS = {"created": WorkerStatus.CREATED, "running": WorkerStatus.RUNNING, "paused": WorkerStatus.PAUSED,
@@ -172,8 +173,8 @@ class RuncRuntime:
         self._memfiles.pop(worker_id, None)
         meta = rb.read_json(os.path.join(wdir, "meta.json"))
         if meta is not None:
-            if os.path.exists(os.path.join(wdir, "started.json")):
-                self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)
+            if any(os.path.exists(os.path.join(wdir, f)) for f in ("started.json", "launch.json")):
+                self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)  # asked to run it: it knows
             rb.remove_worker_dir(wdir)
             return
         hand = self._by_hand().get(worker_id)
@@ -185,23 +186,38 @@ class RuncRuntime:
 
     # -- state ----------------------------------------------------------------------------------
 
+    def _ended(self, wdir: str, cid: str, started: dict[str, Any] | None) -> dict[str, Any] | None:
+        """How the worker ended: its ``exit.json``, else, once its process is gone, the record the
+        shim holds in memory (not yet written: a full disk, or the moment before it is). None
+        while it runs, and for a worker gone while no shim watched it (recovered as lost)."""
+        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        if ended is not None or started is None:
+            return ended
+        pid = int(started["pid"])
+        st = proc_state(pid)
+        if st is not None and st[0] != "Z" and start_time(pid) == started.get("start_time"):
+            return None
+        try:
+            reply = self.shim.request({"op": "exit", "id": cid}, timeout=10, start=False)
+        except BerthError:
+            return None
+        return reply.get("exit") or rb.read_json(os.path.join(wdir, "exit.json"))
+
     def _state(self, worker_id: str, meta: dict[str, Any]) -> WorkerState:
         wdir = self._wdir(worker_id)
         labels = dict(meta.get("labels") or {})
         started = rb.read_json(os.path.join(wdir, "started.json"))
-        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        ended = self._ended(wdir, str(meta["id"]), started)
         pid = None
         if ended is not None:
             status = WorkerStatus.EXITED
         elif started is None:
             status = WorkerStatus.CREATED
         else:
-            status = WorkerStatus.RUNNING
-            pid = int(started["pid"])
+            status, pid = WorkerStatus.RUNNING, int(started["pid"])
             st = proc_state(pid)
-            gone = st is None or st[0] == "Z" or start_time(pid) != started.get("start_time")
-            if gone and not self.shim.running():
-                status, pid = WorkerStatus.MISSING, None  # ended while no shim watched: recovered as lost
+            if st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
+                status, pid = WorkerStatus.MISSING, None  # ended, and no shim has its status: recovered as lost
         rec = record_from_exit(ended) if ended is not None else None
         return WorkerState(
             worker_id=worker_id, container_id=str(meta["id"]), topology_id=labels.get(LABEL_TOPOLOGY, ""),
@@ -330,7 +346,11 @@ class RuncRuntime:
         return out
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
-        ended = rb.read_json(os.path.join(self._wdir(worker_id), "exit.json"))
+        wdir = self._wdir(worker_id)
+        meta = rb.read_json(os.path.join(wdir, "meta.json"))
+        if meta is None:
+            return None
+        ended = self._ended(wdir, str(meta["id"]), rb.read_json(os.path.join(wdir, "started.json")))
         return record_from_exit(ended) if ended is not None else None
 
     def exit_events(self) -> Iterator[ExitRecord | None]:
@@ -348,6 +368,17 @@ class RuncRuntime:
             if self._closed.wait(delay):
                 return
             delay = min(delay * 2, 5.0)
+
+    def health(self) -> str:
+        """The monitor answers a ``hello`` within ``HEALTH_TIMEOUT_S``: nothing a worker does can
+        keep it from answering (docs/runtimes.md), so a silent one is stuck, stopped or gone."""
+        try:
+            self.shim.request({"op": "hello"}, timeout=HEALTH_TIMEOUT_S, start=False)
+        except WaitTimeout:
+            return "shim unresponsive"
+        except BerthError:
+            return "shim not running"
+        return "ok"
 
     def close(self) -> None:
         self._closed.set()

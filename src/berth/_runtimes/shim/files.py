@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,8 +18,10 @@ def now_iso(t: float | None = None) -> str:
 
 
 def log(msg: str) -> None:
-    sys.stderr.write(f"{now_iso()} berth-shim[{os.getpid()}] {msg}\n")
-    sys.stderr.flush()
+    """One line to the shim's log (its stderr). Never fatal: on a full disk the line is lost, the
+    shim goes on (it used to die here, and then every `rm`, `kill` and `shim start` failed)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{now_iso()} berth-shim[{os.getpid()}] {msg}\n".encode(errors="replace"))
 
 
 def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644, *, durable: bool = True) -> None:
