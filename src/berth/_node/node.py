@@ -200,6 +200,10 @@ class Node:
             found = full
         return sorted(found, key=lambda w: (w.topology_id, w.port, w.worker_id))
 
+    def health(self) -> str:
+        """"ok", or what is wrong with the runtime (``Runtime.health``; it may block a while)."""
+        return self.runtime.health()
+
     def check_state(self) -> None:
         """At a service's start: berth's state dir is usable and apart from the workers'
         (``ConfigError`` on ``node.state_dir`` otherwise)."""

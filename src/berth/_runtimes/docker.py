@@ -403,6 +403,13 @@ class DockerRuntime:
             if not self._closed.is_set():
                 self._closed.wait(delay)
 
+    def health(self) -> str:
+        try:
+            self.list_workers()
+        except EngineError:
+            return "unreachable"
+        return "ok"
+
     def close(self) -> None:
         self._closed.set()
         stream = self._stream
