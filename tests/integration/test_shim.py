@@ -249,3 +249,25 @@ def test_the_shim_survives_a_full_state_disk_and_writes_its_exits_when_space_ret
     poll_until(lambda: not Path(f"/proc/{again}").exists(), "the shim to stop")
     assert shim.start() not in (pid, again)
     shim.stop()
+
+
+@pytest.mark.parametrize("garbage", ['{"id": "c-bad", "pid": "not a number"}', '{"pid": 1}', "[1, 2]", "",
+                                     '{"id": "c-bad", "pid": 1, "start_time": "x", "log_max_bytes": "y"}'])
+def test_a_worker_dir_with_files_that_make_no_sense_is_left_alone_and_the_shim_serves_the_others(
+        runc_node: Node, garbage: str) -> None:
+    """A careless operator's hand edit, a damaged disk: one worker's files that cannot be understood
+    must not keep the node's monitor from starting (it crashed on them, before it said ready)."""
+    shim = _shim(runc_node)
+    runc_node.launch(spec("w-ok", "raise SystemExit(4)"), on_exit=lambda r: None)
+    assert runc_node.wait("w-ok", WAIT).exit_code == 4
+    bad = Path(runc_node.config.runc_dir, "workers", "w-bad")
+    bad.mkdir(mode=0o700)
+    (bad / "started.json").write_text(garbage)
+    (bad / "launch.json").write_text(garbage)
+    (bad / "init.pid").write_text("1\n")
+    pid = shim.pid()
+    shim.stop()
+    poll_until(lambda: pid is None or not Path(f"/proc/{pid}").exists(), "the shim to stop")
+    assert shim.start() != pid
+    runc_node.launch(spec("w-after", "raise SystemExit(6)", port=6701), on_exit=lambda r: None)
+    assert runc_node.wait("w-after", WAIT).exit_code == 6

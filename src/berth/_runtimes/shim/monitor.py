@@ -69,44 +69,50 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
         me = os.getpid()
         pipes = dict(pipes or {})
         for name in names:
-            wdir = os.path.join(self.workers, name)
-            started = read_json(os.path.join(wdir, "started.json"))
-            ended = read_json(os.path.join(wdir, "exit.json"))
-            if name in pipes and started is not None:
-                self._open_output(str(started["id"]), pipes.pop(name), started)
-            if started is not None and str(started.get("id")) in self.unwritten:
-                continue  # ended, recorded before an upgrade, not yet written (restore_unwritten)
-            if ended is not None:
-                if ended.get("id") and os.path.isdir(os.path.join(self.root, str(ended["id"]))):
-                    self.pending[ended["id"]] = {"event": "exit", **ended}  # never acknowledged
-                continue
-            if started is None:
-                started = files.started_after_a_lost_launch(wdir)
-                if started is None:
-                    continue
-            child = Child(started, wdir)
-            pid, cid = child.pid, child.cid
-            st = proc_state(pid)
-            same = st is not None and start_time(pid) == started.get("start_time")
-            kill = read_json(os.path.join(wdir, "kill.json"))
-            if same and kill is not None and kill.get("id") == cid:
-                self._kill_at(child, float(kill["deadline"]))
-            if same and st is not None and st[1] == me:
-                self._watch(child)  # still our child (an upgrade): its status will be exact
-            elif same and st is not None and st[0] != "Z":
-                try:
-                    child.pidfd = os.pidfd_open(pid)
-                except OSError:
-                    self._record(child, None)
-                    continue
-                self._watch(child)
-                self.sel.register(child.pidfd, selectors.EVENT_READ, ("pidfd", pid))
-                log(f"adopted {cid} (pid {pid}): its exit status will be lost (it is not this shim's child)")
-            else:
-                self._record(child, None)
-                log(f"{cid} (pid {pid}) ended while no shim watched it: status lost")
+            try:
+                self._recover_one(name, pipes, me)
+            except (KeyError, TypeError, ValueError, OSError) as exc:  # a hand edit, a damaged disk
+                log(f"workers/{name}: its files make no sense ({exc!r}); left alone")
         for fd in pipes.values():  # a worker whose files are gone: nobody will read its output
             os.close(fd)
+
+    def _recover_one(self, name: str, pipes: dict[str, int], me: int) -> None:
+        wdir = os.path.join(self.workers, name)
+        started = read_json(os.path.join(wdir, "started.json"))
+        ended = read_json(os.path.join(wdir, "exit.json"))
+        if name in pipes and started is not None:
+            self._open_output(str(started["id"]), pipes.pop(name), started)
+        if started is not None and str(started.get("id")) in self.unwritten:
+            return  # ended, recorded before an upgrade, not yet written (restore_unwritten)
+        if ended is not None:
+            if ended.get("id") and os.path.isdir(os.path.join(self.root, str(ended["id"]))):
+                self.pending[ended["id"]] = {"event": "exit", **ended}  # never acknowledged
+            return
+        if started is None:
+            started = files.started_after_a_lost_launch(wdir)
+            if started is None:
+                return
+        child = Child(started, wdir)
+        pid, cid = child.pid, child.cid
+        st = proc_state(pid)
+        same = st is not None and start_time(pid) == started.get("start_time")
+        kill = read_json(os.path.join(wdir, "kill.json"))
+        if same and kill is not None and kill.get("id") == cid:
+            self._kill_at(child, float(kill["deadline"]))
+        if same and st is not None and st[1] == me:
+            self._watch(child)  # still our child (an upgrade): its status will be exact
+        elif same and st is not None and st[0] != "Z":
+            try:
+                child.pidfd = os.pidfd_open(pid)
+            except OSError:
+                self._record(child, None)
+                return
+            self._watch(child)
+            self.sel.register(child.pidfd, selectors.EVENT_READ, ("pidfd", pid))
+            log(f"adopted {cid} (pid {pid}): its exit status will be lost (it is not this shim's child)")
+        else:
+            self._record(child, None)
+            log(f"{cid} (pid {pid}) ended while no shim watched it: status lost")
 
     def _watch(self, child: Child) -> None:
         self.children[child.pid] = child
