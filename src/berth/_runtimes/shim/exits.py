@@ -1,8 +1,10 @@
 """How the shim records an exit: the status and the cgroup's numbers, to ``exit.json``, to every
 subscribed berth, and to whoever waits on a kill.
 
-A full disk does not lose an exit, nor make the shim die: a record whose file cannot be written
-is kept in memory (``unwritten``), tried again every ``RETRY_S`` until there is space, carried
+Exit files are written at the end of the loop's turn, after berth has been told (a burst of
+exits is pushed at once, the flushes come after). A full disk does not lose an exit, nor make the
+shim die: a record whose file cannot be written is kept in memory (``unwritten``), tried again
+every ``RETRY_S`` until there is space, carried
 across the shim's ``execve`` (a memfd, never the full disk), pushed to berth all the same, and
 given to whoever asks (``exit`` op), so that berth never takes the ended worker for running.
 """
@@ -44,6 +46,7 @@ class ExitBook:
     waiters: dict[str, list[tuple[Conn, str]]]
     deleting: dict[int, tuple[str, list[Conn]]]
     unwritten: dict[str, tuple[str, dict[str, Any]]]
+    failed: set[str]
     root: str
 
     def _send(self, conn: Conn, obj: dict[str, Any]) -> None:
@@ -75,7 +78,7 @@ class ExitBook:
             rec.update(exit_code=None, signal=None, core_dumped=False)
         else:
             rec.update(decode_status(status))
-        self._write_exit(child.cid, os.path.join(child.dir, "exit.json"), rec)
+        path = os.path.join(child.dir, "exit.json")
         self.children.pop(child.pid, None)
         self.by_cid.pop(child.cid, None)
         if child.pidfd is not None:
@@ -87,6 +90,7 @@ class ExitBook:
                 self._send(conn, {"ok": True, "id": child.cid, "running": False, "exit": rec})
         removers = [conn for conn, what in waiters if what == "remove"]
         if removers:  # removed, not ended: nobody is told (as the engine's forced removal)
+            self._write_exit(child.cid, path, rec)
             self.unwritten.pop(child.cid, None)  # its directory goes with it
             self.deleting[self._delete(child.cid, None)][1].extend(removers)
             return
@@ -95,25 +99,38 @@ class ExitBook:
         for conn in list(self.conns.values()):
             if conn.subscribed:
                 self._send(conn, event)
+        # Written (durably) at the end of this turn of the loop, once berth has been told of every
+        # exit of the turn, while it journals them: the flushes are off the exits' path, and a burst
+        # of exits is pushed at once, not one flush after another. Safe: an acknowledgement is read
+        # in a later turn, and a berth that finds no file meanwhile asks this shim (``exit``).
+        self.unwritten[child.cid] = (path, rec)
 
-    def _write_exit(self, cid: str, path: str, rec: dict[str, Any]) -> None:
+    def _write_exit(self, cid: str, path: str, rec: dict[str, Any]) -> bool:
         try:
             write_json(path, rec)
         except OSError as exc:
-            if cid not in self.unwritten:
+            if cid not in self.failed:
                 log(f"cannot write the exit of {cid} ({exc.strerror}): kept in memory, written when it can be")
             self.unwritten[cid] = (path, rec)
-        else:
-            self.unwritten.pop(cid, None)
+            self.failed.add(cid)
+            return False
+        self.unwritten.pop(cid, None)
+        if cid in self.failed:
+            self.failed.discard(cid)
+            log(f"wrote the exit of {cid}")
+        return True
 
-    def _write_unwritten(self) -> None:
+    def _write_unwritten(self, retry: bool) -> None:
+        """The exit files recorded this turn; with ``retry`` also those that failed before (those
+        wait ``RETRY_S`` between attempts: a full disk is not tried on every turn)."""
         for cid, (path, rec) in list(self.unwritten.items()):
+            if cid in self.failed and not retry:
+                continue
             if not os.path.isdir(os.path.dirname(path)):
                 self.unwritten.pop(cid)  # the worker was removed meanwhile
-                continue
-            self._write_exit(cid, path, rec)
-            if cid not in self.unwritten:
-                log(f"wrote the exit of {cid}")
+                self.failed.discard(cid)
+            else:
+                self._write_exit(cid, path, rec)
 
     def _exit_of(self, cid: str) -> dict[str, Any] | None:
         """The exit of ``cid`` if this shim has recorded it and not yet written it (or not yet
@@ -149,6 +166,7 @@ class ExitBook:
             carried = json.loads(fh.read() or b"{}")
         for cid, (path, rec) in carried.items():
             self.unwritten[cid] = (path, rec)
+            self.failed.add(cid)
             if os.path.isdir(os.path.join(self.root, cid)):
                 self.pending[cid] = {"event": "exit", **rec}
 

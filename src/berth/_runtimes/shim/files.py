@@ -169,5 +169,5 @@ def started_after_a_lost_launch(wdir: str) -> dict[str, Any] | None:
     if req is None:
         return None
     started = {**carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso()}
-    write_json(os.path.join(wdir, "started.json"), started)
+    write_json(os.path.join(wdir, "started.json"), started, durable=False)
     return started

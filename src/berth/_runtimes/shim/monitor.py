@@ -39,6 +39,7 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
         self.outputs: dict[str, Output] = {}
         """Each worker's pipe and files, by container id, from its launch until its container is deleted."""
         self.unwritten: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.failed: set[str] = set()
         """Exits recorded in memory whose file could not be written yet (a full disk): tried again
         every ``RETRY_S``, and answered from here meanwhile (``exit``), never taken for running."""
         self.started_at = now_iso()
@@ -127,7 +128,7 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            if self.unwritten:
+            if self.failed:
                 timeout = max(0.0, min(timeout if timeout is not None else RETRY_S, next_retry - time.monotonic()))
             outputs = []
             for key, mask in self.sel.select(timeout):
@@ -152,9 +153,10 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
                 for cid in outputs:
                     self._drain_output(cid, share)
             self._fire_timers()
-            if self.unwritten and time.monotonic() >= next_retry:
-                next_retry = time.monotonic() + RETRY_S
-                self._write_unwritten()
+            if self.unwritten:  # this turn's exits, and every RETRY_S those that could not be written
+                retry = bool(self.failed) and time.monotonic() >= next_retry
+                next_retry = time.monotonic() + RETRY_S if retry else next_retry
+                self._write_unwritten(retry)
             if self.upgrade_requested and not self.launching and not self.deleting:
                 self._exec_self()
         log("stopped; containers keep running")
@@ -297,8 +299,8 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
         info = {**files.carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso(req["t0"])}
         child = Child(info, wdir)
         self._watch(child)  # its parent is this shim whatever happens next: it is reaped
-        try:
-            write_json(os.path.join(wdir, "started.json"), info)
+        try:  # not flushed: worthless once the machine is down (every container is; durable.py)
+            write_json(os.path.join(wdir, "started.json"), info, durable=False)
         except OSError as exc:  # berth takes the launch for failed and removes the container
             self._send(conn, {"ok": False, "error": f"cannot record the start of {child.cid}: {exc.strerror}"})
         else:
