@@ -14,7 +14,7 @@ from . import VERSION, WORKERS, files
 from .argv import command
 from .exits import RETRY_S, Child, ExitBook
 from .files import decode_status, log, now_iso, proc_state, read_json, start_time, tail, write_json
-from .logs import DRAIN_BYTES, MIN_SHARE, PIPE_BYTES, TURN_BYTES, Output, Outputs, make_pipe
+from .logs import DRAIN_BYTES, MIN_SHARE, PIPE_BYTES, REST_S, TURN_BYTES, Output, Outputs, make_pipe
 from .wire import Conn, Wire
 
 MAX_EARLY = 4096
@@ -124,10 +124,13 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
     def run(self) -> None:
         self.reap()
         next_retry = time.monotonic()
+        resting: float | None = None
         while not self.stopping:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            if resting is not None:
+                timeout = max(0.0, min(timeout if timeout is not None else REST_S, resting - time.monotonic()))
             if self.failed:
                 timeout = max(0.0, min(timeout if timeout is not None else RETRY_S, next_retry - time.monotonic()))
             outputs = []
@@ -148,10 +151,12 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
                             self._read(conn)
                         if mask & selectors.EVENT_WRITE and key.fd in self.conns:
                             self._flush(conn)
+            now = time.monotonic()
             if outputs:  # after exits and requests; one turn moves TURN_BYTES at most, shared
                 share = max(MIN_SHARE, min(DRAIN_BYTES, TURN_BYTES // len(outputs)))
                 for cid in outputs:
-                    self._drain_output(cid, share)
+                    self._drain_output(cid, share, now)
+            resting = self._wake_outputs(now)
             self._fire_timers()
             if self.unwritten:  # this turn's exits, and every RETRY_S those that could not be written
                 retry = bool(self.failed) and time.monotonic() >= next_retry
