@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from berth import Node, NodeConfig
+from berth import LaunchError, Node, NodeConfig
 from berth._runtimes.runc import RuncRuntime
 from berth._runtimes.shimclient import ShimClient
 
@@ -226,6 +226,10 @@ def test_the_shim_survives_a_full_state_disk_and_writes_its_exits_when_space_ret
     pid = shim.pid()
     filler = tmpfs_state / "filler"
     _fill(filler)
+    with pytest.raises(LaunchError) as err:  # an exit could not be journalled: refused up front
+        node.launch(spec("w-nospace", "pass", port=6701), on_exit=lambda r: None)
+    assert err.value.step == "state" and "No space left" in err.value.reason
+    assert not Path(runc_config.runc_dir, "workers", "w-nospace").exists()
     go(node, "w-full", "5")
     poll_until(lambda: node.inspect("w-full").state != "running", "the exit to be seen")
     st = node.inspect("w-full")

@@ -27,7 +27,7 @@ class ExitJournal:
         """Fail a launch up front when an exit could not be recorded: better than a double report."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            probe_write(self.dir)
+            probe_write(self.dir, sync=False)  # on every launch: no flush, which cost each one a disk round trip
         except OSError as exc:
             raise LaunchError("state", f"state dir {self.dir} is not writable: {exc.strerror}") from exc
 
