@@ -89,9 +89,7 @@ class ExitBook:
             if what == "kill":
                 self._send(conn, {"ok": True, "id": child.cid, "running": False, "exit": rec})
         removers = [conn for conn, what in waiters if what == "remove"]
-        if removers:  # removed, not ended: nobody is told (as the engine's forced removal)
-            self._write_exit(child.cid, path, rec)
-            self.unwritten.pop(child.cid, None)  # its directory goes with it
+        if removers:  # removed, not ended: nobody is told (as the engine's forced removal), no file
             self.deleting[self._delete(child.cid, None)][1].extend(removers)
             return
         event = {"event": "exit", **rec}

@@ -218,10 +218,6 @@ class Outputs:
             out.close()
 
     def carry_outputs(self) -> str:
-        """``name=fd,…`` of every pipe's read end (``name``: the worker's directory), made
-        inheritable for the shim's next program image, which drains them on (``recover``)."""
-        pairs = []
-        for out in self.outputs.values():
-            os.set_inheritable(out.rfd, True)
-            pairs.append(f"{os.path.basename(os.path.dirname(out.path))}={out.rfd}")
-        return ",".join(pairs)
+        """``name=fd,…`` of every pipe's read end (``name``: the worker's directory), for the
+        shim's next program image, which drains them on (``recover``)."""
+        return ",".join(f"{os.path.basename(os.path.dirname(out.path))}={out.rfd}" for out in self.outputs.values())

@@ -39,9 +39,10 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
         self.outputs: dict[str, Output] = {}
         """Each worker's pipe and files, by container id, from its launch until its container is deleted."""
         self.unwritten: dict[str, tuple[str, dict[str, Any]]] = {}
+        """Exits recorded in memory whose file is not written yet (this turn's, and those a full
+        disk refused): answered from here meanwhile (``exit``), never taken for running."""
         self.failed: set[str] = set()
-        """Exits recorded in memory whose file could not be written yet (a full disk): tried again
-        every ``RETRY_S``, and answered from here meanwhile (``exit``), never taken for running."""
+        """Those of ``unwritten`` that could not be written: tried again every ``RETRY_S``."""
         self.started_at = now_iso()
         self.upgrade_requested = False
         self.stopping = False
@@ -272,6 +273,8 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
             return
         if cid in self.by_cid:
             raise ValueError(f"{cid} is running already")
+        if os.path.dirname(os.path.realpath(str(req["log"]))) != wdir:
+            raise ValueError(f"log {req['log']} is not in {wdir}")
         write_json(os.path.join(wdir, "launch.json"), req, durable=False)  # worthless once the machine is down
         argv = [self.runc, "--root", self.root, "--log", os.path.join(wdir, "runc.log"), "run", "-d",
                 "--pid-file", os.path.join(wdir, "init.pid"), "--bundle", str(req["bundle"]), cid]
@@ -383,7 +386,7 @@ class Shim(Wire, Outputs, ExitBook):  # Outputs before the stubs of ExitBook
         keep = [self.listen.fileno(), self.lock_fd]
         argv = [*command(self.base, self.runc, self.root), "--listen-fd", str(keep[0]), "--lock-fd", str(keep[1])]
         pipes = self.carry_outputs()
-        keep += [out.rfd for out in self.outputs.values()]
+        keep += [out.rfd for out in self.outputs.values()]  # inheritable for this one exec only
         if pipes:
             argv += ["--pipes", pipes]
         carry = self.carry_unwritten()
