@@ -275,3 +275,31 @@ def test_a_worker_dir_with_files_that_make_no_sense_is_left_alone_and_the_shim_s
     assert shim.start() != pid
     runc_node.launch(spec("w-after", "raise SystemExit(6)", port=6701), on_exit=lambda r: None)
     assert runc_node.wait("w-after", WAIT).exit_code == 6
+
+
+def test_workers_that_end_while_the_shim_is_stopped_get_their_exact_status_once_it_answers(
+        runc_node: Node) -> None:
+    """A SIGSTOPped shim answers nothing: `ps` asks it once (bounded), then reads the files alone
+    for a while, showing the ended workers as not yet known rather than a made-up status."""
+    shim = _shim(runc_node)
+    got = Exits()
+    for i in range(3):
+        runc_node.launch(spec(f"w-stp{i}", READY_THEN_GO, port=6700 + i), on_exit=got)
+        _ready(runc_node, f"w-stp{i}")
+    pids = [runc_node.inspect(f"w-stp{i}").pid for i in range(3)]
+    shim_pid = shim.pid()
+    assert shim_pid is not None and all(pids)
+    os.kill(shim_pid, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            go(runc_node, f"w-stp{i}", str(20 + i))
+        poll_until(lambda: all(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                               for p in pids), "the workers to end")  # zombies: the stopped shim cannot reap
+        rows = {w.worker_id: w for w in runc_node.ps()}
+        assert {w: (r.state, r.exit_code) for w, r in rows.items()} == {
+            f"w-stp{i}": ("running", None) for i in range(3)}  # not known yet: never a made-up code
+    finally:
+        os.kill(shim_pid, signal.SIGCONT)
+    assert sorted((r.worker_id, r.exit_code, r.exact) for r in got.wait_for(3)) == [
+        (f"w-stp{i}", 20 + i, True) for i in range(3)]
+    assert {w.worker_id: w.exit_code for w in runc_node.ps()} == {f"w-stp{i}": 20 + i for i in range(3)}

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,6 +40,10 @@ from .shimclient import ShimClient
 log = logging.getLogger("berth.runc")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HEALTH_TIMEOUT_S = 2.0
+SHIM_QUIET_S = 10.0
+"""After the shim failed to answer within ``HEALTH_TIMEOUT_S``, how long berth reads the workers'
+files alone (a stopped shim must not make every `ps` wait on it again)."""
+_UNANSWERED: dict[str, Any] = {}
 _BERTH_CID = re.compile(r"[0-9a-f]{32}")
 """The runc ids berth gives its containers (``uuid4().hex``)."""
 _RUNC_STATUS = {"created": WorkerStatus.CREATED, "running": WorkerStatus.RUNNING, "paused": WorkerStatus.PAUSED,
@@ -85,6 +90,7 @@ class RuncRuntime:
         self._filters = Filters.of(config)
         self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
+        self._shim_quiet_until = 0.0
 
     @property
     def runc(self) -> str:
@@ -197,8 +203,13 @@ class RuncRuntime:
         st = proc_state(pid)
         if st is not None and st[0] != "Z" and start_time(pid) == started.get("start_time"):
             return None
+        if time.monotonic() < self._shim_quiet_until:
+            return _UNANSWERED
         try:
-            reply = self.shim.request({"op": "exit", "id": cid}, timeout=10, start=False)
+            reply = self.shim.request({"op": "exit", "id": cid}, timeout=HEALTH_TIMEOUT_S, start=False)
+        except WaitTimeout:  # a stuck shim: not asked again for a while, so `ps` stays quick
+            self._shim_quiet_until = time.monotonic() + SHIM_QUIET_S
+            return _UNANSWERED
         except BerthError:
             return None
         return reply.get("exit") or rb.read_json(os.path.join(wdir, "exit.json"))
@@ -208,6 +219,8 @@ class RuncRuntime:
         labels = dict(meta.get("labels") or {})
         started = rb.read_json(os.path.join(wdir, "started.json"))
         ended = self._ended(wdir, str(meta["id"]), started)
+        unanswered = ended is _UNANSWERED
+        ended = None if unanswered else ended
         pid = None
         if ended is not None:
             status = WorkerStatus.EXITED
@@ -216,7 +229,9 @@ class RuncRuntime:
         else:
             status, pid = WorkerStatus.RUNNING, int(started["pid"])
             st = proc_state(pid)
-            if st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
+            if unanswered:  # ended, its shim does not answer: it says how once it does
+                pid = None
+            elif st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
                 status, pid = WorkerStatus.MISSING, None  # ended, and no shim has its status: recovered as lost
         rec = record_from_exit(ended) if ended is not None else None
         return WorkerState(
@@ -358,6 +373,7 @@ class RuncRuntime:
         while not self._closed.is_set():
             try:
                 for ev in self.shim.events():
+                    self._shim_quiet_until = 0.0  # it speaks: ask it again
                     if ev is None:
                         delay = 0.1
                         yield None
