@@ -110,11 +110,6 @@ def test_an_appended_record_is_flushed(tmp_path: Path) -> None:
 # -- the files that must survive a crash, as the kernel sees them written ------------------------------
 
 WRITERS = {
-    "exit journal": """
-from berth._node.journal import ExitJournal
-from berth._runtimes.base import ExitRecord
-ExitJournal(d).record(ExitRecord("w1", "c1", 3, None, False, None, None))
-""",
     "shim exit file": """
 from berth._runtimes.shim.files import write_json
 write_json(d + "/exit.json", {"id": "c1", "exit_code": 3})
@@ -175,3 +170,40 @@ def test_the_supervisors_event_log_is_flushed_after_each_record(tmp_path: Path) 
     calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()]
     records = [i for i, c in enumerate(calls) if c.startswith("write(") and '"worker_id' in c]
     assert len(records) == 3 and all(calls[i + 1].startswith("fsync(") for i in records), calls
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see the system calls")
+def test_the_exit_journal_flushes_each_record_before_it_returns(tmp_path: Path) -> None:
+    """Append-only: each exit's line is written, then flushed, one record at a time."""
+    trace = tmp_path / "trace"
+    code = ("from berth._node.journal import ExitJournal\nfrom berth._runtimes.base import ExitRecord\n"
+            f"j = ExitJournal({str(tmp_path)!r})\n"
+            "for i in range(3): j.record(ExitRecord('w1', f'c{i}', 3, None, False, None, None))\n")
+    subprocess.run(["strace", "-f", "-qq", "-s", "256", "-o", str(trace), "-e", "trace=write,fsync,fdatasync",
+                    sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()]
+    records = [i for i, c in enumerate(calls) if c.startswith("write(") and '"container_id' in c]
+    assert len(records) == 3 and all(calls[i + 1].startswith(("fdatasync(", "fsync(")) for i in records), calls
+
+
+def test_the_exit_journal_knows_reported_exits_forgets_removed_ones_and_compacts(tmp_path: Path) -> None:
+    from berth._node.journal import ExitJournal
+    from berth._runtimes.base import ExitRecord
+
+    j = ExitJournal(str(tmp_path), compact_bytes=2000)
+    (tmp_path / "exits").mkdir()
+    (tmp_path / "exits" / "c-old.json").write_text("{}")  # a file of berth before the journal
+    for i in range(40):
+        j.record(ExitRecord("w", f"c{i}", i, None, False, None, None))
+    with open(j.path, "ab") as fh:
+        fh.write(b'{"container_id": "c-cut", "exit_co')  # a line cut by a crash
+    assert j.known() == {"c-old", *(f"c{i}" for i in range(40))}
+    assert j.entries()["c7"]["exit_code"] == 7
+    for i in range(35):
+        j.forget(f"c{i}")
+    j.forget("c-old")
+    assert j.known() == {f"c{i}" for i in range(35, 40)}
+    assert j.path.stat().st_size < 2000  # compacted: the forgotten ones are gone from the file
+    assert [p.name for p in (tmp_path / "exits").iterdir()] == ["journal.jsonl"]
+    j.record(ExitRecord("w", "c-new", 0, None, False, None, None))  # appends go on in the new file
+    assert ExitJournal(str(tmp_path)).known() == {"c-new", *(f"c{i}" for i in range(35, 40))}

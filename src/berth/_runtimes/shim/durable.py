@@ -9,7 +9,8 @@ temporary file behind. An append-only journal is flushed after each record.
 What goes through it, and why (the others are for people to read, or worthless once the machine
 has crashed, since every container dies with it):
 
-- the exit journal (``_node/journal.py``): what makes an exit reported exactly once;
+- the exit journal (``_node/journal.py``, append-only: each record flushed before it returns):
+  what makes an exit reported exactly once;
 - the supervisor's desired state and counters, its event log, the cluster agent's cache;
 - the runc runtime's ``meta.json`` (what a worker is, so that its end is listed) and the shim's
   ``exit.json`` (how it ended: an exit the shim has recorded may be acknowledged and its container
