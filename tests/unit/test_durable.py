@@ -114,10 +114,6 @@ WRITERS = {
 from berth._runtimes.shim.files import write_json
 write_json(d + "/exit.json", {"id": "c1", "exit_code": 3})
 """,
-    "runc meta": """
-from berth._runtimes.runcbundle import write_json
-write_json(d + "/meta.json", {"id": "c1"})
-""",
     "supervisor state": """
 from berth._service.desired import DesiredStore, Saved
 DesiredStore(d).save(Saved(version=1))

@@ -151,7 +151,8 @@ class RuncRuntime:
             rb.write_json(os.path.join(wdir, "meta.json"), {
                 "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
                 "memcg": where[0] if where else None, "cgroup_version": where[1] if where else 1,
-                "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]})
+                "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]},
+                durable=False)  # not flushed on a launch's path: see shim/durable.py
         except (OSError, BerthError) as exc:
             rb.remove_worker_dir(wdir)
             if isinstance(exc, BerthError):
