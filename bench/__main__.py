@@ -34,8 +34,8 @@ from typing import Any
 from ._common import FIELDS, LAUNCHERS, REPO, SEQUENTIAL_ONLY, BenchError, Stopping
 
 COMMANDS = ("all", "launch", "throughput", "watch", "memory", "profile", "render", "cleanup")
-PHASES = {"all": ("sequential", "burst", "memory", "watch"), "launch": ("sequential",), "throughput": ("burst",),
-          "watch": ("watch",), "memory": ("memory",), "profile": (), "render": (), "cleanup": ()}
+PHASES = {"all": ("sequential", "burst", "memory", "watch", "output"), "launch": ("sequential",), "profile": (),
+          "throughput": ("burst",), "watch": ("watch",), "memory": ("memory",), "render": (), "cleanup": ()}
 FULL = {"n": 30, "warmup": 2, "concurrent": 50, "watch": 100, "idle": 30.0, "settle": 0.5, "mem_iters": 2000,
         "berth_mem_iters": 300, "stats_iters": 5}
 QUICK = {"n": 10, "warmup": 1, "concurrent": 50, "watch": 20, "idle": 5.0, "settle": 0.3, "mem_iters": 500,
@@ -148,7 +148,7 @@ def _render(args: argparse.Namespace, console: Any) -> int:
     p = result["params"]
     out_dir = args.out or (REPO / "bench" / "out" if p.get("quick") or p.get("reduced") else REPO / "docs")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result["targets"] = _report.targets(result["summary"], result["extra"])
+    result["targets"] = _report.targets(result["summary"], result["extra"], result.get("output"))
     plots = _report.plot(result, out_dir)
     (out_dir / "benchmarks.md").write_text(_report.markdown(result, plots))
     console.print(f"wrote {out_dir / 'benchmarks.md'} and {', '.join(plots)} from {source}")
@@ -224,6 +224,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     from berth import HostFacts
 
     from . import _env, _measure, _report
+    from . import output as _output
     from ._common import DEFAULT_ROOTFS
     from ._launchers import Launcher, make_launcher
 
@@ -240,6 +241,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     machine = _env.machine(engine.url)
     launchers: dict[str, Launcher] = {}
     raw: dict[str, dict[str, Any]] = {n: {} for n in names}
+    output: dict[str, Any] | None = None
     try:
         _env.ensure_users()
         run_dir = _env.new_run_dir(run)
@@ -286,6 +288,8 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                 for n in (n for n in names if n not in SEQUENTIAL_ONLY):
                     raw[n]["watch"] = _watch_in_child(n, params, engine, run, run_dir, merged, rootfs, progress,
                                                       task)
+            if "output" in phases and "berth_runc" in names:  # the shim draining 100 MB/s
+                output = _output.measure(run_dir, run, rootfs, quick=params["quick"], say=say)
     finally:
         Stopping.event.set()
         for lau in launchers.values():
@@ -308,8 +312,9 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         "command": f"python -m bench {args.argv_text}", "machine": machine,
         "params": params, "engine": f"{engine.kind} ({engine.url})", "run": run,
         "duration_s": duration, "clock_drift_us": drift_us, "summary": summary, "extra": extra, "raw": raw,
+        "output": output,
     }
-    result["targets"] = _report.targets(summary, extra)
+    result["targets"] = _report.targets(summary, extra, output)
     out_json = {n: summary.get(n, dict.fromkeys(FIELDS)) for n in LAUNCHERS}
     save = REPO / "bench" / "out"
     save.mkdir(parents=True, exist_ok=True)

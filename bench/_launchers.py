@@ -285,10 +285,9 @@ class RuncLauncher(Launcher):
         self.rootfs = rootfs
         self.seccomp: dict[str, Any] | None = None
         if seccomp:  # the very filter berth's runc runtime gives its workers (converted once, as berth does)
-            from berth._core.seccomp import load_oci_seccomp, without_namespaces
+            from berth._core.seccomp import Filters
 
-            self.seccomp = without_namespaces(load_oci_seccomp(config.runc.default_seccomp, "runc.default_seccomp",
-                                                               compat_arches=config.runc.seccomp_compat_arches))
+            self.seccomp = Filters.of(config).oci(None)
         if not seccomp:
             self.name = "runc_noseccomp"
         self.bundles = bundles

@@ -71,7 +71,8 @@ def summarize(name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return s, x
 
 
-def targets(summary: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+def targets(summary: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]],
+            output: dict[str, Any] | None = None) -> list[tuple[str, str, bool | None]]:
     """(target, what was measured, met?) — None where a number is missing."""
     b, k, st = summary.get("berth", {}), summary.get("sdk", {}), summary.get("storm_style", {})
     out: list[tuple[str, str, bool | None]] = []
@@ -102,7 +103,7 @@ def targets(summary: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]
     out.append(("berth memory reading at least 1000x cheaper than the stats call",
                 "n/a" if r is None else f"{r:,.0f}x ({b['memory_read_us']} µs vs {k['memory_read_us']:,.0f} µs)",
                 None if r is None else r >= 1000))
-    return out + runc_targets(summary, extra)
+    return out + runc_targets(summary, extra) + output_targets(output)
 
 
 def runc_targets(summary: dict[str, dict[str, Any]],
@@ -119,6 +120,10 @@ def runc_targets(summary: dict[str, dict[str, Any]],
     r = a / b if num(a) and num(b) and b else None
     out.append(("berth on runc: launch p50 within 1.2x of bare runc (same seccomp filter)",
                 "n/a" if r is None else f"{r:.2f}x ({a} vs {b} ms)", None if r is None else r <= 1.2))
+    a2, b2 = c.get("throughput_50_s"), rc.get("throughput_50_s")
+    r = a2 / b2 if num(a2) and num(b2) and b2 else None
+    out.append(("berth on runc: a burst of launches at most 1.3x bare runc's burst",
+                "n/a" if r is None else f"{r:.2f}x ({a2} vs {b2} s)", None if r is None else r <= 1.3))
     s = st.get("launch_p50_ms")
     r = s / a if num(a) and num(s) and a else None
     out.append(("berth on runc: launch p50 at least 2.5x faster than Storm-style docker run",
@@ -146,6 +151,33 @@ def runc_targets(summary: dict[str, dict[str, Any]],
     out.append(("seccomp costs a runc launch at most 5 ms (p50 with the filter minus without)",
                 "n/a" if d is None else f"{d:+.2f} ms ({a} vs {b} ms)", None if d is None else d <= 5))
     return out
+
+
+def output_targets(output: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]:
+    """Issue 18's: what draining a worker's output costs the shim, and what it keeps on disk."""
+    if not output:
+        return [("berth on runc: the shim's CPU while a worker writes 100 MB/s of output (stated)", "n/a", None)]
+    pc, fl = output["paced"], output["flood"]
+    return [(f"berth on runc: the shim's CPU while a worker writes {output['rate_mb_s']:g} MB/s of output (stated)",
+             f"{pc['shim_cpu_pct']} % of a core at {pc['mb_s']} MB/s", True),
+            ("berth on runc: a worker's output on disk never above its limit + 1 MiB, even flooding",
+             f"{max(pc['peak_on_disk_mb'], fl['peak_on_disk_mb'])} MiB at most (limit {output['limit_mb']} MiB; "
+             f"flood drained at {fl['mb_s']} MB/s)",
+             max(pc["peak_on_disk_mb"], fl["peak_on_disk_mb"]) <= output["limit_mb"] + 1)]
+
+
+def output_section(output: dict[str, Any] | None) -> list[str]:
+    if not output:
+        return []
+    pc, fl = output["paced"], output["flood"]
+    return ["## Output through berth-shim (runc)", "",
+            md_table(["worker", "MB/s", "shim CPU s", "shim CPU", "peak on disk MiB"],
+                     [[f"paced at {output['rate_mb_s']:g} MB/s for {pc['elapsed_s']} s", _fmt(pc["mb_s"]),
+                       _fmt(pc["shim_cpu_s"]), f"{pc['shim_cpu_pct']} % of a core", _fmt(pc["peak_on_disk_mb"])],
+                      [f"flood ({fl['elapsed_s']} s)", _fmt(fl["mb_s"]), _fmt(fl["shim_cpu_s"]),
+                       f"{fl['shim_cpu_s_per_gb']} s per GiB", _fmt(fl["peak_on_disk_mb"])]]),
+            "", f"(`python -m bench.output`: one worker, the node's log limit {output['limit_mb']} MiB; the shim "
+            "splices the worker's pipe into its files and rotates by renaming.)", ""]
 
 
 def _fmt(v: Any) -> str:
@@ -235,7 +267,7 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
            md_table(["target", "measured", "met"],
                     [[t, v, "n/a" if ok is None else ("yes" if ok else "**no**")] for t, v, ok in result["targets"]],
                     numeric=False),
-           "", "## More numbers", ""]
+           "", *output_section(result.get("output")), "## More numbers", ""]
     names = [n for n in LAUNCHERS if n in extra]
     body = []
     for key, label in EXTRA_ROWS:

@@ -176,6 +176,19 @@ def config_toml(config: NodeConfig) -> str:
             + "[runc.images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in config.runc.images.items()))
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size_mb: int, mode: str = "0755") -> Iterator[Path]:
+    """A filesystem of ``size_mb`` at ``path`` (made), unmounted after: a disk a test can really fill
+    (root gets ENOSPC on a tmpfs like anyone)."""
+    path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode={mode}", "berth-test", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
 def poll_until(pred: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.05) -> None:
     """For state owned by *another process* (a worker, a berth child): check, wait a tick, repeat.
 

@@ -193,3 +193,30 @@ def test_openapi_fuzzing_finds_no_server_error(config: NodeConfig) -> None:
         fuzz()
     assert seen >= 100
     assert errors == []
+
+
+def test_healthz_says_degraded_while_the_runc_monitor_does_not_answer_and_never_waits_for_it(
+        sup: Supervisor) -> None:
+    """A stopped (SIGSTOP) berth-shim answers nothing: /healthz reports it from a probe of its
+    own, bounded, and keeps answering meanwhile; the engine's health on docker is asked the same way."""
+    if sup.config.node.runtime != "runc":
+        pytest.skip("the runc runtime's monitor")
+    from berth._runtimes.runc import RuncRuntime
+
+    client = TestClient(create_app(sup, token=TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    poll_until(lambda: client.get("/healthz").json()["status"] == "ok", "a healthy node")
+    rt = sup.node.runtime
+    assert isinstance(rt, RuncRuntime)
+    pid = rt.shim.pid()
+    assert pid is not None
+    os.kill(pid, 19)  # SIGSTOP
+    try:
+        poll_until(lambda: client.get("/healthz", headers=auth).json().get("engine") == "shim unresponsive",
+                   "/healthz to see the shim unresponsive")
+        r = client.get("/healthz", headers=auth)
+        assert r.status_code == 503 and r.json()["status"] == "degraded"
+        assert client.get("/healthz").json() == {"status": "degraded"}
+    finally:
+        os.kill(pid, 18)  # SIGCONT
+    poll_until(lambda: client.get("/healthz").json()["status"] == "ok", "/healthz to be ok again")

@@ -21,11 +21,12 @@ from click.testing import CliRunner
 
 from berth import IdentityError, LaunchError, Node, PolicyError, WorkerSpec, audit_worker
 from berth._cli import main
+from berth._node.journal import ExitJournal
 from berth._node.state import StateDir
 from berth._paths import is_under
 
 from ._helpers import TRY_READS, WAIT, WAIT_FOR_GO, WRITE_SECRETS, Exits, go, root_of, snapshot, wait_file, worker
-from .conftest import SOCKET, config_toml, make_config
+from .conftest import SOCKET, config_toml, make_config, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +137,7 @@ def test_oom_says_whether_the_worker_or_a_child_was_killed(node: Node, base: Pat
     status, out = cli(node, base, "ps", "--json")
     [row] = json.loads(out)
     assert (status, row["exit_code"], row["oom_killed"], row["oom_victim"]) == (0, code, oom_killed, victim)
-    journalled = json.loads(Path(node.config.state_dir, "exits", f"{rec.container_id}.json").read_text())
+    journalled = ExitJournal(node.config.state_dir).entries()[rec.container_id]
     assert (journalled["oom_killed"], journalled["oom_victim"]) == (oom_killed, victim)
 
 
@@ -321,11 +322,8 @@ print("filled after", written, flush=True)
 @pytest.fixture
 def small_local(base: Path) -> Iterator[Path]:
     """``local_dir`` on a filesystem of its own, 16 MiB: what one tenant can fill."""
-    local = base / "local"
-    local.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "berth-test-local", str(local)], check=True)
-    yield local
-    subprocess.run(["umount", "-l", str(local)], check=True)
+    with tmpfs(base / "local", 16) as local:
+        yield local
 
 
 def test_a_full_local_dir_fails_launches_cleanly_and_exits_are_still_recorded(
@@ -336,7 +334,7 @@ def test_a_full_local_dir_fails_launches_cleanly_and_exits_are_still_recorded(
         got = Exits()
         filler = node.launch(worker("w-fill", FILL), on_exit=got)
         assert got.of("w-fill").exit_code == 0  # it filled the disk, and its exit was journalled:
-        assert Path(cfg.state_dir, "exits", f"{filler.container_id}.json").exists()
+        assert filler.container_id in ExitJournal(cfg.state_dir).known()
         dirs = (cfg.node.local_dir, cfg.node.log_dir, cfg.state_dir)
         before, workers_before = snapshot(*dirs), node.ps(detail=True)
         with pytest.raises(LaunchError) as info:

@@ -316,3 +316,36 @@ def test_kill_says_how_the_worker_ended_in_the_words_of_ps(runc_node: Node, runc
     cfg.write_text(config_toml(runc_config))
     r = CliRunner().invoke(main, ["--config", str(cfg), "kill", "k-say", "--force"])
     assert (r.exit_code, r.output) == (0, "k-say: exited, killed by SIGKILL\n")  # not "exit code 137"
+
+
+def _runc_node_at(runc_config: NodeConfig, local: Path, log: Path) -> Node:
+    return Node(runc_config.model_copy(update={"node": runc_config.node.model_copy(
+        update={"local_dir": str(local), "log_dir": str(log)})}))
+
+
+@pytest.mark.parametrize("where", ["under /tmp", "through a symlink into /tmp"])
+def test_node_dirs_under_tmp_or_through_a_symlink_are_not_hidden_by_the_workers_tmp(
+        runc_config: NodeConfig, base: Path, where: str) -> None:
+    """The worker's own ``/tmp`` bind is Storm's ninth mount; runc mounts in the order given, so
+    with ``local_dir`` under ``/tmp`` it hid the worker dir mounted before it (the script could not
+    be opened). Mounts go parent-first, as the engine orders them."""
+    real = Path("/tmp", f"berth-test-{base.name}")
+    real.mkdir(mode=0o755)
+    top = real
+    if where != "under /tmp":
+        (base / "link").symlink_to(real)
+        top = base / "link"
+    try:
+        node = _runc_node_at(runc_config, top / "local", top / "log")
+        script = "import os, sys\nopen('/tmp/probe', 'w').write('t')\nsys.exit(7 if os.getcwd() else 1)\n"
+        node.launch(spec("w-deep", script), on_exit=lambda r: None)
+        rec = node.wait("w-deep", WAIT)
+        out = b"".join(node.logs("w-deep")).decode(errors="replace")
+        assert (rec.exit_code, rec.signal) == (7, None), out
+        assert Path(node.plan(spec("w-deep", "")).layout.worker_tmp, "probe").read_text() == "t"
+        node.cleanup("w-deep")
+        node.close()
+    finally:
+        from berth._node.workdirs import remove_tree
+
+        remove_tree(real)

@@ -3,22 +3,24 @@ upgrade, and a killed shim whose successor reports what it could not see as lost
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from berth import Node, NodeConfig
+from berth import LaunchError, Node, NodeConfig
 from berth._runtimes.runc import RuncRuntime
 from berth._runtimes.shimclient import ShimClient
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
-from .conftest import poll_until
+from .conftest import poll_until, purge_runc, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +196,110 @@ def test_stops_and_launches_under_way_while_the_shim_upgrades_all_succeed(runc_n
     assert (got.of("w-stop").signal, got.of("w-stop").exact) == (9, True)
     ups = [r for r in got.records if r.worker_id.startswith("w-up")]
     assert ups and all(r.exact and r.exit_code == int(r.worker_id[4:]) % 100 for r in ups)
+
+
+@pytest.fixture
+def tmpfs_state(base: Path) -> Iterator[Path]:
+    """A state filesystem of 16 MiB (tmpfs: root gets ENOSPC like anyone once it is full)."""
+    with tmpfs(base / "state", 16, "0700") as state:
+        yield state
+        purge_runc(state)
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 16))
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def test_the_shim_survives_a_full_state_disk_and_writes_its_exits_when_space_returns(
+        runc_config: NodeConfig, tmpfs_state: Path) -> None:
+    node = Node(runc_config)
+    assert node.config.state_dir == str(tmpfs_state)
+    node.launch(spec("w-full", READY_THEN_GO + "print('after')\n"), on_exit=lambda r: None)
+    _ready(node, "w-full")
+    shim = _shim(node)
+    pid = shim.pid()
+    filler = tmpfs_state / "filler"
+    _fill(filler)
+    with pytest.raises(LaunchError) as err:  # an exit could not be journalled: refused up front
+        node.launch(spec("w-nospace", "pass", port=6701), on_exit=lambda r: None)
+    assert err.value.step == "state" and "No space left" in err.value.reason
+    assert not Path(runc_config.runc_dir, "workers", "w-nospace").exists()
+    go(node, "w-full", "5")
+    poll_until(lambda: node.inspect("w-full").state != "running", "the exit to be seen")
+    st = node.inspect("w-full")
+    assert (st.state, st.exit_code) == ("exited", 5)  # from the shim's memory: never "running" again
+    exit_file = Path(runc_config.runc_dir, "workers", "w-full", "exit.json")
+    assert not exit_file.exists()  # no space for it yet
+    assert shim.pid() == pid and shim.hello()["containers"] == 0  # alive, though it could not log
+    filler.unlink()
+    poll_until(exit_file.exists, "the exit file to be written once there is space")
+    assert json.loads(exit_file.read_text())["exit_code"] == 5
+    assert node.exit_record("w-full") is not None and node.exit_record("w-full").exit_code == 5  # type: ignore[union-attr]
+    node.cleanup("w-full")
+    node.close()
+    shim.stop()
+    poll_until(lambda: not Path(f"/proc/{pid}").exists(), "the shim to stop")
+    _fill(filler)
+    again = shim.start()  # on a full disk: it cannot write its log, and that is not fatal
+    assert again != pid and shim.hello()["pid"] == again
+    filler.unlink()
+    shim.stop()
+    poll_until(lambda: not Path(f"/proc/{again}").exists(), "the shim to stop")
+    assert shim.start() not in (pid, again)
+    shim.stop()
+
+
+@pytest.mark.parametrize("garbage", ['{"id": "c-bad", "pid": "not a number"}', '{"pid": 1}', "[1, 2]", "",
+                                     '{"id": "c-bad", "pid": 1, "start_time": "x", "log_max_bytes": "y"}'])
+def test_a_worker_dir_with_files_that_make_no_sense_is_left_alone_and_the_shim_serves_the_others(
+        runc_node: Node, garbage: str) -> None:
+    """A careless operator's hand edit, a damaged disk: one worker's files that cannot be understood
+    must not keep the node's monitor from starting (it crashed on them, before it said ready)."""
+    shim = _shim(runc_node)
+    runc_node.launch(spec("w-ok", "raise SystemExit(4)"), on_exit=lambda r: None)
+    assert runc_node.wait("w-ok", WAIT).exit_code == 4
+    bad = Path(runc_node.config.runc_dir, "workers", "w-bad")
+    bad.mkdir(mode=0o700)
+    (bad / "started.json").write_text(garbage)
+    (bad / "launch.json").write_text(garbage)
+    (bad / "init.pid").write_text("1\n")
+    pid = shim.pid()
+    shim.stop()
+    poll_until(lambda: pid is None or not Path(f"/proc/{pid}").exists(), "the shim to stop")
+    assert shim.start() != pid
+    runc_node.launch(spec("w-after", "raise SystemExit(6)", port=6701), on_exit=lambda r: None)
+    assert runc_node.wait("w-after", WAIT).exit_code == 6
+
+
+def test_workers_that_end_while_the_shim_is_stopped_get_their_exact_status_once_it_answers(
+        runc_node: Node) -> None:
+    """A SIGSTOPped shim answers nothing: `ps` asks it once (bounded), then reads the files alone
+    for a while, showing the ended workers as not yet known rather than a made-up status."""
+    shim = _shim(runc_node)
+    got = Exits()
+    for i in range(3):
+        runc_node.launch(spec(f"w-stp{i}", READY_THEN_GO, port=6700 + i), on_exit=got)
+        _ready(runc_node, f"w-stp{i}")
+    pids = [runc_node.inspect(f"w-stp{i}").pid for i in range(3)]
+    shim_pid = shim.pid()
+    assert shim_pid is not None and all(pids)
+    os.kill(shim_pid, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            go(runc_node, f"w-stp{i}", str(20 + i))
+        poll_until(lambda: all(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                               for p in pids), "the workers to end")  # zombies: the stopped shim cannot reap
+        rows = {w.worker_id: w for w in runc_node.ps()}
+        assert {w: (r.state, r.exit_code) for w, r in rows.items()} == {
+            f"w-stp{i}": ("running", None) for i in range(3)}  # not known yet: never a made-up code
+    finally:
+        os.kill(shim_pid, signal.SIGCONT)
+    assert sorted((r.worker_id, r.exit_code, r.exact) for r in got.wait_for(3)) == [
+        (f"w-stp{i}", 20 + i, True) for i in range(3)]
+    assert {w.worker_id: w.exit_code for w in runc_node.ps()} == {f"w-stp{i}": 20 + i for i in range(3)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -125,24 +126,44 @@ MOUNTINFO = """\
 """
 
 
-def test_read_only_binds_are_read_only_in_their_submounts_and_keep_storms_order(node: dict[str, Path]) -> None:
+def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(node: dict[str, Path]) -> None:
+    """Sorted by depth, as the engine does, and stably: Storm's order among mounts of one depth."""
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
     mounts = oci_mounts(plan, parse_mountinfo(MOUNTINFO))
-    binds = [(m["destination"], m["options"][0], m["options"][-1]) for m in mounts if m["type"] == "bind"]
-    assert binds[:3] == [("/sys/fs/cgroup", "bind", "ro"), ("/sys/fs/cgroup/memory", "bind", "ro"),
-                         ("/sys/fs/cgroup/pids", "bind", "ro")]
-    rest = [(m.target, "rbind", "ro" if m.read_only else "rw") for m in plan.mounts[1:]]
-    assert binds[3:] == rest
-    assert [m["destination"] for m in mounts[:6]] == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]
+    depth = [os.path.normpath(m["destination"]).count("/") for m in mounts]
+    assert depth == sorted(depth)
+    assert [m["destination"] for m in mounts[:4]] == ["/proc", "/dev", "/sys", "/tmp"]
+    assert [m["destination"] for m in mounts if m["type"] != "bind"][3:] == ["/dev/pts", "/dev/shm", "/dev/mqueue"]
+    binds = {m["destination"]: (m["options"][0], m["options"][-1]) for m in mounts if m["type"] == "bind"}
+    assert [binds[d] for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids")] == [
+        ("bind", "ro")] * 3  # the cgroup root is not recursive: each submount is read-only of its own
+    assert [binds[m.target] for m in plan.mounts[1:]] == [("rbind", "ro" if m.read_only else "rw")
+                                                           for m in plan.mounts[1:]]
+    for d in sorted(set(depth)):
+        same = [m["destination"] for m, k in zip(mounts, depth, strict=True) if k == d]
+        planned = [m.target for m in plan.mounts if m.target in same]
+        assert [t for t in same if t in planned] == planned  # Storm's order where the depth is equal
 
 
-def test_without_namespaces_refuses_what_the_engines_default_refuses_a_worker_without_capabilities() -> None:
-    from berth._core.seccomp import without_namespaces
+def test_explain_storm_keeps_storms_mount_order_while_the_oci_config_goes_parent_first(
+        node: dict[str, Path]) -> None:
+    from berth import docker_run_argv
+
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    storm = docker_run_argv(plan, storm=True)
+    volumes = [storm[i + 1].split(":")[1] for i, t in enumerate(storm) if t == "-v"]
+    assert volumes == [m.target for m in plan.mounts] and volumes[8] == "/tmp"  # Storm's ninth mount
+    oci = [m["destination"] for m in oci_config(plan, "/r")["mounts"]]
+    assert oci.index("/tmp") < oci.index("/data/storm/workers/w1")
+
+
+def test_hardened_refuses_what_the_engines_default_refuses_a_worker_without_capabilities_and_io_uring() -> None:
+    from berth._core.seccomp import hardened
 
     allow_all = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
-        {"names": ["read", "clone", "clone3", "unshare", "keyctl"], "action": "SCMP_ACT_ALLOW"},
-        {"names": ["setns"], "action": "SCMP_ACT_ALLOW"}]}
-    out = without_namespaces(allow_all, arch="amd64")
+        {"names": ["read", "clone", "clone3", "unshare", "keyctl", "io_uring_setup"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["setns"], "action": "SCMP_ACT_ALLOW"}, {"names": ["io_uring_enter"], "action": "SCMP_ACT_ALLOW"}]}
+    out = hardened(allow_all, arch="amd64")
     rules = out["syscalls"]
     assert rules[0] == {"names": ["read"], "action": "SCMP_ACT_ALLOW"}  # the rest of the rule stays
     assert rules[1] == {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
@@ -153,8 +174,28 @@ def test_without_namespaces_refuses_what_the_engines_default_refuses_a_worker_wi
     assert rules[9] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
     assert rules[10] == {"names": ["unshare", "setns", "keyctl", "add_key", "request_key"],
                          "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
-    assert len(rules) == 11  # the setns-only allow rule is gone
-    assert without_namespaces(allow_all, arch="s390x")["syscalls"][1]["args"][0]["index"] == 1
+    assert rules[11] == {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"],
+                         "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    assert len(rules) == 12  # the setns-only and io_uring-only allow rules are gone
+    assert hardened(allow_all, arch="s390x")["syscalls"][1]["args"][0]["index"] == 1
+
+
+def test_filters_convert_once_per_file_version_and_give_the_engine_the_same_filter_as_runc(tmp_path: Path) -> None:
+    from berth._core.seccomp import Filters, hardened
+
+    default, mine = tmp_path / "default.json", tmp_path / "mine.json"
+    default.write_text(json.dumps(PROFILE))
+    mine.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW"}))
+    filters = Filters(str(default))
+    runc = filters.oci(None)
+    assert runc == hardened(oci_seccomp(PROFILE, compat_arches=False))
+    assert json.loads(filters.default_json()) == runc  # the docker runtime sends this same filter
+    assert filters.oci(None) is runc  # not converted again
+    assert filters.oci(str(mine)) == {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}  # the operator's: as is
+    os.utime(default, (1, 1))
+    assert filters.oci(None) is not runc and filters.oci(None) == runc
+    with pytest.raises(ConfigError, match=r"runc.default_seccomp = .*missing.json: No such file.*containers-common"):
+        Filters(str(tmp_path / "missing.json")).default_json()
 
 
 def test_without_compat_arches_only_the_native_architecture_is_filtered() -> None:

@@ -174,7 +174,9 @@ def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
     assert cfg["linux"]["cgroupsPath"] == "/storm/9c3e-41ab"
     assert {"type": "network"} not in cfg["linux"]["namespaces"]  # network host, as configured
     binds = [(m["source"], m["destination"], m["options"][-1]) for m in cfg["mounts"] if m["type"] == "bind"]
-    assert binds == [(m.source, m.target, "ro" if m.read_only else "rw") for m in plan.mounts]
+    planned = [(m.source, m.target, "ro" if m.read_only else "rw") for m in plan.mounts]
+    assert sorted(binds) == sorted(planned)  # the same binds, parent-first (test_oci pins the order)
+    assert binds.index(planned[8]) < binds.index(planned[3])  # the worker's /tmp before its worker dir
 
 
 def test_the_engine_body_reads_the_profile_with_the_same_bound_and_errors_as_runc(node: dict[str, Path]) -> None:

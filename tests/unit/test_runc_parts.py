@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from berth._runtimes.logfile import read_logs
 from berth._runtimes.runc import RuncRuntime, record_from_exit
 from berth._runtimes.runcbundle import request_from_oci
 from berth._runtimes.shim.files import cgroup_numbers, decode_status
-from berth._runtimes.shim.logs import rotate_if_needed
+from berth._runtimes.shim.logs import Output, make_pipe
 from berth._runtimes.shimclient import ShimClient, ShimError
 
 STARTED, FINISHED = "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.500000Z"
@@ -95,23 +97,70 @@ def test_what_a_runc_container_stands_for() -> None:
     assert request_from_oci({}) == {}
 
 
-def test_rotation_keeps_at_most_n_files_of_the_newest_output(tmp_path: Path) -> None:
-    log = tmp_path / "output.log"
-    log.write_bytes(b"a" * 10)
-    assert not rotate_if_needed(str(log), 10, 3)
-    for letter in b"bcd":
-        with open(log, "ab") as fh:
-            fh.write(bytes([letter]) * 15)
-        assert rotate_if_needed(str(log), 10, 3)
-        assert log.stat().st_size == 0
+def _pipe_output(tmp_path: Path, max_bytes: int, files: int) -> tuple[Output, int]:
+    r, w = make_pipe()
+    return Output(r, str(tmp_path / "output.log"), max_bytes, files), w
+
+
+def test_output_is_drained_into_at_most_n_files_of_the_newest_bytes(tmp_path: Path) -> None:
+    out, w = _pipe_output(tmp_path, 10, 3)
+    os.write(w, b"a" * 10 + b"b" * 10 + b"c" * 10 + b"d" * 5)
+    assert out.drain() is True  # the pipe is empty, a writer is left
     assert sorted(os.listdir(tmp_path)) == ["output.log", "output.log.1", "output.log.2"]
-    assert (tmp_path / "output.log.1").read_bytes() == b"d" * 10  # the newest 10 bytes
-    assert (tmp_path / "output.log.2").read_bytes() == b"c" * 10
-    log.write_bytes(b"e\n")
-    files = [str(tmp_path / "output.log.2"), str(tmp_path / "output.log.1"), str(log)]
-    assert b"".join(read_logs(files, None, False, lambda: False)) == b"c" * 10 + b"d" * 10 + b"e\n"
-    log.write_bytes(b"x" * 11)
-    assert rotate_if_needed(str(log), 10, 1) and sorted(os.listdir(tmp_path))[0] == "output.log"
+    assert [(tmp_path / n).read_bytes() for n in ("output.log.2", "output.log.1", "output.log")] == [
+        b"b" * 10, b"c" * 10, b"d" * 5]  # the oldest 10 bytes dropped, never more than 3 x 10 on disk
+    files = [str(tmp_path / "output.log.2"), str(tmp_path / "output.log.1"), str(tmp_path / "output.log")]
+    assert b"".join(read_logs(files, None, False, lambda: False)) == b"b" * 10 + b"c" * 10 + b"d" * 5
+    os.write(w, b"e" * 7)
+    os.close(w)
+    assert out.drain() is False and (tmp_path / "output.log").read_bytes() == b"e" * 2  # 5 + 5, then 2
+    assert (tmp_path / "output.log.1").read_bytes() == b"d" * 5 + b"e" * 5
+    out.close()
+
+
+def test_one_output_file_is_started_again_when_full_and_a_turn_is_bounded(tmp_path: Path) -> None:
+    out, w = _pipe_output(tmp_path, 4, 1)
+    os.write(w, b"0123456789")
+    assert out.drain(budget=6) is True and (tmp_path / "output.log").read_bytes() == b"45"  # 6 of 10 moved
+    assert out.drain() is True and (tmp_path / "output.log").read_bytes() == b"89"  # 2 more fill it: a new one
+    assert os.listdir(tmp_path) == ["output.log"]
+    os.close(w)
+    out.close()
+
+
+def test_an_output_goes_on_in_its_file_after_an_upgrade(tmp_path: Path) -> None:
+    (tmp_path / "output.log").write_bytes(b"before\n")
+    out, w = _pipe_output(tmp_path, 10, 2)  # the new program image opens the file being written
+    os.write(w, b"after\n")
+    out.drain()
+    assert (tmp_path / "output.log.1").read_bytes() == b"before\naft"  # filled to 10 bytes, then rotated
+    assert (tmp_path / "output.log").read_bytes() == b"er\n"
+    os.close(w)
+    out.close()
+
+
+FULL_DISK = r"""
+import os, resource, signal, sys
+from berth._runtimes.shim.logs import Output, make_pipe
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+r, w = make_pipe()
+out = Output(r, sys.argv[1], 1 << 20, 2)
+os.write(w, b"x" * 5000)
+print(out.drain(), out.size, out.lost, out.error)
+os.write(w, b"y" * 10)
+print(out.drain(), out.size, out.lost)
+"""
+
+
+def test_output_that_cannot_be_written_is_dropped_and_counted_never_left_to_block_the_worker(
+        tmp_path: Path) -> None:
+    """A real refusal by the kernel (the file size limit, EFBIG after 1000 bytes) stands for a full disk."""
+    got = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "output.log")], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert got[0] == "True 1000 4000 cannot write " + str(tmp_path / "output.log") + ": File too large; output dropped"
+    assert got[1] == "True 1000 4010"  # the pipe is emptied all the same: the worker's writes go on
+    assert (tmp_path / "output.log").stat().st_size == 1000
 
 
 def test_images_are_directories_named_in_the_config(tmp_path: Path) -> None:
@@ -204,3 +253,17 @@ def test_whether_a_process_handles_a_signal_is_read_from_its_masks() -> None:
     finally:
         signal.signal(signal.SIGTERM, old)
     assert handles(2**22 + 12345, signal.SIGTERM)  # unknown (no such process): as before, SIGTERM is sent
+
+
+def test_no_stub_of_the_shims_halves_shadows_the_real_method() -> None:
+    """The shim is one class of three halves; a stub standing for another half's method must never
+    be the one called (one was, and the shim crashed on every start)."""
+    from berth._runtimes.shim.exits import ExitBook
+    from berth._runtimes.shim.monitor import Shim
+    from berth._runtimes.shim.wire import Wire
+
+    for half in (ExitBook, Wire):
+        stubs = [n for n, f in vars(half).items()
+                 if hasattr(f, "__code__") and "NotImplementedError" in f.__code__.co_names]
+        assert stubs
+        assert all(getattr(Shim, n) is not getattr(half, n) for n in stubs), stubs

@@ -17,6 +17,7 @@ import click
 from .._core.hostfacts import parse_cpu_list
 from .._core.plan import plan_for
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
+from .._core.seccomp import Filters
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
 from .._core.storm import load_storm_yaml
 from .._exceptions import ConfigError, SpecError
@@ -99,7 +100,7 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
             click.echo("note: RuncLibContainerManager runs workers with runc, not docker run; the line is what "
                        "Storm's DockerManager builds for this storm.yaml", err=True)
     else:
-        body = engine_create_body(plan, seccomp_json=read_seccomp(plan))
+        body = engine_create_body(plan, seccomp_json=read_seccomp(plan, Filters.of(config)))
         click.echo(json.dumps({"name": plan.worker_id, "body": body}, indent=2))
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)

@@ -52,7 +52,9 @@ def status(ctx: click.Context, /) -> None:
                f"(re-executed {h['execs']} times)")
     click.echo(f"  containers {h['containers']} (adopted, status will be lost: {h['adopted']}), "
                f"exits not yet acknowledged {h['pending']}, launches under way {h['launching']}")
-    click.echo(f"  threads {h['threads']}, RSS {h['rss_bytes'] / 2**20:.1f} MiB")
+    click.echo(f"  threads {h['threads']}, RSS {h['rss_bytes'] / 2**20:.1f} MiB, outputs drained {h.get('outputs', 0)}"
+               f" (bytes dropped on a full disk: {h.get('output_dropped_bytes', 0)}), "
+               f"exits not yet written {h.get('unwritten', 0)}")
 
 
 @shim.command()

@@ -1,8 +1,8 @@
 """The agent's local memory: the last assignment document it read, and its own status.
 
 The cache lets an agent that restarts while ZooKeeper is unreachable run its node from the last
-document it actually read (never from nothing). Both files are replaced atomically (write, fsync,
-rename), so a crash leaves the old file or the new one, never half of one.
+document it actually read (never from nothing). Both files are replaced durably (write, fsync,
+rename, fsync of the directory), so a crash leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -15,22 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ClusterError
+from .._runtimes.shim.durable import replace_file
 from .documents import MAX_DOCUMENT_BYTES, load_json
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(str(path), data, mode)  # file and directory flushed: a power loss keeps one whole
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,17 @@ def _bind(source: str, target: str, read_only: bool, recursive: bool = True) -> 
                         "ro" if read_only else "rw"]}
 
 
+def _depth(destination: str) -> int:
+    return os.path.normpath(destination).count("/")
+
+
 def oci_mounts(plan: Plan, table: Sequence[MountEntry] | None = None) -> list[dict[str, Any]]:
-    """The container's filesystems, then the plan's binds in the plan's (Storm's) order.
+    """The container's filesystems, then the plan's binds in the plan's (Storm's) order, all
+    sorted parent-first (by the depth of the destination, stably), as the engine sorts them.
+
+    runc mounts in the order it is given, so a mount over a parent after a deeper one hides it:
+    with ``local_dir`` under ``/tmp``, the worker's own ``/tmp`` (Storm's ninth mount) hid its
+    worker dir (the fourth), and no worker could open its script.
 
     runc makes a read-only recursive bind read-only at its top only, like the engine, so with
     ``table`` (the host's mount table) a read-only bind that has submounts becomes a plain bind
@@ -64,7 +73,7 @@ def oci_mounts(plan: Plan, table: Sequence[MountEntry] | None = None) -> list[di
             if any(t != m.target and is_under(t, m.target) and is_under(target, t) for t in targets):
                 continue  # under another planned mount: that mount decides
             mounts.append(_bind(sub, target, True, recursive=False))
-    return mounts
+    return sorted(mounts, key=lambda m: _depth(m["destination"]))
 
 
 def oci_config(plan: Plan, rootfs: str, *, seccomp: Mapping[str, Any] | None = None,

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._exceptions import ConfigError
 from .plan import Plan
-from .seccomp import read_profile
+from .seccomp import Filters, read_profile
 from .stormline import StormLine, java_double
 
 
@@ -80,11 +80,12 @@ def docker_run_line(plan: Plan, storm: bool = False) -> str:
     return shlex.join(["docker", *docker_run_argv(plan, storm=storm)])
 
 
-def read_seccomp(plan: Plan) -> str | None:
-    """The text of the plan's seccomp profile, which the Engine API takes inline (None: the
-    engine's default profile)."""
+def read_seccomp(plan: Plan, filters: Filters | None = None) -> str | None:
+    """The text of the plan's seccomp profile, which the Engine API takes inline; without one,
+    berth's own filter from ``filters`` (None without ``filters``: the engine's default profile,
+    which allows io_uring on engines before moby 25)."""
     if not plan.security.seccomp_profile:
-        return None
+        return None if filters is None else filters.default_json()
     data = read_profile(plan.security.seccomp_profile, "container.seccomp_profile")
     try:
         return data.decode("utf-8")
@@ -101,10 +102,10 @@ def engine_create_body(plan: Plan, seccomp_json: str | None = None) -> dict[str,
     """
     r, s = plan.resources, plan.security
     security_opt = ["no-new-privileges"] if s.no_new_privileges else []
-    if s.seccomp_profile:
-        if seccomp_json is None:
-            raise ValueError("the plan names a seccomp profile; pass its JSON text")
+    if seccomp_json is not None:
         security_opt.append(f"seccomp={seccomp_json}")
+    elif s.seccomp_profile:
+        raise ValueError("the plan names a seccomp profile; pass its JSON text")
     host: dict[str, Any] = {
         "NetworkMode": s.network,
         "ReadonlyRootfs": s.read_only_root,
@@ -168,7 +169,7 @@ def text_summary(plan: Plan, unused_keys: tuple[str, ...] = ()) -> str:
         f"  caps      drop {','.join(s.cap_drop)}",
         f"  no-new-privileges {'yes' if s.no_new_privileges else 'NO'}",
         f"  init      {'tini as PID 1 (signals reach the worker, orphans reaped)' if s.init else 'none'}",
-        f"  seccomp   {s.seccomp_profile or 'engine default profile'}",
+        f"  seccomp   {s.seccomp_profile or 'berth default (runc.default_seccomp; no namespaces, keyring, io_uring)'}",
         f"  network   {s.network}",
         f"  cgroup    parent {s.cgroup_parent}",
         "mounts",

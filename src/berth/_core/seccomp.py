@@ -14,13 +14,17 @@ Pure: the architecture, kernel release and capabilities are arguments.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
 from .docfile import read_bytes
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
 
 GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "x86", "i386": "x86", "armv7l": "arm",
            "ppc64le": "ppc64le", "s390x": "s390x", "mips64": "mips64", "riscv64": "riscv64"}
@@ -119,23 +123,28 @@ CLONE_NAMESPACES = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "C
                     "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
                     "CLONE_NEWNET": 0x40000000}
 NAMESPACE_CALLS = ("unshare", "setns", "keyctl", "add_key", "request_key")
-"""Denied (EPERM) by :func:`without_namespaces`, as the engine's default profile denies them to a
+"""Denied (EPERM) by :func:`hardened`, as the engine's default profile denies them to a
 container without CAP_SYS_ADMIN: new namespaces (a user namespace gives its creator every
 capability inside it, and so the kernel code behind them) and the kernel keyring, which is not
 namespaced. Debian's containers-common profile allows them (podman relies on capabilities)."""
+IO_URING_CALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+"""Denied (EPERM) by :func:`hardened`: a ring performs reads, writes, opens and connects that no
+seccomp filter sees, and its kernel code has been a steady source of privilege escalations. The
+engine's default profile allowed them until moby 25; berth gives the engine its own filter."""
 _EPERM, _ENOSYS = 1, 38
 
 
-def without_namespaces(oci: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
-    """``oci`` with clone's namespace flags, clone3, unshare, setns and the keyring calls refused,
-    whatever its allow rules say: berth's workers have no capabilities and make no namespaces.
+def hardened(oci: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+    """``oci`` with clone's namespace flags, clone3, unshare, setns, the keyring calls and io_uring
+    refused, whatever its allow rules say: berth's workers have no capabilities, make no
+    namespaces, and do not get a second system call interface past the filter.
 
     clone3 answers ENOSYS (its flags are in memory a filter cannot read), so the C library falls
     back to clone, whose flags are filtered: allowed without namespace flags, EPERM with any.
     """
     arch = arch or GO_ARCH.get(platform.machine(), platform.machine())
     index = 1 if arch in ("s390", "s390x") else 0  # clone's flags are its second argument there
-    denied = {"clone", "clone3", *NAMESPACE_CALLS}
+    denied = {"clone", "clone3", *NAMESPACE_CALLS, *IO_URING_CALLS}
     rules = []
     for rule in oci.get("syscalls") or []:
         names = [n for n in rule["names"] if n not in denied]
@@ -149,6 +158,7 @@ def without_namespaces(oci: Mapping[str, Any], arch: str | None = None) -> dict[
               for flag in CLONE_NAMESPACES.values()]
     rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS})
     rules.append({"names": list(NAMESPACE_CALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM})
+    rules.append({"names": list(IO_URING_CALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM})
     return {**oci, "syscalls": rules}
 
 
@@ -168,3 +178,50 @@ def load_oci_seccomp(path: str, field: str, **kw: Any) -> dict[str, Any]:
         return oci_seccomp(profile, **kw)
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(field, f"{path} is not a usable seccomp profile: {exc}") from exc
+
+
+class Filters:
+    """The filters a node's workers get, each converted once per version of its file (a conversion
+    takes milliseconds; a launch only looks at the file's mtime).
+
+    The operator's profile (``container.seccomp_profile``) is used as it is. Without one, both
+    runtimes get berth's own: ``runc.default_seccomp`` (Debian's containers-common profile, which
+    the engine's default derives from) converted for a worker without capabilities and
+    :func:`hardened`, so a docker worker and a runc worker are refused the same system calls.
+    """
+
+    DEFAULT_FIELD = "runc.default_seccomp"
+
+    def __init__(self, default_path: str, compat_arches: bool = False) -> None:
+        self.default_path, self.compat_arches = default_path, compat_arches
+        self._cache: dict[str, tuple[float, dict[str, Any], str]] = {}
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> Filters:
+        return cls(config.runc.default_seccomp, config.runc.seccomp_compat_arches)
+
+    def _load(self, path: str, field: str, harden: bool) -> tuple[dict[str, Any], str]:
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError as exc:
+            hint = "" if field != self.DEFAULT_FIELD else " (Debian: apt-get install golang-github-containers-common)"
+            raise ConfigError(field, f"{field} = {path}: {exc.strerror}{hint}") from exc
+        cached = self._cache.get(path)
+        if cached is None or cached[0] != mtime:
+            converted = load_oci_seccomp(path, field, compat_arches=self.compat_arches)
+            if harden:
+                converted = hardened(converted)
+            cached = (mtime, converted, json.dumps(converted, separators=(",", ":")))
+            self._cache[path] = cached
+        return cached[1], cached[2]
+
+    def oci(self, profile: str | None) -> dict[str, Any]:
+        """The OCI ``linux.seccomp`` for runc: the operator's ``profile`` converted, else berth's."""
+        if profile:
+            return self._load(profile, "container.seccomp_profile", harden=False)[0]
+        return self._load(self.default_path, self.DEFAULT_FIELD, harden=True)[0]
+
+    def default_json(self) -> str:
+        """berth's filter as the JSON text the engine takes in ``SecurityOpt`` (the engine reads
+        the OCI form: ``architectures`` and rules without conditions)."""
+        return self._load(self.default_path, self.DEFAULT_FIELD, harden=True)[1]

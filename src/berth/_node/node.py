@@ -200,6 +200,10 @@ class Node:
             found = full
         return sorted(found, key=lambda w: (w.topology_id, w.port, w.worker_id))
 
+    def health(self) -> str:
+        """"ok", or what is wrong with the runtime (``Runtime.health``; it may block a while)."""
+        return self.runtime.health()
+
     def check_state(self) -> None:
         """At a service's start: berth's state dir is usable and apart from the workers'
         (``ConfigError`` on ``node.state_dir`` otherwise)."""
@@ -327,7 +331,8 @@ class Node:
             if not (self._adopt_all or rec.container_id in self._watched):
                 return False  # another berth process's worker: left for it (or for recover)
             self._reported.add(rec.container_id)
-            self._journal.record(rec)
+        self._journal.record(rec)  # on the disk before anyone hears of it; the node's lock is not held meanwhile
+        with self._lock:
             callback = self._callbacks.pop(rec.worker_id, None) or self._default_cb
             self._exits[rec.worker_id] = rec
             self._exit_cond.notify_all()

@@ -241,4 +241,10 @@ class Runtime(Protocol):
         """The exit of a worker that has ended, built from the runtime's own state."""
         ...
 
+    def health(self) -> str:
+        """"ok", or what is wrong with what runs the workers ("unreachable", "shim unresponsive"):
+        asked with a short bound where the runtime has one. It may block; callers that must not
+        ask it from a thread of their own (``_service.probe``)."""
+        ...
+
     def close(self) -> None: ...

@@ -27,6 +27,7 @@ from .._core.config import NodeConfig
 from .._core.hostfacts import parse_cpu_list
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
 from .._core.render import engine_create_body, read_seccomp
+from .._core.seccomp import Filters
 from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_only_all_the_way_down
@@ -126,6 +127,7 @@ class DockerRuntime:
         """Start times from the event stream, so an exit needs no inspect round trip."""
         self._oom: dict[str, int | None] = {}
         """Container ids with an ``oom`` event, and the cgroup's oom_kill count read then."""
+        self._seccomp = Filters.of(config)
 
     def _client(self) -> docker.APIClient:
         try:
@@ -229,7 +231,7 @@ class DockerRuntime:
         return True
 
     def create(self, plan: Plan) -> str:
-        body = engine_create_body(plan, seccomp_json=read_seccomp(plan))
+        body = engine_create_body(plan, seccomp_json=read_seccomp(plan, self._seccomp))  # never the engine's default
         # The engine makes a read-only bind read-only at the top only; see read_only_all_the_way_down.
         body["HostConfig"]["Mounts"] = read_only_all_the_way_down(body["HostConfig"]["Mounts"])
         try:
@@ -400,6 +402,13 @@ class DockerRuntime:
                 self._stream = None
             if not self._closed.is_set():
                 self._closed.wait(delay)
+
+    def health(self) -> str:
+        try:
+            self.list_workers()
+        except EngineError:
+            return "unreachable"
+        return "ok"
 
     def close(self) -> None:
         self._closed.set()

@@ -253,6 +253,9 @@ class FakeRuntime:
         with self._lock:
             return self._get(worker_id).exit
 
+    def health(self) -> str:
+        return "ok"
+
     def close(self) -> None:
         self._closed = True
         self._events.put(None)

@@ -63,21 +63,36 @@ def read_logs(paths: list[str], tail: int | None, follow: bool, running: Callabl
 
 def read_log(path: str, tail: int | None, follow: bool, running: Callable[[], bool]) -> Iterator[bytes]:
     """Chunks of ``path`` from ``tail`` lines before its end (all of it when None); with ``follow``,
-    keep reading while ``running()`` says the worker runs."""
+    keep reading while ``running()`` says the worker runs: on into the new file once a rotation
+    has renamed this one away (read to its end first), or from the top of a truncated one."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in the generator's finally
     except FileNotFoundError:
         return
-    with fh:
+    try:
         if tail is not None:
             fh.seek(tail_offset(fh, tail))
+        ended = False
         while True:
             chunk = fh.read(65536)
             if chunk:
                 yield chunk
                 continue
-            if not follow or not running():
+            if not follow or ended:
                 return
+            ended = not running()  # then one more look: what it wrote before it ended is there
+            try:
+                renamed = os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                renamed = False  # between a rotation's rename and its new file: look again
+            if renamed:
+                fh.close()
+                fh = open(path, "rb")  # noqa: SIM115 - closed in the finally
+                continue
+            if ended:
+                continue
             if os.fstat(fh.fileno()).st_size < fh.tell():
-                fh.seek(0)  # truncated by a rotation
+                fh.seek(0)  # truncated (the process runtime's file, emptied by hand)
             time.sleep(0.1)
+    finally:
+        fh.close()

@@ -206,6 +206,9 @@ class ProcessRuntime:
                         yield rec
         sel.close()
 
+    def health(self) -> str:
+        return "ok"
+
     def close(self) -> None:
         self._closed = True
         os.write(self._wake_w, b"x")

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,8 +26,8 @@ from typing import Any
 from .._core.config import NodeConfig
 from .._core.oci import oci_config
 from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
-from .._core.seccomp import load_oci_seccomp, without_namespaces
-from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from .._core.seccomp import Filters
+from .._exceptions import BerthError, EngineError, WaitTimeout, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
 from .._linux.mountinfo import read_mountinfo
 from . import runcbundle as rb
@@ -38,6 +39,11 @@ from .shimclient import ShimClient
 
 log = logging.getLogger("berth.runc")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HEALTH_TIMEOUT_S = 2.0
+SHIM_QUIET_S = 10.0
+"""After the shim failed to answer within ``HEALTH_TIMEOUT_S``, how long berth reads the workers'
+files alone (a stopped shim must not make every `ps` wait on it again)."""
+_UNANSWERED: dict[str, Any] = {}
 _BERTH_CID = re.compile(r"[0-9a-f]{32}")
 """The runc ids berth gives its containers (``uuid4().hex``)."""
 _RUNC_STATUS = {"created": WorkerStatus.CREATED, "running": WorkerStatus.RUNNING, "paused": WorkerStatus.PAUSED,
@@ -81,9 +87,10 @@ class RuncRuntime:
         self._root = config.runc.root or os.path.join(self._base, "root")
         self._runc: str | None = None
         self._shim: ShimClient | None = None
-        self._seccomp: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._filters = Filters.of(config)
         self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
+        self._shim_quiet_until = 0.0
 
     @property
     def runc(self) -> str:
@@ -118,32 +125,12 @@ class RuncRuntime:
     def image_present(self, image: str) -> bool:
         return self.image_dir(image) is not None
 
-    def _seccomp_for(self, plan: Plan) -> dict[str, Any]:
-        """The operator's profile as it is, else the distribution's default made as strict as the
-        engine's (``without_namespaces``): a runc worker never runs without a filter. Converted
-        once per file version."""
-        path = plan.security.seccomp_profile or self._config.runc.default_seccomp
-        field = "container.seccomp_profile" if plan.security.seccomp_profile else "runc.default_seccomp"
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError as exc:
-            hint = "" if plan.security.seccomp_profile else " (Debian: apt-get install golang-github-containers-common)"
-            raise EngineError(field, f"{field} = {path}: {exc.strerror}{hint}") from exc
-        cached = self._seccomp.get(path)
-        if cached is None or cached[0] != mtime:
-            converted = load_oci_seccomp(path, field, compat_arches=self._config.runc.seccomp_compat_arches)
-            if not plan.security.seccomp_profile:  # the distribution's profile: as strict as the engine's
-                converted = without_namespaces(converted)
-            cached = (mtime, converted)
-            self._seccomp[path] = cached
-        return cached[1]
-
     def create(self, plan: Plan) -> str:
         image = self.image_dir(plan.image)
         if image is None:
             raise EngineError("image", f"{plan.image}: no root filesystem directory for it (runc.images, "
                               "runc.image_root)")
-        seccomp = self._seccomp_for(plan)
+        seccomp = self._filters.oci(plan.security.seccomp_profile)  # a runc worker never runs without one
         wdir = self._wdir(plan.worker_id)
         os.makedirs(self._workers, mode=0o700, exist_ok=True)
         rb.remove_worker_dir(wdir)  # the leftovers of a worker whose container is gone (checked by the node)
@@ -159,12 +146,13 @@ class RuncRuntime:
             os.chmod(os.path.join(wdir, "upper"), top.st_mode & 0o7777)
             rb.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
             config = oci_config(plan, rootfs, seccomp=seccomp, table=read_mountinfo())
-            rb.write_json(os.path.join(bundle, "config.json"), config)
+            rb.write_json(os.path.join(bundle, "config.json"), config, durable=False)  # dies with its container
             where = _cgroup.memory_dir_for(config["linux"]["cgroupsPath"])
             rb.write_json(os.path.join(wdir, "meta.json"), {
                 "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
                 "memcg": where[0] if where else None, "cgroup_version": where[1] if where else 1,
-                "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]})
+                "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]},
+                durable=False)  # not flushed on a launch's path: see shim/durable.py
         except (OSError, BerthError) as exc:
             rb.remove_worker_dir(wdir)
             if isinstance(exc, BerthError):
@@ -192,8 +180,8 @@ class RuncRuntime:
         self._memfiles.pop(worker_id, None)
         meta = rb.read_json(os.path.join(wdir, "meta.json"))
         if meta is not None:
-            if os.path.exists(os.path.join(wdir, "started.json")):
-                self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)
+            if any(os.path.exists(os.path.join(wdir, f)) for f in ("started.json", "launch.json")):
+                self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)  # asked to run it: it knows
             rb.remove_worker_dir(wdir)
             return
         hand = self._by_hand().get(worker_id)
@@ -205,23 +193,47 @@ class RuncRuntime:
 
     # -- state ----------------------------------------------------------------------------------
 
+    def _ended(self, wdir: str, cid: str, started: dict[str, Any] | None) -> dict[str, Any] | None:
+        """How the worker ended: its ``exit.json``, else, once its process is gone, the record the
+        shim holds in memory (not yet written: a full disk, or the moment before it is). None
+        while it runs, and for a worker gone while no shim watched it (recovered as lost)."""
+        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        if ended is not None or started is None:
+            return ended
+        pid = int(started["pid"])
+        st = proc_state(pid)
+        if st is not None and st[0] != "Z" and start_time(pid) == started.get("start_time"):
+            return None
+        if time.monotonic() < self._shim_quiet_until:
+            return _UNANSWERED
+        try:
+            reply = self.shim.request({"op": "exit", "id": cid}, timeout=HEALTH_TIMEOUT_S, start=False)
+        except WaitTimeout:  # a stuck shim: not asked again for a while, so `ps` stays quick
+            self._shim_quiet_until = time.monotonic() + SHIM_QUIET_S
+            return _UNANSWERED
+        except BerthError:
+            return None
+        return reply.get("exit") or rb.read_json(os.path.join(wdir, "exit.json"))
+
     def _state(self, worker_id: str, meta: dict[str, Any]) -> WorkerState:
         wdir = self._wdir(worker_id)
         labels = dict(meta.get("labels") or {})
         started = rb.read_json(os.path.join(wdir, "started.json"))
-        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        ended = self._ended(wdir, str(meta["id"]), started)
+        unanswered = ended is _UNANSWERED
+        ended = None if unanswered else ended
         pid = None
         if ended is not None:
             status = WorkerStatus.EXITED
         elif started is None:
             status = WorkerStatus.CREATED
         else:
-            status = WorkerStatus.RUNNING
-            pid = int(started["pid"])
+            status, pid = WorkerStatus.RUNNING, int(started["pid"])
             st = proc_state(pid)
-            gone = st is None or st[0] == "Z" or start_time(pid) != started.get("start_time")
-            if gone and not self.shim.running():
-                status, pid = WorkerStatus.MISSING, None  # ended while no shim watched: recovered as lost
+            if unanswered:  # ended, its shim does not answer: it says how once it does
+                pid = None
+            elif st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
+                status, pid = WorkerStatus.MISSING, None  # ended, and no shim has its status: recovered as lost
         rec = record_from_exit(ended) if ended is not None else None
         return WorkerState(
             worker_id=worker_id, container_id=str(meta["id"]), topology_id=labels.get(LABEL_TOPOLOGY, ""),
@@ -321,7 +333,7 @@ class RuncRuntime:
         config = rb.read_json(os.path.join(wdir, "bundle", "config.json")) or {}
         proc = {**config.get("process", {}), "args": list(argv), "terminal": False}
         path = os.path.join(wdir, f"exec-{uuid.uuid4().hex[:8]}.json")
-        rb.write_json(path, proc)
+        rb.write_json(path, proc, durable=False)
         try:
             out = subprocess.run([self.runc, "--root", self._root, "exec", "-p", path, meta["id"]],
                                  stdin=subprocess.DEVNULL, capture_output=True, check=False)
@@ -350,7 +362,11 @@ class RuncRuntime:
         return out
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
-        ended = rb.read_json(os.path.join(self._wdir(worker_id), "exit.json"))
+        wdir = self._wdir(worker_id)
+        meta = rb.read_json(os.path.join(wdir, "meta.json"))
+        if meta is None:
+            return None
+        ended = self._ended(wdir, str(meta["id"]), rb.read_json(os.path.join(wdir, "started.json")))
         return record_from_exit(ended) if ended is not None else None
 
     def exit_events(self) -> Iterator[ExitRecord | None]:
@@ -358,6 +374,7 @@ class RuncRuntime:
         while not self._closed.is_set():
             try:
                 for ev in self.shim.events():
+                    self._shim_quiet_until = 0.0  # it speaks: ask it again
                     if ev is None:
                         delay = 0.1
                         yield None
@@ -368,6 +385,17 @@ class RuncRuntime:
             if self._closed.wait(delay):
                 return
             delay = min(delay * 2, 5.0)
+
+    def health(self) -> str:
+        """The monitor answers a ``hello`` within ``HEALTH_TIMEOUT_S``: nothing a worker does can
+        keep it from answering (docs/runtimes.md), so a silent one is stuck, stopped or gone."""
+        try:
+            self.shim.request({"op": "hello"}, timeout=HEALTH_TIMEOUT_S, start=False)
+        except WaitTimeout:
+            return "shim unresponsive"
+        except BerthError:
+            return "shim not running"
+        return "ok"
 
     def close(self) -> None:
         self._closed.set()

@@ -53,9 +53,9 @@ def remove_worker_dir(wdir: str) -> None:
         shutil.rmtree(wdir)
 
 
-def write_json(path: str, data: Mapping[str, Any], mode: int = 0o600) -> None:
+def write_json(path: str, data: Mapping[str, Any], mode: int = 0o600, *, durable: bool = True) -> None:
     """berth's own files of a runc worker (its bundle, meta): the shim's writer, readable by root only."""
-    files.write_json(path, data, mode)
+    files.write_json(path, data, mode, durable=durable)
 
 
 def request_from_oci(config: Mapping[str, Any]) -> dict[str, Any]:

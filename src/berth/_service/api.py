@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .._core.serviceconfig import TenantToken
 from .._core.spec import WorkerSpec
-from .._exceptions import BerthError, WorkerNotFound
+from .._exceptions import WorkerNotFound
 from .._version import __version__
 from .apimodels import (
     ERRORS,
@@ -42,6 +41,7 @@ from .apimodels import (
 )
 from .assignments import parse_document
 from .metrics import Metrics
+from .probe import Probe
 from .supervisor import Supervisor
 
 _bearer = HTTPBearer(auto_error=False)
@@ -111,20 +111,10 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             raise WorkerNotFound(worker_id)  # another tenant's worker: not even its existence
         return st
 
-    probe: list[tuple[float, str]] = []
-
-    def engine_state() -> str:
-        """Asked of the engine at most once a second, however often /healthz is asked (no token
-        needed: a caller must not be able to turn it into a stream of engine calls)."""
-        now = time.monotonic()
-        if not probe or now - probe[0][0] >= 1.0:
-            try:
-                sup.node.ps()
-                state = "ok"
-            except BerthError:
-                state = "unreachable"
-            probe[:] = [(now, state)]
-        return probe[0][1]
+    engine_state = Probe(sup.node.health)
+    """The runtime's health (the engine, or the runc monitor), asked at most once a second however
+    often /healthz is asked (no token needed: a caller must not be able to turn it into a stream of
+    engine calls), and from a thread of its own: a stuck engine or shim is reported, never waited on."""
 
     @app.get("/healthz", response_model=Health | HealthBrief, responses={503: {"model": Health | HealthBrief}})
     def healthz(caller: Caller = Depends(who)) -> JSONResponse:  # noqa: B008

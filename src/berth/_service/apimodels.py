@@ -104,12 +104,14 @@ class KillResult(BaseModel):
 
 
 class HealthBrief(BaseModel):
-    status: str = Field(description="ok, or degraded (engine unreachable, loop stale, another supervisor).")
+    status: str = Field(description="ok, or degraded (engine unreachable or runc monitor unresponsive, loop stale, "
+                        "another supervisor).")
 
 
 class Health(HealthBrief):
     node: str
-    engine: str
+    engine: str = Field(description="The runtime's health: ok, unreachable (the engine), shim unresponsive, shim not "
+                        "running (runc), unresponsive (no answer in time).")
     loop: str
     last_pass_age_s: float | None
     version: str | None

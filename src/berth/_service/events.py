@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._runtimes.shim.durable import append_record
 from .phase import Phase, iso
 
 log = logging.getLogger("berth.supervisor")
@@ -76,8 +77,11 @@ class EventLog:
                     os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             except FileNotFoundError:
                 pass
-            with open(self.path, "ab") as fh:
-                fh.write(data)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                append_record(fd, data)  # flushed per record: the log says what happened before a crash
+            finally:
+                os.close(fd)
             if self._failing:
                 log.info("writing %s again", self.path)
             self._failing = False

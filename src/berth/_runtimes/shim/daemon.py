@@ -6,14 +6,21 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import socket
 import sys
+import time
+import traceback
 
 from . import LOCK_NAME, SOCKET_NAME, WORKERS
 from .files import log, move_to_own_cgroup
 from .monitor import Shim
 
 _PR_SET_CHILD_SUBREAPER = 36
+MAX_FILES = 65536
+CRASH_BACKOFF_MAX_S = 30.0
+"""A shim that keeps crashing re-executes itself at most this often (it never exits: its exit
+would close every worker's pipe and lose every exit status)."""
 
 
 def _lock(base: str) -> int | None:
@@ -25,8 +32,11 @@ def _lock(base: str) -> int | None:
             os.close(fd)
             return None
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # a full disk: the pid is for people and `shim status`, the lock is what counts
+        log(f"cannot write the pid into {LOCK_NAME}: {exc.strerror}")
     return fd
 
 
@@ -66,6 +76,9 @@ def main(argv: list[str]) -> int:
             os.write(ready, msg.encode() + b"\n")
 
     os.umask(0o022)  # not whatever the starter had: runc makes the workers' mount points with it
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, MAX_FILES):  # two per worker (its pipe, its file), plus connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, MAX_FILES), hard))
     base, runc, root = a["dir"], a["runc"], a["root"]
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -92,13 +105,35 @@ def main(argv: list[str]) -> int:
         listen = _listen(base)
         log(f"started (runc {runc}, root {root})")
     shim = Shim(base, runc, root, listen, lock_fd)
-    shim.recover()
-    tell(f"ready {os.getpid()}")
-    if ready is not None:
-        os.close(ready)
-    shim.run()
+    try:
+        if "carry" in a:
+            shim.restore_unwritten(int(a["carry"]))
+        shim.recover(_pipes(a.get("pipes", "")))
+        tell(f"ready {os.getpid()}")
+        if ready is not None:
+            os.close(ready)
+            ready = None
+        shim.run()
+    except Exception:
+        log("crashed:\n" + traceback.format_exc())
+        if ready is not None:
+            os.close(ready)  # the starter hears no "ready": it reports the failure
+        crashes = int(os.environ.get("BERTH_SHIM_CRASHES", "0")) + 1
+        time.sleep(min(CRASH_BACKOFF_MAX_S, 0.1 * 2 ** crashes))  # a crash loop must not spin
+        shim._exec_self(crashes)
+        return 1
     os.unlink(os.path.join(base, SOCKET_NAME))
     return 0
+
+
+def _pipes(spec: str) -> dict[str, int]:
+    """``name=fd,…`` (``Outputs.carry_outputs``) as a mapping; each fd made close-on-exec again."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        name, _, fd = item.rpartition("=")
+        out[name] = int(fd)
+        os.set_inheritable(int(fd), False)
+    return out
 
 
 if __name__ == "__main__":

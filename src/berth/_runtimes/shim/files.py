@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from .durable import replace_file
 
 
 def now_iso(t: float | None = None) -> str:
@@ -16,18 +18,17 @@ def now_iso(t: float | None = None) -> str:
 
 
 def log(msg: str) -> None:
-    sys.stderr.write(f"{now_iso()} berth-shim[{os.getpid()}] {msg}\n")
-    sys.stderr.flush()
+    """One line to the shim's log (its stderr). Never fatal: on a full disk the line is lost, the
+    shim goes on (it used to die here, and then every `rm`, `kill` and `shim start` failed)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{now_iso()} berth-shim[{os.getpid()}] {msg}\n".encode(errors="replace"))
 
 
-def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644) -> None:
-    """Atomically: a reader sees the old file or the whole new one, never a part. The temporary
-    file is never reached through a link. (The runc runtime writes its bundles with this too.)"""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data))  # dumps uses the C encoder; dump would encode in Python (ms for a config)
-    os.replace(tmp, path)
+def write_json(path: str, data: Mapping[str, Any], mode: int = 0o644, *, durable: bool = True) -> None:
+    """Atomically, and with ``durable`` flushed to the disk (``durable.replace_file``: which files
+    need it). (The runc runtime writes its bundles with this too.)"""
+    # dumps uses the C encoder; dump would encode in Python (ms for a config)
+    replace_file(path, json.dumps(data).encode(), mode, durable=durable)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -168,5 +169,5 @@ def started_after_a_lost_launch(wdir: str) -> dict[str, Any] | None:
     if req is None:
         return None
     started = {**carried(req), "pid": pid, "start_time": start_time(pid), "started_at": now_iso()}
-    write_json(os.path.join(wdir, "started.json"), started)
+    write_json(os.path.join(wdir, "started.json"), started, durable=False)
     return started
