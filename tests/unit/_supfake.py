@@ -105,7 +105,10 @@ class Harness:
         self.fake = fake or FakeRuntime(clock=self.clock)
         self.config = config(base, **settings)
         self.node = Node(self.config, runtime=self.fake, host=FOUR_CPUS, identities=lambda u: USERS[u])
-        self.sup = Supervisor(self.node, assignments_path=path, clock=self.clock, wall=self.clock)
+        # A pytest tmp dir lies under /tmp, which anyone may add to: the trust rule is tested on its own
+        # (test_trust.py, and on the real engine).
+        self.sup = Supervisor(self.node, assignments_path=path, clock=self.clock, wall=self.clock,
+                              trust_source=False)
         self.watch = Watch(self.sup)
 
     def start(self) -> Harness:

@@ -67,10 +67,11 @@ def check_socket_group(config: NodeConfig) -> None:
 
 
 def check_apart(config: NodeConfig, assignments: str | None, socket: str | None) -> None:
-    """Before anything starts: workers can neither reach nor rewrite the assignments, nor reach
-    the API socket (on it, no token is asked for: its mode is the access control)."""
+    """Before anything starts: nobody but root can rewrite the assignments, workers cannot reach
+    them, nor the API socket (on it, no token is asked for: its mode is the access control)."""
     from .._node.state import StateDir
     from .._paths import is_under
+    from .._service.assignments import check_source
 
     state = StateDir(config)
     if assignments is not None:
@@ -79,6 +80,8 @@ def check_apart(config: NodeConfig, assignments: str | None, socket: str | None)
     real = os.path.realpath
     if socket is not None and not is_under(real(socket), real(config.state_dir)):  # (the state dir is checked)
         state.check_apart(socket, "api.socket", "a worker could reach the API, which asks no token there")
+    if assignments is not None:
+        check_source(assignments)  # root's alone to write: the file(s) and every directory above them
 
 
 def _progress(done: int, total: int) -> None:
@@ -116,9 +119,9 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
     from .._service.server import serve
 
     config = get_config(ctx)
-    check_apart(config, assignments, None if no_api else config.api_socket)
     if not no_api:
         check_socket_group(config)
+    check_apart(config, assignments, None if no_api else config.api_socket)
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._core.spec import WorkerSpec, spec_digest
+from .._core.trust import untrusted
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState
@@ -54,9 +55,13 @@ class Supervisor(Reconciler):
     """
 
     def __init__(self, node: Node, assignments_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 trust_source: bool = True) -> None:
+        """``trust_source`` False reads the assignments without checking who could write them
+        (a source the caller vouches for); by default a file others could change is rejected."""
         super().__init__(node, clock, wall)
         self.assignments_path = assignments_path
+        self._trust = untrusted if trust_source else None
         self.lock = SupervisorLock(self.config.state_dir)
         """Held from ``start`` to ``stop``; the cluster agent runs the supervisor under it."""
         self.state_problem: str | None = None
@@ -127,7 +132,7 @@ class Supervisor(Reconciler):
         """Read the assignments file(s) again and apply them."""
         assert self._source is not None and self.assignments_path is not None
         self._source.mark_read()
-        return self.set_assignments(load_assignments(self.assignments_path))
+        return self.set_assignments(load_assignments(self.assignments_path, trust=self._trust))
 
     def _holds_lock(self) -> bool:
         return self.lock.held
