@@ -18,7 +18,7 @@ import pytest
 from berth import Node, NodeConfig, Supervisor
 from berth._core.config import config_from_mapping
 
-from .conftest import ROOT, config_toml, poll_until
+from .conftest import ROOT, config_toml, poll_until, purge
 from .test_supervisor import FOREVER, Watch, fast, worker, write
 
 pytestmark = pytest.mark.integration
@@ -305,3 +305,32 @@ def test_assignment_files_are_checked_again_as_they_are_read(config: NodeConfig,
             (str(evil), "assignments", f"{evil} is owned by uid {bob.pw_uid} (mode 0644)")]
     finally:
         sup.stop(drain=True)
+
+
+def test_a_second_node_name_on_the_same_state_dir_is_one_line(cfg: tuple[NodeConfig, Path], base: Path) -> None:
+    """Issue 18 item 8: the second name adopted the first node's desired state and launched its
+    workers; now it is refused before anything starts, naming both nodes."""
+    config, path = cfg
+    assign = base / "assign.yaml"
+    write(assign, [spec("n0", 6980)])
+    first = Berth(path, "supervise", "--assignments", str(assign), "--no-api")
+    poll_until(lambda: "n0" in containers(config), "n0 running")
+    first.stop()
+    name = f"{config.node.name}-b"
+    other = config_from_mapping({**config.model_dump(), "node": {**config.node.model_dump(), "name": name}})
+    (base / "other.toml").write_text(config_toml(other))
+    for args in (["serve"], ["supervise", "--assignments", str(assign)], ["launch", "--worker-id", "n9", "--topology",
+                                                                         "topo-s", "--port", "6989", "--user",
+                                                                         "berth-alice", "--", "true"]):
+        r = subprocess.run([sys.executable, "-m", "berth", "--config", str(base / "other.toml"), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 125, args
+        assert r.stderr.startswith(f"error: node.name: {config.state_dir} holds the state of node "
+                                   f"{config.node.name!r} (docker on {config.node.docker_host}); this config is node "
+                                   f"{name!r} (docker on {config.node.docker_host}): give each node its own "
+                                   "node.state_dir"), r.stderr
+        assert len(r.stderr.splitlines()) == 1
+    try:
+        assert containers(other) == {}
+    finally:
+        purge(name)

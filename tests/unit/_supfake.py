@@ -37,12 +37,12 @@ class Clock:
         self.now += seconds
 
 
-def config(base: Path, **supervisor: Any) -> Any:
+def config(base: Path, name: str = "n1", runtime: str = "docker", **supervisor: Any) -> Any:
     settings = {"grace_s": 1.0, "backoff_base_s": 1.0, "backoff_cap_s": 16.0, "crashloop_after": 3,
                 "healthy_after_s": 30.0, "resync_s": 3600.0, **supervisor}
     return config_from_mapping({
-        "node": {"name": "n1", "local_dir": str(base / "local"), "log_dir": str(base / "log"),
-                 "state_dir": str(base / "state"), "min_uid": 1000},
+        "node": {"name": name, "local_dir": str(base / "local"), "log_dir": str(base / "log"),
+                 "state_dir": str(base / "state"), "min_uid": 1000, "runtime": runtime},
         "images": {"default": "img:1", "allowed": ("img:2",)}, "container": {"mount_cgroup_root": False},
         "supervisor": settings,
     })
@@ -100,10 +100,10 @@ class Watch:
 
 class Harness:
     def __init__(self, base: Path, fake: FakeRuntime | None = None, clock: Clock | None = None,
-                 path: str | None = None, **settings: Any) -> None:
+                 path: str | None = None, name: str = "n1", runtime: str = "docker", **settings: Any) -> None:
         self.clock = clock or Clock()
         self.fake = fake or FakeRuntime(clock=self.clock)
-        self.config = config(base, **settings)
+        self.config = config(base, name, runtime, **settings)
         self.node = Node(self.config, runtime=self.fake, host=FOUR_CPUS, identities=lambda u: USERS[u])
         # A pytest tmp dir lies under /tmp, which anyone may add to: the trust rule is tested on its own
         # (test_trust.py, and on the real engine).

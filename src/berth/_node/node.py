@@ -83,6 +83,7 @@ class Node:
         self._watcher: threading.Thread | None = None
         self._subscribed = threading.Event()
         self._closing = False
+        self._bound = False
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class Node:
         left behind (container, directories, files).
         """
         plan = self.plan(spec)
+        self.bind_state()
         with self._state.claim(plan.worker_id):  # one launch of an id at a time: threads and processes
             return self._launch(plan, on_exit)
 
@@ -202,8 +204,16 @@ class Node:
 
     def check_state(self) -> None:
         """At a service's start: berth's state dir is usable and apart from the workers'
-        (``ConfigError`` on ``node.state_dir`` otherwise)."""
+        (``ConfigError`` on ``node.state_dir`` otherwise), and this node's (``bind_state``)."""
         self._state.check()
+        self.bind_state()
+
+    def bind_state(self) -> None:
+        """Before the state dir is written: it holds this node's state, not another node's
+        (``StateError`` naming both otherwise). Checked once per ``Node``."""
+        if not self._bound:
+            self._state.bind()
+            self._bound = True
 
     def set_default_callback(self, on_exit: ExitCallback | None) -> None:
         """The callback for exits of workers launched without one (adopted ones, for instance)."""
@@ -237,6 +247,7 @@ class Node:
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""
+        self.bind_state()
         report = RecoveryReport()
         with self._lock:
             self._adopt_all = True

@@ -1,27 +1,35 @@
-"""berth's own state directory: checked at start, and the claims that let one launch of a worker
-id run at a time, across every berth process of the node.
+"""berth's own state directory: checked at start, bound to the node it serves, and the claims that
+let one launch of a worker id run at a time, across every berth process of the node.
 
 The state dir holds what berth must be able to write whatever the workers do (the exit journal,
 the claims, the supervisor's state, the API socket), so it lies apart from every tree a worker
 can write (checked in the config, and here again on the resolved paths). A claim is an exclusive
 ``flock`` on ``claims/<worker_id>.lock``: the kernel releases it when its holder dies, so a berth
 killed mid-launch never leaves an id claimed.
+
+Everything in the state dir speaks of one node's workers (its desired state, handled exits,
+claims): ``node.json`` names that node (name, runtime, configured engine), written by the first
+berth to use the dir; a config that names another node is refused before anything starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from .._core.config import NodeConfig
-from .._exceptions import ConfigError, LaunchError, PolicyError
+from .._exceptions import ConfigError, LaunchError, PolicyError, StateError
 from .._linux.fsprobe import probe_write
 from .._paths import is_under
 
 CLAIMS = "claims"
+IDENTITY = "node.json"
+_IDENTITY_KEYS = {"node": "node.name", "runtime": "node.runtime", "engine": "node.docker_host"}
 _CLAIM_ATTEMPTS = 100
 """A claim file another holder unlinked between our open and our lock is opened afresh; this
 bounds how often (only a storm of concurrent claims of one id could need more than one)."""
@@ -72,6 +80,78 @@ class StateDir:
             probe_write(p)
         except OSError as exc:
             raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from exc
+
+    def identity(self) -> dict[str, object]:
+        """What says which node's workers the state speaks of."""
+        n = self.config.node
+        return {"format": 1, "node": n.name, "runtime": n.runtime, "engine": n.docker_host}
+
+    def bind(self) -> None:
+        """Bind the state dir to this node, or raise ``StateError`` naming the node it holds the
+        state of: another node name on the same dir would adopt that node's desired state (and
+        launch its workers), another runtime or engine would run them a second time."""
+        mine = self.identity()
+        path = self.path / IDENTITY
+        for _ in range(2):
+            found = self._read_identity(path)
+            if found is None:
+                if self._create_identity(path, mine):
+                    return
+                continue  # another berth made it meanwhile: compare with that one
+            for key, field in _IDENTITY_KEYS.items():
+                if found.get(key) != mine[key]:
+                    raise StateError(field, f"{self.path} holds the state of node {found.get('node')!r} "
+                                     f"({_about(found)}); this config is node {mine['node']!r} ({_about(mine)}): "
+                                     "give each node its own node.state_dir (to rename or move this node, drain "
+                                     f"it, then remove {path})")
+            return
+        raise StateError("node.state_dir", f"{path} keeps changing")
+
+    @staticmethod
+    def _read_identity(path: Path) -> dict[str, object] | None:
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(4097)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError("node.state_dir", f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            data = json.loads(raw) if len(raw) <= 4096 else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("format") != 1:
+            raise StateError("node.state_dir", f"{path} is not a berth node identity; nothing is used until it is "
+                             "fixed (remove it to bind the state dir to this config's node)")
+        return data
+
+    def _create_identity(self, path: Path, mine: dict[str, object]) -> bool:
+        """Write it whole or not at all (a temporary file linked into place); False when another
+        berth made it first."""
+        tmp = self.path / f".{IDENTITY}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, json.dumps(mine).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise StateError("node.state_dir", f"cannot write {path}: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
 
     def check_apart(self, path: str, key: str, why: str) -> None:
         """Something berth trusts more than it trusts workers (the assignments, the API socket) lies,
@@ -130,3 +210,8 @@ class StateDir:
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # while still holding it: a later claim makes a new file
                 os.close(fd)
+
+
+def _about(identity: dict[str, object]) -> str:
+    engine = identity.get("engine")
+    return f"{identity.get('runtime')}" + (f" on {engine}" if engine else "")

@@ -170,7 +170,9 @@ class Supervisor(Reconciler):
 
     def start(self) -> None:
         """Take the node's lock, load the persisted state, refuse another supervisor's node,
-        adopt what runs (and report what exited meanwhile), then start reconciling."""
+        adopt what runs (and report what exited meanwhile), then start reconciling. A state dir
+        that holds another node's state is refused first (``StateError``), before anything."""
+        self.node.bind_state()
         self.lock.acquire(node=self.config.node.name, state_dir=self.config.state_dir)
         self._events.flush()  # lines made before the lock was held (set_assignments before start)
         self._started_at = self._clock()
