@@ -115,3 +115,25 @@ def _writable_by_others(path: str, st: os.stat_result, owners: set[int], sticky_
     if st.st_mode & 0o002 and not (sticky_ok and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o1000):
         return f"{path} is writable by everyone {mode}"
     return ""
+
+
+def exposed(st: os.stat_result) -> str:
+    """Why a file holding secrets (tokens, a credential) could be read by someone other than root
+    or berth's own uid; "" if it cannot. Any group or other bit counts (group root may have members)."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {st.st_uid}"
+    if st.st_mode & 0o077:
+        return f"is readable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return ""
+
+
+def check_secrets(path: str, keys: tuple[str, ...]) -> None:
+    """A config that holds tokens (``keys``) must be readable by root (or berth) alone."""
+    if not keys:
+        return
+    try:
+        problem = exposed(os.stat(path))
+    except OSError:
+        return  # it was just read: a file gone since is not a secret left open
+    if problem:
+        raise ConfigError("config", f"{path} holds tokens ({', '.join(keys)}) and {problem}; chmod 600 it")
