@@ -1,9 +1,12 @@
-"""``berth cluster ps``: nodes and workers for people. Every cell is plain text: what nodes write
-about themselves is untrusted, so nothing in it is read as rich markup."""
+"""``berth cluster ps``: nodes and workers for people. Every cell is plain, escaped text: what nodes
+write about themselves is untrusted, so nothing in it is read as rich markup or reaches the
+terminal as a control sequence."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from .._core.printable import printable
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -44,7 +47,7 @@ def cluster_tables(nodes: list[dict[str, Any]], workers: list[dict[str, Any]]) -
     from rich.text import Text
 
     def row(t: Table, *cells: Any) -> None:
-        t.add_row(*(Text("-" if c is None else str(c)) for c in cells))
+        t.add_row(*(Text("-" if c is None else printable(str(c))) for c in cells))
 
     nt = Table(title="nodes")
     for col in ("node", "live", "host", "cpu used/offered", "MiB used/offered", "ports", "document", "applied",

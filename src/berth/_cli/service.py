@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._core.config import NodeConfig
+from .._core.printable import printable
 from .._core.serviceconfig import check_listen_address
 from .._exceptions import ConfigError
-from .app import get_config, get_node, main
+from .app import get_config, get_node, main, setup_logging
 
 if TYPE_CHECKING:
     from .._service.supervisor import Supervisor
@@ -42,11 +43,9 @@ def supervisor_view(config: NodeConfig) -> dict[str, Any] | None:
 
 
 def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
-    import logging
-
     from .._service.supervisor import Supervisor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     node = get_node(ctx)
     node.check_state()  # berth's own state: usable, and apart from what workers write
     return Supervisor(node, assignments_path=assignments)
@@ -91,7 +90,7 @@ def _progress(done: int, total: int) -> None:
 def _start(sup: Supervisor, drain: bool) -> None:
     sup.start()
     for r in sup.rejections():
-        click.echo(f"rejected: {r}", err=True)
+        click.echo(printable(f"rejected: {r}"), err=True)
     if drain:
         click.echo("on exit, every worker of this node will be stopped (--drain)", err=True)
 
