@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._core.hostfacts import parse_cpu_list
-from .._core.plan import plan_for
+from .._core.hostfacts import HostFacts, parse_cpu_list
+from .._core.plan import Plan, plan_for
 from .._core.printable import printable
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
 from .._core.storm import load_storm_yaml
-from .._exceptions import ConfigError, SpecError
+from .._exceptions import BerthError, ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
 from .views import ended, ps_rows, ps_table, rejection_line, with_supervisor
@@ -93,8 +93,8 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
     plan = plan_for(spec_from_options(opts), config, keep_refusals=storm)
     # A spec file may be a tenant's: what it says is shown escaped (JSON escapes its own).
     if fmt == "text" and not storm:
-        click.echo("\n".join(printable(x) for x in text_summary(plan, config.storm.unused_keys if config.storm
-                                                                 else ()).split("\n")))
+        text = text_summary(plan, config.storm.unused_keys if config.storm else ()).split("\n")
+        click.echo("\n".join(printable(x) for x in [*text, *_capacity(ctx, plan)]))
         return
     if fmt == "docker" or storm:
         click.echo(printable(docker_run_line(plan, storm=storm)))
@@ -108,6 +108,23 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
         click.echo(f"note: {note}", err=True)
     for refusal in plan.refusals:
         click.echo(f"note: Storm would launch this; berth refuses: {refusal}", err=True)
+
+
+def _capacity(ctx: click.Context, plan: Plan) -> list[str]:
+    """The node's capacity, what its workers hold now (one listing; nothing written) and whether
+    this worker fits."""
+    from .._core.limits import capacity_lines, node_capacity
+
+    config = get_config(ctx)
+    try:
+        cap = node_capacity(config, HostFacts.probe())
+    except BerthError as exc:
+        return [f"capacity  unknown: {exc}"]
+    try:
+        node = get_node(ctx)  # the runtime: an engine that is down is said, not an error of explain
+        return capacity_lines(cap, node.usage(launching=False), node.usage_of(plan))
+    except BerthError as exc:
+        return capacity_lines(cap, None, None, str(exc))
 
 
 @main.command(name="config")

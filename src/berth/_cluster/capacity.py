@@ -12,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .._core.clusterconfig import NumaZone
 from .._core.config import ContainerSection, NodeConfig
 from .._core.hostfacts import HostFacts
+from .._core.limits import node_capacity as admission_capacity
 from .._exceptions import ClusterError
 from .._service.assignments import Assignments, Rejection
 
-SYSTEM_RESERVE_MB = 1024
+UNKNOWN_RAM_OFFER_MB = 1024
+"""Offered where the machine's RAM cannot be read (and the config does not say): a small machine's."""
 MODEL = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -37,12 +39,14 @@ class Capacity(BaseModel):
 
 
 def node_capacity(config: NodeConfig, facts: HostFacts | None = None) -> Capacity:
-    """The node's offer: the config's ``[cluster]`` values, else what the machine has."""
+    """The node's offer: the same figures its own admission holds its workers to (``[capacity]``,
+    or ``cluster.memory_mb``/``cpu_percent``, else derived from the machine): a node never offers
+    the cluster what it would refuse to run."""
     c = config.cluster
     facts = facts or HostFacts.probe()
-    cpu = c.cpu_percent if c.cpu_percent is not None else 100 * max(1, facts.cpu_count)
-    ram = facts.memory_mb if facts.memory_mb is not None else 2048  # unknown: a small machine
-    mem = c.memory_mb if c.memory_mb is not None else max(256, ram - SYSTEM_RESERVE_MB)
+    own = admission_capacity(config, facts)
+    cpu = max(1, own.cpu_percent)
+    mem = own.memory_mb if own.memory_mb is not None else UNKNOWN_RAM_OFFER_MB
     zones = tuple(c.numa_zones)
     for z in zones:
         missing = sorted(set(z.cores) - facts.cpus)

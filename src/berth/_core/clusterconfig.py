@@ -46,9 +46,9 @@ class ClusterSection(BaseModel):
     ports: tuple[int, ...] = (6700, 6701, 6702, 6703)
     """The slots this node offers (Storm's supervisor.slots.ports)."""
     cpu_percent: int | None = Field(default=None, ge=1)
-    """CPU the node offers, 100 per core (default: every online cpu)."""
+    """CPU the node offers, 100 per core: ``capacity.cpu_percent`` by another name (one figure)."""
     memory_mb: int | None = Field(default=None, ge=1)
-    """Memory the node offers (default: the machine's memory less 1 GiB for the system)."""
+    """Memory the node offers: ``capacity.memory_mb`` by another name (default: the node's capacity)."""
     numa_zones: tuple[NumaZone, ...] = ()
 
     @field_validator("root")

@@ -5,7 +5,9 @@ The state dir holds what berth must be able to write whatever the workers do (th
 the claims, the supervisor's state, the API socket), so it lies apart from every tree a worker
 can write (checked in the config, and here again on the resolved paths). A claim is an exclusive
 ``flock`` on ``claims/<worker_id>.lock``: the kernel releases it when its holder dies, so a berth
-killed mid-launch never leaves an id claimed.
+killed mid-launch never leaves an id claimed. A launch past admission (``admission.lock``) notes
+what it takes beside its claim (``claims/<worker_id>.note``, locked the same way) for the launches
+after it to count until the engine lists its container.
 
 Everything in the state dir speaks of one node's workers (its desired state, handled exits,
 claims): ``node.json`` names that node (name, runtime, configured engine), written by the first
@@ -19,6 +21,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from .._linux.fsprobe import probe_write
 from .._paths import is_under
 
 CLAIMS = "claims"
+NOTE = ".note"
+ADMISSION_LOCK = "admission.lock"
+ADMISSION_WAIT_S = 30.0
 IDENTITY = "node.json"
 _IDENTITY_KEYS = {"node": "node.name", "runtime": "node.runtime", "engine": "node.docker_host"}
 _CLAIM_ATTEMPTS = 100
@@ -165,7 +171,62 @@ class StateDir:
                                   f"write or read: {why}")
 
     @contextlib.contextmanager
-    def claim(self, worker_id: str, required: bool = True) -> Iterator[None]:
+    def admission(self) -> Iterator[None]:
+        """Hold the node's admission lock: one launch at a time counts what the node holds and notes
+        what it takes (``Claim.note``), so two launches never both fit into the last room. Held
+        only for that (a listing, a few small files), never across a container's creation; waited
+        for at most ``ADMISSION_WAIT_S`` (``LaunchError`` at ``admission`` past it)."""
+        path = self.path / ADMISSION_LOCK
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from exc
+        try:
+            deadline, pause = time.monotonic() + ADMISSION_WAIT_S, 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LaunchError("admission", f"{path} stayed locked for {ADMISSION_WAIT_S:g}s (another "
+                                          "berth process is stuck while admitting a worker)") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    def launching(self) -> dict[str, bytes]:
+        """The notes of launches under way (past admission, perhaps not yet in the engine's
+        listing), by worker id. Call it holding ``admission``: notes are made only under it, so
+        a note nobody holds is a dead launcher's and goes."""
+        d = self.path / CLAIMS
+        try:
+            names = [n for n in os.listdir(d) if n.endswith(NOTE)]
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            try:
+                fd = os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # its launcher holds it: under way
+                    out[name.removesuffix(NOTE)] = os.pread(fd, 4096, 0)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(d / name)
+            finally:
+                os.close(fd)
+        return out
+
+    @contextlib.contextmanager
+    def claim(self, worker_id: str, required: bool = True) -> Iterator[Claim]:
         """Hold the claim on ``worker_id`` (a validated id) for the ``with`` block.
 
         Raises ``PolicyError`` on ``worker_id`` when another process or thread holds it, and
@@ -203,13 +264,41 @@ class StateDir:
             if required:
                 raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from exc
             fd = -1
+        held = Claim(d / f"{worker_id}{NOTE}")
         try:
-            yield
+            yield held
         finally:
+            held.release()
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # while still holding it: a later claim makes a new file
                 os.close(fd)
+
+
+class Claim:
+    """A held claim on a worker id; a launch past admission notes on it what it takes."""
+
+    def __init__(self, note_path: Path) -> None:
+        self._path = note_path
+        self._fd = -1
+
+    def note(self, data: bytes) -> None:
+        """Say what the launch takes until its container is listed (call it holding ``admission``)."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else: readers and writers hold admission
+            os.write(fd, data)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _about(identity: dict[str, object]) -> str:
