@@ -99,7 +99,7 @@ def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any
                         **{k: w.get(k) for k in SUPERVISOR_KEYS}})
     by_id = {r["worker_id"]: r for r in out}
     for rej in rejected:
-        line = rejection_line(rej).removeprefix("rejected: ")
+        line = rejection_line(rej).split(": ", 1)[1]
         row = by_id.get(rej.get("worker_id"))
         if row is None:
             row = {**_empty_row(rej.get("worker_id"), {}), "supervisor_state": "rejected",
@@ -110,10 +110,12 @@ def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any
 
 
 def rejection_line(r: dict[str, Any]) -> str:
-    """One line, escaped: sources are file names, reasons quote what the entry said."""
+    """One line, escaped: sources are file names, reasons quote what the entry said. A worker
+    waiting for the node's capacity is not rejected for ever: ``waiting for capacity:``."""
     where = r["source"] + ("" if r.get("index") is None else f"[{r['index']}]")
     who = f" ({r['worker_id']})" if r.get("worker_id") else ""
-    return printable(f"rejected: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}")
+    what = "waiting for capacity" if r.get("retried") else "rejected"
+    return printable(f"{what}: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}")
 
 
 def _last(r: dict[str, Any]) -> str:

@@ -36,10 +36,12 @@ class Rejection:
     worker_id: str | None
     field: str | None
     reason: str
+    retried: bool = False
+    """Not for ever: the worker waits for the node's capacity and is launched once it fits."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "index": self.index, "worker_id": self.worker_id, "field": self.field,
-                "reason": self.reason}
+                "reason": self.reason, "retried": self.retried}
 
     def __str__(self) -> str:
         where = self.source + (f"[{self.index}]" if self.index is not None else "")

@@ -42,6 +42,8 @@ from .watch import SourceWatch
 
 log = logging.getLogger("berth.supervisor")
 
+SETTLED = (Phase.REJECTED, Phase.NO_CAPACITY)
+"""An assigned worker in these phases has its version applied as far as it can be."""
 MAX_DESIRED_BYTES = MAX_ASSIGNMENTS_BYTES
 """What the whole desired state may take as JSON (tenants' PUTs add up; it is saved on every change)."""
 
@@ -157,11 +159,11 @@ class Supervisor(Reconciler):
 
     def applied_version(self) -> str | None:
         """The desired version once every assigned worker has been launched (or adopted) from
-        its current spec, or rejected; None while some are still on their way."""
+        its current spec, rejected, or waits for capacity; None while some are still on their way."""
         with self._lock:
             for wid in self._desired:
                 rec = self._workers.get(wid)
-                if rec is None or (rec.phase != Phase.REJECTED and rec.version != self._version) \
+                if rec is None or (rec.phase not in SETTLED and rec.version != self._version) \
                         or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
                     return None
             return self._version
@@ -358,11 +360,15 @@ class Supervisor(Reconciler):
         return out
 
     def rejections(self) -> list[Rejection]:
-        """Assignment entries refused when set, and assigned workers that cannot launch as given."""
+        """Assignment entries refused when set, assigned workers that cannot launch as given, and
+        those waiting for the node's capacity (``retried``)."""
         with self._lock:
             later = [Rejection(self._sources.get(w, "?"), None, w, None, r.last_error or "cannot launch")
                      for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED]
-            return [*self.rejected, *later]
+            waiting = [Rejection(self._sources.get(w, "?"), None, w, r.refused,
+                                 (r.last_error or "").removeprefix(f"{r.refused}: "), retried=True)
+                       for w, r in sorted(self._workers.items()) if r.phase == Phase.NO_CAPACITY and w in self._desired]
+            return [*self.rejected, *later, *waiting]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
