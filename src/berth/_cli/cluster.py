@@ -324,7 +324,7 @@ def cluster_ps(ctx: click.Context, /, zk: str | None, auth_file: str | None, roo
     from .cluster_views import cluster_rows, cluster_tables
 
     co = _coordinator(ctx, zk, auth_file, root)
-    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout))
+    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), co.settings)
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "workers": workers}, indent=2))
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._core.clusterconfig import NumaZone
+from .._core.clusterconfig import ClusterSection, NumaZone
 from .._core.config import ContainerSection, NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.limits import node_capacity as admission_capacity
@@ -53,6 +53,14 @@ def node_capacity(config: NodeConfig, facts: HostFacts | None = None) -> Capacit
         if missing:
             raise ClusterError("cluster.numa_zones", f"zone {z.id} names cpus {missing} this machine does not have")
     return Capacity(cpu_percent=cpu, memory_mb=mem, ports=c.ports, zones=zones)
+
+
+def capped(claim: Capacity, settings: ClusterSection) -> Capacity:
+    """A node's declared capacity within the coordinator's per-node maxima (``cluster.node_max_*``):
+    its cpu and memory at most those, its first ports only."""
+    return claim.model_copy(update={"cpu_percent": min(claim.cpu_percent, settings.node_max_cpu_percent),
+                                    "memory_mb": min(claim.memory_mb, settings.node_max_memory_mb),
+                                    "ports": claim.ports[:settings.node_max_ports]})
 
 
 def check_capacity(parsed: Assignments, capacity: Capacity, defaults: ContainerSection, source: str) -> list[Rejection]:

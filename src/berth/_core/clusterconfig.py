@@ -50,6 +50,12 @@ class ClusterSection(BaseModel):
     memory_mb: int | None = Field(default=None, ge=1)
     """Memory the node offers: ``capacity.memory_mb`` by another name (default: the node's capacity)."""
     numa_zones: tuple[NumaZone, ...] = ()
+    node_max_cpu_percent: int = Field(default=100 * 256, ge=1, le=100 * 4096)
+    node_max_memory_mb: int = Field(default=4 << 20, ge=1, le=1 << 30)
+    node_max_ports: int = Field(default=256, ge=1, le=1024)
+    """The coordinator's own limits on what one node may claim to offer (``berth schedule``): a
+    node's registration is its own word, so a node claiming thousands of cores cannot draw every
+    worker of the cluster to itself; what it claims past these is not placed on."""
 
     @field_validator("root")
     @classmethod
