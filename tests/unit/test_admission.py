@@ -236,3 +236,29 @@ def test_the_cluster_registration_offers_the_same_figures() -> None:
         assert (offered.memory_mb, offered.cpu_percent) == (cap.memory_mb, cap.cpu_percent)
     big = HostFacts(cpus=HOST.cpus, mems=HOST.mems, memory_mb=20000, pid_max=32768)
     assert offer(_config(), big).memory_mb == 18000  # a tenth kept, as admission keeps (was RAM less 1 GiB)
+
+
+@needs_root
+def test_a_full_state_dir_is_a_launch_error_and_leaves_nothing(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note of a launch cannot be written (ENOSPC): one typed error naming the step, no
+    container, no note left behind; the next launch works once there is room again."""
+    import errno
+
+    from berth import LaunchError
+
+    fake = FakeRuntime()
+    node = _node(base, fake)
+    node.bind_state()  # (a node.json it cannot write is a StateError of its own)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)  # the note is written with os.write: the disk is full
+    with pytest.raises(LaunchError) as info:
+        node.launch(_spec("w1", 6700))
+    monkeypatch.undo()
+    assert info.value.step == "state" and "No space left on device" in info.value.reason
+    assert [op for op, _ in fake.calls if op == "create"] == []
+    assert not list((base / "state" / "claims").glob("*.note"))
+    node.launch(_spec("w1", 6700))
+    assert fake.inspect("w1").running

@@ -81,3 +81,20 @@ def test_api_and_metrics_show_who_waits_and_what_the_node_holds(base: Path, stop
     assert 'berth_node_capacity{resource="cpu_percent"} 200.0' in text
     assert 'berth_node_admitted{resource="cpu_percent"} 200.0' in text
     assert 'berth_node_admitted{resource="workers"} 2.0' in text
+
+
+def test_a_stuck_holder_of_the_admission_lock_never_holds_up_the_loop(base: Path, stop_all: list[Harness]) -> None:
+    """Another berth process stopped (Ctrl-Z) while it admits a worker: launches wait for it, in
+    the pool, at most ADMISSION_WAIT_S; the reconcile loop goes on serving the other workers."""
+    from berth._node.state import StateDir
+
+    h = started(base, stop_all)
+    h.sup.set_assignments(doc(spec("w0", 6700)))
+    h.running("w0")
+    with StateDir(h.config).admission():
+        h.sup.set_assignments(doc(spec("w0", 6700), spec("w1", 6701)))
+        h.watch.settle()
+        h.watch.settle()  # passes complete while the lock is held
+        h.fake.finish("w0", exit_code=3)
+        h.watch.until(lambda: h.watch.state("w0") == "backoff", "w0's exit handled meanwhile")
+    h.running("w1")

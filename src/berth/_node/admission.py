@@ -18,7 +18,7 @@ from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.limits import NodeCapacity, Usage, check_admission, node_capacity
 from .._core.plan import LABEL_CPU, LABEL_MEMORY, LABEL_PIDS, Plan
-from .._exceptions import BerthError
+from .._exceptions import BerthError, LaunchError
 from .._runtimes.base import Runtime, WorkerState, WorkerStatus
 from .state import Claim, StateDir
 
@@ -58,12 +58,20 @@ class Admission:
         takes = self.takes(plan)
         with self.state.admission():
             check_admission(takes, self._usage(None, held, exclude=plan.worker_id), self.capacity)
-            claim.note(json.dumps(asdict(takes)).encode())
+            try:
+                claim.note(json.dumps(asdict(takes)).encode())
+            except OSError as exc:  # a full or read-only state dir: nothing is made
+                claim.release()
+                raise LaunchError("state", f"cannot note the launch in {self.state.path}: {exc.strerror}") from exc
 
     def _usage(self, listed: Sequence[WorkerState] | None, held: Collection[str], exclude: str | None,
                notes: dict[str, bytes] | None = None) -> Usage:
         if notes is None:
-            notes = self.state.launching()  # first: a launch that ends meanwhile is in the listing after
+            try:
+                notes = self.state.launching()  # first: a launch that ends meanwhile is in the listing after
+            except OSError as exc:
+                raise LaunchError("state", f"cannot read the launches under way in {self.state.path}: "
+                                  f"{exc.strerror}") from exc
         found = self.runtime.list_workers() if listed is None else listed
         total, seen = Usage(), set[str]()
         for w in found:

@@ -285,13 +285,9 @@ class Claim:
     def note(self, data: bytes) -> None:
         """Say what the launch takes until its container is listed (call it holding ``admission``)."""
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else: readers and writers hold admission
-            os.write(fd, data)
-        except OSError:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._fd = fd  # from here on, release() removes it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else: readers and writers hold admission
+        os.write(fd, data)
 
     def release(self) -> None:
         if self._fd >= 0:

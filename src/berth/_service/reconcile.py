@@ -28,7 +28,7 @@ from .desired import DesiredStore, Saved
 from .events import EventLog
 from .lock import conflicts
 from .phase import WAITING, Assigned, Phase
-from .room import Room
+from .room import Room, in_flight
 
 log = logging.getLogger("berth.supervisor")
 
@@ -143,7 +143,9 @@ class Reconciler:
             desired, loaded = dict(self._desired), self._loaded
         for wid in set(self._retry_at) & set(desired):
             self._retry_at.pop(wid, None)  # assigned again: the launch cleans up what is left
-        room = Room(self.node, listed, desired)
+        with self._lock:
+            flying = in_flight(self._workers, self._busy, listed)
+        room = Room(self.node, listed, desired, flying)
         for wid, spec in desired.items():
             self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch, room)
         self._check_stalled(actual)

@@ -3,14 +3,16 @@
 The node's own admission (``berth._node.admission``) is the truth at each launch; this is the
 supervisor's plan for a pass, from the pass's listing: a worker that needs room (it has no
 container) gets it in the order it was assigned, so the launches the pool runs at once do not
-race each other for the last room, and a worker that would not fit is not launched at all.
+race each other for the last room, and a worker that would not fit is not launched at all (the
+launches of other berth processes are seen once the engine lists them, and by each launch's own
+admission before that).
 The ended containers of assigned workers count as held: a worker between two runs keeps its
 place against one that waits for capacity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from .._core.limits import NodeCapacity, Usage, check_admission
 from .._exceptions import BerthError, CapacityError
@@ -20,10 +22,14 @@ from .phase import Assigned
 
 
 class Room:
-    """Counted on first use (a pass where every worker has its container counts nothing)."""
+    """Counted on first use (a pass where every worker has its container counts nothing), from
+    the pass's listing and the supervisor's own launches in flight: never under the admission
+    lock, which another berth process may hold (stopped, say): the loop must not wait for it."""
 
-    def __init__(self, node: Node, listed: Sequence[WorkerState], assigned: Collection[str]) -> None:
+    def __init__(self, node: Node, listed: Sequence[WorkerState], assigned: Collection[str],
+                 launching: Iterable[Usage] = ()) -> None:
         self._node, self._listed, self._assigned = node, listed, assigned
+        self._launching = launching
         self._left: tuple[NodeCapacity, Usage] | None = None
         self._unknown = False
 
@@ -32,7 +38,8 @@ class Room:
         too when it cannot be known this pass: then the launch's own admission decides."""
         if self._left is None and not self._unknown:
             try:
-                self._left = (self._node.capacity, self._node.usage(self._listed, held=self._assigned))
+                used = self._node.usage(self._listed, held=self._assigned, launching=False)
+                self._left = (self._node.capacity, sum(self._launching, used))
             except BerthError:
                 self._unknown = True
         if self._left is None:
@@ -51,3 +58,9 @@ class Room:
             return None
         self._left = (capacity, used + rec.want)
         return None
+
+
+def in_flight(records: Mapping[str, Assigned], busy: Mapping[str, str], listed: Sequence[WorkerState]) -> list[Usage]:
+    """What the supervisor's own launches in flight take, while the engine does not list them yet."""
+    ids = {w.worker_id for w in listed}
+    return [r.want for w, r in records.items() if busy.get(w) == "launch" and w not in ids and r.want is not None]
