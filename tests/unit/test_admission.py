@@ -262,3 +262,26 @@ def test_a_full_state_dir_is_a_launch_error_and_leaves_nothing(base: Path, monke
     assert not list((base / "state" / "claims").glob("*.note"))
     node.launch(_spec("w1", 6700))
     assert fake.inspect("w1").running
+
+
+@needs_root
+def test_a_process_reuses_its_listing_only_while_no_other_admitted_anything(base: Path) -> None:
+    """A burst of launches lists the runtime once; another process's admission, or a refusal on the
+    reused listing (it can count a worker that ended since), makes the next one list again."""
+    fake = FakeRuntime()
+    a, b = _node(base, fake), _node(base, fake.restarted())
+
+    def listings() -> int:
+        return sum(op == "list_workers" for op, _ in fake.calls)
+
+    for i in range(4):
+        a.launch(_spec(f"a{i}", 6700 + i, memory_mb=1000, cpu_percent=10))
+    assert listings() == 1
+    b.launch(_spec("b0", 6710, memory_mb=4000, cpu_percent=10))  # another process: its own listing
+    assert listings() == 1  # (b's runtime object shares the engine, not the call log)
+    with pytest.raises(CapacityError):  # a's listing would miss b0: it lists again and counts it
+        a.launch(_spec("a4", 6704, memory_mb=1000, cpu_percent=10))
+    assert listings() == 2
+    fake.finish("b0")  # ended: a's listing (made just now) still says it runs
+    a.launch(_spec("a4", 6704, memory_mb=1000, cpu_percent=10))  # refused on it, then fits on a fresh one
+    assert listings() == 3 and fake.inspect("a4").running

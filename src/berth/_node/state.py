@@ -45,6 +45,7 @@ class StateDir:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.path = Path(config.state_dir)
+        self._admitting = threading.Lock()
 
     def _worker_reachable(self) -> dict[str, str]:
         """Every tree a worker can write or read, by config key."""
@@ -171,32 +172,40 @@ class StateDir:
                                   f"write or read: {why}")
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self) -> Iterator[Admitting]:
         """Hold the node's admission lock: one launch at a time counts what the node holds and notes
         what it takes (``Claim.note``), so two launches never both fit into the last room. Held
         only for that (a listing, a few small files), never across a container's creation; waited
-        for at most ``ADMISSION_WAIT_S`` (``LaunchError`` at ``admission`` past it)."""
+        for at most ``ADMISSION_WAIT_S`` (``LaunchError`` at ``admission`` past it). Threads of
+        this process queue on a lock of their own first, then processes on the file's ``flock``."""
         path = self.path / ADMISSION_LOCK
+        deadline = time.monotonic() + ADMISSION_WAIT_S
+        stuck = LaunchError("admission", f"{path} stayed locked for {ADMISSION_WAIT_S:g}s (another berth "
+                            "process is stuck while admitting a worker)")
+        if not self._admitting.acquire(timeout=ADMISSION_WAIT_S):
+            raise stuck
         try:
-            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from exc
-        try:
-            deadline, pause = time.monotonic() + ADMISSION_WAIT_S, 0.001
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LaunchError("admission", f"{path} stayed locked for {ADMISSION_WAIT_S:g}s (another "
-                                          "berth process is stuck while admitting a worker)") from None
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.02)
-            yield
+            try:
+                self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror}") from exc
+            try:
+                pause = 0.001
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise stuck from None
+                        time.sleep(pause)
+                        pause = min(pause * 2, 0.02)
+                yield Admitting(fd)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            self._admitting.release()
 
     def launching(self) -> dict[str, bytes]:
         """The notes of launches under way (past admission, perhaps not yet in the engine's
@@ -273,6 +282,23 @@ class StateDir:
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # while still holding it: a later claim makes a new file
                 os.close(fd)
+
+
+class Admitting:
+    """The held admission lock, and its count of admissions: every admission of any berth process
+    adds one, so a process that sees the count where it left it knows no other has admitted since."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def count(self) -> int:
+        raw = os.pread(self._fd, 8, 0)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+    def bump(self) -> int:
+        n = (self.count() + 1) % (1 << 63)
+        os.pwrite(self._fd, n.to_bytes(8, "little"), 0)
+        return n
 
 
 class Claim:
