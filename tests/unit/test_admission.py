@@ -248,12 +248,17 @@ def test_a_full_state_dir_is_a_launch_error_and_leaves_nothing(base: Path, monke
 
     fake = FakeRuntime()
     node = _node(base, fake)
-    node.bind_state()  # (a node.json it cannot write is a StateError of its own)
 
     def full(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "write", full)  # the note is written with os.write: the disk is full
+    monkeypatch.setattr(os, "write", full)  # node.json and the note are written with os.write: the disk is full
+    with pytest.raises(LaunchError) as info:
+        node.launch(_spec("w1", 6700))
+    assert info.value.step == "state" and info.value.reason.endswith("No space left on device (writing node.json)")
+    monkeypatch.undo()
+    node.bind_state()
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(LaunchError) as info:
         node.launch(_spec("w1", 6700))
     monkeypatch.undo()

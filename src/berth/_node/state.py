@@ -134,7 +134,7 @@ class StateDir:
 
     def _create_identity(self, path: Path, mine: dict[str, object]) -> bool:
         """Write it whole or not at all (a temporary file linked into place); False when another
-        berth made it first."""
+        berth made it first. ``LaunchError`` at ``state`` when it cannot be written."""
         tmp = self.path / f".{IDENTITY}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -153,8 +153,9 @@ class StateDir:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        except OSError as exc:
-            raise StateError("node.state_dir", f"cannot write {path}: {exc.strerror}") from exc
+        except OSError as exc:  # as a claim says it: a launch's step, nothing made
+            raise LaunchError("state", f"state dir {self.path} is not writable: {exc.strerror} (writing "
+                              f"{IDENTITY})") from exc
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
