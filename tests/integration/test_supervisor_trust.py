@@ -326,8 +326,7 @@ def test_a_second_node_name_on_the_same_state_dir_is_one_line(cfg: tuple[NodeCon
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 125, args
         assert r.stderr.startswith(f"error: node.name: {config.state_dir} holds the state of node "
-                                   f"{config.node.name!r} (docker on {config.node.docker_host}); this config is node "
-                                   f"{name!r} (docker on {config.node.docker_host}): give each node its own "
+                                   f"{config.node.name!r}; this config is node {name!r}: give each node its own "
                                    "node.state_dir"), r.stderr
         assert len(r.stderr.splitlines()) == 1
     try:

@@ -10,7 +10,7 @@ what it takes beside its claim (``claims/<worker_id>.note``, locked the same way
 after it to count until the engine lists its container.
 
 Everything in the state dir speaks of one node's workers (its desired state, handled exits,
-claims): ``node.json`` names that node (name, runtime, configured engine), written by the first
+claims): ``node.json`` names that node, written by the first
 berth to use the dir; a config that names another node is refused before anything starts.
 """
 
@@ -35,7 +35,6 @@ NOTE = ".note"
 ADMISSION_LOCK = "admission.lock"
 ADMISSION_WAIT_S = 30.0
 IDENTITY = "node.json"
-_IDENTITY_KEYS = {"node": "node.name", "runtime": "node.runtime", "engine": "node.docker_host"}
 _CLAIM_ATTEMPTS = 100
 """A claim file another holder unlinked between our open and our lock is opened afresh; this
 bounds how often (only a storm of concurrent claims of one id could need more than one)."""
@@ -89,14 +88,14 @@ class StateDir:
             raise ConfigError("node.state_dir", f"{p} is not writable: {exc.strerror}") from exc
 
     def identity(self) -> dict[str, object]:
-        """What says which node's workers the state speaks of."""
-        n = self.config.node
-        return {"format": 1, "node": n.name, "runtime": n.runtime, "engine": n.docker_host}
+        """What says which node's workers the state speaks of: the node's name. (Its runtime and
+        engine may change under it: the demo runs on docker, then on runc, from one state dir.)"""
+        return {"format": 1, "node": self.config.node.name}
 
     def bind(self) -> None:
         """Bind the state dir to this node, or raise ``StateError`` naming the node it holds the
-        state of: another node name on the same dir would adopt that node's desired state (and
-        launch its workers), another runtime or engine would run them a second time."""
+        state of: another node name on the same dir would adopt that node's desired state and
+        launch its workers a second time."""
         mine = self.identity()
         path = self.path / IDENTITY
         for _ in range(2):
@@ -105,12 +104,10 @@ class StateDir:
                 if self._create_identity(path, mine):
                     return
                 continue  # another berth made it meanwhile: compare with that one
-            for key, field in _IDENTITY_KEYS.items():
-                if found.get(key) != mine[key]:
-                    raise StateError(field, f"{self.path} holds the state of node {found.get('node')!r} "
-                                     f"({_about(found)}); this config is node {mine['node']!r} ({_about(mine)}): "
-                                     "give each node its own node.state_dir (to rename or move this node, drain "
-                                     f"it, then remove {path})")
+            if found.get("node") != mine["node"]:
+                raise StateError("node.name", f"{self.path} holds the state of node {found.get('node')!r}; this "
+                                 f"config is node {mine['node']!r}: give each node its own node.state_dir (to "
+                                 f"rename this node, drain it, then remove {path})")
             return
         raise StateError("node.state_dir", f"{path} keeps changing")
 
@@ -323,7 +320,3 @@ class Claim:
             os.close(self._fd)
             self._fd = -1
 
-
-def _about(identity: dict[str, object]) -> str:
-    engine = identity.get("engine")
-    return f"{identity.get('runtime')}" + (f" on {engine}" if engine else "")
