@@ -60,6 +60,8 @@ def make_config(run_dir: Path, node: str, url: str) -> NodeConfig:
                  "docker_host": url, "state_dir": str(run_dir / "state" / node)},
         "images": {"default": IMAGE},
         "container": {"cgroup_parent": CGROUP_PARENT, "memory_mb": 256, "cpu_percent": 100, "pids_limit": 256},
+        # Hundreds of idle workers, each with the limits above: promised past the machine on purpose.
+        "capacity": {"memory_mb": 1 << 20, "cpu_percent": 100 * 4096, "pids": 1 << 20},
     })
 
 

@@ -56,7 +56,9 @@ def run(workers: int, grace: float, parallel: int | None) -> dict[str, Any]:
     cfg.write_text(f'[node]\nname = "{name}"\nlocal_dir = "{base}/local"\nlog_dir = "{base}/log"\n'
                    f'state_dir = "{base}/state"\ndocker_host = "{SOCKET}"\n[images]\ndefault = "berth/python:latest"\n'
                    f'[container]\ncgroup_parent = "/berth-bench"\n[supervisor]\ngrace_s = {grace}\n'
-                   + (f"parallel_stops = {parallel}\n" if parallel else ""))
+                   + (f"parallel_stops = {parallel}\n" if parallel else "")
+                   # idle workers of the default limits, more than the machine has: promised on purpose
+                   + f"[capacity]\ncpu_percent = {100 * workers}\npids = {1024 * workers}\n")
     client = docker.APIClient(base_url=SOCKET, version="auto")
 
     def running() -> int:

@@ -17,6 +17,7 @@ from ._core.render import docker_run_argv, docker_run_line, engine_create_body, 
 from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
 from ._exceptions import (
     BerthError,
+    CapacityError,
     CleanupError,
     ConfigError,
     EngineError,
@@ -53,6 +54,7 @@ __all__ = [
     "AuditReport",
     "BerthError",
     "Capabilities",
+    "CapacityError",
     "Check",
     "CleanupError",
     "ConfigError",

@@ -30,6 +30,12 @@ class PolicyError(BerthError):
     """A well-formed request that the node's policy refuses (image, mounts, cores, ids)."""
 
 
+class CapacityError(BerthError):
+    """The node has no room for this worker now: with it, its workers together would take more
+    memory, cpu or pids than the node's capacity. Not the request's fault, and not for ever: it
+    may fit once others end (a supervisor retries it then)."""
+
+
 class IdentityError(BerthError):
     """The worker's user cannot be resolved or may not run workers (root, low uid, banned)."""
 

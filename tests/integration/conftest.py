@@ -75,6 +75,11 @@ RUNC_IMAGES = {PY_IMAGE: str(ROOTFS / "python"), BB_IMAGE: str(ROOTFS / "busybox
 """The image directories ``scripts/build-images`` makes (the same root filesystems it imports)."""
 
 
+TEST_CAPACITY = {"memory_mb": 1 << 20, "cpu_percent": 100 * 1024, "pids": 1 << 20}
+"""The tests' workers sleep or print: their limits are promised far past this 2-core machine on
+purpose (an overcommit); the tests about admission set the capacity they mean."""
+
+
 def make_config(base: Path, node_name: str, runtime: str = "docker", **container: Any) -> NodeConfig:
     return config_from_mapping({
         "node": {"name": node_name, "local_dir": str(base / "local"), "log_dir": str(base / "log"),
@@ -82,6 +87,7 @@ def make_config(base: Path, node_name: str, runtime: str = "docker", **container
         "images": {"default": PY_IMAGE, "allowed": (BB_IMAGE,)},
         "container": {"cgroup_parent": "/berth-test", **container},
         "runc": {"images": RUNC_IMAGES},
+        "capacity": TEST_CAPACITY,
     })
 
 
@@ -173,6 +179,8 @@ def config_toml(config: NodeConfig) -> str:
             f'[images]\ndefault = "{config.images.default}"\n[container]\ncgroup_parent = "{c.cgroup_parent}"\n'
             f'[supervisor]\ngrace_s = {s.grace_s}\nbackoff_base_s = {s.backoff_base_s}\n'
             f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n'
+            + "[capacity]\n" + "".join(f"{k} = {v}\n" for k, v in config.capacity.model_dump().items()
+                                       if v is not None)
             + "[runc.images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in config.runc.images.items()))
 
 

@@ -15,7 +15,7 @@ from berth._runtimes.process import ProcessRuntime
 
 def _config(base: Path, runtime: str = "process") -> Any:
     return config_from_mapping({"node": {"name": "proc", "runtime": runtime, "local_dir": str(base / "local"),
-                                         "log_dir": str(base / "log")},
+                                         "log_dir": str(base / "log"), "state_dir": str(base / "state")},
                                 "images": {"default": "none/none"},
                                 "container": {"mount_cgroup_root": False}})
 

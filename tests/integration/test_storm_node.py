@@ -32,7 +32,9 @@ def storm_config(base: Path, node_name: str) -> NodeConfig:
         "storm.worker.cgroup.cpu.limit": 50, "storm.workers.artifacts.dir": "arts",
         "supervisor.numa.meta": {"0": {"numa.cores": [0], "numa.memory.mb": 1024, "numa.ports": [6703]}},
     }, env={})
-    return config.model_copy(update={"node": config.node.model_copy(update={"docker_host": SOCKET})})
+    # Storm has no state dir key: the test's own, not the machine's default (bound to one node).
+    return config.model_copy(update={"node": config.node.model_copy(update={"docker_host": SOCKET,
+                                                                            "state_dir": str(base / "state")})})
 
 
 def test_a_storm_yaml_node_launches_with_storms_semantics_and_berths_hardening(

@@ -18,7 +18,7 @@ import pytest
 from berth import Node, NodeConfig, Supervisor
 from berth._core.config import config_from_mapping
 
-from .conftest import ROOT, config_toml, poll_until
+from .conftest import ROOT, config_toml, poll_until, purge
 from .test_supervisor import FOREVER, Watch, fast, worker, write
 
 pytestmark = pytest.mark.integration
@@ -243,3 +243,93 @@ def test_a_worker_whose_directory_cannot_be_removed_does_not_stop_the_others(con
     finally:
         subprocess.run(["chattr", "-i", str(pinned)], check=False, capture_output=True)
         sup.stop(drain=True)
+
+
+def test_supervise_refuses_assignments_others_can_write(cfg: tuple[NodeConfig, Path], base: Path,
+                                                        users: dict[str, Any]) -> None:
+    """Issue 18 item 4: a directory of mode 1777 holding a file another user wrote (naming a third
+    user), /tmp itself, and a root-only directory holding a file of another user: each is one
+    line before anything starts (no socket, no state, no container)."""
+    config, path = cfg
+    bob = users["berth-bob"]
+    open_dir = base / "assign.d"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o1777)
+    evil = open_dir / "evil.yaml"
+    write(evil, [{**spec("x0", 6970), "user": "berth-carol"}])
+    os.chown(evil, bob.pw_uid, bob.pw_gid)
+    closed = base / "closed.d"
+    closed.mkdir()
+    theirs = closed / "theirs.yaml"
+    write(theirs, [spec("x1", 6971)])
+    os.chown(theirs, bob.pw_uid, bob.pw_gid)
+    why = "; the node runs what the assignments say, as any user it allows: they must be root's alone to write"
+    cases = [(["supervise", "--assignments", str(open_dir)], f"{open_dir} is writable by everyone (mode 1777)"),
+             (["serve", "--assignments", str(open_dir)], f"{open_dir} is writable by everyone (mode 1777)"),
+             (["supervise", "--assignments", "/tmp", "--no-api"], "/tmp is writable by everyone (mode 1777)"),
+             (["supervise", "--assignments", str(closed)], f"{theirs} is owned by uid {bob.pw_uid} (mode 0644)")]
+    for args, problem in cases:
+        r = subprocess.run([sys.executable, "-m", "berth", "--config", str(path), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stderr) == (125, f"error: assignments: {problem}{why}\n"), args
+    assert not Path(config.api_socket).exists() and not Path(config.state_dir, "supervisor.json").exists()
+    assert containers(config) == {}
+
+
+def test_assignment_files_are_checked_again_as_they_are_read(config: NodeConfig, base: Path,
+                                                             users: dict[str, Any]) -> None:
+    """Issue 18 item 4: a file chmodded to 0666 after start, and one another user added, are each
+    rejected whole; the worker of the first keeps running as it was; a trusted change applies."""
+    bob = users["berth-bob"]
+    d = base / "assign.d"
+    d.mkdir()
+    write(d / "a.yaml", [spec("t0", 6960)])
+    write(d / "b.yaml", [spec("t1", 6961)])
+    sup = Supervisor(Node(fast(config)), assignments_path=str(d))
+    watch = Watch(sup)
+    sup.start()
+    try:
+        watch.until(lambda: watch.states() == {"t0": "running", "t1": "running"}, "both running")
+        before = containers(config)
+        os.chmod(d / "b.yaml", 0o666)
+        evil = d / "c.yaml"
+        write(evil, [{**spec("t2", 6962), "user": "berth-carol"}])
+        os.chown(evil, bob.pw_uid, bob.pw_gid)
+        write(d / "a.yaml", [spec("t0", 6960), spec("t3", 6963)])
+        sup.poke()
+        watch.until(lambda: watch.states().get("t3") == "running", "t3 running")
+        assert sorted(sup.desired()) == ["t0", "t1", "t3"]
+        assert {k: v for k, v in containers(config).items() if k != "t3"} == before
+        assert sorted((r.source, r.field, r.reason) for r in sup.rejections()) == [
+            (str(d / "b.yaml"), "assignments", f"{d / 'b.yaml'} is writable by everyone (mode 0666)"),
+            (str(evil), "assignments", f"{evil} is owned by uid {bob.pw_uid} (mode 0644)")]
+    finally:
+        sup.stop(drain=True)
+
+
+def test_a_second_node_name_on_the_same_state_dir_is_one_line(cfg: tuple[NodeConfig, Path], base: Path) -> None:
+    """Issue 18 item 8: the second name adopted the first node's desired state and launched its
+    workers; now it is refused before anything starts, naming both nodes."""
+    config, path = cfg
+    assign = base / "assign.yaml"
+    write(assign, [spec("n0", 6980)])
+    first = Berth(path, "supervise", "--assignments", str(assign), "--no-api")
+    poll_until(lambda: "n0" in containers(config), "n0 running")
+    first.stop()
+    name = f"{config.node.name}-b"
+    other = config_from_mapping({**config.model_dump(), "node": {**config.node.model_dump(), "name": name}})
+    (base / "other.toml").write_text(config_toml(other))
+    for args in (["serve"], ["supervise", "--assignments", str(assign)], ["launch", "--worker-id", "n9", "--topology",
+                                                                         "topo-s", "--port", "6989", "--user",
+                                                                         "berth-alice", "--", "true"]):
+        r = subprocess.run([sys.executable, "-m", "berth", "--config", str(base / "other.toml"), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 125, args
+        assert r.stderr.startswith(f"error: node.name: {config.state_dir} holds the state of node "
+                                   f"{config.node.name!r}; this config is node {name!r}: give each node its own "
+                                   "node.state_dir"), r.stderr
+        assert len(r.stderr.splitlines()) == 1
+    try:
+        assert containers(other) == {}
+    finally:
+        purge(name)

@@ -37,14 +37,15 @@ class Clock:
         self.now += seconds
 
 
-def config(base: Path, **supervisor: Any) -> Any:
+def config(base: Path, name: str = "n1", runtime: str = "docker", capacity: dict[str, Any] | None = None,
+           **supervisor: Any) -> Any:
     settings = {"grace_s": 1.0, "backoff_base_s": 1.0, "backoff_cap_s": 16.0, "crashloop_after": 3,
                 "healthy_after_s": 30.0, "resync_s": 3600.0, **supervisor}
     return config_from_mapping({
-        "node": {"name": "n1", "local_dir": str(base / "local"), "log_dir": str(base / "log"),
-                 "state_dir": str(base / "state"), "min_uid": 1000},
+        "node": {"name": name, "local_dir": str(base / "local"), "log_dir": str(base / "log"),
+                 "state_dir": str(base / "state"), "min_uid": 1000, "runtime": runtime},
         "images": {"default": "img:1", "allowed": ("img:2",)}, "container": {"mount_cgroup_root": False},
-        "supervisor": settings,
+        "supervisor": settings, "capacity": capacity or {},
     })
 
 
@@ -100,12 +101,16 @@ class Watch:
 
 class Harness:
     def __init__(self, base: Path, fake: FakeRuntime | None = None, clock: Clock | None = None,
-                 path: str | None = None, **settings: Any) -> None:
+                 path: str | None = None, name: str = "n1", runtime: str = "docker",
+                 capacity: dict[str, Any] | None = None, **settings: Any) -> None:
         self.clock = clock or Clock()
         self.fake = fake or FakeRuntime(clock=self.clock)
-        self.config = config(base, **settings)
+        self.config = config(base, name, runtime, capacity, **settings)
         self.node = Node(self.config, runtime=self.fake, host=FOUR_CPUS, identities=lambda u: USERS[u])
-        self.sup = Supervisor(self.node, assignments_path=path, clock=self.clock, wall=self.clock)
+        # A pytest tmp dir lies under /tmp, which anyone may add to: the trust rule is tested on its own
+        # (test_trust.py, and on the real engine).
+        self.sup = Supervisor(self.node, assignments_path=path, clock=self.clock, wall=self.clock,
+                              trust_source=False)
         self.watch = Watch(self.sup)
 
     def start(self) -> Harness:

@@ -155,3 +155,19 @@ def test_assignments_where_workers_can_reach_them_are_refused_before_anything_st
     r = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--socket", str(inside / "api.sock")])
     assert r.exit_code == 125 and r.output.startswith(f"error: api.socket: {inside / 'api.sock'} resolves to ")
     assert not (tmp_path / "state").exists()
+
+
+def test_explain_text_shows_the_nodes_capacity_and_what_it_holds(tmp_path: Path) -> None:
+    """Issue 18 item 5: `explain` says how much the node may hold, and what its workers hold now
+    (from the runtime; an engine that is down is said, nothing is written)."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[node]\n", '[node]\ndocker_host = "unix:///nonexistent/docker.sock"\n')
+                   + "[capacity]\nmemory_mb = 2048\ncpu_percent = 300\npids = 5000\n")
+    before = sorted(os.listdir(tmp_path))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "explain", "--worker-id", "w1", "--topology", "t1", "--port",
+                                  "6700", "--user", _user(), "--memory", "64", "--format", "text", "--", "sh"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "capacity  memory 2048 MiB, cpu 300%, pids 5000" in lines
+    assert any(x.startswith("admitted  unknown: engine: cannot reach the container engine") for x in lines)
+    assert sorted(os.listdir(tmp_path)) == before

@@ -134,3 +134,36 @@ def test_a_topologies_file_above_the_bound_is_refused_not_cut(tmp_path: Path) ->
     f.write_text("topologies:\n" + one.format("t1") + "#" * (4 * 1024 * 1024) + "\n" + one.format("t2"))
     with pytest.raises(ClusterError, match=r"^topologies: .* is larger than 4194304 bytes"):
         read_topologies(str(f))
+
+
+def test_a_nodes_own_claim_is_capped_by_the_coordinators_per_node_maxima() -> None:
+    """Issue 18 item 10: a node's self-declared capacity was taken as is (a node claiming 4096
+    cores drew every worker of the cluster); the coordinator caps it with its own config."""
+    from berth._cluster.capacity import capped
+    from berth._core.clusterconfig import ClusterSection
+
+    settings = ClusterSection(node_max_cpu_percent=800, node_max_memory_mb=4096, node_max_ports=2)
+    claim = cap(cpu=100 * 4096, mem=1 << 30, ports=(6700, 6701, 6702, 6703))
+    assert capped(claim, settings) == cap(cpu=800, mem=4096, ports=(6700, 6701))
+    modest = cap(cpu=200, mem=1000, ports=(6700,))
+    assert capped(modest, settings) == modest  # within the maxima: as declared
+    defaults = ClusterSection()
+    assert (defaults.node_max_cpu_percent, defaults.node_max_memory_mb, defaults.node_max_ports) == (
+        100 * 256, 4 << 20, 256)
+    p = place({"wc": topo(6)}, [NodeInput("liar", capped(claim, settings), True),
+                                NodeInput("honest", modest, True)], {})
+    assert ids(p.docs) == {"honest": ["wc-2"], "liar": ["wc-1", "wc-3"]} and p.unplaced == {"wc": 3}
+
+
+def test_cluster_ps_shows_the_capped_offer_and_says_what_the_node_claimed() -> None:
+    from berth._cli.cluster_views import cluster_rows
+    from berth._cluster.admin import NodeView
+    from berth._cluster.documents import Registration
+    from berth._core.clusterconfig import ClusterSection
+
+    reg = Registration(node="liar", berth_version="x", host="h", pid=1, pid_start=0, boot_id="b", started_at=0.0,
+                       capacity=cap(cpu=100 * 4096, mem=1000, ports=(6700, 6701, 6702)))
+    settings = ClusterSection(node_max_cpu_percent=800, node_max_ports=2)
+    [node], _ = cluster_rows({"liar": NodeView("liar", live=reg)}, settings)
+    assert node["capacity"] == {"cpu_percent": 800, "memory_mb": 1000, "ports": 2, "zones": 0}
+    assert node["problems"] == ["claims cpu 409600%, 3 ports: capped by the coordinator's cluster.node_max_*"]

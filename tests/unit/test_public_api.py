@@ -20,8 +20,8 @@ PUBLIC = {
     # audit
     "AuditReport", "Check", "audit_all", "audit_worker",
     # errors
-    "BerthError", "CleanupError", "ConfigError", "EngineError", "IdentityError", "LaunchError", "PolicyError",
-    "SpecError", "StateError", "SupervisorLocked", "WaitTimeout", "WorkerNotFound", "WorkerNotRunning",
+    "BerthError", "CapacityError", "CleanupError", "ConfigError", "EngineError", "IdentityError", "LaunchError",
+    "PolicyError", "SpecError", "StateError", "SupervisorLocked", "WaitTimeout", "WorkerNotFound", "WorkerNotRunning",
     "__version__",
 }
 

@@ -53,7 +53,8 @@ def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[
               "--log-opt", "max-file=5", "--init", "--label=berth.worker=9c3e-41ab",
               "--label=berth.topology=wc-1-1700000000", "--label=berth.port=6700",
               "--label=berth.user=alice", "--label=berth.node=node1", "--label=berth.spec=67a27f9ff4761e1a",
-              "--label=berth.owner=/var/lib/berth/state"]
+              "--label=berth.owner=/var/lib/berth/state", "--label=berth.memory_mb=1024",
+              "--label=berth.cpu_percent=260", "--label=berth.pids_limit=1024"]
     assert berth == storm[:-3] + extras + storm[-3:]
 
 
@@ -91,7 +92,8 @@ def test_engine_body_exact(node: dict[str, Path]) -> None:
     assert body["WorkingDir"] == root
     assert body["Labels"] == {"berth.worker": "9c3e-41ab", "berth.topology": "wc-1-1700000000",
                               "berth.port": "6700", "berth.user": "alice", "berth.node": "node1",
-                              "berth.spec": "189940b37dd47bdd", "berth.owner": "/var/lib/berth/state"}
+                              "berth.spec": "189940b37dd47bdd", "berth.owner": "/var/lib/berth/state",
+                              "berth.memory_mb": "1024", "berth.cpu_percent": "260", "berth.pids_limit": "64"}
     host = body["HostConfig"]
     assert host == {
         "NetworkMode": "host",

@@ -38,6 +38,32 @@ def test_backoff_doubles_and_is_capped_once_crash_looping() -> None:
     assert [backoff_delay(n, S) for n in range(5)] == [0.0, 1.0, 2.0, 16.0, 16.0]
 
 
+def test_a_refused_launch_waits_for_capacity_is_rejected_or_backs_off() -> None:
+    from berth import CapacityError, PolicyError
+    from berth._service.decisions import LaunchDecision, decide_launch_error
+
+    room = CapacityError("cpu_percent", "100% more would exceed")
+    assert decide_launch_error(room, 2, S) == LaunchDecision(
+        Phase.NO_CAPACITY, "waiting for capacity: cpu_percent: 100% more would exceed", 2, None)  # no failure
+    assert decide_launch_error(PolicyError("image", "not allowed"), 2, S) == LaunchDecision(
+        Phase.REJECTED, "cannot launch as assigned: image: not allowed", 2, None)
+    assert decide_launch_error(EngineError("engine", "down"), 1, S) == LaunchDecision(
+        Phase.FAILED, "launch failed: engine: down", 2, 2.0)
+
+
+def test_the_loop_sleeps_until_the_first_thing_due() -> None:
+    from berth._service.decisions import next_wait
+    from berth._service.phase import Assigned
+
+    a, b, c = (Assigned(w, spec(w, 6700 + i)) for i, w in enumerate(("wa", "wb", "wc")))
+    a.phase, a.next_start = Phase.BACKOFF, 107.0
+    b.phase, b.next_start = Phase.STALLED, 104.0
+    c.phase, c.next_start = Phase.NO_CAPACITY, 101.0  # waits for room, not for a time
+    assert next_wait(100.0, 10.0, [a, b, c], set(), {}, 150.0) == 4.0
+    assert next_wait(100.0, 10.0, [a, b, c], {"wb"}, {"x": (103.0, 1)}, 150.0) == 3.0
+    assert next_wait(100.0, 10.0, [], set(), {"x": (90.0, 1)}, 150.0) == 0.05
+
+
 def test_a_long_run_resets_the_failures_whatever_its_exit_code() -> None:
     d = decide_exit(exit_after(31, code=1), failures=2, planned=False, s=S)
     assert (d.failures, d.delay, d.phase, d.cause) == (1, 1.0, Phase.BACKOFF, "crash")
@@ -163,10 +189,10 @@ def test_a_failing_worker_never_stops_the_others(h: Harness, monkeypatch: pytest
     h.fake.fail_next("remove", EngineError("engine", "remove: device or resource busy"), worker_id="gone")
     real = h.node.launch
 
-    def launch(s: Any, on_exit: Any = None) -> Any:
+    def launch(s: Any, on_exit: Any = None, held: Any = ()) -> Any:
         if s.worker_id == "boom":
             raise RecursionError("maximum recursion depth exceeded")
-        return real(s, on_exit)
+        return real(s, on_exit, held)
 
     monkeypatch.setattr(h.node, "launch", launch)
     h.fake.fail_next("inspect", EngineError("engine", "inspect: 500 server error"), worker_id="flaky")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from berth import SupervisorLocked
+from berth import StateError, SupervisorLocked
 from berth._service.desired import STATE_FILE
 
 from ._supfake import Harness, doc, spec
@@ -199,3 +199,50 @@ def test_a_stop_cut_short_by_a_crash_of_berth_is_still_a_planned_stop(base: Path
     assert (st["failures"], st["last_exit"]["signal"]) == (0, 15)
     exits = [d for k, d in again.watch.events if k == "exit"]
     assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+
+
+def test_another_node_name_on_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:
+    """Issue 18 item 8: a node configured with another name but the same (default) state dir
+    adopted the first node's persisted desired state and launched its workers. The state dir is
+    bound to the node that made it; another node is one line naming both, before anything."""
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700)), version="v1")
+    h.running("w1")
+    h.sup.stop()
+    state = Path(h.config.state_dir)
+    saved = (state / STATE_FILE).read_bytes()
+    launches = sum(op == "create" for op, _ in h.fake.calls)
+    other = Harness(base, fake=h.fake.restarted(), clock=h.clock, name="n2")
+    stop_all.append(other)
+    with pytest.raises(StateError) as err:
+        other.sup.start()
+    assert err.value.field == "node.name"
+    assert err.value.reason == (f"{state} holds the state of node 'n1'; this config is node 'n2': give each "
+                                "node its own node.state_dir (to rename this node, drain it, then remove "
+                                f"{state}/node.json)")
+    assert not other.sup.lock.held and other.sup.desired() == {}
+    with pytest.raises(StateError):
+        other.node.launch(spec("w9", 6709))
+    assert (state / STATE_FILE).read_bytes() == saved
+    assert sum(op == "create" for op, _ in h.fake.calls) == launches
+    # The same node on another runtime is the same node (the demo runs on docker, then on runc).
+    elsewhere = Harness(base, fake=h.fake.restarted(), clock=h.clock, runtime="process").start()
+    stop_all.append(elsewhere)
+    elsewhere.sup.stop()
+    again = Harness(base, fake=h.fake.restarted(), clock=h.clock).start()  # the node itself starts as before
+    stop_all.append(again)
+    again.running("w1")
+
+
+def test_a_state_dir_from_before_the_binding_is_bound_to_the_node_that_starts_on_it(
+        base: Path, stop_all: list[Harness]) -> None:
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.stop()
+    ident = Path(h.config.state_dir, "node.json")
+    assert json.loads(ident.read_text()) == {"format": 1, "node": "n1"}
+    ident.unlink()  # a state dir berth made before it wrote node.json
+    second = restart(h, base, stop_all, name="n2").start()
+    assert json.loads(ident.read_text())["node"] == "n2"
+    assert second.sup.lock.held

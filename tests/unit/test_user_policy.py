@@ -120,3 +120,37 @@ def test_a_config_reached_through_a_link_others_could_repoint_is_refused(tmp_pat
         load_config(home / "berth.toml")
     assert f"{home} is owned by uid 1234" in info.value.reason
     assert load_config(real).node.name
+
+
+TOKENS = ('[api]\ntoken = "operator-token-0123456789"\n',
+          '[[api.tenants]]\nname = "a"\ntoken = "tenant-token-0123456789"\nusers = ["alice"]\n')
+
+
+@pytest.mark.parametrize("text", TOKENS)
+@pytest.mark.parametrize(("owner", "mode", "words"), [
+    ((0, 0), 0o644, "is readable by others (mode 0644)"),
+    ((0, 1234), 0o640, "is readable by others (mode 0640)"),
+    ((0, 0), 0o640, "is readable by others (mode 0640)"),  # group root may have members too
+    ((0, 0), 0o604, "is readable by others (mode 0604)"),
+])
+def test_a_config_holding_tokens_that_others_can_read_is_refused(tmp_path: Path, text: str, owner: tuple[int, int],
+                                                                 mode: int, words: str) -> None:
+    """Issue 18 item 10: a token in a config others can read is anyone's token."""
+    f = tmp_path / "berth.toml"
+    f.write_text(text)
+    os.chown(f, *owner)
+    os.chmod(f, mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    key = "api.token" if "[api]" in text else "api.tenants"
+    assert info.value.field == "config"
+    assert info.value.reason == f"{f} holds tokens ({key}) and {words}; chmod 600 it"
+    os.chmod(f, 0o600)
+    assert load_config(f).api.tenants or load_config(f).api.token
+
+
+def test_a_config_without_tokens_may_be_read_by_all(tmp_path: Path) -> None:
+    f = tmp_path / "berth.toml"
+    f.write_text('[api]\nsocket_mode = "0660"\n')
+    os.chmod(f, 0o644)
+    assert load_config(f).api.token is None

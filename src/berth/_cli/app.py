@@ -6,12 +6,14 @@ Command modules (commands, service, cluster, shim) register themselves on ``main
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from .._core.config import NodeConfig
 from .._core.loading import load_config
+from .._core.printable import printable
 from .._exceptions import BerthError
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BerthError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(printable(f"error: {exc}"), err=True)  # it may quote names others chose
             ctx.exit(EXIT_BERTH_ERROR)
 
 
@@ -57,3 +59,22 @@ def get_node(ctx: click.Context) -> Node:
         ctx.find_root().call_on_close(obj["node"].close)
     node: Node = obj["node"]
     return node
+
+
+class _Escaped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+def escape_logs(handler: logging.Handler) -> None:
+    """Log messages quote names and reasons others wrote (assignment files, the API, the engine, what
+    nodes publish): each message reaches the log one line, escaped."""
+    handler.addFilter(_Escaped())
+
+
+def setup_logging() -> None:
+    """The services' log: one escaped line per message, on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        escape_logs(handler)

@@ -16,8 +16,9 @@ import click
 
 from .._core.clusterconfig import ClusterSection
 from .._core.config import NodeConfig
+from .._core.printable import printable
 from .._exceptions import ClusterError
-from .app import get_config, get_node, main
+from .app import get_config, get_node, main, setup_logging
 
 if TYPE_CHECKING:
     from .._cluster.layout import Credential
@@ -61,7 +62,7 @@ def _credential(path: str) -> Credential:
 def _logging() -> None:
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     logging.getLogger("kazoo.client").setLevel(logging.WARNING)
 
 
@@ -187,24 +188,28 @@ def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergenc
         click.echo(json.dumps({"versions": versions, "unplaced": unplaced, "converged": conv.done if conv else None,
                                "nodes": conv.nodes if conv else {}}, indent=2))
         return
+
+    def say(text: str) -> None:  # what nodes report is theirs to write
+        click.echo(printable(text))
+
     for tid, n in sorted(unplaced.items()):
-        click.echo(f"unplaced: {n} worker(s) of {tid}: no live node has a free port and enough cpu and memory")
+        say(f"unplaced: {n} worker(s) of {tid}: no live node has a free port and enough cpu and memory")
     if conv is None:
-        click.echo("written: " + ", ".join(f"{n}={v}" for n, v in sorted(versions.items())))
+        say("written: " + ", ".join(f"{n}={v}" for n, v in sorted(versions.items())))
         return
     for name, r in sorted(conv.nodes.items()):
         if not r["live"]:
-            click.echo(f"{name}: not live (document {r['want']} waits for it)")
+            say(f"{name}: not live (document {r['want']} waits for it)")
         elif r.get("rejected"):
-            click.echo(f"{name}: REJECTED document {r['want']}: {r['rejected']}")
+            say(f"{name}: REJECTED document {r['want']}: {r['rejected']}")
         elif r.get("rejections"):
-            click.echo(f"{name}: applied {r['applied']} of {r['want']} with {len(r['rejections'])} entries rejected, "
-                       f"{r['running']}/{r['workers']} running")
+            say(f"{name}: applied {r['applied']} of {r['want']} with {len(r['rejections'])} entries rejected, "
+                f"{r['running']}/{r['workers']} running")
             for line in r["rejections"]:
-                click.echo(f"  rejected: {line}")
+                say(f"  rejected: {line}")
         else:
-            click.echo(f"{name}: applied {r['applied'] or '-'} of {r['want']}, {r['running']}/{r['workers']} running")
-    click.echo("converged" if conv.done else "NOT converged")
+            say(f"{name}: applied {r['applied'] or '-'} of {r['want']}, {r['running']}/{r['workers']} running")
+    say("converged" if conv.done else "NOT converged")
 
 
 @main.group()
@@ -319,7 +324,7 @@ def cluster_ps(ctx: click.Context, /, zk: str | None, auth_file: str | None, roo
     from .cluster_views import cluster_rows, cluster_tables
 
     co = _coordinator(ctx, zk, auth_file, root)
-    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout))
+    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), co.settings)
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "workers": workers}, indent=2))
         return

@@ -1,20 +1,34 @@
-"""``berth cluster ps``: nodes and workers for people. Every cell is plain text: what nodes write
-about themselves is untrusted, so nothing in it is read as rich markup."""
+"""``berth cluster ps``: nodes and workers for people. Every cell is plain, escaped text: what nodes
+write about themselves is untrusted, so nothing in it is read as rich markup or reaches the
+terminal as a control sequence."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._core.printable import printable
+
 if TYPE_CHECKING:
     from rich.table import Table
 
     from .._cluster.admin import NodeView
+    from .._core.clusterconfig import ClusterSection
 
 
-def cluster_rows(views: dict[str, NodeView]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def cluster_rows(views: dict[str, NodeView], settings: ClusterSection | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """With ``settings`` (the coordinator's), each node's offer as the coordinator takes it."""
+    from .._cluster.capacity import capped
+
     nodes, workers = [], []
     for name, v in sorted(views.items()):
-        cap = v.live.capacity if v.live else None
+        claim = v.live.capacity if v.live else None
+        cap = capped(claim, settings) if claim is not None and settings is not None else claim
+        over: list[str] = []
+        if claim is not None and cap is not None:
+            over += [f"cpu {claim.cpu_percent}%"] if cap.cpu_percent < claim.cpu_percent else []
+            over += [f"memory {claim.memory_mb} MiB"] if cap.memory_mb < claim.memory_mb else []
+            over += [f"{len(claim.ports)} ports"] if len(cap.ports) < len(claim.ports) else []
         st = v.state
         reported = {w.worker_id: w for w in (st.workers if st else [])}
         nodes.append({
@@ -28,7 +42,8 @@ def cluster_rows(views: dict[str, NodeView]) -> tuple[list[dict[str, Any]], list
             "document_status": st.document.status if st and st.document else None,
             "reason": (st.document.reason if st and st.document else None) or (st.problem if st else None),
             "workers": len(v.workers), "running": v.running(), "fenced": bool(st and st.fenced),
-            "problems": v.problems,
+            "problems": [*v.problems, *([f"claims {', '.join(over)}: capped by the coordinator's "
+                                        "cluster.node_max_*"] if over else [])],
         })
         for w in v.workers:
             r = reported.get(w.worker_id)
@@ -44,7 +59,7 @@ def cluster_tables(nodes: list[dict[str, Any]], workers: list[dict[str, Any]]) -
     from rich.text import Text
 
     def row(t: Table, *cells: Any) -> None:
-        t.add_row(*(Text("-" if c is None else str(c)) for c in cells))
+        t.add_row(*(Text("-" if c is None else printable(str(c))) for c in cells))
 
     nt = Table(title="nodes")
     for col in ("node", "live", "host", "cpu used/offered", "MiB used/offered", "ports", "document", "applied",

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._core.hostfacts import parse_cpu_list
-from .._core.plan import plan_for
+from .._core.hostfacts import HostFacts, parse_cpu_list
+from .._core.plan import Plan, plan_for
+from .._core.printable import printable
 from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
 from .._core.seccomp import Filters
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
 from .._core.storm import load_storm_yaml
-from .._exceptions import ConfigError, SpecError
+from .._exceptions import BerthError, ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
 from .views import ended, ps_rows, ps_table, rejection_line, with_supervisor
@@ -91,11 +92,13 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
     """
     config = get_config(ctx)
     plan = plan_for(spec_from_options(opts), config, keep_refusals=storm)
+    # A spec file may be a tenant's: what it says is shown escaped (JSON escapes its own).
     if fmt == "text" and not storm:
-        click.echo(text_summary(plan, config.storm.unused_keys if config.storm else ()))
+        text = text_summary(plan, config.storm.unused_keys if config.storm else ()).split("\n")
+        click.echo("\n".join(printable(x) for x in [*text, *_capacity(ctx, plan)]))
         return
     if fmt == "docker" or storm:
-        click.echo(docker_run_line(plan, storm=storm))
+        click.echo(printable(docker_run_line(plan, storm=storm)))
         if storm and config.storm is not None and config.node.runtime == "runc":
             click.echo("note: RuncLibContainerManager runs workers with runc, not docker run; the line is what "
                        "Storm's DockerManager builds for this storm.yaml", err=True)
@@ -106,6 +109,23 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
         click.echo(f"note: {note}", err=True)
     for refusal in plan.refusals:
         click.echo(f"note: Storm would launch this; berth refuses: {refusal}", err=True)
+
+
+def _capacity(ctx: click.Context, plan: Plan) -> list[str]:
+    """The node's capacity, what its workers hold now (one listing; nothing written) and whether
+    this worker fits."""
+    from .._core.limits import capacity_lines, node_capacity
+
+    config = get_config(ctx)
+    try:
+        cap = node_capacity(config, HostFacts.probe())
+    except BerthError as exc:
+        return [f"capacity  unknown: {exc}"]
+    try:
+        node = get_node(ctx)  # the runtime: an engine that is down is said, not an error of explain
+        return capacity_lines(cap, node.usage(launching=False), node.usage_of(plan))
+    except BerthError as exc:
+        return capacity_lines(cap, None, None, str(exc))
 
 
 @main.command(name="config")
@@ -137,7 +157,7 @@ def launch(ctx: click.Context, /, wait: bool, **opts: Any) -> None:
     if wait:
         rec = node.wait(spec.worker_id)
         if rec.signal or rec.status_lost:
-            click.echo(f"{rec.worker_id}: {rec.how}", err=True)
+            click.echo(printable(f"{rec.worker_id}: {rec.how}"), err=True)
         ctx.exit(EXIT_BERTH_ERROR if rec.exit_code is None else rec.exit_code)
 
 
@@ -175,7 +195,7 @@ def kill(ctx: click.Context, /, worker_id: str, force: bool, grace: float) -> No
     node = get_node(ctx)
     node.force_kill(worker_id) if force else node.kill(worker_id, grace)
     st, rec = node.inspect(worker_id), node.exit_record(worker_id)
-    click.echo(f"{worker_id}: {st.state}, {ended(rec) if rec is not None else f'exit code {st.exit_code}'}")
+    click.echo(printable(f"{worker_id}: {st.state}, {ended(rec) if rec is not None else f'exit code {st.exit_code}'}"))
 
 
 @main.command()
@@ -186,7 +206,7 @@ def rm(ctx: click.Context, /, worker_id: str) -> None:
     node = get_node(ctx)
     node.inspect(worker_id)  # a clear error for an unknown worker
     node.cleanup(worker_id)
-    click.echo(f"{worker_id}: removed")
+    click.echo(printable(f"{worker_id}: removed"))
 
 
 @main.command()
@@ -228,11 +248,11 @@ def logs(ctx: click.Context, /, worker_id: str, tail: int | None, follow: bool) 
 @click.pass_context
 def recover(ctx: click.Context, /) -> None:
     """Adopt this node's workers after a restart: report exits, remove half-made containers."""
-    report = get_node(ctx).recover()
-    click.echo(f"adopted {len(report.adopted)} running: {' '.join(report.adopted) or '-'}")
+    report = get_node(ctx).recover()  # ids come from labels, which a container made by hand chose
+    click.echo(printable(f"adopted {len(report.adopted)} running: {' '.join(report.adopted) or '-'}"))
     for rec in report.reported:
-        click.echo(f"exited while berth was down: {rec.worker_id}: {rec.how}")
-    click.echo(f"removed {len(report.removed)} half-made: {' '.join(report.removed) or '-'}")
+        click.echo(printable(f"exited while berth was down: {rec.worker_id}: {rec.how}"))
+    click.echo(printable(f"removed {len(report.removed)} half-made: {' '.join(report.removed) or '-'}"))
 
 
 @main.command()
@@ -294,7 +314,7 @@ def audit(ctx: click.Context, /, worker_id: str | None, all_workers: bool, as_js
         click.echo(json.dumps(data, indent=2))
     else:
         for line in report_lines(reports):
-            click.echo(line)
+            click.echo(printable(line))  # observed values: process names, mount paths
         if all_workers and not reports:
             click.echo("no running workers to audit")
     ctx.exit(0 if all(r.ok for r in reports) else EXIT_AUDIT_FAILED)

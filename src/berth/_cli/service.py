@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._core.config import NodeConfig
+from .._core.printable import printable
 from .._core.serviceconfig import check_listen_address
 from .._exceptions import ConfigError
-from .app import get_config, get_node, main
+from .app import get_config, get_node, main, setup_logging
 
 if TYPE_CHECKING:
     from .._service.supervisor import Supervisor
@@ -42,11 +43,9 @@ def supervisor_view(config: NodeConfig) -> dict[str, Any] | None:
 
 
 def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
-    import logging
-
     from .._service.supervisor import Supervisor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     node = get_node(ctx)
     node.check_state()  # berth's own state: usable, and apart from what workers write
     return Supervisor(node, assignments_path=assignments)
@@ -67,10 +66,11 @@ def check_socket_group(config: NodeConfig) -> None:
 
 
 def check_apart(config: NodeConfig, assignments: str | None, socket: str | None) -> None:
-    """Before anything starts: workers can neither reach nor rewrite the assignments, nor reach
-    the API socket (on it, no token is asked for: its mode is the access control)."""
+    """Before anything starts: nobody but root can rewrite the assignments, workers cannot reach
+    them, nor the API socket (on it, no token is asked for: its mode is the access control)."""
     from .._node.state import StateDir
     from .._paths import is_under
+    from .._service.assignments import check_source
 
     state = StateDir(config)
     if assignments is not None:
@@ -79,6 +79,8 @@ def check_apart(config: NodeConfig, assignments: str | None, socket: str | None)
     real = os.path.realpath
     if socket is not None and not is_under(real(socket), real(config.state_dir)):  # (the state dir is checked)
         state.check_apart(socket, "api.socket", "a worker could reach the API, which asks no token there")
+    if assignments is not None:
+        check_source(assignments)  # root's alone to write: the file(s) and every directory above them
 
 
 def _progress(done: int, total: int) -> None:
@@ -88,7 +90,7 @@ def _progress(done: int, total: int) -> None:
 def _start(sup: Supervisor, drain: bool) -> None:
     sup.start()
     for r in sup.rejections():
-        click.echo(f"rejected: {r}", err=True)
+        click.echo(printable(f"rejected: {r}"), err=True)
     if drain:
         click.echo("on exit, every worker of this node will be stopped (--drain)", err=True)
 
@@ -116,9 +118,9 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
     from .._service.server import serve
 
     config = get_config(ctx)
-    check_apart(config, assignments, None if no_api else config.api_socket)
     if not no_api:
         check_socket_group(config)
+    check_apart(config, assignments, None if no_api else config.api_socket)
     sup = _make(ctx, assignments)
     _start(sup, drain)
     try:

@@ -1,4 +1,5 @@
-"""Views of a node for people: the ``ps`` rows and table, shared by the CLI and the demo."""
+"""Views of a node for people: the ``ps`` rows and table, shared by the CLI and the demo. Cells are
+plain, escaped text (``printable``): labels, names and errors are not all berth's own words."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .._core.printable import printable
 from .._core.timefmt import parse_time
 from .._exceptions import BerthError
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
@@ -97,7 +99,7 @@ def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any
                         **{k: w.get(k) for k in SUPERVISOR_KEYS}})
     by_id = {r["worker_id"]: r for r in out}
     for rej in rejected:
-        line = rejection_line(rej).removeprefix("rejected: ")
+        line = rejection_line(rej).split(": ", 1)[1]
         row = by_id.get(rej.get("worker_id"))
         if row is None:
             row = {**_empty_row(rej.get("worker_id"), {}), "supervisor_state": "rejected",
@@ -108,9 +110,12 @@ def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any
 
 
 def rejection_line(r: dict[str, Any]) -> str:
+    """One line, escaped: sources are file names, reasons quote what the entry said. A worker
+    waiting for the node's capacity is not rejected for ever: ``waiting for capacity:``."""
     where = r["source"] + ("" if r.get("index") is None else f"[{r['index']}]")
     who = f" ({r['worker_id']})" if r.get("worker_id") else ""
-    return f"rejected: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}"
+    what = "waiting for capacity" if r.get("retried") else "rejected"
+    return printable(f"{what}: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}")
 
 
 def _last(r: dict[str, Any]) -> str:
@@ -125,8 +130,9 @@ def _last(r: dict[str, Any]) -> str:
 
 def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"berth workers on {node.config.node.name}")
+    t = Table(title=Text(printable(f"berth workers on {node.config.node.name}")))
     rows = rows if rows is not None else ps_rows(node)
     supervised = any("supervisor_state" in r for r in rows)
     cols = ["worker", "topology", "port", "user", "image", "state", "ended", "OOM", "memory", "uptime"]
@@ -144,5 +150,5 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
             nxt = r.get("next_start_in_s")
             cells += [r.get("supervisor_state", "-"), str(r.get("restarts") or 0), str(r.get("failures") or 0),
                       "-" if nxt is None else f"{nxt:.1f}s", _last(r), r.get("last_error") or "-"]
-        t.add_row(*cells)
+        t.add_row(*(Text(printable(c)) for c in cells))  # labels, errors: others' text, never markup
     return t

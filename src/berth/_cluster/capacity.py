@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._core.clusterconfig import NumaZone
+from .._core.clusterconfig import ClusterSection, NumaZone
 from .._core.config import ContainerSection, NodeConfig
 from .._core.hostfacts import HostFacts
+from .._core.limits import node_capacity as admission_capacity
 from .._exceptions import ClusterError
 from .._service.assignments import Assignments, Rejection
 
-SYSTEM_RESERVE_MB = 1024
+UNKNOWN_RAM_OFFER_MB = 1024
+"""Offered where the machine's RAM cannot be read (and the config does not say): a small machine's."""
 MODEL = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -37,18 +39,28 @@ class Capacity(BaseModel):
 
 
 def node_capacity(config: NodeConfig, facts: HostFacts | None = None) -> Capacity:
-    """The node's offer: the config's ``[cluster]`` values, else what the machine has."""
+    """The node's offer: the same figures its own admission holds its workers to (``[capacity]``,
+    or ``cluster.memory_mb``/``cpu_percent``, else derived from the machine): a node never offers
+    the cluster what it would refuse to run."""
     c = config.cluster
     facts = facts or HostFacts.probe()
-    cpu = c.cpu_percent if c.cpu_percent is not None else 100 * max(1, facts.cpu_count)
-    ram = facts.memory_mb if facts.memory_mb is not None else 2048  # unknown: a small machine
-    mem = c.memory_mb if c.memory_mb is not None else max(256, ram - SYSTEM_RESERVE_MB)
+    own = admission_capacity(config, facts)
+    cpu = max(1, own.cpu_percent)
+    mem = own.memory_mb if own.memory_mb is not None else UNKNOWN_RAM_OFFER_MB
     zones = tuple(c.numa_zones)
     for z in zones:
         missing = sorted(set(z.cores) - facts.cpus)
         if missing:
             raise ClusterError("cluster.numa_zones", f"zone {z.id} names cpus {missing} this machine does not have")
     return Capacity(cpu_percent=cpu, memory_mb=mem, ports=c.ports, zones=zones)
+
+
+def capped(claim: Capacity, settings: ClusterSection) -> Capacity:
+    """A node's declared capacity within the coordinator's per-node maxima (``cluster.node_max_*``):
+    its cpu and memory at most those, its first ports only."""
+    return claim.model_copy(update={"cpu_percent": min(claim.cpu_percent, settings.node_max_cpu_percent),
+                                    "memory_mb": min(claim.memory_mb, settings.node_max_memory_mb),
+                                    "ports": claim.ports[:settings.node_max_ports]})
 
 
 def check_capacity(parsed: Assignments, capacity: Capacity, defaults: ContainerSection, source: str) -> list[Rejection]:

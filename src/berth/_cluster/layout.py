@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from kazoo.security import ACL, Id, Permissions, make_acl, make_digest_acl_credential
 
+from .._core.trust import exposed
 from .._exceptions import ClusterError
 
 NODE_PREFIX = "node-"
@@ -113,11 +114,9 @@ def read_credential(path: str) -> Credential:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ClusterError("auth_file", f"{path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ClusterError("auth_file", f"{path} is readable by others (mode {st.st_mode & 0o777:04o}); "
-                                            "chmod 600 it")
-        if st.st_uid not in (0, os.geteuid()):
-            raise ClusterError("auth_file", f"{path} belongs to uid {st.st_uid}, not to root or this user")
+        problem = exposed(st)
+        if problem:
+            raise ClusterError("auth_file", f"{path} {problem}; chmod 600 it")
         raw = os.read(fd, MAX_CREDENTIAL_BYTES + 1)
     finally:
         os.close(fd)

@@ -29,7 +29,7 @@ from .._core.clusterconfig import ClusterSection
 from .._core.spec import WorkerSpec
 from .._exceptions import ClusterError
 from .admin import NodeView, read_cluster
-from .capacity import Capacity
+from .capacity import Capacity, capped
 from .documents import (
     FORMAT,
     dump_json,
@@ -73,6 +73,7 @@ class Coordinator:
         if dead_after_s < settings.session_timeout_s:
             raise ClusterError("dead_after", f"must be at least the session timeout ({settings.session_timeout_s:g}s)")
         self.layout = ZkLayout(settings.root)
+        self.settings = settings
         self.dead_after_s = dead_after_s
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
         self._cond = threading.Condition()
@@ -156,8 +157,8 @@ class Coordinator:
         inputs = []
         t = time.monotonic()
         for name, v in views.items():
-            if v.live is not None:
-                self._capacity[name] = v.live.capacity
+            if v.live is not None:  # what the node says it offers, within this coordinator's own limits
+                self._capacity[name] = capped(v.live.capacity, self.settings)
                 self._gone_since.pop(name, None)
                 self._dead_handled.discard(name)
             else:

@@ -46,10 +46,16 @@ class ClusterSection(BaseModel):
     ports: tuple[int, ...] = (6700, 6701, 6702, 6703)
     """The slots this node offers (Storm's supervisor.slots.ports)."""
     cpu_percent: int | None = Field(default=None, ge=1)
-    """CPU the node offers, 100 per core (default: every online cpu)."""
+    """CPU the node offers, 100 per core: ``capacity.cpu_percent`` by another name (one figure)."""
     memory_mb: int | None = Field(default=None, ge=1)
-    """Memory the node offers (default: the machine's memory less 1 GiB for the system)."""
+    """Memory the node offers: ``capacity.memory_mb`` by another name (default: the node's capacity)."""
     numa_zones: tuple[NumaZone, ...] = ()
+    node_max_cpu_percent: int = Field(default=100 * 256, ge=1, le=100 * 4096)
+    node_max_memory_mb: int = Field(default=4 << 20, ge=1, le=1 << 30)
+    node_max_ports: int = Field(default=256, ge=1, le=1024)
+    """The coordinator's own limits on what one node may claim to offer (``berth schedule``): a
+    node's registration is its own word, so a node claiming thousands of cores cannot draw every
+    worker of the cluster to itself; what it claims past these is not placed on."""
 
     @field_validator("root")
     @classmethod

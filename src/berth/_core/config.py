@@ -20,7 +20,7 @@ from .._paths import is_under
 from .clusterconfig import ClusterSection
 from .fields import absolute, program, valid_image
 from .runcconfig import RuncSection, runc_images
-from .serviceconfig import SupervisorSection, TenantToken, check_listen_address
+from .serviceconfig import CapacitySection, SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
 from .trust import account_names, state_apart
 from .validation import raise_validation
@@ -243,6 +243,15 @@ class NodeConfig(BaseModel):
     storm: StormSection | None = None
     """Storm's semantics, for a node configured by a storm.yaml (see ``stormconf``)."""
     cluster: ClusterSection = Field(default_factory=ClusterSection)
+    capacity: CapacitySection = Field(default_factory=CapacitySection)
+
+    @property
+    def configured_capacity(self) -> CapacitySection:
+        """The configured capacity, ``cluster.memory_mb``/``cpu_percent`` standing in for unset keys."""
+        c = self.capacity
+        return c.model_copy(update={"memory_mb": c.memory_mb if c.memory_mb is not None else self.cluster.memory_mb,
+                                    "cpu_percent": c.cpu_percent if c.cpu_percent is not None
+                                    else self.cluster.cpu_percent})
 
     @model_validator(mode="after")
     def _layout(self) -> NodeConfig:
@@ -302,6 +311,11 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config",
     except ValidationError as exc:
         raise raise_validation(exc, ConfigError, rename=rename) from None
     runc_images(config.node.runtime, config.images.default, config.runc, config.storm is not None, rename or {})
+    for key in ("memory_mb", "cpu_percent"):
+        mine, offered = getattr(config.capacity, key), getattr(config.cluster, key)
+        if mine is not None and offered is not None and mine != offered:
+            raise ConfigError("capacity", f"capacity.{key} ({mine}) and cluster.{key} ({offered}) are one figure (what "
+                              f"the node's workers may take is what it offers the cluster): set capacity.{key} alone")
     return config
 
 

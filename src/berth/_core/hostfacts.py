@@ -1,4 +1,5 @@
-"""Facts about the node that a plan depends on (online cpus and memory nodes, RAM, pid_max, ARG_MAX).
+"""Facts about the node that a plan depends on (online cpus and memory nodes, RAM, pid_max,
+threads-max, ARG_MAX).
 
 Read once and handed to the planner, so the planner stays a pure function and tests can
 describe any machine.
@@ -39,6 +40,8 @@ class HostFacts:
     """``kernel.pid_max``: every pid of the host, all workers' included, comes from this pool."""
     arg_max: int | None = None
     """``sysconf(_SC_ARG_MAX)``: the most argv + environment bytes one exec takes here."""
+    threads_max: int | None = None
+    """``kernel.threads-max``: the other bound on the tasks of the whole host (a pid is a task)."""
 
     @property
     def cpu_count(self) -> int:
@@ -54,7 +57,7 @@ class HostFacts:
 
         return cls(cpus=read("cpu/online", f"0-{(os.cpu_count() or 1) - 1}"), mems=read("node/online", "0"),
                    memory_mb=_mem_total_mb(proc), pid_max=_read_int(Path(proc, "sys/kernel/pid_max")),
-                   arg_max=_arg_max())
+                   arg_max=_arg_max(), threads_max=_read_int(Path(proc, "sys/kernel/threads-max")))
 
 
 def _read_int(path: Path) -> int | None:

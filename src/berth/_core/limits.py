@@ -1,4 +1,5 @@
-"""The node's maxima on what one request can make the node spend: memory, pids, exec size.
+"""The node's maxima on what one request can make the node spend (memory, pids, exec size), and
+its capacity: what all its workers together may hold.
 
 Where the operator sets no maximum, the default is derived from the host (``HostFacts``), so
 that no single request can take the host's memory or pids, or write a worker script the kernel
@@ -9,10 +10,12 @@ default above a maximum is the operator's to fix, a ``ConfigError`` naming the c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from .._exceptions import ConfigError, PolicyError
+from .._exceptions import CapacityError, ConfigError, PolicyError
 from .config import NodeConfig
 from .hostfacts import HostFacts
+from .stormconf import BERTH_TO_STORM
 
 MAX_ARG_STRLEN = 131072
 """The kernel's bound on one argv or environment string, its NUL included (32 pages)."""
@@ -46,6 +49,10 @@ def max_memory_mb(config: NodeConfig, host: HostFacts) -> int | None:
     """
     if config.container.max_memory_mb is not None:
         return config.container.max_memory_mb
+    return _ram_less_reserve(host)
+
+
+def _ram_less_reserve(host: HostFacts) -> int | None:
     if host.memory_mb is None:
         return None
     reserve = max(host.memory_mb // MEMORY_RESERVE_FRACTION, MEMORY_RESERVE_MIN_MB)
@@ -122,3 +129,121 @@ def check_script_size(script: str) -> None:
     if size > MAX_SCRIPT_BYTES:
         raise PolicyError("command", f"the worker script would be {size} bytes, above {MAX_SCRIPT_BYTES} "
                           "(each ' in the command or env takes five bytes once quoted)")
+
+
+# -- the node's capacity: what its workers together may take ---------------------------------------
+
+CAPACITY_PIDS_SHARE = (3, 4)
+"""Of the host's task pool (the smaller of ``pid_max`` and ``threads-max``): the rest is the node's."""
+STORM_MEMORY_CAPACITY_MB = 4096
+STORM_CPU_CAPACITY = 400
+"""Storm's defaults (conf/defaults.yaml) for a storm.yaml that does not set its supervisor's capacity."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Memory, cpu and pids that workers hold (their limits, not what they use now), and how many."""
+
+    memory_mb: int = 0
+    cpu_percent: int = 0
+    pids: int = 0
+    workers: int = 0
+
+    @classmethod
+    def of(cls, memory_mb: int, cpu_percent: int, pids: int, margin: int = 0) -> Usage:
+        """One worker, its memory counted without ``margin`` (Storm's, which its capacity leaves out)."""
+        return cls(max(0, memory_mb - margin), cpu_percent, pids, 1)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.memory_mb + other.memory_mb, self.cpu_percent + other.cpu_percent,
+                     self.pids + other.pids, self.workers + other.workers)
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What the node's workers together may take; None where neither the config nor the host says."""
+
+    memory_mb: int | None
+    cpu_percent: int
+    pids: int | None
+    memory_margin_mb: int = 0
+    keys: tuple[str, str, str] = ("capacity.memory_mb", "capacity.cpu_percent", "capacity.pids")
+    """The config keys the figures come from, for messages (a storm.yaml's own, where it set them)."""
+
+    def fits(self, want: Usage, used: Usage) -> bool:
+        try:
+            check_admission(want, used, self)
+        except (CapacityError, PolicyError):
+            return False
+        return True
+
+
+def node_capacity(config: NodeConfig, host: HostFacts) -> NodeCapacity:
+    """The node's capacity: the config's figures as given (limits are maxima: promising more than
+    the machine has is an overcommit the operator may choose), else derived from the machine and
+    below its figures (RAM less the reserve ``max_memory_mb`` keeps, 100 per online cpu, three
+    quarters of the task pool), for a storm.yaml no more than Storm's defaults."""
+    c = config.configured_capacity
+    keys = tuple(_capacity_key(config, k) for k in ("memory_mb", "cpu_percent", "pids"))
+    pool = min((x for x in (host.pid_max, host.threads_max) if x is not None), default=None)
+    memory, cpu, pids = c.memory_mb, c.cpu_percent, c.pids
+    storm = config.storm is not None
+    if memory is None:
+        memory = _ram_less_reserve(host)
+        memory = min(memory, STORM_MEMORY_CAPACITY_MB) if storm and memory is not None else memory
+    if cpu is None:
+        cpu = host.cpu_count * 100
+        cpu = min(cpu, STORM_CPU_CAPACITY) if storm else cpu
+    if pids is None and pool is not None:
+        pids = pool * CAPACITY_PIDS_SHARE[0] // CAPACITY_PIDS_SHARE[1]
+    margin = config.storm.memory_margin_mb if config.storm is not None else 0
+    return NodeCapacity(memory, cpu, pids, margin, keys)  # type: ignore[arg-type]
+
+
+def _capacity_key(config: NodeConfig, key: str) -> str:
+    if getattr(config.capacity, key) is None and key != "pids" and getattr(config.cluster, key) is not None:
+        return f"cluster.{key}"
+    name = f"capacity.{key}"
+    return BERTH_TO_STORM.get(name, name) if config.storm is not None else name
+
+
+def check_admission(want: Usage, used: Usage, cap: NodeCapacity) -> None:
+    """Refuse ``want`` (one worker) on top of ``used``: ``PolicyError`` when it alone is past the
+    capacity (it can never run here), ``CapacityError`` when it is past what is left (it may fit
+    once others end). Each names the request's field and the capacity's key."""
+    margin = (f" (each worker counted without Storm's {cap.memory_margin_mb} MiB tolerance margin, "
+              "storm.supervisor.memory.limit.tolerance.margin.mb)") if cap.memory_margin_mb else ""
+    for field, limit, key, w, u, unit, tail in (
+            ("memory_mb", cap.memory_mb, cap.keys[0], want.memory_mb, used.memory_mb, " MiB", margin),
+            ("cpu_percent", cap.cpu_percent, cap.keys[1], want.cpu_percent, used.cpu_percent, "%", ""),
+            ("pids_limit", cap.pids, cap.keys[2], want.pids, used.pids, "", "")):
+        if limit is None:
+            continue
+        what = f"the node's capacity of {limit}{unit or ' pids'} ({key})"
+        if w > limit:
+            raise PolicyError(field, f"{w}{unit} is above {what}: it can never run here{tail}")
+        if u + w > limit:
+            raise CapacityError(field, f"{w}{unit} more would exceed {what}: its {used.workers} worker(s) hold "
+                                       f"{u}{unit}{tail}")
+
+
+def capacity_lines(cap: NodeCapacity, used: Usage | None, want: Usage | None, why_unknown: str = "") -> list[str]:
+    """``explain --format text``: the node's capacity, what its workers hold, and whether one more fits."""
+    def fig(v: int | None, unit: str) -> str:
+        return "unbounded (unknown on this host)" if v is None else f"{v}{unit}"
+
+    lines = [f"capacity  memory {fig(cap.memory_mb, ' MiB')}, cpu {fig(cap.cpu_percent, '%')}, "
+             f"pids {fig(cap.pids, '')}" + (f" (memory counted without Storm's {cap.memory_margin_mb} MiB margin)"
+                                            if cap.memory_margin_mb else "")]
+    if used is None:
+        lines.append(f"admitted  unknown: {why_unknown}")
+        return lines
+    lines.append(f"admitted  {used.workers} worker(s): memory {used.memory_mb} MiB, cpu {used.cpu_percent}%, "
+                 f"pids {used.pids}")
+    if want is not None:
+        try:
+            check_admission(want, used, cap)
+            lines.append("this one  fits")
+        except (CapacityError, PolicyError) as exc:
+            lines.append(f"this one  does not fit: {exc}")
+    return lines

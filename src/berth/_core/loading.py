@@ -14,7 +14,7 @@ from .._exceptions import ConfigError
 from .config import NodeConfig, config_from_mapping, tuples
 from .docfile import read_text
 from .storm import load_storm_yaml
-from .trust import check_root_owned
+from .trust import check_root_owned, check_secrets
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
@@ -31,4 +31,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
         toml = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{chosen} is not valid TOML: {exc}") from exc
-    return config_from_mapping(tuples(toml))
+    config = config_from_mapping(tuples(toml))
+    check_secrets(chosen, tuple(k for k, v in (("api.token", config.api.token), ("api.tenants", config.api.tenants))
+                                if v))
+    return config

@@ -36,6 +36,11 @@ LABEL_SPEC = "berth.spec"
 LABEL_OWNER = "berth.owner"
 """The state dir of the berth that launched the container: two supervisors that share a node name
 on one engine see whose each worker is (and refuse to start instead of fighting)."""
+LABEL_MEMORY = "berth.memory_mb"
+LABEL_CPU = "berth.cpu_percent"
+LABEL_PIDS = "berth.pids_limit"
+"""What the container was given: admission counts what the node's workers hold from one listing,
+whoever launched them, without an inspect per container."""
 TMP_TARGET = "/tmp"
 
 
@@ -341,6 +346,9 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         (LABEL_NODE, config.node.name),
         (LABEL_SPEC, spec_digest(spec_in)),
         (LABEL_OWNER, config.state_dir),
+        (LABEL_MEMORY, str(resources.memory_mb)),
+        (LABEL_CPU, str(resources.cpu_percent)),
+        (LABEL_PIDS, str(resources.pids_limit)),
     )
     line = storm_line(config, spec.worker_id, spec.topology_id, spec.port, lay,
                       tuple((m.source, m.target, m.read_only) for m in mounts), resources.cores,

@@ -1,5 +1,5 @@
 """The supervisor's and the API's parts of the node config that need none of its path rules:
-restart policy, tenant tokens, the listen-address check."""
+restart policy, the node's capacity, tenant tokens, the listen-address check."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ class SupervisorSection(BaseModel):
     """The most workers this node runs at once, whoever assigns them (a file, the API, the
     cluster agent): each costs a container, processes, memory and the supervisor's time. Entries
     past it are rejected, workers already assigned keeping their places."""
+
+
+class CapacitySection(BaseModel):
+    """What the node's workers together may take (admission control); unset: derived from the
+    machine (``berth._core.limits.node_capacity``). The same figures are what a cluster node
+    offers (``cluster.memory_mb`` and ``cluster.cpu_percent`` are other names for the first two)."""
+
+    model_config = _strict
+
+    memory_mb: int | None = Field(default=None, ge=1, le=1 << 30)
+    cpu_percent: int | None = Field(default=None, ge=1, le=100 * 65536)
+    """100 per core; more than the node's cpus is an overcommit the operator chose."""
+    pids: int | None = Field(default=None, ge=1, le=1 << 22)
+    """The sum of the workers' ``pids_limit``: every worker's tasks come from the host's one pool."""
 
 
 class TenantToken(BaseModel):

@@ -10,6 +10,7 @@ defines is a typo and an error naming it.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from functools import cache
@@ -38,7 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "storm.resource.isolation.plugin": "org.apache.storm.container.cgroup.CgroupManager",
     "storm.resource.isolation.plugin.enable": False,
     "storm.cgroup.memory.enforcement.enable": False,
+    "storm.supervisor.memory.limit.tolerance.margin.mb": 128.0,
 }
+STORM_CAPACITY = {"supervisor.memory.capacity.mb": 4096, "supervisor.cpu.capacity": 400}
+"""conf/defaults.yaml: what Nimbus assumes a supervisor offers when its storm.yaml does not say
+(``SupervisorHeartbeat.mkSupervisorCapacities``); berth's default never goes above the machine's."""
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
 BERTH_ONLY = frozenset({"storm.home", "berth.runc.images", "berth.runc.image.root"})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
@@ -209,6 +214,11 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
         storm["worker_cpu_limit"] = _cpu_limit(conf["storm.worker.cgroup.cpu.limit"])
     if "supervisor.numa.meta" in conf:
         storm["numa"] = _numa(conf["supervisor.numa.meta"])
+    margin = "storm.supervisor.memory.limit.tolerance.margin.mb"
+    storm["memory_margin_mb"] = math.ceil(_number(margin, conf[margin], low=0))  # BasicContainer: Math.ceil
+    capacity = {mine: math.floor(_number(key, conf[key], low=1))  # Storm's doubles; never more than said
+                for key, mine in (("supervisor.memory.capacity.mb", "memory_mb"),
+                                  ("supervisor.cpu.capacity", "cpu_percent")) if key in conf}
     storm.update(_spellings(paths, container, conf["storm.oci.cgroup.parent"]))
     hint = swap_hint(container["cgroup_root"], container["cgroup_parent"], "storm.oci.cgroup.root",
                      "storm.oci.cgroup.parent")
@@ -220,7 +230,15 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
     if isinstance(runc.get("images"), dict):
         runc["images"] = {str(k): v for k, v in runc["images"].items()}
     return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm,
-                                "runc": runc}, rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
+                                "runc": runc, "capacity": capacity},
+                               rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
+
+
+def _number(key: str, value: Any, low: float) -> float:
+    """Storm's ``@IsPositiveNumber`` (a margin may be 0): an int or a double, never a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low or not math.isfinite(value):
+        raise ConfigError(key, f"must be a number of at least {low:g}, got {value!r}")
+    return float(value)
 
 
 def _images(conf: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 A berth.toml without a ``[storm]`` table keeps berth's behaviour. A storm.yaml (or the berth.toml
 ``berth config --from-storm`` prints for it) carries this section, which the plan follows:
 the NUMA zones that pin a worker by its port, the supervisor's CPU override, whether Storm's
-line limits memory, and how Storm's own string joins spell each path, so that ``explain
---storm`` prints what Storm's code builds while berth launches with normalised paths.
+line limits memory, the margin Storm adds to each worker's memory beyond its capacity, and how
+Storm's own string joins spell each path, so that ``explain --storm`` prints what Storm's code
+builds while berth launches with normalised paths.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ BERTH_TO_STORM = {
     "storm.numa": "supervisor.numa.meta",
     "runc.images": "berth.runc.images",
     "runc.image_root": "berth.runc.image.root",
+    "capacity.memory_mb": "supervisor.memory.capacity.mb",
+    "capacity.cpu_percent": "supervisor.cpu.capacity",
+    "storm.memory_margin_mb": "storm.supervisor.memory.limit.tolerance.margin.mb",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 
@@ -93,6 +97,10 @@ class StormSection(BaseModel):
     """``storm.worker.cgroup.cpu.limit``: replaces every worker's CPU percent, as in Storm."""
     numa: tuple[NumaZone, ...] = ()
     """``supervisor.numa.meta``, in the file's order (Storm takes the first zone listing a port)."""
+    memory_margin_mb: int = Field(default=128, ge=0)
+    """``storm.supervisor.memory.limit.tolerance.margin.mb``, rounded up as Storm's BasicContainer
+    does: what Storm adds to each worker's memory beyond what Nimbus placed, left out of
+    ``supervisor.memory.capacity.mb`` (DaemonConfig), so admission leaves it out of the sum too."""
     plugin: str = "org.apache.storm.container.docker.DockerManager"
     plugin_enabled: bool = True
 

@@ -14,19 +14,21 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.identity import Identity, resolve_identity
+from .._core.limits import NodeCapacity, Usage, check_admission
 from .._core.plan import Plan, build_plan
 from .._core.spec import ID_PATTERN, WorkerSpec
 from .._exceptions import BerthError, LaunchError, PolicyError, SpecError, WaitTimeout, WorkerNotFound
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerDescription, WorkerState, WorkerStatus
 from .._runtimes.registry import make_runtime
 from . import workdirs
+from .admission import Admission
 from .journal import ExitJournal
 from .state import StateDir
 
@@ -83,21 +85,50 @@ class Node:
         self._watcher: threading.Thread | None = None
         self._subscribed = threading.Event()
         self._closing = False
+        self._bound = False
+        self._admission = Admission(config, self.host, self.runtime, self._state)
 
     # -- launch ------------------------------------------------------------------------------
 
     def plan(self, spec: WorkerSpec) -> Plan:
-        """The plan a launch of ``spec`` would run, with every check a launch makes."""
-        return build_plan(spec, self.config, self._identities(spec.user), self.host)
+        """The plan a launch of ``spec`` would run, with every check a launch makes (a worker
+        larger than the node's whole capacity included: ``PolicyError``)."""
+        plan = build_plan(spec, self.config, self._identities(spec.user), self.host)
+        check_admission(self.usage_of(plan), Usage(), self.capacity)
+        return plan
 
-    def launch(self, spec: WorkerSpec, on_exit: ExitCallback | None = None) -> WorkerHandle:
+    @property
+    def capacity(self) -> NodeCapacity:
+        """What the node's workers together may hold (``ConfigError`` for a capacity the machine
+        cannot have)."""
+        return self._admission.capacity
+
+    def demand(self, spec: WorkerSpec) -> Usage:
+        """What a launch of ``spec`` would take of the node's capacity."""
+        return self.usage_of(self.plan(spec))
+
+    def usage_of(self, plan: Plan) -> Usage:
+        """What ``plan`` takes of the node's capacity (memory less Storm's margin, on a storm.yaml)."""
+        return self._admission.takes(plan)
+
+    def usage(self, listed: Sequence[WorkerState] | None = None, held: Collection[str] = (),
+              launching: bool = True) -> Usage:
+        """What the node's workers hold now (``admission.Admission.usage``)."""
+        return self._admission.usage(listed, held, launching)
+
+    def launch(self, spec: WorkerSpec, on_exit: ExitCallback | None = None,
+               held: Collection[str] = ()) -> WorkerHandle:
         """Create the worker's directories, script and container, and start it.
 
         Either the worker runs, or a ``BerthError`` is raised and nothing the launch made is
-        left behind (container, directories, files).
+        left behind (container, directories, files). Admission first: ``CapacityError`` (naming
+        the field and the capacity) when, with what the node's workers hold (``held``: worker ids
+        whose ended containers keep their places), it would take the node past its capacity.
         """
         plan = self.plan(spec)
-        with self._state.claim(plan.worker_id):  # one launch of an id at a time: threads and processes
+        self.bind_state()
+        with self._state.claim(plan.worker_id) as claim:  # one launch of an id at a time: threads and processes
+            self._admission.admit(plan, claim, held)
             return self._launch(plan, on_exit)
 
     def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> WorkerHandle:
@@ -206,8 +237,16 @@ class Node:
 
     def check_state(self) -> None:
         """At a service's start: berth's state dir is usable and apart from the workers'
-        (``ConfigError`` on ``node.state_dir`` otherwise)."""
+        (``ConfigError`` on ``node.state_dir`` otherwise), and this node's (``bind_state``)."""
         self._state.check()
+        self.bind_state()
+
+    def bind_state(self) -> None:
+        """Before the state dir is written: it holds this node's state, not another node's
+        (``StateError`` naming both otherwise). Checked once per ``Node``."""
+        if not self._bound:
+            self._state.bind()
+            self._bound = True
 
     def set_default_callback(self, on_exit: ExitCallback | None) -> None:
         """The callback for exits of workers launched without one (adopted ones, for instance)."""
@@ -241,6 +280,7 @@ class Node:
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""
+        self.bind_state()
         report = RecoveryReport()
         with self._lock:
             self._adopt_all = True
@@ -355,4 +395,5 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
 

@@ -49,6 +49,14 @@ class FakeWorker:
     """As if a process of the worker had ptrace-stopped its PID 1 (reported while it runs)."""
 
 
+class Gate(threading.Event):
+    """Set it to let a held operation go on; ``entered`` says the operation is waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+
+
 class FakeRuntime:
     """Implements ``base.Runtime`` in memory. Thread-safe; one thread may iterate exits."""
 
@@ -69,6 +77,7 @@ class FakeRuntime:
         self._events: queue.Queue[ExitRecord | None] = queue.Queue()
         self._fail: dict[tuple[str, str | None], BerthError] = {}
         self._holds: dict[str, threading.Event] = {}
+        self._create_holds: dict[str, Gate] = {}
         self._closed = False
 
     # -- what a test controls ---------------------------------------------------------------
@@ -83,6 +92,14 @@ class FakeRuntime:
         gate = threading.Event()
         with self._lock:
             self._holds[worker_id] = gate
+        return gate
+
+    def hold_creates(self, worker_id: str) -> Gate:
+        """Make ``create`` of ``worker_id`` block until the returned gate is set (a slow create);
+        its ``entered`` is set once the create is waiting there."""
+        gate = Gate()
+        with self._lock:
+            self._create_holds[worker_id] = gate
         return gate
 
     def finish(self, worker_id: str, exit_code: int = 0, signal: int | None = None, oom: bool = False,
@@ -161,6 +178,11 @@ class FakeRuntime:
 
     def create(self, plan: Plan) -> str:
         self._enter("create", plan.worker_id)
+        with self._lock:
+            gate = self._create_holds.pop(plan.worker_id, None)
+        if gate is not None:
+            gate.entered.set()
+            gate.wait()
         with self._lock:
             if plan.worker_id in self._workers:
                 raise EngineError("engine", f"create container: the name {plan.worker_id!r} is in use")

@@ -47,7 +47,7 @@ class ExitOut(BaseModel):
 class WorkerOut(BaseModel):
     worker_id: str
     state: str = Field(description="The supervisor's phase: pending, starting, running, exited, backoff, "
-                                   "crash-looping, failed, rejected, stalled, stopping, stopped.")
+                                   "crash-looping, failed, rejected, no-capacity, stalled, stopping, stopped.")
     container_id: str | None
     restarts: int
     failures: int = Field(description="Consecutive failed runs; reset by a run of healthy_after_s.")
@@ -67,6 +67,8 @@ class RejectionOut(BaseModel):
     worker_id: str | None
     field: str | None
     reason: str
+    retried: bool = Field(False, description="True for a worker waiting for the node's capacity: launched once it "
+                                            "fits (not a rejection for ever).")
 
 
 class AssignmentsBody(BaseModel):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._core.docfile import read_document
 from .._core.spec import WorkerSpec, spec_from_mapping
+from .._core.trust import check_trusted
 from .._exceptions import BerthError
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -35,10 +36,12 @@ class Rejection:
     worker_id: str | None
     field: str | None
     reason: str
+    retried: bool = False
+    """Not for ever: the worker waits for the node's capacity and is launched once it fits."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "index": self.index, "worker_id": self.worker_id, "field": self.field,
-                "reason": self.reason}
+                "reason": self.reason, "retried": self.retried}
 
     def __str__(self) -> str:
         where = self.source + (f"[{self.index}]" if self.index is not None else "")
@@ -118,17 +121,26 @@ def _files(path: Path, limit: int = MAX_FILES) -> list[Path]:
 
 
 def load_assignments(path: str | os.PathLike[str], *, max_bytes: int = MAX_ASSIGNMENTS_BYTES,
-                     max_entries: int = MAX_WORKERS, max_files: int | None = None) -> Assignments:
+                     max_entries: int = MAX_WORKERS, max_files: int | None = None,
+                     trust: Callable[[str], str] | None = None) -> Assignments:
     """Read a file, or every ``*.yaml|*.yml|*.json`` file of a directory, in name order.
 
     A directory's files together take at most ``max_bytes`` and list at most ``max_entries``
     entries: a file past that is rejected as a whole (its previous workers stay), as one that
-    cannot be read is. A directory of more than ``max_files`` (``MAX_FILES``) files changes nothing."""
+    cannot be read is. A directory of more than ``max_files`` (``MAX_FILES``) files changes nothing.
+    ``trust`` (``berth._core.trust.untrusted``) says why someone other than root could change a
+    path: such a file is rejected whole, and such a directory (or a path above it) changes nothing."""
     out = Assignments()
     root = Path(path)
     if not root.exists():
         out.rejected.append(Rejection(str(root), None, None, "assignments", "does not exist"))
         out.broken_sources.add(str(root))
+        return out
+    problem = trust(str(root)) if trust is not None else ""
+    if problem:
+        out.rejected.append(Rejection(str(root), None, None, "assignments", problem))
+        out.broken_sources.add(str(root))
+        out.keep_all = True
         return out
     limit = MAX_FILES if max_files is None else max_files
     files = _files(root, limit)
@@ -141,6 +153,9 @@ def load_assignments(path: str | os.PathLike[str], *, max_bytes: int = MAX_ASSIG
     used_bytes = used_entries = 0
     for f in files:
         try:
+            problem = trust(str(f)) if trust is not None and f != root else ""
+            if problem:
+                raise BerthError("assignments", problem)
             size = f.stat().st_size
             if used_bytes + size > max_bytes:
                 raise BerthError("workers", f"the directory's files together take more than {max_bytes} bytes")
@@ -154,13 +169,26 @@ def load_assignments(path: str | os.PathLike[str], *, max_bytes: int = MAX_ASSIG
             out.broken_sources.add(str(f))
             continue
         except BerthError as exc:
-            out.rejected.append(Rejection(str(f), None, None, exc.field if exc.field == "workers" else None,
-                                          exc.reason))
+            out.rejected.append(Rejection(str(f), None, None, exc.field if exc.field in ("workers", "assignments")
+                                          else None, exc.reason))
             out.broken_sources.add(str(f))
             continue
         used_bytes, used_entries = used_bytes + size, used_entries + entries
         parse_document(doc, str(f), into=out)
     return out
+
+
+UNTRUSTED_WHY = "the node runs what the assignments say, as any user it allows: they must be root's alone to write"
+
+
+def check_source(path: str | os.PathLike[str]) -> None:
+    """Before a supervisor starts: ``ConfigError`` on ``assignments`` unless only root can change
+    the path and every assignment file in it (``berth._core.trust``)."""
+    check_trusted(os.fspath(path), "assignments", UNTRUSTED_WHY)
+    root = Path(path)
+    if root.is_dir():
+        for f in _files(root):
+            check_trusted(str(f), "assignments", UNTRUSTED_WHY)
 
 
 def one_user_per_topology(specs: Mapping[str, WorkerSpec], sources: Mapping[str, str]) -> list[Rejection]:

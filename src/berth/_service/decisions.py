@@ -7,13 +7,22 @@ unit-tested with exact values, without threads or an engine.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from .._core.serviceconfig import SupervisorSection
 from .._core.timefmt import seconds_between
-from .._exceptions import ConfigError, IdentityError, LaunchError, PolicyError, SpecError
+from .._exceptions import (
+    BerthError,
+    CapacityError,
+    ConfigError,
+    IdentityError,
+    LaunchError,
+    PolicyError,
+    SpecError,
+)
 from .._runtimes.base import ExitRecord
-from .phase import Phase
+from .phase import WAITING, Assigned, Phase
 
 PERMANENT = (PolicyError, IdentityError, SpecError, ConfigError)
 """Errors that say the request can never launch as given on this node: retrying cannot help."""
@@ -76,3 +85,38 @@ def permanent(exc: BaseException) -> bool:
     if isinstance(exc, LaunchError):
         return exc.step == "image" or isinstance(exc.__cause__, PERMANENT)
     return False
+
+
+@dataclass(frozen=True)
+class LaunchDecision:
+    phase: Phase
+    reason: str
+    failures: int
+    delay: float | None
+    """Seconds until it is tried again on its own (None: when it fits, or when it is assigned again)."""
+
+
+def decide_launch_error(exc: BerthError, failures: int, s: SupervisorSection) -> LaunchDecision:
+    """What a refused launch means: no room on the node now (``no-capacity``: no failure counted,
+    launched once it fits), never as given (``rejected``), or a failure retried with backoff."""
+    if isinstance(exc, CapacityError):
+        return LaunchDecision(Phase.NO_CAPACITY, f"waiting for capacity: {exc}", failures, None)
+    if permanent(exc):
+        return LaunchDecision(Phase.REJECTED, f"cannot launch as assigned: {exc}", failures, None)
+    return LaunchDecision(Phase.FAILED, f"launch failed: {exc}", failures + 1, backoff_delay(failures + 1, s))
+
+
+def next_wait(now: float, most: float, records: Iterable[Assigned], busy: Container[str],
+              retry_at: Mapping[str, tuple[float, int]], stall_sweep_at: float) -> float:
+    """How long the loop may sleep (at most ``most``, at least 50 ms): until a backoff ends, a
+    stalled worker is due or looked at again, or a failed stop is tried again."""
+    wait = most
+    for r in records:
+        if r.phase in WAITING and r.worker_id not in busy:
+            wait = min(wait, r.next_start - now)
+        elif r.phase == Phase.STALLED and r.worker_id not in busy:
+            wait = min(wait, r.next_start - now, stall_sweep_at - now)
+    for wid, (at, _) in retry_at.items():
+        if wid not in busy:
+            wait = min(wait, at - now)
+    return max(wait, 0.05)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .._core.plan import LABEL_OWNER
@@ -22,6 +23,7 @@ from .._exceptions import SupervisorLocked
 from .._runtimes.base import WorkerState
 
 LOCK_FILE = "supervisor.lock"
+log = logging.getLogger("berth.supervisor")
 
 
 class SupervisorLock:
@@ -79,6 +81,14 @@ def foreign_owners(workers: Iterable[WorkerState], state_dir: str) -> dict[str, 
         if owner and owner != state_dir:
             out.setdefault(owner, []).append(w.worker_id)
     return out
+
+
+def conflicts(workers: Iterable[WorkerState], state_dir: str, before: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """``foreign_owners`` now, with one ERROR line when it differs from ``before`` (not one per pass)."""
+    others = foreign_owners(workers, state_dir)
+    if others and others != before:
+        log.error("workers of another supervisor with this node name on this engine (left alone): %s", others)
+    return others
 
 
 def check_claim(workers: Iterable[WorkerState], state_dir: str, node_name: str) -> None:

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .._exceptions import BerthError
+from .._runtimes.base import WorkerState
 from .supervisor import Supervisor
 
 
@@ -30,15 +31,39 @@ class _LiveCollector(Collector):
         mem = GaugeMetricFamily("berth_worker_memory_bytes", "Memory of each running worker, from its cgroup.",
                                 labels=["worker"])
         try:
-            running = [w for w in self.sup.node.ps() if w.running]
+            listed = self.sup.node.ps()
         except BerthError:
-            running = []
+            listed = []
+        yield from self._capacity(listed)
+        running = [w for w in listed if w.running]
         for w in running:
             try:
                 mem.add_metric([w.worker_id], self.sup.node.memory_usage(w.worker_id))
             except BerthError:
                 continue  # it ended between the listing and the read
         yield mem
+
+
+    def _capacity(self, listed: list[WorkerState]) -> Iterator[Metric]:
+        node = self.sup.node
+        cap = GaugeMetricFamily("berth_node_capacity", "What the node's workers together may hold, by resource "
+                                "(memory_mb, cpu_percent, pids; absent where unknown).", labels=["resource"])
+        held = GaugeMetricFamily("berth_node_admitted", "What the node's workers hold now (their limits: running "
+                                 "and between two runs), by resource, and how many workers.",
+                                 labels=["resource"])
+        try:
+            c = node.capacity
+            used = node.usage(listed, held=set(self.sup.desired()), launching=False)
+        except BerthError:
+            return
+        for name, value in (("memory_mb", c.memory_mb), ("cpu_percent", c.cpu_percent), ("pids", c.pids)):
+            if value is not None:
+                cap.add_metric([name], value)
+        for name, value in (("memory_mb", used.memory_mb), ("cpu_percent", used.cpu_percent), ("pids", used.pids),
+                            ("workers", used.workers)):
+            held.add_metric([name], value)
+        yield cap
+        yield held
 
 
 class Metrics:

@@ -39,6 +39,9 @@ class Phase(StrEnum):
     """The launch itself failed for a reason that may pass (engine error); retried with backoff."""
     REJECTED = "rejected"
     """It can never launch as given (policy, identity, missing image): not retried until changed."""
+    NO_CAPACITY = "no-capacity"
+    """The node's capacity is taken (memory, cpu or pids of the workers it holds): launched once it
+    fits, without a failure counted or a backoff."""
     STALLED = "stalled"
     """Its container runs but its PID 1 is stopped (ptrace from inside the worker): it cannot end
     by itself, so its exit would never be seen; killed and started again after ``stalled_after_s``."""
@@ -80,6 +83,10 @@ class Assigned:
     """Container id killed because its PID 1 stayed stopped: its exit is a failure, cause ``stalled``."""
     version: str | None = None
     """The assignment version its running container was launched (or adopted) for."""
+    want: Any = None
+    """While ``no-capacity``: what it takes of the node's capacity (a ``Usage``), to see when it fits."""
+    refused: str | None = None
+    """While ``no-capacity``: the field its admission was refused on."""
 
     def to_dict(self, now: float, wall: float) -> dict[str, Any]:
         wait = max(0.0, self.next_start - now) if self.phase in (*WAITING, Phase.STALLED) else None

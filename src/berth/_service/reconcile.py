@@ -23,11 +23,12 @@ from .._exceptions import BerthError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
 from .assignments import Rejection
-from .decisions import backoff_delay, decide_exit, exit_cause, permanent
+from .decisions import backoff_delay, decide_exit, decide_launch_error, exit_cause, next_wait
 from .desired import DesiredStore, Saved
 from .events import EventLog
-from .lock import foreign_owners
+from .lock import conflicts
 from .phase import WAITING, Assigned, Phase
+from .room import Room, in_flight
 
 log = logging.getLogger("berth.supervisor")
 
@@ -115,17 +116,8 @@ class Reconciler:
     def _next_wait(self, ok: bool) -> float:
         if not ok:
             return float(min(self.retry_base_s * 2 ** min(self._pass_failures - 1, 16), MAX_PASS_RETRY_S))
-        now = self._clock()
-        wait = min(self.settings.resync_s, self.poll_s)
-        for r in self._workers.values():
-            if r.phase in WAITING and r.worker_id not in self._busy:
-                wait = min(wait, r.next_start - now)
-            elif r.phase == Phase.STALLED and r.worker_id not in self._busy:
-                wait = min(wait, r.next_start - now, self._stall_sweep_at - now)
-        for wid, (at, _) in self._retry_at.items():
-            if wid not in self._busy:
-                wait = min(wait, at - now)
-        return max(wait, 0.05)
+        return next_wait(self._clock(), min(self.settings.resync_s, self.poll_s), self._workers.values(), self._busy,
+                         self._retry_at, self._stall_sweep_at)
 
     def _holds_lock(self) -> bool:
         """Whether this supervisor holds the node's lock (overridden by the supervisor)."""
@@ -145,19 +137,17 @@ class Reconciler:
         for ex in exits:
             self._guard(ex.worker_id, "exit handling", self._handle_exit, ex)
         listed = self.node.ps()
-        others = foreign_owners(listed, self.config.state_dir)
-        if others != self.conflicts:
-            if others:
-                log.error("workers of another supervisor with this node name on this engine (left alone): %s",
-                          others)
-            self.conflicts = others
+        others = self.conflicts = conflicts(listed, self.config.state_dir, self.conflicts)
         actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
         with self._lock:
             desired, loaded = dict(self._desired), self._loaded
         for wid in set(self._retry_at) & set(desired):
             self._retry_at.pop(wid, None)  # assigned again: the launch cleans up what is left
+        with self._lock:
+            flying = in_flight(self._workers, self._busy, listed)
+        room = Room(self.node, listed, desired, flying)
         for wid, spec in desired.items():
-            self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch)
+            self._guard(wid, "reconcile", self._decide, wid, spec, actual.get(wid), epoch, room)
         self._check_stalled(actual)
         now = self._clock()
         if loaded:
@@ -178,7 +168,8 @@ class Reconciler:
         self.last_pass = self._clock()
         self._notify("pass", {})
 
-    def _decide(self, wid: str, spec: WorkerSpec, actual: WorkerState | None, epoch: int) -> None:
+    def _decide(self, wid: str, spec: WorkerSpec, actual: WorkerState | None, epoch: int,
+                room: Room | None = None) -> None:
         with self._lock:
             if wid in self._busy or self._touched.get(wid, -1) > epoch:
                 return  # an action is in flight, or ended after the listing: next pass
@@ -186,10 +177,11 @@ class Reconciler:
             if rec is None:
                 rec = self._workers[wid] = Assigned(wid, spec)
         digest = spec_digest(spec)
-        if spec_digest(rec.spec) != digest and rec.phase in (*WAITING, Phase.REJECTED):
+        if spec_digest(rec.spec) != digest and rec.phase in (*WAITING, Phase.REJECTED, Phase.NO_CAPACITY):
             # A new assignment applies at once, with a fresh backoff (it may well be the fix).
             self._set(rec, Phase.PENDING, "assignment changed",
-                      fields={"spec": spec, "failures": 0, "next_start": self._clock(), "last_error": None})
+                      fields={"spec": spec, "failures": 0, "next_start": self._clock(), "last_error": None,
+                              "want": None, "refused": None})
         if rec.phase == Phase.REJECTED:
             return
         # The listing can still say "running" just after the die event was delivered: a
@@ -210,6 +202,11 @@ class Reconciler:
         if rec.phase in WAITING and self._clock() < rec.next_start:
             return
         rec.spec = spec
+        refused = room.take(rec) if room is not None and actual is None else None
+        if refused is not None:  # no container, so no place of its own: it waits for room, in order
+            if rec.phase != Phase.NO_CAPACITY:
+                self._refused(rec, refused)
+            return
         why = "restart" if rec.phase in (*WAITING, Phase.EXITED, Phase.RUNNING) else "assigned"
         self._submit(wid, "launch", self._launch_action, rec, why)
 
@@ -277,18 +274,11 @@ class Reconciler:
         self._set(rec, Phase.STARTING, why)
         t0 = time.perf_counter()
         try:
-            handle = self.node.launch(rec.spec)
+            with self._lock:  # ended containers of assigned workers keep their places until they restart
+                held = {w for w in self._desired if w != wid}
+            handle = self.node.launch(rec.spec, held=held)
         except BerthError as exc:
-            self._notify("launch_failed", {"worker_id": wid, "error": str(exc)})
-            if permanent(exc):
-                self._set(rec, Phase.REJECTED, f"cannot launch as assigned: {exc}", level=logging.WARNING,
-                          field=exc.field, fields={"last_error": str(exc)})
-            else:
-                delay = backoff_delay(rec.failures + 1, self.settings)
-                self._set(rec, Phase.FAILED, f"launch failed: {exc}", level=logging.WARNING,
-                          retry_in_s=round(delay, 3), fields={"last_error": str(exc), "failures": rec.failures + 1,
-                                                              "next_start": self._clock() + delay})
-            self._persist()
+            self._refused(rec, exc)
             return
         restarts = rec.restarts + (why == "restart")
         if why == "restart":
@@ -296,7 +286,20 @@ class Reconciler:
         self._notify("launch", {"worker_id": wid, "seconds": time.perf_counter() - t0})
         self._set(rec, Phase.RUNNING, "started", container_id=handle.container_id,
                   fields={"container_id": handle.container_id, "last_error": None, "version": self._version,
-                          "restarts": restarts})
+                          "restarts": restarts, "want": None, "refused": None})
+        self._persist()
+
+    def _refused(self, rec: Assigned, exc: BerthError) -> None:
+        """A launch refused (``decide_launch_error``): waiting for capacity is no failure."""
+        d = decide_launch_error(exc, rec.failures, self.settings)
+        if d.phase != Phase.NO_CAPACITY:
+            self._notify("launch_failed", {"worker_id": rec.worker_id, "error": str(exc)})
+        fields: dict[str, Any] = {"last_error": str(exc), "failures": d.failures,
+                                  "refused": exc.field if d.phase == Phase.NO_CAPACITY else None}
+        extra: dict[str, Any] = {"field": exc.field} if d.delay is None else {"retry_in_s": round(d.delay, 3)}
+        if d.delay is not None:
+            fields["next_start"] = self._clock() + d.delay
+        self._set(rec, d.phase, d.reason, level=logging.WARNING, fields=fields, **extra)
         self._persist()
 
     def _stop_action(self, wid: str, container_id: str | None, why: str, grace_s: float) -> None:

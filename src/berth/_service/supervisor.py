@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._core.spec import WorkerSpec, spec_digest
+from .._core.trust import untrusted
 from .._exceptions import BerthError, PolicyError, StateError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState
@@ -41,6 +42,8 @@ from .watch import SourceWatch
 
 log = logging.getLogger("berth.supervisor")
 
+SETTLED = (Phase.REJECTED, Phase.NO_CAPACITY)
+"""An assigned worker in these phases has its version applied as far as it can be."""
 MAX_DESIRED_BYTES = MAX_ASSIGNMENTS_BYTES
 """What the whole desired state may take as JSON (tenants' PUTs add up; it is saved on every change)."""
 
@@ -54,9 +57,13 @@ class Supervisor(Reconciler):
     """
 
     def __init__(self, node: Node, assignments_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 trust_source: bool = True) -> None:
+        """``trust_source`` False reads the assignments without checking who could write them
+        (a source the caller vouches for); by default a file others could change is rejected."""
         super().__init__(node, clock, wall)
         self.assignments_path = assignments_path
+        self._trust = untrusted if trust_source else None
         self.lock = SupervisorLock(self.config.state_dir)
         """Held from ``start`` to ``stop``; the cluster agent runs the supervisor under it."""
         self.state_problem: str | None = None
@@ -127,7 +134,7 @@ class Supervisor(Reconciler):
         """Read the assignments file(s) again and apply them."""
         assert self._source is not None and self.assignments_path is not None
         self._source.mark_read()
-        return self.set_assignments(load_assignments(self.assignments_path))
+        return self.set_assignments(load_assignments(self.assignments_path, trust=self._trust))
 
     def _holds_lock(self) -> bool:
         return self.lock.held
@@ -152,11 +159,11 @@ class Supervisor(Reconciler):
 
     def applied_version(self) -> str | None:
         """The desired version once every assigned worker has been launched (or adopted) from
-        its current spec, or rejected; None while some are still on their way."""
+        its current spec, rejected, or waits for capacity; None while some are still on their way."""
         with self._lock:
             for wid in self._desired:
                 rec = self._workers.get(wid)
-                if rec is None or (rec.phase != Phase.REJECTED and rec.version != self._version) \
+                if rec is None or (rec.phase not in SETTLED and rec.version != self._version) \
                         or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
                     return None
             return self._version
@@ -165,7 +172,9 @@ class Supervisor(Reconciler):
 
     def start(self) -> None:
         """Take the node's lock, load the persisted state, refuse another supervisor's node,
-        adopt what runs (and report what exited meanwhile), then start reconciling."""
+        adopt what runs (and report what exited meanwhile), then start reconciling. A state dir
+        that holds another node's state is refused first (``StateError``), before anything."""
+        self.node.bind_state()
         self.lock.acquire(node=self.config.node.name, state_dir=self.config.state_dir)
         self._events.flush()  # lines made before the lock was held (set_assignments before start)
         self._started_at = self._clock()
@@ -351,11 +360,15 @@ class Supervisor(Reconciler):
         return out
 
     def rejections(self) -> list[Rejection]:
-        """Assignment entries refused when set, and assigned workers that cannot launch as given."""
+        """Assignment entries refused when set, assigned workers that cannot launch as given, and
+        those waiting for the node's capacity (``retried``)."""
         with self._lock:
             later = [Rejection(self._sources.get(w, "?"), None, w, None, r.last_error or "cannot launch")
                      for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED]
-            return [*self.rejected, *later]
+            waiting = [Rejection(self._sources.get(w, "?"), None, w, r.refused,
+                                 (r.last_error or "").removeprefix(f"{r.refused}: "), retried=True)
+                       for w, r in sorted(self._workers.items()) if r.phase == Phase.NO_CAPACITY and w in self._desired]
+            return [*self.rejected, *later, *waiting]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
