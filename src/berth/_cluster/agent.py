@@ -68,6 +68,7 @@ class Agent(Reporting):
         self.dir = Path(supervisor.config.state_dir, "cluster")
         self.cache = DocumentCache(self.dir)
         self.source = f"zk:{self.layout.assignment(self.node)}"
+        supervisor.fed_by = self.source  # ZooKeeper decides what this node runs, not its API
         self._cond = threading.Condition()
         self._doc_dirty = True
         self._state_dirty = True

@@ -172,8 +172,8 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
                                         "description": "Some entries were rejected (the valid ones were applied)"}})
     def put_assignments(body: AssignmentsBody, caller: Caller = Depends(auth)) -> JSONResponse:  # noqa: B008
         writable()
-        if sup.assignments_path is not None:
-            return error(409, f"this node takes its assignments from {sup.assignments_path}")
+        if sup.fed_by is not None:
+            return error(409, f"this node takes its assignments from {sup.fed_by}")
         with put_lock:
             return _put(body, caller)
 

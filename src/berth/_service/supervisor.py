@@ -57,6 +57,9 @@ class Supervisor(Reconciler):
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         super().__init__(node, clock, wall)
         self.assignments_path = assignments_path
+        self.fed_by = assignments_path
+        """Where the desired state comes from when the API may not set it (the assignments file or
+        directory; the cluster agent's document): ``PUT /assignments`` is then refused (409)."""
         self.lock = SupervisorLock(self.config.state_dir)
         """Held from ``start`` to ``stop``; the cluster agent runs the supervisor under it."""
         self.state_problem: str | None = None

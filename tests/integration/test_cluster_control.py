@@ -1,0 +1,91 @@
+"""Routine operator actions on a cluster (issue 19), against the real ensemble and engine: none
+may lose, duplicate or hide a worker.
+
+An agent's API refuses to override ZooKeeper; one coordinator pass sees every port it frees; a
+node that comes back keeps the workers nobody could replace.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import httpx
+import pytest
+
+from ._cluster import Cluster, worker_topology
+from .conftest import poll_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def api(sock: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://berth", timeout=30)
+
+
+def test_an_agent_refuses_a_put_of_its_assignments(cluster: Cluster) -> None:
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    c.until_znode(c.layout.live(a.name), True, "the agent to register")
+    c.converge(c.schedule({"wc": worker_topology(2)}).versions)
+    before = c.running("a")
+    sock = a.state_dir / "api.sock"
+    poll_until(sock.exists, "the agent's API socket", 60)
+    with api(str(sock)) as h:
+        put = h.put("/assignments", json={"workers": []})
+        assert put.status_code == 409, put.text
+        assert c.layout.assignment(a.name) in put.json()["detail"][0]["msg"]
+        assert len(h.get("/assignments").json()["workers"]) == 2
+    assert c.running("a") == before
+
+
+def test_one_pass_sees_every_port_it_frees(cluster: Cluster) -> None:
+    """A topology that grows is placed with the ports one that shrinks gives back in the same
+    pass, whatever the order of their names."""
+    c = cluster
+    c.add_node("a", ports=(6700, 6701, 6702))
+    c.start_agent("a")
+    c.until_znode(c.layout.live(c.node("a")), True, "the agent to register")
+    c.converge(c.schedule({"zz": worker_topology(3)}).versions)
+    result = c.schedule({"aa": worker_topology(2), "zz": worker_topology(1)})
+    assert result.placement.unplaced == {}
+    nodes = c.converge(result.versions)
+    assert nodes[c.node("a")]["running"] == 3
+    assert sorted(c.topology_of(w) for w in c.running("a")) == ["aa", "aa", "zz"]
+
+
+def test_a_returning_node_keeps_the_workers_nobody_could_replace(cluster: Cluster) -> None:
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    c.until_znode(c.layout.live(a.name), True, "the agent to register")
+    c.converge(c.schedule({"wc": worker_topology(3)}).versions)
+    before = c.running("a")
+    co = c.coordinator(dead_after_s=4.0)
+    stop = threading.Event()
+
+    def coordinate() -> None:
+        co.acquire(blocking=True)
+        co.follow(stop)
+
+    follower = threading.Thread(target=coordinate, daemon=True)
+    follower.start()
+    try:
+        a.stop(signal.SIGKILL)
+        c.until_znode(c.layout.live(a.name), False, "a's registration to expire")
+        # no other node: nothing can be moved; the pass after dead_after says so and keeps them
+        poll_until(lambda: a.name in co._dead_handled, "a pass past dead_after", 120, every=0.2)
+        assert sorted(w.worker_id for w in c.views()[a.name].workers) == sorted(before)
+        assert co.schedule_state()["stranded"] == {f"{c.prefix}-wc": 3}
+        c.start_agent("a")
+        c.until_znode(c.layout.live(a.name), True, "the agent to register again")
+        st = c.until_state("a", lambda st: st["applied_version"] is not None and st["session"] is not None
+                           and len([w for w in st["workers"] if w["state"] == "running"]) == 3,
+                           "a to run its document again")
+        assert c.running("a") == before, "a worker nobody replaced was stopped or restarted"
+        assert all(w["restarts"] == 0 for w in st["workers"])
+    finally:
+        stop.set()
+        co._poke()
+        follower.join(30)
