@@ -134,3 +134,30 @@ def test_a_topologies_file_above_the_bound_is_refused_not_cut(tmp_path: Path) ->
     f.write_text("topologies:\n" + one.format("t1") + "#" * (4 * 1024 * 1024) + "\n" + one.format("t2"))
     with pytest.raises(ClusterError, match=r"^topologies: .* is larger than 4194304 bytes"):
         read_topologies(str(f))
+
+
+def test_one_pass_places_with_the_ports_its_shrinks_free_whatever_the_names() -> None:
+    """``aa`` grows while ``zz`` shrinks on a full node: ``aa`` gets the ports ``zz`` gives back."""
+    zz = topo(3)
+    nodes = [NodeInput("a", cap(), True, workers=[worker_spec("zz", zz, f"zz-{i}", 6699 + i, None) for i in (1, 2, 3)])]
+    p = place({"aa": topo(2), "zz": topo(1)}, nodes, {"zz": 3})
+    assert ids(p.docs) == {"a": ["aa-1", "aa-2", "zz-1"]}
+    assert [w.port for w in p.docs["a"]] == [6701, 6702, 6700]
+    assert p.unplaced == {}
+
+
+def test_a_dead_nodes_workers_that_fit_nowhere_else_stay_on_it() -> None:
+    """Emptying its document would stop them when it comes back, and nothing would run instead."""
+    t = topo(3)
+    gone = [worker_spec("wc", t, f"wc-{i}", 6699 + i, None) for i in (1, 2, 3)]
+    nodes = [NodeInput("a", cap(), False, dead=True, workers=gone), NodeInput("b", cap(ports=(6700,)), True)]
+    p = place({"wc": t}, nodes, {"wc": 3})
+    assert ids(p.docs) == {"a": ["wc-2", "wc-3"], "b": ["wc-4"]}
+    assert p.moved == [("wc-1", "a")]
+    assert p.stranded == {"wc": 2} and p.unplaced == {}
+    # a coordinator that never saw the node live (no capacity known) keeps them the same way
+    p = place({"wc": t}, [NodeInput("a", None, False, dead=True, workers=gone)], {"wc": 3})
+    assert ids(p.docs) == {"a": ["wc-1", "wc-2", "wc-3"]} and p.stranded == {"wc": 3} and p.moved == []
+    # a shrink drops the dead node's workers first: nothing to move, nothing stranded
+    p = place({"wc": topo(1)}, nodes, {"wc": 3})
+    assert ids(p.docs) == {"a": [], "b": ["wc-4"]} and p.stranded == {} and p.moved == [("wc-1", "a")]

@@ -2,7 +2,10 @@
 
 A pass keeps what already runs where it is (a worker is never moved because a better spot
 appeared), updates a worker in place when its topology changed and it still fits, drops the
-workers of removed topologies and of dead nodes, and places what is missing: each new worker
+workers of removed topologies, replaces the workers of dead nodes where another node has room
+(the others stay in their node's document: a node that comes back keeps running them), and
+places what is missing. Every topology's shrink comes first, so one pass sees every port and
+every share of cpu and memory it frees, whatever the order of the names. Each new worker
 goes to the first node, in the order below, with a free port and enough free memory and cpu
 (and, on a node that declares NUMA zones, a zone with enough of both: the worker is then pinned
 to that zone's cores and memory node, as Storm's supervisor does). Nodes are tried holding the
@@ -114,6 +117,9 @@ class Placement:
     unplaced: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)
     """(old worker id, node it left)"""
+    stranded: dict[str, int] = field(default_factory=dict)
+    """Workers of dead nodes that no other node has room for: they stay in their node's document
+    (a node that comes back keeps running them), and move once there is room."""
 
 
 class _Free:
@@ -168,15 +174,13 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
     counters = dict(counters)
     out = Placement(docs={n.name: [] for n in nodes}, counters=counters)
     kept: dict[str, list[tuple[str, WorkerSpec]]] = {tid: [] for tid in topologies}
+    orphans: dict[str, list[tuple[str, WorkerSpec]]] = {tid: [] for tid in topologies}
+    """Workers of dead nodes: replaced elsewhere where there is room, else left where they are."""
     seen: set[str] = set()
     for n in nodes:
         for w in n.workers:
             counters[w.topology_id] = max(counters.get(w.topology_id, 0), ordinal(w.worker_id))
             topo = topologies.get(w.topology_id)
-            if n.dead:
-                if topo is not None:
-                    out.moved.append((w.worker_id, n.name))
-                continue
             if topo is None or w.worker_id in seen:
                 continue
             seen.add(w.worker_id)
@@ -184,34 +188,64 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
                 if w.port not in free[n.name].cap.ports:
                     continue  # the node no longer offers that port: placed again below
                 free[n.name].take(w)
+            if n.dead:
+                orphans[w.topology_id].append((n.name, w))
+                continue
             keep: WorkerSpec | None = w
             if not _same_request(w, w.topology_id, topo):
                 keep = _update_in_place(w, topo, free.get(n.name))
             if keep is not None:
                 kept[w.topology_id].append((n.name, keep))
+    # Every shrink first, so that what one topology gives back is there for all the others.
+    for tid, topo in topologies.items():
+        _shrink(topo.workers, orphans[tid], kept[tid], nodes, free)
     for tid, topo in sorted(topologies.items()):
-        mine = kept[tid]
-        # shrink: drop workers on nodes that are not live first, then the newest
-        mine.sort(key=lambda nw: (not _is_live(nodes, nw[0]), ordinal(nw[1].worker_id)))
-        for name, w in mine[topo.workers:]:
-            if name in free:
-                free[name].give(w)
-        mine[:] = mine[: topo.workers]
-        for name, w in mine:
+        for name, w in kept[tid]:
             out.docs[name].append(w)
-        for _ in range(topo.workers - len(mine)):
+        for dead, w in orphans[tid]:  # a replacement elsewhere, or it stays (it may run there still)
+            spot = _first_fit(tid, topo, nodes, free, out.docs)
+            if spot is None:
+                out.docs[dead].append(w if _same_request(w, tid, topo) else _update_in_place(w, topo, None) or w)
+                out.stranded[tid] = out.stranded.get(tid, 0) + 1
+                continue
+            if dead in free:
+                free[dead].give(w)
+            out.moved.append((w.worker_id, dead))
+            _add(out, tid, topo, spot, free)
+        for _ in range(topo.workers - len(kept[tid]) - len(orphans[tid])):
             spot = _first_fit(tid, topo, nodes, free, out.docs)
             if spot is None:
                 out.unplaced[tid] = out.unplaced.get(tid, 0) + 1
-                continue
-            name, port, zone = spot
-            counters[tid] = counters.get(tid, 0) + 1
-            spec = worker_spec(tid, topo, f"{tid}-{counters[tid]}", port, zone)
-            free[name].take(spec)
-            out.docs[name].append(spec)
+            else:
+                _add(out, tid, topo, spot, free)
     for docs in out.docs.values():
         docs.sort(key=lambda w: (w.topology_id, ordinal(w.worker_id), w.worker_id))
     return out
+
+
+def _shrink(want: int, orphans: list[tuple[str, WorkerSpec]], kept: list[tuple[str, WorkerSpec]],
+            nodes: list[NodeInput], free: dict[str, _Free]) -> None:
+    """Down to ``want`` workers: a dead node's first (nothing then replaces them), then those on
+    nodes that are not live, then the newest."""
+    orphans.sort(key=lambda nw: ordinal(nw[1].worker_id))
+    kept.sort(key=lambda nw: (not _is_live(nodes, nw[0]), ordinal(nw[1].worker_id)))
+    while orphans and len(orphans) + len(kept) > want:
+        name, w = orphans.pop()
+        if name in free:
+            free[name].give(w)
+    for name, w in kept[want:]:
+        if name in free:
+            free[name].give(w)
+    del kept[want:]
+
+
+def _add(out: Placement, tid: str, topo: Topology, spot: tuple[str, int, ZoneChoice | None],
+         free: dict[str, _Free]) -> None:
+    name, port, zone = spot
+    out.counters[tid] = out.counters.get(tid, 0) + 1
+    spec = worker_spec(tid, topo, f"{tid}-{out.counters[tid]}", port, zone)
+    free[name].take(spec)
+    out.docs[name].append(spec)
 
 
 def _is_live(nodes: list[NodeInput], name: str) -> bool:

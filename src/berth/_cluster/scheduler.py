@@ -180,7 +180,7 @@ class Coordinator:
             written.append(name)
         body = dump_json({"format": FORMAT, "counters": placement.counters, "coordinator": self.identifier,
                           "topologies_version": topo_version, "pass_at": now(),
-                          "unplaced": placement.unplaced})
+                          "unplaced": placement.unplaced, "stranded": placement.stranded})
         if state_version is None:
             txn.create(self.layout.schedule_state, body)
         else:
@@ -202,6 +202,8 @@ class Coordinator:
             versions[name] = version_of(res.mzxid)
         for wid, node in placement.moved:
             log.warning("moved %s off %s (gone for more than %.0fs)", wid, node, self.dead_after_s)
+        for tid, n in placement.stranded.items():
+            log.warning("%d worker(s) of %s stay on a dead node: no live node has room for them", n, tid)
         self._dead_handled.update(n.name for n in inputs if n.dead)
         return PassResult({k: v for k, v in versions.items() if v}, written, placement, views, topo_version)
 
