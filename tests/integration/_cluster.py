@@ -138,6 +138,7 @@ class Cluster:
         init_cluster(self.admin, self.layout, self.cred)
         self.agents: dict[str, Agent] = {}
         self.coordinators: list[Coordinator] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.docker = docker.APIClient(base_url=SOCKET, version="auto")
 
     def node(self, short: str) -> str:
@@ -173,6 +174,28 @@ class Cluster:
         return (self.base / short / "agent.log").read_text(errors="replace")[-3000:]
 
     # -- the coordinator -------------------------------------------------------------------------
+
+    def start_coordinator(self, tag: str, *args: str) -> subprocess.Popen[bytes]:
+        """``berth schedule --follow`` in a process of its own (it is SIGKILLed); output in ``<tag>.log``."""
+        cfg = self.base / "coordinator.toml"
+        cfg.write_text(f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\n'
+                       f'session_timeout_s = {SESSION_S}\nreconnect_max_delay_s = 0.5\n')
+        log = open(self.base / f"{tag}.log", "ab")  # noqa: SIM115 - the child holds it
+        proc = subprocess.Popen([sys.executable, "-m", "berth", "--config", str(cfg), "schedule", "--follow",
+                                 "--auth", str(self.base / "coordinator.auth"), *args],
+                                stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self, tag: str) -> str:
+        return (self.base / f"{tag}.log").read_text(errors="replace")
+
+    def store(self, topologies: dict[str, Any], co: Coordinator | None = None) -> str | None:
+        """Store the topologies (named as ``schedule`` names them) for the active coordinator."""
+        co = co or self.coordinator()
+        named = {f"{self.prefix}-{k}": v for k, v in topologies.items()}
+        return co.store_topologies(parse_topologies({"topologies": named}))
 
     def coordinator(self, dead_after_s: float = 30.0) -> Coordinator:
         co = Coordinator(self.hosts, self.cred, self.settings, dead_after_s)
@@ -263,6 +286,10 @@ class Cluster:
         return worker_id.rsplit("-", 1)[0].removeprefix(self.prefix + "-")
 
     def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(60)
         for a in self.agents.values():
             with contextlib.suppress(Exception):
                 a.stop(signal.SIGKILL)

@@ -89,3 +89,46 @@ def test_a_returning_node_keeps_the_workers_nobody_could_replace(cluster: Cluste
         stop.set()
         co._poke()
         follower.join(30)
+
+
+def active(c: Cluster, tag: str) -> bool:
+    return any(line.startswith("active coordinator") for line in c.output(tag).splitlines())
+
+
+def test_a_standby_coordinator_takes_over_and_moves_a_dead_nodes_workers(cluster: Cluster) -> None:
+    c = cluster
+    for s in "ab":
+        c.add_node(s)
+        c.start_agent(s)
+        c.until_znode(c.layout.live(c.node(s)), True, f"agent {s} to register")
+    first = c.start_coordinator("co1", "--dead-after", "4")
+    poll_until(lambda: active(c, "co1"), "the first coordinator to be active", 60, every=0.1)
+    second = c.start_coordinator("co2", "--dead-after", "4")
+    poll_until(lambda: "waiting for the active coordinator" in c.output("co2"), "the standby to wait", 60, every=0.1)
+    co = c.coordinator()
+    versions, unplaced = co.wait_for_pass(c.store({"wc": worker_topology(4)}, co), 60)
+    assert unplaced == {}
+    c.converge(versions)
+    assert second.poll() is None, c.output("co2")
+
+    first.kill()  # SIGKILL: its lock goes with its session
+    poll_until(lambda: second.poll() is not None or active(c, "co2"), "the standby to take over", 60, every=0.1)
+    assert second.poll() is None, c.output("co2")
+    old_b = c.running("b")
+    assert old_b
+    c.agents["b"].stop(signal.SIGKILL)
+
+    def moved() -> bool:
+        views = c.views()
+        return not views[c.node("b")].workers and len(views[c.node("a")].workers) == 4
+    poll_until(moved, "b's workers to be moved to a", 120, every=0.2)
+    running = c.until_running("a", lambda r: len(r) == 4, "4 workers running on a")
+    assert not set(running) & set(old_b)
+    assert second.poll() is None, c.output("co2")
+
+    # a standby told to stop while it waits leaves at once, without a traceback
+    third = c.start_coordinator("co3", "--dead-after", "4")
+    poll_until(lambda: "waiting for the active coordinator" in c.output("co3"), "a standby to wait", 60, every=0.1)
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(30) == 0, c.output("co3")
+    assert "Traceback" not in c.output("co3") + c.output("co2")

@@ -169,17 +169,17 @@ def _follow(co: Coordinator) -> None:
 
     def on_signal(*_: Any) -> None:
         stop.set()
+        co.cancel_wait()
         co._poke()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     if not co.acquire(blocking=False):
         click.echo(f"waiting for the active coordinator ({co.active_coordinator()}) to go", err=True)
-        while not stop.is_set() and not co.acquire(blocking=True, timeout_s=1.0):
-            pass
-    if not stop.is_set():
-        click.echo(f"active coordinator {co.identifier}", err=True)
-        co.follow(stop)
+        if not co.wait_for_lock(stop):
+            return
+    click.echo(f"active coordinator {co.identifier}", err=True)
+    co.follow(stop)
 
 
 def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, CancelledError, KazooException, LockTimeout, NodeExistsError, NoNodeError
 
 from .._core.clusterconfig import ClusterSection
 from .._core.spec import WorkerSpec
@@ -82,6 +82,8 @@ class Coordinator:
         self._dead_handled: set[str] = set()
         self._capacity: dict[str, Capacity] = {}
         self.lock: Any = None
+        self._waiting: Any = None
+        """The lock a standby is waiting for (``cancel_wait`` ends the wait)."""
         self.conn = Connection(hosts, cred, settings.session_timeout_s, settings.reconnect_max_delay_s,
                                on_change=self._poke, default_acl=coordinator_only(cred.digest_id), patient=True)
 
@@ -287,10 +289,41 @@ class Coordinator:
 
     def acquire(self, blocking: bool, timeout_s: float | None = None) -> bool:
         self.lock = self.conn.client.Lock(self.layout.lock, self.identifier)
-        got = bool(self.lock.acquire(blocking=blocking, timeout=timeout_s))
+        try:
+            got = bool(self.lock.acquire(blocking=blocking, timeout=timeout_s))
+        except LockTimeout:
+            got = False
         if not got:
             self.lock = None
         return got
+
+    def wait_for_lock(self, stop: threading.Event) -> bool:
+        """Wait as long as it takes to be the active coordinator (a standby); False once ``stop``
+        is set (``cancel_wait`` wakes the wait). kazoo's lock queues again by itself after a lost
+        connection or session, so nothing here times out."""
+        while not stop.is_set():
+            lock = self.conn.client.Lock(self.layout.lock, self.identifier)
+            self._waiting = lock
+            try:
+                if stop.is_set():
+                    return False
+                if lock.acquire(blocking=True):
+                    self.lock = lock
+                    return True
+            except CancelledError:
+                return False
+            except (*UNAVAILABLE, KazooException) as exc:
+                log.info("waiting for the coordinator lock: %s", explain(exc, self.layout.lock))
+                self._wait(stop, 1.0)
+            finally:
+                self._waiting = None
+        return False
+
+    def cancel_wait(self) -> None:
+        """From a signal handler or another thread: end ``wait_for_lock``."""
+        lock = self._waiting
+        if lock is not None:
+            lock.cancel()
 
     def active_coordinator(self) -> str | None:
         try:
@@ -309,10 +342,13 @@ class Coordinator:
                 self._wait(stop, 1.0)
                 continue
             if conn.session_id != session:
-                log.warning("new ZooKeeper session: the lock went with the old one; taking it again")
+                log.warning("new ZooKeeper session: the lock went with the old one; waiting to be the active "
+                            "coordinator again")
                 self.lock = None
-                self.acquire(blocking=True)
-                session, self._dirty = conn.session_id, True
+                if not self.wait_for_lock(stop):
+                    return
+                log.warning("active coordinator again")
+                session, self._dirty = self.conn.state.session_id, True
             try:
                 self._arm_watches()
                 with self._cond:
