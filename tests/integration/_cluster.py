@@ -145,7 +145,7 @@ class Cluster:
         return f"{self.prefix}-{short}"
 
     def add_node(self, short: str, ports: tuple[int, ...] = tuple(range(6700, 6710)), memory_mb: int = 2000,
-                 cpu_percent: int = 400) -> Agent:
+                 cpu_percent: int = 400, **supervisor: float) -> Agent:
         name, d = self.node(short), self.base / short
         d.mkdir()
         cred = new_credential(node_user(name))
@@ -156,6 +156,7 @@ class Cluster:
             f'[node]\nname = "{name}"\nlocal_dir = "{d}/local"\nlog_dir = "{d}/log"\nstate_dir = "{d}/state"\n'
             f'docker_host = "{SOCKET}"\n[images]\ndefault = "{PY_IMAGE}"\n[container]\ncgroup_parent = "/berth-test"\n'
             f'[supervisor]\ngrace_s = 1.0\nbackoff_base_s = 0.2\nbackoff_cap_s = 2.0\nresync_s = 0.5\n'
+            + "".join(f"{k} = {v}\n" for k, v in supervisor.items()) +
             f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\nsession_timeout_s = {SESSION_S}\n'
             f'reconnect_max_delay_s = 0.5\nstate_interval_s = 0.2\nports = {list(ports)}\n'
             f'memory_mb = {memory_mb}\ncpu_percent = {cpu_percent}\n')

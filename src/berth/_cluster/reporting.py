@@ -35,6 +35,7 @@ class Reporting:
     _coordinator: str | None
     _registered: int | None
     _applied: str | None
+    _reported_version: str | None
     _doc: DocumentStatus | None
     _fenced: bool
     _problem: str | None
@@ -55,7 +56,9 @@ class Reporting:
         c, path = self.conn, self.layout.state(self.node)
         with self._cond:
             self._state_dirty = False
-        body = encode_state(self.node_state(conn))
+        state = self.node_state(conn)
+        self._reported_version = state.supervisor_version
+        body = encode_state(state)
         self._last_state_write = time.monotonic()
         try:
             try:

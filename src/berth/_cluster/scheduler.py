@@ -267,7 +267,7 @@ class Coordinator:
                     report[name] = {"live": False, "want": want}
                     continue
                 st = v.state
-                applied = st.applied_version if st else None
+                applied = st.supervisor_version if st else None  # once its workers run from it
                 rejected = st is not None and st.document is not None and st.document.version == want and \
                     st.document.status == "rejected"
                 rejections = [f"{r.get('worker_id') or '-'}: {r.get('field') or '-'}: {r.get('reason')}"

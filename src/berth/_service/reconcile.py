@@ -70,6 +70,7 @@ class Reconciler:
         self._events = EventLog(self.config.state_dir, gate=lambda: self._holds_lock())
         self._store = DesiredStore(self.config.state_dir)
         self._save_lock = threading.Lock()
+        self.listed: list[WorkerState] = []  # this supervisor's workers, as the last pass listed them
         self.last_pass: float | None = None
         """When the last reconcile pass completed (supervisor clock); /healthz reads it."""
         self._pass_failures = 0
@@ -152,6 +153,7 @@ class Reconciler:
                           others)
             self.conflicts = others
         actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
+        self.listed = list(actual.values())
         with self._lock:
             desired, loaded = dict(self._desired), self._loaded
         for wid in set(self._retry_at) & set(desired):

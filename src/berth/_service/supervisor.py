@@ -155,13 +155,16 @@ class Supervisor(Reconciler):
 
     def applied_version(self) -> str | None:
         """The desired version once every assigned worker has been launched (or adopted) from
-        its current spec, or rejected; None while some are still on their way."""
+        its current spec, or rejected, and no other worker is left (none being stopped, none in
+        the last listing); None while replacements, launches or removals are on their way."""
         with self._lock:
             for wid in self._desired:
                 rec = self._workers.get(wid)
                 if rec is None or (rec.phase != Phase.REJECTED and rec.version != self._version) \
                         or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
                     return None
+            if any(w not in self._desired for w in [*self._busy, *(x.worker_id for x in self.listed)]):
+                return None
             return self._version
 
     # -- lifecycle --------------------------------------------------------------------------
