@@ -3,6 +3,8 @@ replaced a few at a time (a rolling replacement), never all at once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ._cluster import Cluster, worker_topology
@@ -13,7 +15,7 @@ STUBBORN = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal
 """A worker that ignores SIGTERM: each stop takes the whole grace period (1 s in these tests)."""
 
 
-def stubborn(n: int, **kw: object) -> dict[str, object]:
+def stubborn(n: int, **kw: Any) -> dict[str, Any]:
     return {**worker_topology(n, **kw), "command": ["python3", "-c", STUBBORN]}
 
 
