@@ -212,7 +212,7 @@ class Cluster:
         co.store_topologies(parse_topologies({"topologies": named}))
         assert co.acquire(blocking=True, timeout_s=30), "no coordinator lock"
         try:
-            return co.run_pass()
+            return co.roll_out(WAIT)  # as berth schedule does: passes until no rolling replacement is left
         finally:
             co.lock.release()
             co.lock = None

@@ -3,11 +3,13 @@ replaced a few at a time (a rolling replacement), never all at once."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
-from ._cluster import Cluster, worker_topology
+from ._cluster import WAIT, Cluster, worker_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -31,3 +33,61 @@ def test_converged_only_once_the_replacements_run(cluster: Cluster) -> None:
     now = c.running("a")
     assert not set(now.values()) & set(old.values()), "converged while old containers still ran"
     assert set(now) == set(old), "converged while a removed worker still ran"  # wc's updated in place
+
+
+def most_down(c: Cluster, topology: str, since: float, until: float) -> tuple[int, set[str]]:
+    """From the engine's own event history: the most workers of ``topology`` down at one moment
+    (a worker is down from the kill or death of its container to the start of its next one), and
+    the workers that started a new container."""
+    events = c.docker.events(since=int(since), until=int(until) + 1, decode=True,
+                             filters={"type": "container", "label": f"berth.topology={c.prefix}-{topology}"})
+    down: set[str] = set()
+    started: set[str] = set()
+    worst = 0
+    for e in sorted(events, key=lambda e: e["timeNano"]):
+        wid = e["Actor"]["Attributes"]["berth.worker"]
+        if e["Action"] in ("kill", "die", "stop"):
+            down.add(wid)
+        elif e["Action"] == "start":
+            down.discard(wid)
+            started.add(wid)
+        worst = max(worst, len(down))
+    return worst, started
+
+
+def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -> None:
+    c = cluster
+    for s in "ab":
+        c.add_node(s)
+        c.start_agent(s)
+        c.until_znode(c.layout.live(c.node(s)), True, f"agent {s} to register")
+    c.converge(c.schedule({"wc": worker_topology(4)}).versions)
+    old = {**c.running("a"), **c.running("b")}
+    since = time.time()
+    result = c.schedule({"wc": worker_topology(4, env={"GENERATION": "2"})})  # 25% of 4: one at a time
+    c.converge(result.versions)
+    until = time.time() + 1
+    now = {**c.running("a"), **c.running("b")}
+    assert set(now) == set(old) and not set(now.values()) & set(old.values())
+    worst, started = most_down(c, "wc", since, until)
+    assert started == set(old)
+    assert worst == 1, f"{worst} workers of 4 were down at once"
+    assert result.placement.rolling == {}
+
+    # the same under an active coordinator (schedule --follow): a pass whenever a node reports
+    co = c.coordinator()
+    stop = threading.Event()
+    follower = threading.Thread(target=lambda: co.acquire(blocking=True) and co.follow(stop), daemon=True)
+    follower.start()
+    try:
+        since = time.time()
+        versions, unplaced = c.coordinator().wait_for_pass(
+            c.store({"wc": worker_topology(4, env={"GENERATION": "3"}, max_unavailable=2)}), WAIT)
+        assert unplaced == {}
+        c.converge(versions)
+        worst, started = most_down(c, "wc", since, time.time() + 1)
+        assert started == set(old) and worst == 2
+    finally:
+        stop.set()
+        co._poke()
+        follower.join(30)

@@ -161,3 +161,42 @@ def test_a_dead_nodes_workers_that_fit_nowhere_else_stay_on_it() -> None:
     # a shrink drops the dead node's workers first: nothing to move, nothing stranded
     p = place({"wc": topo(1)}, nodes, {"wc": 3})
     assert ids(p.docs) == {"a": [], "b": ["wc-4"]} and p.stranded == {} and p.moved == [("wc-1", "a")]
+
+
+def test_a_changed_topology_is_replaced_a_few_workers_at_a_time() -> None:
+    """A rolling replacement: at most ``max_unavailable`` of a topology's workers down at a time
+    (25% by default, at least one); workers that are down anyway change at once."""
+    new = Topology(user="alice", command=CMD, workers=4, cpu_percent=100, memory_mb=100, env={"G": "2"})
+    node = NodeInput("a", cap(ports=(6700, 6701, 6702, 6703)), True,
+                     workers=[worker_spec("wc", topo(4), f"wc-{i}", 6699 + i, None) for i in (1, 2, 3, 4)])
+
+    def step(ready: set[str], topology: Topology = new) -> list[str]:
+        node.ready = frozenset(ready)
+        p = place({"wc": topology}, [node], {"wc": 4})
+        assert [w.worker_id for w in p.docs["a"]] == ["wc-1", "wc-2", "wc-3", "wc-4"] and p.unplaced == {}
+        node.workers = p.docs["a"]
+        waiting = sum(1 for w in p.docs["a"] if w.env != topology.env)
+        assert p.rolling == ({"wc": waiting} if waiting else {})
+        return [w.worker_id for w in p.docs["a"] if w.env == topology.env]
+
+    everyone = {"wc-1", "wc-2", "wc-3", "wc-4"}
+    assert step(everyone) == ["wc-1"]
+    assert step(everyone - {"wc-1"}) == ["wc-1"]  # wc-1 is not running its new spec yet: nothing more
+    assert step(everyone) == ["wc-1", "wc-2"]
+    assert step({"wc-1", "wc-2"}) == ["wc-1", "wc-2", "wc-3", "wc-4"]  # wc-3 and wc-4 are down anyway
+    newer = new.model_copy(update={"env": {"G": "3"}, "max_unavailable": "50%"})
+    assert step(everyone, newer) == ["wc-1", "wc-2"]
+    newest = new.model_copy(update={"env": {"G": "4"}, "max_unavailable": 3})
+    assert step(everyone, newest) == ["wc-1", "wc-2", "wc-3"]
+
+
+def test_max_unavailable_is_a_count_or_a_percentage() -> None:
+    def parsed(v: object) -> Topology:
+        return parse_topologies({"topologies": {"wc": {"user": "a", "command": ["x"], "workers": 15,
+                                                       "max_unavailable": v}}})["wc"]
+
+    assert [parsed(v).unavailable() for v in (1, 4, "25%", "10%", "100%")] == [1, 4, 3, 1, 15]
+    for bad in (0, "0%", "101%", "25", "x%", -1):
+        with pytest.raises(ClusterError) as e:
+            parsed(bad)
+        assert e.value.field == "topologies.wc.max_unavailable", bad

@@ -21,7 +21,8 @@ from .app import get_config, get_node, main
 
 if TYPE_CHECKING:
     from .._cluster.layout import Credential
-    from .._cluster.scheduler import Convergence, Coordinator
+    from .._cluster.scheduler import Coordinator
+    from .._cluster.waiting import Convergence
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_CONVERGED = 3
@@ -148,16 +149,19 @@ def schedule(ctx: click.Context, /, zk: str | None, auth_file: str | None, root:
     if follow:
         _follow(co)
         return
+    rolling: dict[str, int] = {}
     if co.acquire(blocking=False):
-        result = co.run_pass()
-        co.lock.release()
-        versions, unplaced = result.versions, result.placement.unplaced
+        try:  # no active coordinator: this command drives a rolling replacement to its end itself
+            result = co.roll_out(wait_s)
+        finally:
+            co.lock.release()
+        versions, unplaced, rolling = result.versions, result.placement.unplaced, result.placement.rolling
     else:
         click.echo(f"coordinator {co.active_coordinator()} is active: it applies the topologies", err=True)
         versions, unplaced = co.wait_for_pass(co.read_topologies()[1], max(wait_s, 60.0))
     conv = co.converge(versions, wait_s) if wait_s > 0 else None
-    _report(versions, unplaced, conv, as_json)
-    if unplaced or (conv is not None and not conv.done):
+    _report(versions, unplaced, conv, as_json, rolling)
+    if unplaced or rolling or (conv is not None and not conv.done):
         ctx.exit(EXIT_NOT_CONVERGED)
 
 
@@ -182,13 +186,18 @@ def _follow(co: Coordinator) -> None:
     co.follow(stop)
 
 
-def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool) -> None:
+def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool,
+            rolling: dict[str, int]) -> None:
     if as_json:
-        click.echo(json.dumps({"versions": versions, "unplaced": unplaced, "converged": conv.done if conv else None,
-                               "nodes": conv.nodes if conv else {}}, indent=2))
+        click.echo(json.dumps({"versions": versions, "unplaced": unplaced, "rolling": rolling,
+                               "converged": conv.done if conv else None, "nodes": conv.nodes if conv else {}},
+                              indent=2))
         return
     for tid, n in sorted(unplaced.items()):
         click.echo(f"unplaced: {n} worker(s) of {tid}: no live node has a free port and enough cpu and memory")
+    for tid, n in sorted(rolling.items()):
+        click.echo(f"rolling: {n} worker(s) of {tid} still on the old spec (the replaced ones did not run in time; "
+                   "berth schedule --follow, or schedule again, goes on)")
     if conv is None:
         click.echo("written: " + ", ".join(f"{n}={v}" for n, v in sorted(versions.items())))
         return

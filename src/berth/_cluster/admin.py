@@ -13,7 +13,7 @@ from typing import Any
 
 from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError, NotEmptyError
 
-from .._core.spec import ID_PATTERN, WorkerSpec, spec_from_mapping
+from .._core.spec import ID_PATTERN, WorkerSpec, spec_digest, spec_from_mapping
 from .._exceptions import BerthError, ClusterError
 from .documents import (
     FORMAT,
@@ -188,6 +188,13 @@ class NodeView:
     def applied(self) -> bool:
         return self.state is not None and self.doc_version is not None and \
             self.state.applied_version == self.doc_version
+
+    def ready(self) -> frozenset[str]:
+        """The workers of the document that the node, live, reports running from the document's spec."""
+        if self.live is None or self.state is None:
+            return frozenset()
+        digests = {w.worker_id: w.digest for w in self.state.workers if w.state == "running"}
+        return frozenset(w.worker_id for w in self.workers if digests.get(w.worker_id) == spec_digest(w))
 
     def running(self) -> int:
         ids = {w.worker_id for w in self.workers}

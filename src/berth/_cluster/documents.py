@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._core.spec import ID_PATTERN
+from .._core.spec import ID_PATTERN, spec_digest, spec_from_mapping
 from .._core.validation import raise_validation
 from .._exceptions import ClusterError
 from .capacity import MODEL, Capacity
@@ -202,6 +202,9 @@ class WorkerReport(BaseModel):
     exit_code: int | None = None
     oom_killed: bool = False
     container_id: str | None = Field(default=None, max_length=80)
+    digest: str | None = Field(default=None, max_length=64)
+    """The digest of the spec the supervisor holds for it (while running: the one its container
+    was launched from), so the coordinator sees which workers run their document's spec."""
 
 
 def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
@@ -212,7 +215,8 @@ def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
         out.append(WorkerReport(worker_id=s["worker_id"], state=s["state"], restarts=s["restarts"],
                                 failures=s["failures"], exit_code=last.get("exit_code"),
                                 oom_killed=bool(last.get("oom_killed")),
-                                container_id=(s.get("container_id") or "")[:12] or None))
+                                container_id=(s.get("container_id") or "")[:12] or None,
+                                digest=spec_digest(spec_from_mapping(s["spec"]))))
     return out
 
 

@@ -19,6 +19,7 @@ still run there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,24 @@ class Topology(BaseModel):
     cpu_percent: int = Field(default=100, ge=1, le=100 * 4096)
     memory_mb: int = Field(default=1024, ge=6, le=1 << 30)
     pids_limit: int | None = Field(default=None, ge=1)
+    max_unavailable: int | str = "25%"
+    """A rolling replacement's bound: at most this many of the topology's workers down at a time
+    (a count, or a percentage of ``workers`` rounded down, at least one)."""
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _unavailable(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= MAX_WORKERS_PER_TOPOLOGY:
+            raise ValueError(f"must be a count from 1 to {MAX_WORKERS_PER_TOPOLOGY}, or a percentage like 25%")
+        if isinstance(v, str) and not (re.fullmatch(r"[0-9]{1,3}%", v) and 1 <= int(v[:-1]) <= 100):
+            raise ValueError("must be a percentage from 1% to 100%, or a count like 2")
+        return v
+
+    def unavailable(self) -> int:
+        """How many workers a rolling replacement may have down at a time."""
+        if isinstance(self.max_unavailable, int):
+            return self.max_unavailable
+        return max(1, self.workers * int(self.max_unavailable[:-1]) // 100)
 
 
 class Topologies(BaseModel):
@@ -108,6 +127,9 @@ class NodeInput:
     dead: bool = False
     """Gone well past the session timeout: its workers move."""
     workers: list[WorkerSpec] = field(default_factory=list)
+    ready: frozenset[str] = frozenset()
+    """Workers the node reports running from the spec its document names (a rolling replacement
+    counts the others as down)."""
 
 
 @dataclass
@@ -117,6 +139,9 @@ class Placement:
     unplaced: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)
     """(old worker id, node it left)"""
+    rolling: dict[str, int] = field(default_factory=dict)
+    """Workers left on their old request by a rolling replacement: a later pass updates them,
+    once the ones being replaced run."""
     stranded: dict[str, int] = field(default_factory=dict)
     """Workers of dead nodes that no other node has room for: they stay in their node's document
     (a node that comes back keeps running them), and move once there is room."""
@@ -188,17 +213,13 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
                 if w.port not in free[n.name].cap.ports:
                     continue  # the node no longer offers that port: placed again below
                 free[n.name].take(w)
-            if n.dead:
-                orphans[w.topology_id].append((n.name, w))
-                continue
-            keep: WorkerSpec | None = w
-            if not _same_request(w, w.topology_id, topo):
-                keep = _update_in_place(w, topo, free.get(n.name))
-            if keep is not None:
-                kept[w.topology_id].append((n.name, keep))
+            (orphans if n.dead else kept)[w.topology_id].append((n.name, w))
     # Every shrink first, so that what one topology gives back is there for all the others.
     for tid, topo in topologies.items():
-        _shrink(topo.workers, orphans[tid], kept[tid], nodes, free)
+        _shrink(tid, topo, orphans[tid], kept[tid], nodes, free)
+    ready = {n.name: n.ready for n in nodes if n.live and not n.dead}
+    for tid, topo in topologies.items():
+        _roll(tid, topo, kept[tid], ready, free, out)
     for tid, topo in sorted(topologies.items()):
         for name, w in kept[tid]:
             out.docs[name].append(w)
@@ -223,12 +244,14 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
     return out
 
 
-def _shrink(want: int, orphans: list[tuple[str, WorkerSpec]], kept: list[tuple[str, WorkerSpec]],
+def _shrink(tid: str, topo: Topology, orphans: list[tuple[str, WorkerSpec]], kept: list[tuple[str, WorkerSpec]],
             nodes: list[NodeInput], free: dict[str, _Free]) -> None:
-    """Down to ``want`` workers: a dead node's first (nothing then replaces them), then those on
-    nodes that are not live, then the newest."""
+    """Down to ``topo.workers``: a dead node's first (nothing then replaces them), then those on
+    nodes that are not live, then those on an old request, then the newest."""
+    want = topo.workers
     orphans.sort(key=lambda nw: ordinal(nw[1].worker_id))
-    kept.sort(key=lambda nw: (not _is_live(nodes, nw[0]), ordinal(nw[1].worker_id)))
+    kept.sort(key=lambda nw: (not _is_live(nodes, nw[0]), not _same_request(nw[1], tid, topo),
+                              ordinal(nw[1].worker_id)))
     while orphans and len(orphans) + len(kept) > want:
         name, w = orphans.pop()
         if name in free:
@@ -237,6 +260,31 @@ def _shrink(want: int, orphans: list[tuple[str, WorkerSpec]], kept: list[tuple[s
         if name in free:
             free[name].give(w)
     del kept[want:]
+
+
+def _roll(tid: str, topo: Topology, kept: list[tuple[str, WorkerSpec]], ready: Mapping[str, frozenset[str]],
+          free: dict[str, _Free], out: Placement) -> None:
+    """Update the workers on an old request, at most ``topo.unavailable()`` down at a time: a
+    worker not running the spec its document names is down (being replaced, crashed, on a node
+    away, or not placed yet); one that is down anyway is updated at once. One that no longer fits
+    where it is leaves ``kept`` and is placed again."""
+    up = sum(1 for name, w in kept if w.worker_id in ready.get(name, ()))
+    budget = topo.unavailable() - (topo.workers - up)
+    waiting, after = 0, []
+    for name, w in kept:
+        new: WorkerSpec | None = w
+        if _same_request(w, tid, topo):
+            pass
+        elif w.worker_id in ready.get(name, ()) and budget <= 0:
+            waiting += 1
+        else:
+            budget -= w.worker_id in ready.get(name, ())
+            new = _update_in_place(w, topo, free.get(name))
+        if new is not None:
+            after.append((name, new))
+    kept[:] = after
+    if waiting:
+        out.rolling[tid] = waiting
 
 
 def _add(out: Placement, tid: str, topo: Topology, spot: tuple[str, int, ZoneChoice | None],

@@ -19,8 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, CancelledError, KazooException, LockTimeout, NodeExistsError, NoNodeError
@@ -36,11 +36,11 @@ from .documents import (
     encode_assignment,
     load_json,
     now,
-    version_number,
     version_of,
 )
 from .layout import Credential, ZkLayout, coordinator_only
 from .placement import NodeInput, Placement, Topology, parse_topologies, place
+from .waiting import Waiting
 from .zk import UNAVAILABLE, Connection, explain
 
 log = logging.getLogger("berth.schedule")
@@ -58,17 +58,11 @@ class PassResult:
     topologies_version: str | None = None
 
 
-@dataclass
-class Convergence:
-    done: bool
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
 def _dump(spec: WorkerSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"worker_id": spec.worker_id}
 
 
-class Coordinator:
+class Coordinator(Waiting):
     def __init__(self, hosts: str, cred: Credential, settings: ClusterSection, dead_after_s: float) -> None:
         if dead_after_s < settings.session_timeout_s:
             raise ClusterError("dead_after", f"must be at least the session timeout ({settings.session_timeout_s:g}s)")
@@ -82,6 +76,7 @@ class Coordinator:
         self._dead_handled: set[str] = set()
         self._capacity: dict[str, Capacity] = {}
         self.lock: Any = None
+        self._rolling = False
         self._waiting: Any = None
         """The lock a standby is waiting for (``cancel_wait`` ends the wait)."""
         self.conn = Connection(hosts, cred, settings.session_timeout_s, settings.reconnect_max_delay_s,
@@ -103,15 +98,6 @@ class Coordinator:
             self._dirty = True
             self._seq += 1
             self._cond.notify_all()
-
-    def _mark(self) -> int:
-        with self._cond:
-            return self._seq
-
-    def _wait_change(self, seen: int, seconds: float) -> None:
-        """For the waiting commands: wake on any watch, without taking the follower's work away."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq != seen, timeout=max(0.0, seconds))
 
     # -- topologies ----------------------------------------------------------------------------
 
@@ -150,6 +136,22 @@ class Coordinator:
                 return result
         raise ClusterError("schedule", f"the cluster kept changing under the pass ({PASS_TRIES} tries)")
 
+    def roll_out(self, timeout_s: float) -> PassResult:
+        """Passes until no rolling replacement is left (each waits for the workers being replaced
+        to run their new spec, as the nodes' reports say), or until ``timeout_s``; the last pass."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self._mark()
+            result = self.run_pass()
+            if not result.placement.rolling or time.monotonic() >= deadline:
+                return result
+            self._watch_states(result.views)
+            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
+
+    def _watch_states(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
+
     def _try_pass(self) -> PassResult | None:
         c = self.conn
         topologies, topo_version = self.read_topologies()
@@ -165,7 +167,7 @@ class Coordinator:
             else:
                 self._gone_since.setdefault(name, t)
             dead = v.live is None and t - self._gone_since[name] >= self.dead_after_s
-            inputs.append(NodeInput(name, self._capacity.get(name), v.live is not None, dead, v.workers))
+            inputs.append(NodeInput(name, self._capacity.get(name), v.live is not None, dead, v.workers, v.ready()))
         placement = place(topologies, inputs, counters)
         txn = c.client.transaction()
         if self.lock is not None and self.lock.node:
@@ -182,7 +184,8 @@ class Coordinator:
             written.append(name)
         body = dump_json({"format": FORMAT, "counters": placement.counters, "coordinator": self.identifier,
                           "topologies_version": topo_version, "pass_at": now(),
-                          "unplaced": placement.unplaced, "stranded": placement.stranded})
+                          "unplaced": placement.unplaced, "stranded": placement.stranded,
+                          "rolling": placement.rolling})
         if state_version is None:
             txn.create(self.layout.schedule_state, body)
         else:
@@ -220,70 +223,6 @@ class Coordinator:
         if not isinstance(counters, dict) or not all(isinstance(v, int) for v in counters.values()):
             raise ClusterError("schedule state", "has no valid worker-id counters")
         return {str(k): int(v) for k, v in counters.items()}, stat.version
-
-    def schedule_state(self) -> dict[str, Any]:
-        c = self.conn
-        try:
-            data, _ = c.call(c.client.get_async, self.layout.schedule_state)
-        except NoNodeError:
-            return {}
-        doc = load_json(data, "schedule state")
-        return doc if isinstance(doc, dict) else {}
-
-    def wait_for_pass(self, topologies_version: str | None, timeout_s: float) -> tuple[dict[str, str], dict[str, int]]:
-        """Wait for the active coordinator's pass over these topologies (its state names their version);
-        return every node's document version and what it could not place."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            seen = self._mark()
-            st = self.schedule_state()
-            if version_number(st.get("topologies_version")) >= version_number(topologies_version):
-                views = read_cluster(self.conn, self.layout)
-                return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
-            if time.monotonic() >= deadline:
-                raise ClusterError("schedule", f"the active coordinator did not place the topologies in {timeout_s:g}s")
-            self.conn.client.exists_async(self.layout.schedule_state, watch=self._poke)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
-
-    # -- convergence ---------------------------------------------------------------------------
-
-    def converge(self, versions: Mapping[str, str], timeout_s: float, running: bool = True) -> Convergence:
-        """Wait (on watches of the nodes' state znodes) until every live node applied its version."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            seen = self._mark()
-            try:
-                views = read_cluster(self.conn, self.layout)
-            except ClusterError as exc:  # ZooKeeper away for a moment: the deadline still holds
-                if time.monotonic() >= deadline:
-                    raise
-                log.info("waiting for convergence: %s", exc)
-                self.conn._up.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                continue
-            report, done = {}, True
-            for name, want in sorted(versions.items()):
-                v = views.get(name)
-                if v is None or v.live is None:
-                    report[name] = {"live": False, "want": want}
-                    continue
-                st = v.state
-                applied = st.supervisor_version if st else None  # once its workers run from it
-                rejected = st is not None and st.document is not None and st.document.version == want and \
-                    st.document.status == "rejected"
-                rejections = [f"{r.get('worker_id') or '-'}: {r.get('field') or '-'}: {r.get('reason')}"
-                              for r in (st.rejected if st else [])]
-                applied_ok = version_number(applied) >= version_number(want)
-                ids = {r.split(":")[0] for r in rejections}
-                runnable = sum(1 for w in v.workers if w.worker_id not in ids)
-                ok = applied_ok and (not running or v.running() >= runnable)
-                report[name] = {"live": True, "want": want, "applied": applied, "workers": len(v.workers),
-                                "running": v.running(), "rejected": st.document.reason if rejected and st and
-                                st.document else None, "rejections": rejections if applied_ok else []}
-                done = done and (ok or rejected)
-                self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
-            if done or time.monotonic() >= deadline:
-                return Convergence(done, report)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
 
     # -- following the cluster -----------------------------------------------------------------
 
@@ -355,8 +294,12 @@ class Coordinator:
                     dirty, self._dirty = self._dirty, False
                 if dirty or self._someone_died():
                     result = self.run_pass()
-                    log.info("pass: wrote %s; unplaced %s", ", ".join(result.written) or "nothing",
-                             result.placement.unplaced or "none")
+                    was, self._rolling = self._rolling, bool(result.placement.rolling)
+                    if self._rolling and not was:  # watch the nodes' reports first, then read them again
+                        self._poke()
+                    if result.written:
+                        log.info("pass: wrote %s; unplaced %s; rolling %s", ", ".join(result.written),
+                                 result.placement.unplaced or "none", result.placement.rolling or "none")
             except ClusterError as exc:
                 log.error("%s", exc)
                 self._wait(stop, 1.0)
@@ -372,6 +315,8 @@ class Coordinator:
         names = c.call(c.client.get_children_async, self.layout.nodes, watch=self._poke)
         for name in names:
             c.client.exists_async(self.layout.live(name), watch=self._poke)
+        if self._rolling:
+            self._watch_states(names)
         self.read_topologies(watch=True)
 
     def _someone_died(self) -> bool:
