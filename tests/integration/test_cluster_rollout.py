@@ -77,7 +77,12 @@ def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -
     # the same under an active coordinator (schedule --follow): a pass whenever a node reports
     co = c.coordinator()
     stop = threading.Event()
-    follower = threading.Thread(target=lambda: co.acquire(blocking=True) and co.follow(stop), daemon=True)
+
+    def coordinate() -> None:
+        co.acquire(blocking=True)
+        co.follow(stop)
+
+    follower = threading.Thread(target=coordinate, daemon=True)
     follower.start()
     try:
         since = time.time()
