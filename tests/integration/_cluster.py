@@ -176,14 +176,19 @@ class Cluster:
 
     # -- the coordinator -------------------------------------------------------------------------
 
+    def berth(self, *args: str) -> list[str]:
+        """A ``berth`` command line with the coordinator's identity and this cluster's settings."""
+        cfg = self.base / "coordinator.toml"
+        if not cfg.exists():
+            cfg.write_text(f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\n'
+                           f'session_timeout_s = {SESSION_S}\nreconnect_max_delay_s = 0.5\n')
+        return [sys.executable, "-m", "berth", "--config", str(cfg), *args[:2],
+                "--auth", str(self.base / "coordinator.auth"), *args[2:]]
+
     def start_coordinator(self, tag: str, *args: str) -> subprocess.Popen[bytes]:
         """``berth schedule --follow`` in a process of its own (it is SIGKILLed); output in ``<tag>.log``."""
-        cfg = self.base / "coordinator.toml"
-        cfg.write_text(f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\n'
-                       f'session_timeout_s = {SESSION_S}\nreconnect_max_delay_s = 0.5\n')
         log = open(self.base / f"{tag}.log", "ab")  # noqa: SIM115 - the child holds it
-        proc = subprocess.Popen([sys.executable, "-m", "berth", "--config", str(cfg), "schedule", "--follow",
-                                 "--auth", str(self.base / "coordinator.auth"), *args],
+        proc = subprocess.Popen(self.berth("schedule", "--follow", *args),
                                 stdout=log, stderr=log, start_new_session=True)
         log.close()
         self.procs.append(proc)

@@ -8,10 +8,13 @@ node that comes back keeps the workers nobody could replace.
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 
 import httpx
 import pytest
+
+from berth._cluster.quota import quota_dir
 
 from ._cluster import Cluster, worker_topology
 from .conftest import poll_until
@@ -132,3 +135,64 @@ def test_a_standby_coordinator_takes_over_and_moves_a_dead_nodes_workers(cluster
     third.send_signal(signal.SIGTERM)
     assert third.wait(30) == 0, c.output("co3")
     assert "Traceback" not in c.output("co3") + c.output("co2")
+
+
+def remove_node(c: Cluster, short: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(c.berth("cluster", "remove-node", c.node(short), *args), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_remove_node_refuses_a_live_node_and_changes_nothing(cluster: Cluster) -> None:
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    c.until_znode(c.layout.live(a.name), True, "the agent to register")
+    c.converge(c.schedule({"wc": worker_topology(2)}).versions)
+    before, views = c.running("a"), c.views()
+    done = remove_node(c, "a")
+    assert done.returncode == 125, done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: node: {a.name} is live") and "--drain" in done.stderr, done.stderr
+    after = c.views()
+    assert after[a.name].live is not None and after[a.name].doc_version == views[a.name].doc_version
+    assert c.admin.client.exists(quota_dir(c.layout.node(a.name))) is not None
+    assert c.running("a") == before
+    # drained, its workers would have nowhere to go: refused before anything changes
+    done = remove_node(c, "a", "--drain")
+    assert done.returncode == 125 and "no room" in done.stderr, done.stdout + done.stderr
+    assert c.admin.client.exists(c.layout.drains) is None
+    assert c.views()[a.name].doc_version == views[a.name].doc_version and c.running("a") == before
+
+
+def test_remove_node_drain_moves_the_workers_then_removes_the_node(cluster: Cluster) -> None:
+    c = cluster
+    for s in "ab":
+        c.add_node(s)
+        c.start_agent(s)
+        c.until_znode(c.layout.live(c.node(s)), True, f"agent {s} to register")
+    c.converge(c.schedule({"wc": worker_topology(4)}).versions)
+    old_a, old_b = c.running("a"), c.running("b")
+    assert len(old_a) == 2 and len(old_b) == 2
+    done = remove_node(c, "a", "--drain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    running_b = c.running("b")
+    assert len(running_b) == 4 and set(old_b) <= set(running_b), "b's own workers were not kept"
+    assert not c.running("a"), "a's workers were left running"
+    for path in (c.layout.node(c.node("a")), c.layout.assignment(c.node("a")), quota_dir(c.layout.node(c.node("a")))):
+        assert c.admin.client.exists(path) is None, path
+    poll_until(lambda: "not enrolled" in (c.agents["a"].status.get("problem") or ""), "a's agent to say so", 60)
+    # from now on nothing is placed on a, although its agent still runs
+    result = c.schedule({"wc": worker_topology(5)})
+    assert set(result.placement.docs) == {c.node("b")} and len(result.placement.docs[c.node("b")]) == 5
+
+
+def test_no_worker_is_counted_as_placed_on_a_node_without_a_document(cluster: Cluster) -> None:
+    c = cluster
+    for s in "ab":
+        c.add_node(s, ports=(6700, 6701))
+        c.start_agent(s)
+        c.until_znode(c.layout.live(c.node(s)), True, f"agent {s} to register")
+    c.admin.client.delete(c.layout.assignment(c.node("b")))  # half-enrolled: nobody can write its document
+    result = c.schedule({"wc": worker_topology(3)})
+    assert [w.port for w in result.placement.docs[c.node("a")]] == [6700, 6701]
+    assert not result.placement.docs[c.node("b")]
+    assert result.placement.unplaced == {f"{c.prefix}-wc": 1}

@@ -200,3 +200,13 @@ def test_max_unavailable_is_a_count_or_a_percentage() -> None:
         with pytest.raises(ClusterError) as e:
             parsed(bad)
         assert e.value.field == "topologies.wc.max_unavailable", bad
+
+
+def test_a_draining_node_keeps_its_workers_while_other_nodes_get_their_replacements() -> None:
+    t = topo(2)
+    nodes = [NodeInput("a", cap(), True, workers=[worker_spec("wc", t, "wc-1", 6700, None),
+                                                  worker_spec("wc", t, "wc-2", 6701, None)], draining=True),
+             NodeInput("b", cap(), True)]
+    p = place({"wc": t, "new": topo(1)}, nodes, {"wc": 2})
+    assert ids(p.docs) == {"a": ["wc-1", "wc-2"], "b": ["new-1", "wc-3", "wc-4"]}
+    assert p.unplaced == {} and p.moved == []

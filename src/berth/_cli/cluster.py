@@ -304,14 +304,18 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
 @cluster.command(name="remove-node")
 @zk_options
 @click.argument("name")
+@click.option("--drain", is_flag=True, help="A live node: place its workers on other nodes, wait until they run "
+                                            "there, stop its own, then remove it.")
+@click.option("--wait", "wait_s", type=float, default=300.0, show_default=True,
+              help="Seconds a drain may take (past them it is undone).")
 @click.pass_context
 def cluster_remove_node(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None,
-                        name: str) -> None:
-    """Remove node NAME's znodes (its identity stops working). Schedule its workers away first."""
-    from .._cluster.admin import remove_node
+                        name: str, drain: bool, wait_s: float) -> None:
+    """Remove node NAME's znodes (its identity stops working). A live node is refused unless --drain."""
+    from .._cluster.removal import remove
 
     co = _coordinator(ctx, zk, auth_file, root)
-    remove_node(co.conn, co.layout, name)
+    remove(co, name, drain, wait_s, lambda line: click.echo(line, err=True))
     click.echo(f"node {name} removed")
 
 

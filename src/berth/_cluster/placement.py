@@ -130,6 +130,9 @@ class NodeInput:
     ready: frozenset[str] = frozenset()
     """Workers the node reports running from the spec its document names (a rolling replacement
     counts the others as down)."""
+    draining: bool = False
+    """Being removed (``remove-node --drain``): its workers stay in its document but no longer count
+    for their topologies, which get replacements elsewhere; nothing new goes there."""
 
 
 @dataclass
@@ -209,6 +212,9 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
             if topo is None or w.worker_id in seen:
                 continue
             seen.add(w.worker_id)
+            if n.draining:
+                out.docs[n.name].append(w)
+                continue
             if n.name in free:
                 if w.port not in free[n.name].cap.ports:
                     continue  # the node no longer offers that port: placed again below
@@ -217,7 +223,7 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
     # Every shrink first, so that what one topology gives back is there for all the others.
     for tid, topo in topologies.items():
         _shrink(tid, topo, orphans[tid], kept[tid], nodes, free)
-    ready = {n.name: n.ready for n in nodes if n.live and not n.dead}
+    ready = {n.name: n.ready for n in nodes if n.live and not n.dead and not n.draining}
     for tid, topo in topologies.items():
         _roll(tid, topo, kept[tid], ready, free, out)
     for tid, topo in sorted(topologies.items()):
@@ -323,7 +329,7 @@ def _update_in_place(w: WorkerSpec, topo: Topology, free: _Free | None) -> Worke
 
 def _first_fit(tid: str, topo: Topology, nodes: list[NodeInput], free: dict[str, _Free],
                docs: dict[str, list[WorkerSpec]]) -> tuple[str, int, ZoneChoice | None] | None:
-    candidates = [n.name for n in nodes if n.live and not n.dead and n.name in free]
+    candidates = [n.name for n in nodes if n.live and not n.dead and not n.draining and n.name in free]
     candidates.sort(key=lambda name: (sum(1 for w in docs[name] if w.topology_id == tid), -free[name].mem, name))
     for name in candidates:
         got = free[name].fit(topo)

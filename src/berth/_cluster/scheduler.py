@@ -38,6 +38,7 @@ from .documents import (
     now,
     version_of,
 )
+from .drains import STOPPING, read_drains
 from .layout import Credential, ZkLayout, coordinator_only
 from .placement import NodeInput, Placement, Topology, parse_topologies, place
 from .waiting import Waiting
@@ -152,11 +153,9 @@ class Coordinator(Waiting):
         for name in names:
             self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
 
-    def _try_pass(self) -> PassResult | None:
-        c = self.conn
-        topologies, topo_version = self.read_topologies()
-        counters, state_version = self._read_schedule_state()
-        views = read_cluster(c, self.layout)
+    def _inputs(self, views: Mapping[str, NodeView], drains: Mapping[str, str]) -> list[NodeInput]:
+        """What placement is told of each node. A node without a document gets nothing (nobody could
+        write its workers there); a drained one's workers no longer count, and go once stopping."""
         inputs = []
         t = time.monotonic()
         for name, v in views.items():
@@ -167,7 +166,25 @@ class Coordinator(Waiting):
             else:
                 self._gone_since.setdefault(name, t)
             dead = v.live is None and t - self._gone_since[name] >= self.dead_after_s
-            inputs.append(NodeInput(name, self._capacity.get(name), v.live is not None, dead, v.workers, v.ready()))
+            capacity = self._capacity.get(name) if v.doc_stat_version is not None else None
+            workers = [] if drains.get(name) == STOPPING else v.workers
+            inputs.append(NodeInput(name, capacity, v.live is not None, dead, workers, v.ready(),
+                                    draining=name in drains))
+        return inputs
+
+    def plan(self, drains: Mapping[str, str]) -> Placement:
+        """The placement a pass would write with these drains, writing nothing."""
+        topologies, _ = self.read_topologies()
+        counters, _ = self._read_schedule_state()
+        return place(topologies, self._inputs(read_cluster(self.conn, self.layout), drains), counters)
+
+    def _try_pass(self) -> PassResult | None:
+        c = self.conn
+        topologies, topo_version = self.read_topologies()
+        counters, state_version = self._read_schedule_state()
+        drains, drain_version = read_drains(c, self.layout)
+        views = read_cluster(c, self.layout)
+        inputs = self._inputs(views, drains)
         placement = place(topologies, inputs, counters)
         txn = c.client.transaction()
         if self.lock is not None and self.lock.node:
@@ -185,7 +202,7 @@ class Coordinator(Waiting):
         body = dump_json({"format": FORMAT, "counters": placement.counters, "coordinator": self.identifier,
                           "topologies_version": topo_version, "pass_at": now(),
                           "unplaced": placement.unplaced, "stranded": placement.stranded,
-                          "rolling": placement.rolling})
+                          "rolling": placement.rolling, "drain_version": drain_version})
         if state_version is None:
             txn.create(self.layout.schedule_state, body)
         else:
@@ -318,6 +335,7 @@ class Coordinator(Waiting):
         if self._rolling:
             self._watch_states(names)
         self.read_topologies(watch=True)
+        read_drains(c, self.layout, watch=self._poke)
 
     def _someone_died(self) -> bool:
         t = time.monotonic()

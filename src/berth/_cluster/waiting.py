@@ -59,16 +59,16 @@ class Waiting:
         doc = load_json(data, "schedule state")
         return doc if isinstance(doc, dict) else {}
 
-    def wait_for_pass(self, topologies_version: str | None, timeout_s: float) -> tuple[dict[str, str], dict[str, int]]:
-        """Wait for the active coordinator's pass over these topologies (its state names their version)
-        and for the end of any rolling replacement; return every node's document version and what
-        could not be placed."""
+    def wait_for_pass(self, version: str | None, timeout_s: float, key: str = "topologies_version"
+                      ) -> tuple[dict[str, str], dict[str, int]]:
+        """Wait for the active coordinator's pass over these topologies (or this drain marker: its
+        state names their ``version`` under ``key``) and for the end of any rolling replacement;
+        return every node's document version and what could not be placed."""
         deadline = time.monotonic() + timeout_s
         while True:
             seen = self._mark()
             st = self.schedule_state()
-            if version_number(st.get("topologies_version")) >= version_number(topologies_version) \
-                    and not st.get("rolling"):
+            if version_number(st.get(key)) >= version_number(version) and not st.get("rolling"):
                 views = read_cluster(self.conn, self.layout)
                 return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
             if time.monotonic() >= deadline:
