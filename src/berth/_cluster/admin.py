@@ -41,6 +41,7 @@ from .quota import NODE_BYTES, NODE_ZNODES, QUOTA_ROOT, add_node_quota, ensure_q
 from .zk import UNAVAILABLE, Connection, explain
 
 REMOVE_TRIES = 5
+IMPOSSIBLE_VERSION = 2**31 - 1
 
 
 def _fail(exc: BaseException, path: str, doing: str) -> ClusterError:
@@ -159,18 +160,22 @@ def remove_node(conn: Connection, layout: ZkLayout, node: str) -> None:
 def removal_paths(conn: Connection, layout: ZkLayout, node: str) -> list[str]:
     """Every znode removing ``node`` deletes, children first; a ``ClusterError`` naming the one
     that cannot be deleted (the node's identity gave it children), before anything changes."""
-    made = []
+    made, unread = [], []
     for child in _children(conn, layout.node(node)):
         path = f"{layout.node(node)}/{child}"
+        made.append(path)
         try:
             below = _children(conn, path)
-        except ClusterError as exc:
-            raise ClusterError("node", f"cannot remove {path}: the node's identity gave it children this identity "
-                                       "cannot see; remove them with that identity (or a ZooKeeper superuser)") from exc
+        except ClusterError:
+            unread.append(path)  # under an ACL of the node's own: a leaf can still be deleted unread
+            continue
         if below:
             raise ClusterError("node", f"cannot remove {path}: the node's identity gave it children "
                                        f"({', '.join(sorted(below)[:5])}); remove them first")
-        made.append(path)
+    stuck = _undeletable(conn, unread, layout.node(node))
+    if stuck is not None:
+        raise ClusterError("node", f"cannot remove {stuck}: the node's identity gave it children this identity "
+                                   "cannot see; remove them with that identity (or a ZooKeeper superuser)")
     quota = quota_dir(layout.node(node))
     stats = [f"{quota}/{n}" for n in _children(conn, quota) if n in ("zookeeper_stats", "zookeeper_limits")]
     others = [p for p in (layout.state(node), layout.assignment(node), layout.node(node), *sorted(stats), quota)
@@ -178,6 +183,22 @@ def removal_paths(conn: Connection, layout: ZkLayout, node: str) -> list[str]:
     if quota in others and set(_children(conn, quota)) - {"zookeeper_stats", "zookeeper_limits"}:
         others.remove(quota)  # quotas of paths below it: not the node's own
     return [*made, *others]
+
+
+def _undeletable(conn: Connection, paths: list[str], parent: str) -> str | None:
+    """The first of ``paths`` that cannot be deleted, tried in a transaction made to fail at its
+    end (a check of an impossible version), so that nothing is deleted whatever the answer."""
+    if not paths:
+        return None
+    t = conn.client.transaction()
+    for path in paths:
+        t.delete(path)
+    t.check(parent, IMPOSSIBLE_VERSION)
+    try:
+        results = t.commit_async().get(timeout=conn.timeout_s)
+    except UNAVAILABLE as exc:
+        raise _fail(exc, parent, f"looking at {parent}") from exc
+    return next((p for p, r in zip(paths, results, strict=False) if isinstance(r, NotEmptyError | NoAuthError)), None)
 
 
 def _children(conn: Connection, path: str) -> list[str]:
