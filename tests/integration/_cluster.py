@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -325,6 +326,73 @@ def private_cluster(private_zookeeper: Ensemble, engine: str, users: Any, base: 
     c = Cluster(private_zookeeper, base)
     yield c
     c.close()
+
+
+class Partition:
+    """TCP relays in front of the ensemble's servers: an agent that reaches ZooKeeper through them
+    can be cut off (its connections closed, new ones closed as soon as accepted) while everyone
+    else still reaches the ensemble: a network partition of one node, on one machine."""
+
+    def __init__(self, hosts: str) -> None:
+        self.up = True
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._listeners: list[socket.socket] = []
+        ports = []
+        for hp in hosts.split(","):
+            host, port = hp.rsplit(":", 1)
+            srv = socket.create_server(("127.0.0.1", 0))
+            self._listeners.append(srv)
+            ports.append(srv.getsockname()[1])
+            threading.Thread(target=self._accept, args=(srv, (host, int(port))), daemon=True).start()
+        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def _accept(self, srv: socket.socket, target: tuple[str, int]) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return  # closed
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._socks |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def heal(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        for srv in self._listeners:
+            srv.close()
 
 
 def login(hosts: str, user: str, password: str) -> Connection:

@@ -69,8 +69,9 @@ def _logging() -> None:
 @main.command()
 @zk_options
 @click.option("--node", "node_name", help="This node's name (default: node.name of the config).")
-@click.option("--fence-after", type=float, help="Stop every worker after this many seconds without ZooKeeper "
-                                                "(default: off; workers keep running, as in Storm).")
+@click.option("--fence-after", type=float, help="Stop every worker after this many seconds without ZooKeeper, "
+                                                "and before the coordinator may move them (default: off; workers "
+                                                "keep running, as in Storm).")
 @click.option("--socket", "socket_path", help="API socket (default: api.socket, or <state_dir>/api.sock).")
 @click.option("--no-api", is_flag=True, help="Do not serve the HTTP API.")
 @click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")

@@ -239,6 +239,7 @@ class NodeView:
     doc_version: str | None = None
     doc_stat_version: int | None = None
     """The znode's data version, for the transaction's version check."""
+    doc_dead_after_s: float | None = None
     state: NodeState | None = None
 
     def applied(self) -> bool:
@@ -289,7 +290,9 @@ def read_cluster(conn: Connection, layout: ZkLayout) -> dict[str, NodeView]:
                 v.state = decode_state(data, n)
             else:
                 v.doc_version, v.doc_stat_version = version_of(stat.mzxid), stat.version
-                for i, entry in enumerate(decode_assignment(data, n).workers):
+                doc = decode_assignment(data, n)
+                v.doc_dead_after_s = doc.dead_after_s
+                for i, entry in enumerate(doc.workers):
                     try:
                         v.workers.append(spec_from_mapping(entry, source=f"workers[{i}]"))
                     except BerthError as exc:

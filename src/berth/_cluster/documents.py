@@ -143,18 +143,27 @@ def boot_id() -> str:
 
 # -- the assignment document -----------------------------------------------------------------
 
+MAX_DEAD_AFTER_S = 7 * 86400
+
+
 @dataclass(frozen=True)
 class AssignmentDoc:
     node: str
     workers: Sequence[Any]
     """Raw entries, each checked later like a launch request (one bad entry does not spoil the rest)."""
     generation: str | None = None
+    dead_after_s: float | None = None
+    """How long the coordinator lets the node's registration be gone before it moves its workers:
+    a node cut off that long knows it may have been declared dead (fencing acts on it)."""
 
 
-def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generation: str | None = None) -> bytes:
+def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generation: str | None = None,
+                      dead_after_s: float | None = None) -> bytes:
     doc: dict[str, Any] = {"format": FORMAT, "node": node, "workers": list(workers)}
     if generation is not None:
         doc["generation"] = generation
+    if dead_after_s is not None:
+        doc["dead_after_s"] = dead_after_s
     raw = dump_json(doc)
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise ClusterError("assignments", f"the document for node {node!r} would be {len(raw)} bytes, "
@@ -164,7 +173,7 @@ def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generatio
 
 def decode_assignment(raw: bytes, node: str) -> AssignmentDoc:
     """The document's envelope; its entries are validated one by one by the caller."""
-    doc = check_format(load_json(raw, "document"), "document", {"node", "workers", "generation"})
+    doc = check_format(load_json(raw, "document"), "document", {"node", "workers", "generation", "dead_after_s"})
     if doc.get("node") != node:
         raise ClusterError("document.node", f"is {doc.get('node')!r}, not this node ({node!r})")
     workers = doc.get("workers")
@@ -176,7 +185,11 @@ def decode_assignment(raw: bytes, node: str) -> AssignmentDoc:
     generation = doc.get("generation")
     if generation is not None and not isinstance(generation, str):
         raise ClusterError("document.generation", "must be a string")
-    return AssignmentDoc(node, workers, generation)
+    dead_after = doc.get("dead_after_s")
+    if dead_after is not None and (isinstance(dead_after, bool) or not isinstance(dead_after, int | float)
+                                   or not 1 <= dead_after <= MAX_DEAD_AFTER_S):
+        raise ClusterError("document.dead_after_s", f"must be a number of seconds from 1 to {MAX_DEAD_AFTER_S}")
+    return AssignmentDoc(node, workers, generation, None if dead_after is None else float(dead_after))
 
 
 # -- the node's state report -----------------------------------------------------------------

@@ -38,6 +38,7 @@ class Reporting:
     _reported_version: str | None
     _doc: DocumentStatus | None
     _fenced: bool
+    _presumed_dead: bool
     _problem: str | None
     _supervising: bool
 
@@ -80,6 +81,7 @@ class Reporting:
         return {"status": "ok" if ok else "degraded", "node": self.node, "zookeeper": conn.state,
                 "session": f"{conn.session_id:#x}" if conn.session_id else None, "registered": registered,
                 "session_expirations": conn.expirations, "problem": self._problem, "fenced": self._fenced,
+                "presumed_dead": self._presumed_dead,
                 "applied_version": self._applied, "document": self._doc.model_dump() if self._doc else None,
                 "supervising": self._supervising, "counters": dict(self.counters)}
 

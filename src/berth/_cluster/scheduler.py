@@ -192,12 +192,13 @@ class Coordinator(Waiting):
         written = []
         for name, specs in placement.docs.items():
             v = views[name]
-            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.problems:
+            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.problems \
+                    and v.doc_dead_after_s == self.dead_after_s:
                 continue
             if v.doc_stat_version is None:
                 continue  # no document znode: the node is half-enrolled; add-node makes it
-            txn.set_data(self.layout.assignment(name), encode_assignment(name, [_dump(s) for s in specs]),
-                         version=v.doc_stat_version)
+            txn.set_data(self.layout.assignment(name), encode_assignment(
+                name, [_dump(s) for s in specs], dead_after_s=self.dead_after_s), version=v.doc_stat_version)
             written.append(name)
         body = dump_json({"format": FORMAT, "counters": placement.counters, "coordinator": self.identifier,
                           "topologies_version": topo_version, "pass_at": now(),
