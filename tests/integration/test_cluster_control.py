@@ -196,3 +196,37 @@ def test_no_worker_is_counted_as_placed_on_a_node_without_a_document(cluster: Cl
     assert [w.port for w in result.placement.docs[c.node("a")]] == [6700, 6701]
     assert not result.placement.docs[c.node("b")]
     assert result.placement.unplaced == {f"{c.prefix}-wc": 1}
+
+
+def test_cluster_ps_shows_what_the_engines_run_orphans_included(cluster: Cluster) -> None:
+    import json
+
+    from berth import Node, WorkerSpec
+    from berth._core.loading import load_config
+
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    c.until_znode(c.layout.live(a.name), True, "the agent to register")
+    c.converge(c.schedule({"wc": worker_topology(2)}).versions)
+    # a container of this node's name that no document names: another berth's, on the same engine
+    cfg = load_config(a.config)
+    other = cfg.model_copy(update={"node": cfg.node.model_copy(update={
+        "state_dir": str(c.base / "other" / "state"), "local_dir": str(c.base / "other" / "local")})})
+    stray = Node(other)
+    try:
+        stray.launch(WorkerSpec(worker_id=f"{c.prefix}-stray-1", topology_id=f"{c.prefix}-stray", port=6709,
+                                user="berth-alice", command=("python3", "-c", "import signal; signal.pause()")))
+    finally:
+        stray.close()
+    c.until_state("a", lambda st: any(e["worker_id"] == f"{c.prefix}-stray-1" for e in st.get("engine") or []),
+                  "a to report the stray container")
+    done = subprocess.run(c.berth("cluster", "ps", "--json"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {r["worker_id"]: r for r in json.loads(done.stdout)["workers"]}
+    stray_row = rows[f"{c.prefix}-stray-1"]
+    assert stray_row["node"] == a.name and stray_row["engine"] == "running" and stray_row["state"] is None
+    assert "no document names it" in stray_row["note"] and "another supervisor" in stray_row["note"]
+    assert all(rows[w]["engine"] == "running" and rows[w]["note"] is None for w in c.running("a") if "wc" in w)
+    table = subprocess.run(c.berth("cluster", "ps"), capture_output=True, text=True, timeout=120)
+    assert "ORPHAN" in table.stdout and f"{c.prefix}-stray-1" in table.stdout, table.stdout

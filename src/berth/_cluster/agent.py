@@ -87,6 +87,7 @@ class Agent(Reporting, Fencing):
         self._supervising = False
         self._last_state_write = 0.0
         self._reported_version: str | None = None
+        self._reported_engine: frozenset[tuple[str, str, str]] = frozenset()
         self._seen_conn: ConnState | None = None
         self.counters = {"documents_applied": 0, "documents_rejected": 0, "registrations": 0, "state_writes": 0}
         self.apply_listeners: list[Callable[[str, float], None]] = []
@@ -141,9 +142,7 @@ class Agent(Reporting, Fencing):
             self._cond.notify_all()
 
     def _on_supervisor(self, kind: str, _data: Mapping[str, Any]) -> None:
-        # A pass can finish a document without a transition (the last stopped worker leaves the
-        # listing): the coordinator waits for the supervisor's applied version, so report it.
-        if kind == "transition" or (kind == "pass" and self.sup.applied_version() != self._reported_version):
+        if kind == "transition" or (kind == "pass" and self._report_due()):
             with self._cond:
                 self._state_dirty = True
                 self._cond.notify_all()

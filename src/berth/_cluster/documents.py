@@ -28,6 +28,7 @@ MAX_DOCUMENT_BYTES = 512 * 1024
 MAX_REGISTRATION_BYTES = 64 * 1024
 MAX_WORKERS_PER_NODE = 512
 MAX_REPORTED_REJECTIONS = 100
+MAX_ENGINE_REPORTS = 1024
 
 
 
@@ -233,6 +234,26 @@ def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
     return out
 
 
+class EngineReport(BaseModel):
+    """One container of this node's name as the engine listed it (the supervisor's last pass),
+    whether or not any document names it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    worker_id: str = Field(max_length=128)
+    state: str = Field(max_length=32)
+    container_id: str | None = Field(default=None, max_length=80)
+    owner: str | None = Field(default=None, max_length=256)
+    """The state dir of the other supervisor that launched it; None: this node's own."""
+
+
+def engine_reports(listed: Sequence[Any], conflicts: Mapping[str, Sequence[str]]) -> list[EngineReport]:
+    """The engine's listing (``WorkerState``s), at most ``MAX_ENGINE_REPORTS``, with the owner of
+    each container that another supervisor launched."""
+    owner = {w: o for o, ids in conflicts.items() for w in ids}
+    return [EngineReport(worker_id=w.worker_id, state=str(w.state), container_id=w.container_id[:12],
+                         owner=(owner.get(w.worker_id) or "")[:256] or None) for w in listed[:MAX_ENGINE_REPORTS]]
+
+
 class DocumentStatus(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     version: str | None = Field(default=None, max_length=32)
@@ -256,6 +277,8 @@ class NodeState(BaseModel):
     rejected: list[dict[str, Any]] = Field(default_factory=list)
     """Cut to MAX_REPORTED_REJECTIONS when written; a document read is bounded by its size."""
     workers: list[WorkerReport] = Field(default_factory=list)
+    engine: list[EngineReport] = Field(default_factory=list)
+    """What the node's engine runs under its name, orphans included (at most ``MAX_ENGINE_REPORTS``)."""
     fenced: bool = False
     problem: str | None = Field(default=None, max_length=4096)
 
@@ -275,7 +298,11 @@ def encode_state(state: NodeState) -> bytes:
     for r in body["rejected"]:
         if isinstance(r.get("reason"), str) and len(r["reason"]) > 1024:
             r["reason"] = r["reason"][:1024] + "…"
-    return dump_json({"format": FORMAT, **body})
+    raw = dump_json({"format": FORMAT, **body})
+    while len(raw) > MAX_DOCUMENT_BYTES and body["engine"]:  # the engine's listing gives way first
+        body["engine"] = body["engine"][: len(body["engine"]) // 2]
+        raw = dump_json({"format": FORMAT, **body})
+    return raw
 
 
 def decode_state(raw: bytes, node: str) -> NodeState:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
+from .._runtimes.base import WorkerState
 from .._service.supervisor import Supervisor
 from .cache import write_status
-from .documents import DocumentStatus, NodeState, encode_state, now, worker_reports
+from .documents import DocumentStatus, NodeState, encode_state, engine_reports, now, worker_reports
 from .layout import Credential, ZkLayout, state_acl
 from .zk import UNAVAILABLE, Connection, ConnState, explain
 
@@ -36,6 +38,7 @@ class Reporting:
     _registered: int | None
     _applied: str | None
     _reported_version: str | None
+    _reported_engine: frozenset[tuple[str, str, str]]
     _doc: DocumentStatus | None
     _fenced: bool
     _presumed_dead: bool
@@ -51,14 +54,21 @@ class Reporting:
                          applied_version=self._applied, document=self._doc,
                          rejected=[r.to_dict() for r in self.sup.rejections()], fenced=self._fenced,
                          problem=self._problem, supervisor_version=self.sup.applied_version(),
-                         workers=worker_reports(self.sup.statuses()))
+                         workers=worker_reports(self.sup.statuses()),
+                         engine=engine_reports(self.sup.listed, self.sup.conflicts))
+
+    def _report_due(self) -> bool:
+        """A pass changed what the coordinator is told without a transition: the supervisor's applied
+        version (the last removed worker left the listing) or the engine's listing (an orphan)."""
+        return self.sup.applied_version() != self._reported_version or \
+            engine_seen(self.sup.listed) != self._reported_engine
 
     def _write_state(self, conn: ConnState) -> None:
         c, path = self.conn, self.layout.state(self.node)
         with self._cond:
             self._state_dirty = False
         state = self.node_state(conn)
-        self._reported_version = state.supervisor_version
+        self._reported_version, self._reported_engine = state.supervisor_version, engine_seen(self.sup.listed)
         body = encode_state(state)
         self._last_state_write = time.monotonic()
         try:
@@ -91,3 +101,6 @@ class Reporting:
         except OSError as exc:
             log.error("cannot write the agent status: %s", exc)
 
+
+def engine_seen(listed: Sequence[WorkerState]) -> frozenset[tuple[str, str, str]]:
+    return frozenset((w.worker_id, w.container_id, str(w.state)) for w in listed)

@@ -70,7 +70,7 @@ class Reconciler:
         self._events = EventLog(self.config.state_dir, gate=lambda: self._holds_lock())
         self._store = DesiredStore(self.config.state_dir)
         self._save_lock = threading.Lock()
-        self.listed: list[WorkerState] = []  # this supervisor's workers, as the last pass listed them
+        self.listed: list[WorkerState] = []  # the node's workers on the engine, as the last pass listed them
         self.last_pass: float | None = None
         """When the last reconcile pass completed (supervisor clock); /healthz reads it."""
         self._pass_failures = 0
@@ -153,7 +153,7 @@ class Reconciler:
                           others)
             self.conflicts = others
         actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
-        self.listed = list(actual.values())
+        self.listed = listed
         with self._lock:
             desired, loaded = dict(self._desired), self._loaded
         for wid in set(self._retry_at) & set(desired):

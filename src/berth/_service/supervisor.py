@@ -163,7 +163,9 @@ class Supervisor(Reconciler):
                 if rec is None or (rec.phase != Phase.REJECTED and rec.version != self._version) \
                         or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
                     return None
-            if any(w not in self._desired for w in [*self._busy, *(x.worker_id for x in self.listed)]):
+            ours = {*self._busy, *(x.worker_id for x in self.listed)} - \
+                {w for ids in self.conflicts.values() for w in ids}  # another supervisor's are not ours to stop
+            if ours - set(self._desired):
                 return None
             return self._version
 
