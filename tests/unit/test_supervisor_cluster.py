@@ -4,10 +4,12 @@ version means that the new workers run and the removed ones are gone."""
 from __future__ import annotations
 
 import os
+import threading
+from pathlib import Path
 
 import pytest
 
-from ._supfake import Harness, doc, spec
+from ._supfake import WAIT, Harness, doc, spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns worker directories to made-up uids")
 
@@ -31,3 +33,58 @@ def test_the_applied_version_waits_for_replacements_and_removals(h: Harness) -> 
             gate.set()
     h.watch.until(lambda: h.sup.applied_version() == "v2", "v2 applied")
     assert set(h.containers()) == {"w1"}
+
+
+def test_the_engine_probe_never_waits_on_a_frozen_engine(base: Path) -> None:
+    """/healthz and /metrics ask the probe: a listing that has not come back within a second is
+    "not answering", said at once; the last listing that did come back stays for the metrics."""
+    from berth import Node
+    from berth._runtimes.base import WorkerState
+    from berth._runtimes.fake import FakeRuntime
+    from berth._service.probe import NOT_ANSWERING, OK, EngineProbe
+
+    from ._supfake import USERS, Clock, config
+    from .conftest import FOUR_CPUS
+
+    class Frozen(FakeRuntime):
+        def __init__(self, clock: Clock) -> None:
+            super().__init__(clock=clock)
+            self.thawed, self.asked = threading.Event(), threading.Event()
+            self.thawed.set()
+
+        def list_workers(self) -> list[WorkerState]:
+            self.asked.set()
+            self.thawed.wait()
+            return super().list_workers()
+
+    clock = Clock()
+    engine = Frozen(clock)
+    probe = EngineProbe(Node(config(base), runtime=engine, host=FOUR_CPUS, identities=lambda u: USERS[u]),
+                        clock=clock)
+    assert probe.look().state == OK
+    engine.thawed.clear()
+    engine.asked.clear()
+    clock.advance(1.0)  # the next listing is due
+    assert probe.look().state == OK  # asked: the probe lists again, and stays stuck in it
+    assert engine.asked.wait(WAIT)
+    assert probe.look().state == OK  # stuck for less than a second: what it last saw
+    clock.advance(1.0)
+    view = probe.look()
+    assert view.state == NOT_ANSWERING and view.reason == "no answer to a listing for 1.0s"
+    engine.thawed.set()
+    with probe._lock:
+        assert probe._lock.wait_for(lambda: probe._since is None, WAIT)
+    assert probe.look().state == OK
+
+
+def test_a_worker_rejected_at_launch_and_then_unassigned_is_forgotten(h: Harness) -> None:
+    h.fake.missing_images.add("img:2")
+    h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701, image="img:2")))
+    h.running("w1")
+    h.watch.until(lambda: h.watch.state("w2") == "rejected", "w2 rejected at launch")
+    assert [r.worker_id for r in h.sup.rejections()] == ["w2"]
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.watch.settle()
+    assert h.watch.states() == {"w1": "running"}
+    assert h.sup.rejections() == [] and h.sup.counts()["rejected"] == 0
+    assert h.sup.desired().keys() == {"w1"}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .._core.serviceconfig import TenantToken
 from .._core.spec import WorkerSpec
-from .._exceptions import BerthError, WorkerNotFound
+from .._exceptions import WorkerNotFound
 from .._version import __version__
 from .apimodels import (
     ERRORS,
@@ -111,24 +110,9 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             raise WorkerNotFound(worker_id)  # another tenant's worker: not even its existence
         return st
 
-    probe: list[tuple[float, str]] = []
-
-    def engine_state() -> str:
-        """Asked of the engine at most once a second, however often /healthz is asked (no token
-        needed: a caller must not be able to turn it into a stream of engine calls)."""
-        now = time.monotonic()
-        if not probe or now - probe[0][0] >= 1.0:
-            try:
-                sup.node.ps()
-                state = "ok"
-            except BerthError:
-                state = "unreachable"
-            probe[:] = [(now, state)]
-        return probe[0][1]
-
     @app.get("/healthz", response_model=Health | HealthBrief, responses={503: {"model": Health | HealthBrief}})
     def healthz(caller: Caller = Depends(who)) -> JSONResponse:  # noqa: B008
-        engine = engine_state()
+        engine = metrics.probe.look().state  # never waits on the engine (a frozen dockerd does not answer)
         stale = sup.stale()
         extra = dict(health()) if health else {}
         ok = engine == "ok" and not stale and not sup.conflicts and extra.get("status", "ok") == "ok"
