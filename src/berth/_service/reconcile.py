@@ -171,8 +171,9 @@ class Reconciler:
                 if not skip and self._retry_at.get(wid, (0.0, 0))[0] <= now:
                     cid = actual[wid].container_id if wid in actual else None
                     self._submit(wid, "stop", self._stop_action, wid, cid, "no longer assigned", self.settings.grace_s)
-        with self._lock:
-            gone = [w for w, r in self._workers.items() if w not in desired and r.phase == Phase.STOPPED]
+        with self._lock:  # unassigned, and stopped or never running (rejected, waiting): forgotten
+            gone = [w for w, r in self._workers.items() if w not in desired and (r.phase == Phase.STOPPED or (
+                w not in actual and w not in self._busy and w not in self._retry_at))]
             for wid in gone:
                 del self._workers[wid]
         for wid in gone:

@@ -242,6 +242,9 @@ class Supervisor(Reconciler):
                 if spec_digest(old) != spec_digest(spec):
                     rec.failures = 0
                     continue
+                if c.get("phase") == Phase.REJECTED:  # not tried again on its own, restarted or not
+                    rec.phase = Phase.REJECTED
+                    continue
                 phase = Phase(c["phase"]) if c.get("phase") in {p.value for p in WAITING} else None
                 if phase is not None:  # the backoff goes on where it was (never longer than the cap)
                     left = float(c.get("next_start_wall") or 0.0) - wall
@@ -362,7 +365,7 @@ class Supervisor(Reconciler):
         """Assignment entries refused when set, and assigned workers that cannot launch as given."""
         with self._lock:
             later = [Rejection(self._sources.get(w, "?"), None, w, None, r.last_error or "cannot launch")
-                     for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED]
+                     for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED and w in self._desired]
             return [*self.rejected, *later]
 
     def counts(self) -> dict[str, int]:
