@@ -88,3 +88,49 @@ def test_a_worker_rejected_at_launch_and_then_unassigned_is_forgotten(h: Harness
     assert h.watch.states() == {"w1": "running"}
     assert h.sup.rejections() == [] and h.sup.counts()["rejected"] == 0
     assert h.sup.desired().keys() == {"w1"}
+
+
+def test_log_lines_say_what_happened(base: Path, stop_all: list[Harness], caplog: pytest.LogCaptureFixture) -> None:
+    """No "None -> None" for a rejection, no "exit code None" for a lost status, one line for an
+    adopted worker, and no planned stop left in supervisor.json once its exit is handled."""
+    import json
+    import logging
+
+    from berth._runtimes.base import ExitRecord
+    from berth._service.desired import STATE_FILE
+
+    caplog.set_level(logging.INFO, "berth.supervisor")
+    h = Harness(base).start()
+    stop_all.append(h)
+    h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701), spec("w3", 6702, image="not-allowed:1")))
+    h.running("w1", "w2")
+    lines = [r.getMessage() for r in caplog.records]
+    rejected = [m for m in lines if m.startswith("w3:")]
+    assert len(rejected) == 1 and rejected[0].startswith("w3: assignment rejected: "), rejected
+    assert not [m for m in lines if "None ->" in m or "-> None" in m], lines
+
+    cid = h.containers()["w2"]
+    h.fake.finish("w2", emit=False)  # it ended, and its monitor could not see how: the status is lost
+    h.fake._events.put(ExitRecord(worker_id="w2", container_id=cid, exit_code=None, signal=None, oom_killed=False,
+                                  started_at=None, finished_at=None, status_lost=True))
+    h.watch.until(lambda: h.watch.state("w2") != "running", "w2's lost exit to be handled")
+    assert any(m.startswith("w2: running -> ") and "(exited: status lost" in m for m in
+               (r.getMessage() for r in caplog.records)), [r.getMessage() for r in caplog.records]
+    assert not [r.getMessage() for r in caplog.records if "exit code None" in r.getMessage()]
+
+    h.clock.advance(1.0)  # its backoff
+    h.sup.poke()
+    h.running("w2")  # started again
+    h.sup.set_assignments(doc(spec("w1", 6700)))  # w2 unassigned: a planned stop
+    h.watch.until(lambda: set(h.containers()) == {"w1"} and "w2" not in h.watch.states(), "w2 stopped")
+    h.watch.settle()
+    assert json.loads(Path(h.config.state_dir, STATE_FILE).read_text())["planned"] == []
+
+    h.sup.stop()
+    again = Harness(base, fake=h.fake.restarted(), clock=h.clock)
+    stop_all.append(again)
+    caplog.clear()
+    again.start()
+    again.watch.settle()
+    about_w1 = [r.getMessage() for r in caplog.records if r.getMessage().startswith("w1:")]
+    assert about_w1 == ["w1: pending -> running (adopted after restart)"], about_w1

@@ -355,6 +355,8 @@ class Reconciler:
                     rec.handled_exit, rec.last_exit = ex.container_id, ex
             self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code,
                                   "oom_killed": ex.oom_killed, "cause": exit_cause(ex, planned or not desired)})
+            if planned:
+                self._persist()  # the planned stop is over: supervisor.json no longer names it
             return
         if rec.handled_exit == ex.container_id:
             return
@@ -363,9 +365,8 @@ class Reconciler:
         d = decide_exit(ex, rec.failures, by_operator, self.settings, stalled=stalled)
         self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed,
                               "cause": d.cause})
-        how = f"signal {ex.signal_name}" if ex.signal else f"exit code {ex.exit_code}"
         what = "stopped by the operator" if by_operator else \
-            "killed: its PID 1 stayed stopped" if stalled else f"exited ({how})"
+            "killed: its PID 1 stayed stopped" if stalled else f"exited: {ex.how}"
         if d.phase == Phase.CRASH_LOOPING:
             what += "; crash-looping"
         self._set(rec, d.phase, what, level=logging.INFO if d.cause in ("stop", "exit") else logging.WARNING,

@@ -192,8 +192,12 @@ class Supervisor(Reconciler):
         except BaseException:
             self.lock.release()
             raise
-        for wid in report.adopted:
-            self._event(wid, None, Phase.RUNNING, "adopted after restart")
+        for wid in report.adopted:  # one line each: the pass that finds it running says nothing more
+            rec = self._workers.get(wid)
+            if rec is not None and wid in self._desired:
+                self._set(rec, Phase.RUNNING, "adopted after restart")
+            else:
+                self._event(wid, None, Phase.RUNNING, "adopted after restart")
         for wid in report.removed:
             self._event(wid, None, None, "removed half-made container")
         if self._source is not None and self._source.notified:
