@@ -180,3 +180,36 @@ def test_cluster_ps_rows_show_the_engines_view_and_mark_the_differences() -> Non
         ("x-1", None, "running", True, "no document names it; another supervisor's (state dir /other/state)"),
     ]
     assert nodes[0]["orphans"] == ["old-1", "x-1"]
+
+
+@pytest.mark.parametrize("entry", [{"worker_id": "w\x1b[2J", "state": "running"},
+                                   {"worker_id": "wc-1", "state": "running\r"},
+                                   {"worker_id": "wc-1", "state": "running", "owner": "/x\x1b]0;pwned\x07"},
+                                   {"worker_id": "wc-1", "state": "running", "container_id": "ab\ncd"}])
+def test_a_nodes_engine_report_is_printable_or_refused(entry: dict[str, str]) -> None:
+    """``cluster ps`` prints what nodes report: a terminal escape in it refuses the report."""
+    raw = json.dumps({"format": 1, "node": "n1", "updated_at": 1.0, "engine": [entry]}).encode()
+    with pytest.raises(ClusterError) as e:
+        decode_state(raw, "n1")
+    assert (e.value.field or "").startswith("state.engine.0.")
+
+
+@pytest.mark.parametrize(("fence", "dead_after", "grace", "want"), [
+    (None, 30.0, 10.0, None),  # off
+    (5.0, None, 10.0, 5.0),  # no document read yet: the operator's number
+    (60.0, 30.0, 10.0, 20.0),  # never later than dead_after less the grace period
+    (5.0, 30.0, 10.0, 5.0),
+    (60.0, 4.0, 10.0, 0.0),  # no room at all: at once (and a WARNING says so)
+])
+def test_fencing_stops_the_workers_before_the_coordinator_may_move_them(
+        fence: float | None, dead_after: float | None, grace: float, want: float | None) -> None:
+    from types import SimpleNamespace
+
+    from berth._cluster.fencing import Fencing
+    from berth._core.clusterconfig import ClusterSection
+
+    f = Fencing()
+    f.settings = ClusterSection(fence_after_s=fence)
+    f.sup = SimpleNamespace(settings=SimpleNamespace(grace_s=grace))  # type: ignore[assignment]
+    f._dead_after_s = dead_after
+    assert f.fence_after() == want

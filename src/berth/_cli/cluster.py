@@ -330,10 +330,11 @@ def cluster_ps(ctx: click.Context, /, zk: str | None, auth_file: str | None, roo
     from rich.console import Console
 
     from .._cluster.admin import read_cluster
+    from .._cluster.drains import read_drains
     from .cluster_views import cluster_rows, cluster_tables
 
     co = _coordinator(ctx, zk, auth_file, root)
-    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout))
+    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), read_drains(co.conn, co.layout)[0])
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "workers": workers}, indent=2))
         return

@@ -3,6 +3,7 @@ about themselves is untrusted, so nothing in it is read as rich markup."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,8 +13,10 @@ if TYPE_CHECKING:
     from .._cluster.documents import EngineReport
 
 
-def cluster_rows(views: dict[str, NodeView]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def cluster_rows(views: dict[str, NodeView], drains: Mapping[str, str] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     nodes, workers = [], []
+    drains = drains or {}
     for name, v in sorted(views.items()):
         cap = v.live.capacity if v.live else None
         st = v.state
@@ -30,7 +33,7 @@ def cluster_rows(views: dict[str, NodeView]) -> tuple[list[dict[str, Any]], list
             "reason": (st.document.reason if st and st.document else None) or (st.problem if st else None),
             "workers": len(v.workers), "running": v.running(), "fenced": bool(st and st.fenced),
             "orphans": sorted({e.worker_id for e in (st.engine if st else [])} - {w.worker_id for w in v.workers}),
-            "problems": v.problems,
+            "problems": v.problems, "draining": drains.get(name),
         })
         engine = {e.worker_id: e for e in (st.engine if st else [])}
         for w in v.workers:
@@ -78,7 +81,10 @@ def cluster_tables(nodes: list[dict[str, Any]], workers: list[dict[str, Any]]) -
         nt.add_column(col)
     for n in nodes:
         cap, used = n["capacity"], n["used"]
-        note = "; ".join([*(["FENCED"] if n["fenced"] else []), *([n["reason"]] if n["reason"] else []),
+        note = "; ".join([*(["FENCED"] if n["fenced"] else []),
+                          *([f"DRAINING ({n['draining']}): remove-node --drain runs, or was cut short (run it "
+                             "again to finish)"] if n["draining"] else []),
+                          *([n["reason"]] if n["reason"] else []),
                           *([f"{len(n['orphans'])} orphan(s) on its engine"] if n["orphans"] else []),
                           *n["problems"]])
         row(nt, n["node"], "yes" if n["live"] else "NO", n["host"],

@@ -352,7 +352,9 @@ class Agent(Reporting, Fencing):
             return
         for fn in self.apply_listeners:
             fn(version, started)
-        self._dead_after_s = doc.dead_after_s
+        if doc.dead_after_s != self._dead_after_s:
+            self._dead_after_s = doc.dead_after_s
+            self._check_fencing()
         parsed = parse_document({"workers": list(doc.workers)}, self.source)
         check_capacity(parsed, self.capacity, self.sup.config.container, self.source)
         rejected = self.sup.set_assignments(parsed, version=version)

@@ -239,10 +239,11 @@ class EngineReport(BaseModel):
     whether or not any document names it."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    worker_id: str = Field(max_length=128)
-    state: str = Field(max_length=32)
-    container_id: str | None = Field(default=None, max_length=80)
-    owner: str | None = Field(default=None, max_length=256)
+    worker_id: str = Field(max_length=128, pattern=f"^{ID_PATTERN.pattern}$")
+    """Printed by ``cluster ps``: what a node writes is untrusted, so no control characters."""
+    state: str = Field(max_length=32, pattern=r"^[a-z -]+$")
+    container_id: str | None = Field(default=None, max_length=80, pattern=r"^[0-9A-Za-z]*$")
+    owner: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
     """The state dir of the other supervisor that launched it; None: this node's own."""
 
 

@@ -45,6 +45,16 @@ class Fencing:
             limit = min(limit, max(0.0, self._dead_after_s - self.sup.settings.grace_s))
         return limit
 
+    def _check_fencing(self) -> None:
+        """Say so when the coordinator's dead_after leaves fencing no room: it then stops the workers
+        at every loss of the connection, a leader election of the ensemble included."""
+        limit = self.fence_after()
+        if limit is not None and self._dead_after_s is not None and limit < self.settings.session_timeout_s:
+            log.warning("fencing stops every worker %.0fs after the connection is lost: the coordinator moves them "
+                        "after %.0fs (dead_after) and a stop takes up to %.0fs (grace_s); a longer --dead-after "
+                        "spares the workers short losses of the connection", limit, self._dead_after_s,
+                        self.sup.settings.grace_s)
+
     def _cut_off_due(self, conn: ConnState) -> list[float]:
         """When (monotonic) the next decision about a node cut off is due."""
         if conn.connected or conn.down_since is None:

@@ -60,6 +60,8 @@ def _drain(co: Coordinator, node: str, v: NodeView, deadline: float, timeout_s: 
         _until_running(co, {n: w for n, w in fresh.items() if w}, deadline, timeout_s)
         say(f"the replacements run; stopping {node}'s own workers")
         versions = _passed(co, set_drain(co.conn, co.layout, node, STOPPING), deadline)
+        if node not in versions:
+            raise ClusterError("node", f"{node} was removed meanwhile (by another remove-node?)")
         conv = co.converge({node: versions[node]}, max(0.0, deadline - time.monotonic()))
         if not conv.done:
             raise ClusterError("node", f"{node} did not stop its workers within {timeout_s:g}s: {conv.nodes[node]}")
