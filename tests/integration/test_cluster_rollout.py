@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from bench.cluster import most_down
+
 from ._cluster import WAIT, Cluster, worker_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -35,26 +37,6 @@ def test_converged_only_once_the_replacements_run(cluster: Cluster) -> None:
     assert set(now) == set(old), "converged while a removed worker still ran"  # wc's updated in place
 
 
-def most_down(c: Cluster, topology: str, since: float, until: float) -> tuple[int, set[str]]:
-    """From the engine's own event history: the most workers of ``topology`` down at one moment
-    (a worker is down from the kill or death of its container to the start of its next one), and
-    the workers that started a new container."""
-    events = c.docker.events(since=int(since), until=int(until) + 1, decode=True,
-                             filters={"type": "container", "label": f"berth.topology={c.prefix}-{topology}"})
-    down: set[str] = set()
-    started: set[str] = set()
-    worst = 0
-    for e in sorted(events, key=lambda e: e["timeNano"]):
-        wid = e["Actor"]["Attributes"]["berth.worker"]
-        if e["Action"] in ("kill", "die", "stop"):
-            down.add(wid)
-        elif e["Action"] == "start":
-            down.discard(wid)
-            started.add(wid)
-        worst = max(worst, len(down))
-    return worst, started
-
-
 def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -> None:
     c = cluster
     for s in "ab":
@@ -69,8 +51,8 @@ def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -
     until = time.time() + 1
     now = {**c.running("a"), **c.running("b")}
     assert set(now) == set(old) and not set(now.values()) & set(old.values())
-    worst, started = most_down(c, "wc", since, until)
-    assert started == set(old)
+    worst, started = most_down(c.docker, f"{c.prefix}-wc", since, until)
+    assert started == len(old)
     assert worst == 1, f"{worst} workers of 4 were down at once"
     assert result.placement.rolling == {}
 
@@ -90,8 +72,8 @@ def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -
             c.store({"wc": worker_topology(4, env={"GENERATION": "3"}, max_unavailable=2)}), WAIT)
         assert unplaced == {}
         c.converge(versions)
-        worst, started = most_down(c, "wc", since, time.time() + 1)
-        assert started == set(old) and worst == 2
+        worst, started = most_down(c.docker, f"{c.prefix}-wc", since, time.time() + 1)
+        assert started == len(old) and worst == 2
     finally:
         stop.set()
         co._poke()
