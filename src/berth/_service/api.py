@@ -112,7 +112,7 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
 
     @app.get("/healthz", response_model=Health | HealthBrief, responses={503: {"model": Health | HealthBrief}})
     def healthz(caller: Caller = Depends(who)) -> JSONResponse:  # noqa: B008
-        engine = metrics.probe.look(max_age_s=1.0).state  # within 1 s, whatever the engine does
+        engine = metrics.probe.look(max_age_s=1.0).state  # within a second, whatever the engine does
         stale = sup.stale()
         extra = dict(health()) if health else {}
         ok = engine == "ok" and not stale and not sup.conflicts and extra.get("status", "ok") == "ok"

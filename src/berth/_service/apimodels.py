@@ -109,8 +109,8 @@ class HealthBrief(BaseModel):
 
 class Health(HealthBrief):
     node: str
-    engine: str = Field(description="ok, unreachable, or not answering (a listing that has not come back within "
-                                    "1 s), as the engine probe last saw it: never waited for.")
+    engine: str = Field(description="ok, unreachable, or not answering (a listing of the workers not back within "
+                                    "0.8 s): /healthz answers within a second whatever the engine does.")
     loop: str
     last_pass_age_s: float | None
     version: str | None

@@ -28,8 +28,8 @@ class _LiveCollector(Collector):
         for state, n in self.sup.counts().items():
             by_state.add_metric([state], n)
         yield by_state
-        view = self.probe.look()  # within 1 s, whatever the engine does (then the last memory read)
-        yield GaugeMetricFamily("berth_engine_up", "1 while the engine answers (a listing within 1 s).",
+        view = self.probe.look()  # within a second, whatever the engine does (then the last memory read)
+        yield GaugeMetricFamily("berth_engine_up", "1 while the engine answers (a listing within 0.8 s).",
                                 value=1 if view.state == OK else 0)
         mem = GaugeMetricFamily("berth_worker_memory_bytes", "Memory of each running worker, from its cgroup.",
                                 labels=["worker"])

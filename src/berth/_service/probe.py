@@ -22,6 +22,8 @@ from .._node.node import Node
 from .._runtimes.base import WorkerState
 
 OK, UNREACHABLE, NOT_ANSWERING = "ok", "unreachable", "not answering"
+ANSWER_S = 0.8
+"""How long a question waits for the probe in flight (from its start): the answer comes within a second."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class EngineView:
 
 
 class EngineProbe:
-    def __init__(self, node: Node, timeout_s: float = 1.0) -> None:
+    def __init__(self, node: Node, timeout_s: float = ANSWER_S) -> None:
         self.node = node
         self.timeout_s = timeout_s
         self._cond = threading.Condition()
