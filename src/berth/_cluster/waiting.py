@@ -72,6 +72,9 @@ class Waiting:
                 views = read_cluster(self.conn, self.layout)
                 return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
             if time.monotonic() >= deadline:
+                if version_number(st.get(key)) >= version_number(version):
+                    raise ClusterError("schedule", f"the rolling replacement is still going on after {timeout_s:g}s "
+                                                   f"(workers on their old spec: {st.get('rolling')})")
                 raise ClusterError("schedule", f"the active coordinator did not place the topologies in {timeout_s:g}s")
             self.conn.client.exists_async(self.layout.schedule_state, watch=self._poke)
             self._wait_change(seen, min(1.0, deadline - time.monotonic()))
