@@ -230,3 +230,18 @@ def test_cluster_ps_shows_what_the_engines_run_orphans_included(cluster: Cluster
     assert all(rows[w]["engine"] == "running" and rows[w]["note"] is None for w in c.running("a") if "wc" in w)
     table = subprocess.run(c.berth("cluster", "ps"), capture_output=True, text=True, timeout=120)
     assert "ORPHAN" in table.stdout and f"{c.prefix}-stray-1" in table.stdout, table.stdout
+
+
+def test_a_nodes_unreadable_report_does_not_make_the_coordinator_rewrite_its_document(cluster: Cluster) -> None:
+    """Rewritten on every pass, a document would be read and applied again and again (and, while a
+    rolling replacement watches the reports, for ever)."""
+    c = cluster
+    a = c.add_node("a")
+    c.start_agent("a")
+    c.until_znode(c.layout.live(a.name), True, "the agent to register")
+    co = c.coordinator()
+    c.converge(c.schedule({"wc": worker_topology(1)}, co=co).versions)
+    c.admin.client.set(c.layout.state(a.name), b'{"format": 1, "node": "someone-else"}')
+    assert c.views()[a.name].problems
+    result = c.schedule({"wc": worker_topology(1)}, co=co)
+    assert result.written == []

@@ -240,6 +240,8 @@ class NodeView:
     doc_stat_version: int | None = None
     """The znode's data version, for the transaction's version check."""
     doc_dead_after_s: float | None = None
+    doc_damaged: bool = False
+    """The document itself could not be used whole (the coordinator writes it again)."""
     state: NodeState | None = None
 
     def applied(self) -> bool:
@@ -297,6 +299,8 @@ def read_cluster(conn: Connection, layout: ZkLayout) -> dict[str, NodeView]:
                         v.workers.append(spec_from_mapping(entry, source=f"workers[{i}]"))
                     except BerthError as exc:
                         v.problems.append(f"{path}: {exc}")
+                        v.doc_damaged = True
         except ClusterError as exc:
             v.problems.append(f"{path}: {exc}")
+            v.doc_damaged = v.doc_damaged or kind == "doc"
     return views

@@ -192,8 +192,8 @@ class Coordinator(Waiting):
         written = []
         for name, specs in placement.docs.items():
             v = views[name]
-            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.problems \
-                    and v.doc_dead_after_s == self.dead_after_s:
+            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.doc_damaged \
+                    and v.doc_dead_after_s == self.dead_after_s:  # (a node's bad report is no reason)
                 continue
             if v.doc_stat_version is None:
                 continue  # no document znode: the node is half-enrolled; add-node makes it
