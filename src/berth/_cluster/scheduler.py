@@ -270,8 +270,8 @@ class Coordinator(Waiting):
             except CancelledError:
                 return False
             except (*UNAVAILABLE, KazooException) as exc:
-                log.info("waiting for the coordinator lock: %s", explain(exc, self.layout.lock))
-                self._wait(stop, 1.0)
+                log.warning("waiting for the coordinator lock: %s", explain(exc, self.layout.lock))
+                stop.wait(1.0)  # a second between attempts, whatever else woke the coordinator
             finally:
                 self._waiting = None
         return False
