@@ -281,6 +281,9 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
     notes = REPO / "bench" / "NOTES.md"
     if notes.exists():
         out += [notes.read_text().rstrip(), ""]
+    cluster = REPO / "bench" / "CLUSTER.md"  # python -m bench.cluster's tables, kept when this is made again
+    if cluster.exists():
+        out += [cluster.read_text().rstrip(), ""]
     return "\n".join(out)
 
 

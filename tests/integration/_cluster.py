@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -138,13 +139,14 @@ class Cluster:
         init_cluster(self.admin, self.layout, self.cred)
         self.agents: dict[str, Agent] = {}
         self.coordinators: list[Coordinator] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.docker = docker.APIClient(base_url=SOCKET, version="auto")
 
     def node(self, short: str) -> str:
         return f"{self.prefix}-{short}"
 
     def add_node(self, short: str, ports: tuple[int, ...] = tuple(range(6700, 6710)), memory_mb: int = 2000,
-                 cpu_percent: int = 400) -> Agent:
+                 cpu_percent: int = 400, **supervisor: float) -> Agent:
         name, d = self.node(short), self.base / short
         d.mkdir()
         cred = new_credential(node_user(name))
@@ -155,6 +157,7 @@ class Cluster:
             f'[node]\nname = "{name}"\nlocal_dir = "{d}/local"\nlog_dir = "{d}/log"\nstate_dir = "{d}/state"\n'
             f'docker_host = "{SOCKET}"\n[images]\ndefault = "{PY_IMAGE}"\n[container]\ncgroup_parent = "/berth-test"\n'
             f'[supervisor]\ngrace_s = 1.0\nbackoff_base_s = 0.2\nbackoff_cap_s = 2.0\nresync_s = 0.5\n'
+            + "".join(f"{k} = {v}\n" for k, v in supervisor.items()) +
             f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\nsession_timeout_s = {SESSION_S}\n'
             f'reconnect_max_delay_s = 0.5\nstate_interval_s = 0.2\nports = {list(ports)}\n'
             f'memory_mb = {memory_mb}\ncpu_percent = {cpu_percent}\n')
@@ -174,6 +177,33 @@ class Cluster:
 
     # -- the coordinator -------------------------------------------------------------------------
 
+    def berth(self, *args: str) -> list[str]:
+        """A ``berth`` command line with the coordinator's identity and this cluster's settings."""
+        cfg = self.base / "coordinator.toml"
+        if not cfg.exists():
+            cfg.write_text(f'[cluster]\nzk = "{self.hosts}"\nroot = "{self.settings.root}"\n'
+                           f'session_timeout_s = {SESSION_S}\nreconnect_max_delay_s = 0.5\n')
+        return [sys.executable, "-m", "berth", "--config", str(cfg), *args[:2],
+                "--auth", str(self.base / "coordinator.auth"), *args[2:]]
+
+    def start_coordinator(self, tag: str, *args: str) -> subprocess.Popen[bytes]:
+        """``berth schedule --follow`` in a process of its own (it is SIGKILLed); output in ``<tag>.log``."""
+        log = open(self.base / f"{tag}.log", "ab")  # noqa: SIM115 - the child holds it
+        proc = subprocess.Popen(self.berth("schedule", "--follow", *args),
+                                stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self, tag: str) -> str:
+        return (self.base / f"{tag}.log").read_text(errors="replace")
+
+    def store(self, topologies: dict[str, Any], co: Coordinator | None = None) -> str | None:
+        """Store the topologies (named as ``schedule`` names them) for the active coordinator."""
+        co = co or self.coordinator()
+        named = {f"{self.prefix}-{k}": v for k, v in topologies.items()}
+        return co.store_topologies(parse_topologies({"topologies": named}))
+
     def coordinator(self, dead_after_s: float = 30.0) -> Coordinator:
         co = Coordinator(self.hosts, self.cred, self.settings, dead_after_s)
         co.connect(30)
@@ -188,7 +218,7 @@ class Cluster:
         co.store_topologies(parse_topologies({"topologies": named}))
         assert co.acquire(blocking=True, timeout_s=30), "no coordinator lock"
         try:
-            return co.run_pass()
+            return co.roll_out(WAIT)  # as berth schedule does: passes until no rolling replacement is left
         finally:
             co.lock.release()
             co.lock = None
@@ -263,6 +293,10 @@ class Cluster:
         return worker_id.rsplit("-", 1)[0].removeprefix(self.prefix + "-")
 
     def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(60)
         for a in self.agents.values():
             with contextlib.suppress(Exception):
                 a.stop(signal.SIGKILL)
@@ -292,6 +326,73 @@ def private_cluster(private_zookeeper: Ensemble, engine: str, users: Any, base: 
     c = Cluster(private_zookeeper, base)
     yield c
     c.close()
+
+
+class Partition:
+    """TCP relays in front of the ensemble's servers: an agent that reaches ZooKeeper through them
+    can be cut off (its connections closed, new ones closed as soon as accepted) while everyone
+    else still reaches the ensemble: a network partition of one node, on one machine."""
+
+    def __init__(self, hosts: str) -> None:
+        self.up = True
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._listeners: list[socket.socket] = []
+        ports = []
+        for hp in hosts.split(","):
+            host, port = hp.rsplit(":", 1)
+            srv = socket.create_server(("127.0.0.1", 0))
+            self._listeners.append(srv)
+            ports.append(srv.getsockname()[1])
+            threading.Thread(target=self._accept, args=(srv, (host, int(port))), daemon=True).start()
+        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def _accept(self, srv: socket.socket, target: tuple[str, int]) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return  # closed
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._socks |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def heal(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        for srv in self._listeners:
+            srv.close()
 
 
 def login(hosts: str, user: str, password: str) -> Connection:

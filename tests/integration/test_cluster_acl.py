@@ -194,3 +194,24 @@ def test_lock_ensemble_closes_zookeepers_own_top_to_made_up_identities(private_z
                 admin.client.set_acls(path, OPEN_ACL_UNSAFE)
             remove_cluster(admin, ZkLayout(root))
             admin.close()
+
+
+def test_remove_node_deletes_nothing_when_it_cannot_delete_everything(acl: Setup) -> None:
+    """A znode the node's identity gave children under its own ACL: named, and nothing removed
+    (the removal is one transaction, checked first by one made to fail)."""
+    from berth._cluster.admin import remove_node
+    from berth._cluster.quota import quota_dir
+
+    L, a = acl.layout, acl.as_node("n1").client
+    quota = quota_dir(L.node("n1"))
+    for path in (f"{quota}/zookeeper_stats", f"{quota}/zookeeper_limits", quota):  # an ensemble without quotas
+        acl.admin.client.delete(path)
+    a.create(f"{L.node('n1')}/junk", b"", acl=[make_acl("auth", "", all=True)])
+    a.create(f"{L.node('n1')}/junk/deeper", b"")
+    with pytest.raises(ClusterError, match=r"cannot remove .*/n1/junk: the node's identity gave it children"):
+        remove_node(acl.admin, L, "n1")
+    for path in (L.node("n1"), L.state("n1"), L.assignment("n1"), f"{L.node('n1')}/junk"):
+        assert acl.admin.client.exists(path) is not None, path
+    a.delete(f"{L.node('n1')}/junk/deeper")
+    remove_node(acl.admin, L, "n1")  # a leaf under the node's own ACL is deleted unread
+    assert acl.admin.client.exists(L.node("n1")) is None and acl.admin.client.exists(L.assignment("n1")) is None

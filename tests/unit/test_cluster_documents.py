@@ -140,3 +140,76 @@ def test_the_document_cache_survives_and_refuses_damage(tmp_path: Path) -> None:
     cache.path.write_text('{"node":"n1","version":"0x1","document":"***"}')
     with pytest.raises(ClusterError, match="damaged"):
         cache.load("n1")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(30, True), (4.5, True), (0, False), (True, False), ("30", False),
+                                           (10**9, False)])
+def test_a_documents_dead_after_is_a_bounded_number_of_seconds(value: object, ok: bool) -> None:
+    if ok:
+        assert decode_assignment(doc(dead_after_s=value), "n1").dead_after_s == float(value)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ClusterError) as e:
+            decode_assignment(doc(dead_after_s=value), "n1")
+        assert e.value.field == "document.dead_after_s"
+
+
+def test_cluster_ps_rows_show_the_engines_view_and_mark_the_differences() -> None:
+    from berth._cli.cluster_views import cluster_rows
+    from berth._cluster.admin import NodeView
+    from berth._core.spec import WorkerSpec
+
+    def spec(wid: str, port: int) -> WorkerSpec:
+        return WorkerSpec(worker_id=wid, topology_id="wc", port=port, user="alice", command=("x",))
+
+    state = decode_state(json.dumps({
+        "format": 1, "node": "n1", "updated_at": 1.0,
+        "workers": [{"worker_id": w, "state": s} for w, s in (("wc-1", "running"), ("wc-2", "running"),
+                                                               ("wc-3", "backoff"), ("old-1", "stopping"))],
+        "engine": [{"worker_id": "wc-1", "state": "running"}, {"worker_id": "wc-2", "state": "exited"},
+                   {"worker_id": "wc-3", "state": "running"}, {"worker_id": "old-1", "state": "running"},
+                   {"worker_id": "x-1", "state": "running", "owner": "/other/state"}]}).encode(), "n1")
+    view = NodeView("n1", workers=[spec("wc-1", 1), spec("wc-2", 2), spec("wc-3", 3), spec("wc-4", 4)], state=state)
+    nodes, rows = cluster_rows({"n1": view})
+    got = [(r["worker_id"], r["state"], r["engine"], r["orphan"], r["note"]) for r in rows]
+    assert got == [
+        ("wc-1", "running", "running", False, None),
+        ("wc-2", "running", "exited", False, "the engine has it exited"),
+        ("wc-3", "backoff", "running", False, "the engine runs it"),
+        ("wc-4", None, None, False, None),
+        ("old-1", "stopping", "running", True, "no document names it; this node's supervisor: stopping"),
+        ("x-1", None, "running", True, "no document names it; another supervisor's (state dir /other/state)"),
+    ]
+    assert nodes[0]["orphans"] == ["old-1", "x-1"]
+
+
+@pytest.mark.parametrize("entry", [{"worker_id": "w\x1b[2J", "state": "running"},
+                                   {"worker_id": "wc-1", "state": "running\r"},
+                                   {"worker_id": "wc-1", "state": "running", "owner": "/x\x1b]0;pwned\x07"},
+                                   {"worker_id": "wc-1", "state": "running", "container_id": "ab\ncd"}])
+def test_a_nodes_engine_report_is_printable_or_refused(entry: dict[str, str]) -> None:
+    """``cluster ps`` prints what nodes report: a terminal escape in it refuses the report."""
+    raw = json.dumps({"format": 1, "node": "n1", "updated_at": 1.0, "engine": [entry]}).encode()
+    with pytest.raises(ClusterError) as e:
+        decode_state(raw, "n1")
+    assert (e.value.field or "").startswith("state.engine.0.")
+
+
+@pytest.mark.parametrize(("fence", "dead_after", "grace", "want"), [
+    (None, 30.0, 10.0, None),  # off
+    (5.0, None, 10.0, 5.0),  # no document read yet: the operator's number
+    (60.0, 30.0, 10.0, 20.0),  # never later than dead_after less the grace period
+    (5.0, 30.0, 10.0, 5.0),
+    (60.0, 4.0, 10.0, 0.0),  # no room at all: at once (and a WARNING says so)
+])
+def test_fencing_stops_the_workers_before_the_coordinator_may_move_them(
+        fence: float | None, dead_after: float | None, grace: float, want: float | None) -> None:
+    from types import SimpleNamespace
+
+    from berth._cluster.fencing import Fencing
+    from berth._core.clusterconfig import ClusterSection
+
+    f = Fencing()
+    f.settings = ClusterSection(fence_after_s=fence)
+    f.sup = SimpleNamespace(settings=SimpleNamespace(grace_s=grace))  # type: ignore[assignment]
+    f._dead_after_s = dead_after
+    assert f.fence_after() == want

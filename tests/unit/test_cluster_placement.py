@@ -167,3 +167,79 @@ def test_cluster_ps_shows_the_capped_offer_and_says_what_the_node_claimed() -> N
     [node], _ = cluster_rows({"liar": NodeView("liar", live=reg)}, settings)
     assert node["capacity"] == {"cpu_percent": 800, "memory_mb": 1000, "ports": 2, "zones": 0}
     assert node["problems"] == ["claims cpu 409600%, 3 ports: capped by the coordinator's cluster.node_max_*"]
+
+
+def test_one_pass_places_with_the_ports_its_shrinks_free_whatever_the_names() -> None:
+    """``aa`` grows while ``zz`` shrinks on a full node: ``aa`` gets the ports ``zz`` gives back."""
+    zz = topo(3)
+    nodes = [NodeInput("a", cap(), True, workers=[worker_spec("zz", zz, f"zz-{i}", 6699 + i, None) for i in (1, 2, 3)])]
+    p = place({"aa": topo(2), "zz": topo(1)}, nodes, {"zz": 3})
+    assert ids(p.docs) == {"a": ["aa-1", "aa-2", "zz-1"]}
+    assert [w.port for w in p.docs["a"]] == [6701, 6702, 6700]
+    assert p.unplaced == {}
+
+
+def test_a_dead_nodes_workers_that_fit_nowhere_else_stay_on_it() -> None:
+    """Emptying its document would stop them when it comes back, and nothing would run instead."""
+    t = topo(3)
+    gone = [worker_spec("wc", t, f"wc-{i}", 6699 + i, None) for i in (1, 2, 3)]
+    nodes = [NodeInput("a", cap(), False, dead=True, workers=gone), NodeInput("b", cap(ports=(6700,)), True)]
+    p = place({"wc": t}, nodes, {"wc": 3})
+    assert ids(p.docs) == {"a": ["wc-2", "wc-3"], "b": ["wc-4"]}
+    assert p.moved == [("wc-1", "a")]
+    assert p.stranded == {"wc": 2} and p.unplaced == {}
+    # a coordinator that never saw the node live (no capacity known) keeps them the same way
+    p = place({"wc": t}, [NodeInput("a", None, False, dead=True, workers=gone)], {"wc": 3})
+    assert ids(p.docs) == {"a": ["wc-1", "wc-2", "wc-3"]} and p.stranded == {"wc": 3} and p.moved == []
+    # a shrink drops the dead node's workers first: nothing to move, nothing stranded
+    p = place({"wc": topo(1)}, nodes, {"wc": 3})
+    assert ids(p.docs) == {"a": [], "b": ["wc-4"]} and p.stranded == {} and p.moved == [("wc-1", "a")]
+
+
+def test_a_changed_topology_is_replaced_a_few_workers_at_a_time() -> None:
+    """A rolling replacement: at most ``max_unavailable`` of a topology's workers down at a time
+    (25% by default, at least one); workers that are down anyway change at once."""
+    new = Topology(user="alice", command=CMD, workers=4, cpu_percent=100, memory_mb=100, env={"G": "2"})
+    node = NodeInput("a", cap(ports=(6700, 6701, 6702, 6703)), True,
+                     workers=[worker_spec("wc", topo(4), f"wc-{i}", 6699 + i, None) for i in (1, 2, 3, 4)])
+
+    def step(ready: set[str], topology: Topology = new) -> list[str]:
+        node.ready = frozenset(ready)
+        p = place({"wc": topology}, [node], {"wc": 4})
+        assert [w.worker_id for w in p.docs["a"]] == ["wc-1", "wc-2", "wc-3", "wc-4"] and p.unplaced == {}
+        node.workers = p.docs["a"]
+        waiting = sum(1 for w in p.docs["a"] if w.env != topology.env)
+        assert p.rolling == ({"wc": waiting} if waiting else {})
+        return [w.worker_id for w in p.docs["a"] if w.env == topology.env]
+
+    everyone = {"wc-1", "wc-2", "wc-3", "wc-4"}
+    assert step(everyone) == ["wc-1"]
+    assert step(everyone - {"wc-1"}) == ["wc-1"]  # wc-1 is not running its new spec yet: nothing more
+    assert step(everyone) == ["wc-1", "wc-2"]
+    assert step({"wc-1", "wc-2"}) == ["wc-1", "wc-2", "wc-3", "wc-4"]  # wc-3 and wc-4 are down anyway
+    newer = new.model_copy(update={"env": {"G": "3"}, "max_unavailable": "50%"})
+    assert step(everyone, newer) == ["wc-1", "wc-2"]
+    newest = new.model_copy(update={"env": {"G": "4"}, "max_unavailable": 3})
+    assert step(everyone, newest) == ["wc-1", "wc-2", "wc-3"]
+
+
+def test_max_unavailable_is_a_count_or_a_percentage() -> None:
+    def parsed(v: object) -> Topology:
+        return parse_topologies({"topologies": {"wc": {"user": "a", "command": ["x"], "workers": 15,
+                                                       "max_unavailable": v}}})["wc"]
+
+    assert [parsed(v).unavailable() for v in (1, 4, "25%", "10%", "100%")] == [1, 4, 3, 1, 15]
+    for bad in (0, "0%", "101%", "25", "x%", -1):
+        with pytest.raises(ClusterError) as e:
+            parsed(bad)
+        assert e.value.field == "topologies.wc.max_unavailable", bad
+
+
+def test_a_draining_node_keeps_its_workers_while_other_nodes_get_their_replacements() -> None:
+    t = topo(2)
+    nodes = [NodeInput("a", cap(), True, workers=[worker_spec("wc", t, "wc-1", 6700, None),
+                                                  worker_spec("wc", t, "wc-2", 6701, None)], draining=True),
+             NodeInput("b", cap(), True)]
+    p = place({"wc": t, "new": topo(1)}, nodes, {"wc": 2})
+    assert ids(p.docs) == {"a": ["wc-1", "wc-2"], "b": ["new-1", "wc-3", "wc-4"]}
+    assert p.unplaced == {} and p.moved == []

@@ -74,9 +74,11 @@ def test_cluster_ps_prints_what_nodes_wrote_escaped() -> None:
     nodes = [{"node": "n1", "live": True, "host": EVIL, "capacity": {"cpu_percent": 200, "memory_mb": 1024,
                                                                      "ports": 2, "zones": 0},
               "used": {"cpu_percent": 0, "memory_mb": 0, "ports": 0}, "document": "0x1", "applied": EVIL,
-              "reason": EVIL, "workers": 0, "running": 0, "fenced": False, "problems": [EVIL]}]
+              "reason": EVIL, "workers": 0, "running": 0, "fenced": False, "problems": [EVIL],
+              "orphans": [EVIL], "draining": EVIL}]
     workers = [{"node": "n1", "worker_id": "w1", "topology_id": "t", "port": 6700, "user": "u", "cpu_percent": 1,
-                "memory_mb": 1, "numa_node": None, "state": EVIL, "restarts": 0}]
+                "memory_mb": 1, "numa_node": None, "state": EVIL, "restarts": 0, "engine": EVIL, "orphan": False,
+                "note": EVIL}]
     text = "".join(_render(t) for t in cluster_tables(nodes, workers))
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert text.count("\\x1b]0;pwned\\x07") >= 4

@@ -22,7 +22,8 @@ from .app import get_config, get_node, main, setup_logging
 
 if TYPE_CHECKING:
     from .._cluster.layout import Credential
-    from .._cluster.scheduler import Convergence, Coordinator
+    from .._cluster.scheduler import Coordinator
+    from .._cluster.waiting import Convergence
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_CONVERGED = 3
@@ -69,8 +70,9 @@ def _logging() -> None:
 @main.command()
 @zk_options
 @click.option("--node", "node_name", help="This node's name (default: node.name of the config).")
-@click.option("--fence-after", type=float, help="Stop every worker after this many seconds without ZooKeeper "
-                                                "(default: off; workers keep running, as in Storm).")
+@click.option("--fence-after", type=float, help="Stop every worker after this many seconds without ZooKeeper, "
+                                                "and before the coordinator may move them (default: off; workers "
+                                                "keep running, as in Storm).")
 @click.option("--socket", "socket_path", help="API socket (default: api.socket, or <state_dir>/api.sock).")
 @click.option("--no-api", is_flag=True, help="Do not serve the HTTP API.")
 @click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
@@ -149,16 +151,19 @@ def schedule(ctx: click.Context, /, zk: str | None, auth_file: str | None, root:
     if follow:
         _follow(co)
         return
+    rolling: dict[str, int] = {}
     if co.acquire(blocking=False):
-        result = co.run_pass()
-        co.lock.release()
-        versions, unplaced = result.versions, result.placement.unplaced
+        try:  # no active coordinator: this command drives a rolling replacement to its end itself
+            result = co.roll_out(wait_s)
+        finally:
+            co.lock.release()
+        versions, unplaced, rolling = result.versions, result.placement.unplaced, result.placement.rolling
     else:
         click.echo(f"coordinator {co.active_coordinator()} is active: it applies the topologies", err=True)
         versions, unplaced = co.wait_for_pass(co.read_topologies()[1], max(wait_s, 60.0))
     conv = co.converge(versions, wait_s) if wait_s > 0 else None
-    _report(versions, unplaced, conv, as_json)
-    if unplaced or (conv is not None and not conv.done):
+    _report(versions, unplaced, conv, as_json, rolling)
+    if unplaced or rolling or (conv is not None and not conv.done):
         ctx.exit(EXIT_NOT_CONVERGED)
 
 
@@ -170,23 +175,25 @@ def _follow(co: Coordinator) -> None:
 
     def on_signal(*_: Any) -> None:
         stop.set()
+        co.cancel_wait()
         co._poke()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     if not co.acquire(blocking=False):
         click.echo(f"waiting for the active coordinator ({co.active_coordinator()}) to go", err=True)
-        while not stop.is_set() and not co.acquire(blocking=True, timeout_s=1.0):
-            pass
-    if not stop.is_set():
-        click.echo(f"active coordinator {co.identifier}", err=True)
-        co.follow(stop)
+        if not co.wait_for_lock(stop):
+            return
+    click.echo(f"active coordinator {co.identifier}", err=True)
+    co.follow(stop)
 
 
-def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool) -> None:
+def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool,
+            rolling: dict[str, int]) -> None:
     if as_json:
-        click.echo(json.dumps({"versions": versions, "unplaced": unplaced, "converged": conv.done if conv else None,
-                               "nodes": conv.nodes if conv else {}}, indent=2))
+        click.echo(json.dumps({"versions": versions, "unplaced": unplaced, "rolling": rolling,
+                               "converged": conv.done if conv else None, "nodes": conv.nodes if conv else {}},
+                              indent=2))
         return
 
     def say(text: str) -> None:  # what nodes report is theirs to write
@@ -194,6 +201,9 @@ def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergenc
 
     for tid, n in sorted(unplaced.items()):
         say(f"unplaced: {n} worker(s) of {tid}: no live node has a free port and enough cpu and memory")
+    for tid, n in sorted(rolling.items()):
+        say(f"rolling: {n} worker(s) of {tid} still on the old spec (the replaced ones did not run in time; "
+            "berth schedule --follow, or schedule again, goes on)")
     if conv is None:
         say("written: " + ", ".join(f"{n}={v}" for n, v in sorted(versions.items())))
         return
@@ -300,14 +310,18 @@ def cluster_add_node(ctx: click.Context, /, zk: str | None, auth_file: str | Non
 @cluster.command(name="remove-node")
 @zk_options
 @click.argument("name")
+@click.option("--drain", is_flag=True, help="A live node: place its workers on other nodes, wait until they run "
+                                            "there, stop its own, then remove it.")
+@click.option("--wait", "wait_s", type=float, default=300.0, show_default=True,
+              help="Seconds a drain may take (past them it is undone).")
 @click.pass_context
 def cluster_remove_node(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: str | None,
-                        name: str) -> None:
-    """Remove node NAME's znodes (its identity stops working). Schedule its workers away first."""
-    from .._cluster.admin import remove_node
+                        name: str, drain: bool, wait_s: float) -> None:
+    """Remove node NAME's znodes (its identity stops working). A live node is refused unless --drain."""
+    from .._cluster.removal import remove
 
     co = _coordinator(ctx, zk, auth_file, root)
-    remove_node(co.conn, co.layout, name)
+    remove(co, name, drain, wait_s, lambda line: click.echo(line, err=True))
     click.echo(f"node {name} removed")
 
 
@@ -321,10 +335,11 @@ def cluster_ps(ctx: click.Context, /, zk: str | None, auth_file: str | None, roo
     from rich.console import Console
 
     from .._cluster.admin import read_cluster
+    from .._cluster.drains import read_drains
     from .cluster_views import cluster_rows, cluster_tables
 
     co = _coordinator(ctx, zk, auth_file, root)
-    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), co.settings)
+    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), co.settings, read_drains(co.conn, co.layout)[0])
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "workers": workers}, indent=2))
         return

@@ -24,7 +24,7 @@ from .._core.storm import load_storm_yaml
 from .._exceptions import BerthError, ConfigError, SpecError
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
-from .views import ended, ps_rows, ps_table, rejection_line, with_supervisor
+from .views import ended, ps_notes, ps_rows, ps_table, rejection_line, with_supervisor
 
 if TYPE_CHECKING:
 
@@ -181,8 +181,8 @@ def ps(ctx: click.Context, /, as_json: bool) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(ps_table(get_node(ctx), rows))
-    for r in rejected:
-        console.print(rejection_line(r), markup=False, highlight=False)
+    for line in [*ps_notes(rows), *(rejection_line(r) for r in rejected)]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()

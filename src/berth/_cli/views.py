@@ -136,9 +136,11 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
     rows = rows if rows is not None else ps_rows(node)
     supervised = any("supervisor_state" in r for r in rows)
     cols = ["worker", "topology", "port", "user", "image", "state", "ended", "OOM", "memory", "uptime"]
-    extra = ["supervisor", "restarts", "failures", "next in", "last exit", "last error"]
+    extra = ["supervisor", "restarts", "failures", "next in", "last exit"]  # last errors: under it (ps_notes)
+    widest = max((len(r["worker_id"] or "-") for r in rows), default=6)
     for col in [*cols, *extra] if supervised else cols:
-        t.add_column(col, justify="right" if col in ("port", "memory", "restarts", "failures") else "left")
+        t.add_column(col, justify="right" if col in ("port", "memory", "restarts", "failures") else "left",
+                     no_wrap=col == "worker", min_width=widest if col == "worker" else None)
     for r in rows:
         mem = f"{r['memory_bytes'] / 2**20:.1f} MiB" if r["memory_bytes"] is not None else "-"
         state = f"{r['state']}, PID 1 stopped" if r.get("main_stopped") else r["state"]
@@ -149,6 +151,12 @@ def ps_table(node: Node, rows: list[dict[str, Any]] | None = None) -> Table:
         if supervised:
             nxt = r.get("next_start_in_s")
             cells += [r.get("supervisor_state", "-"), str(r.get("restarts") or 0), str(r.get("failures") or 0),
-                      "-" if nxt is None else f"{nxt:.1f}s", _last(r), r.get("last_error") or "-"]
+                      "-" if nxt is None else f"{nxt:.1f}s", _last(r)]
         t.add_row(*(Text(printable(c)) for c in cells))  # labels, errors: others' text, never markup
     return t
+
+
+def ps_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Each worker's last error, one line each under the table: in a column of the table, a long
+    one was squeezed to one word per line, even at 220 columns."""
+    return [printable(f"{r['worker_id']}: last error: {r['last_error']}") for r in rows if r.get("last_error")]

@@ -13,7 +13,7 @@ from typing import Any
 
 from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError, NotEmptyError
 
-from .._core.spec import ID_PATTERN, WorkerSpec, spec_from_mapping
+from .._core.spec import ID_PATTERN, WorkerSpec, spec_digest, spec_from_mapping
 from .._exceptions import BerthError, ClusterError
 from .documents import (
     FORMAT,
@@ -37,17 +37,11 @@ from .layout import (
     node_user,
     state_acl,
 )
-from .quota import (
-    NODE_BYTES,
-    NODE_ZNODES,
-    QUOTA_ROOT,
-    add_node_quota,
-    ensure_quota_base,
-    limits,
-    quota_dir,
-    remove_quota,
-)
+from .quota import NODE_BYTES, NODE_ZNODES, QUOTA_ROOT, add_node_quota, ensure_quota_base, limits, quota_dir
 from .zk import UNAVAILABLE, Connection, explain
+
+REMOVE_TRIES = 5
+IMPOSSIBLE_VERSION = 2**31 - 1
 
 
 def _fail(exc: BaseException, path: str, doing: str) -> ClusterError:
@@ -137,28 +131,90 @@ def add_node(conn: Connection, layout: ZkLayout, coordinator: Credential, node: 
 
 
 def remove_node(conn: Connection, layout: ZkLayout, node: str) -> None:
-    """Delete the node's znodes, and whatever its identity made in its directory: a leaf can be
-    deleted without reading it; one it gave children only it can see is reported."""
-    try:
-        made = [f"{layout.node(node)}/{n}" for n in conn.call(conn.client.get_children_async, layout.node(node))]
-    except NoNodeError:
-        made = []
-    except (NoAuthError, *UNAVAILABLE) as exc:
-        raise _fail(exc, layout.node(node), f"removing {node}") from exc
-    for path in (*made, layout.state(node), layout.assignment(node), layout.node(node)):
+    """Delete the node's znodes, whatever its identity made in its directory, and its quota, in
+    one transaction: all of it, or nothing and the reason."""
+    for _ in range(REMOVE_TRIES):
+        paths = removal_paths(conn, layout, node)
+        if not paths:
+            return
+        t = conn.client.transaction()
+        for path in paths:
+            t.delete(path)
         try:
-            conn.call(conn.client.delete_async, path)
-        except NoNodeError:
+            results = t.commit_async().get(timeout=conn.timeout_s)
+        except UNAVAILABLE as exc:
+            raise _fail(exc, layout.node(node), f"removing {node}") from exc
+        failed = [(p, r) for p, r in zip(paths, results, strict=False)
+                  if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
+        if not failed:
+            return
+        path, err = failed[0]
+        if isinstance(err, NotEmptyError) and "live" in _children(conn, layout.node(node)):
+            raise ClusterError("node", f"{node} registered again while it was being removed: its agent runs "
+                                       "(stop it first, or remove-node --drain); nothing was removed")
+        if not isinstance(err, NoNodeError | NotEmptyError):  # those: changed meanwhile, look again
+            raise _fail(err, path, f"removing {node}")
+    raise ClusterError("node", f"{layout.node(node)} kept changing while being removed; nothing was removed")
+
+
+def removal_paths(conn: Connection, layout: ZkLayout, node: str) -> list[str]:
+    """Every znode removing ``node`` deletes, children first; a ``ClusterError`` naming the one
+    that cannot be deleted (the node's identity gave it children), before anything changes."""
+    made, unread = [], []
+    for child in _children(conn, layout.node(node)):
+        path = f"{layout.node(node)}/{child}"
+        made.append(path)
+        try:
+            below = _children(conn, path)
+        except ClusterError:
+            unread.append(path)  # under an ACL of the node's own: a leaf can still be deleted unread
             continue
-        except NotEmptyError as exc:
-            raise ClusterError("node", f"cannot remove {path}: the node's identity gave it children this identity "
-                                       "cannot see; remove them with that identity (or a ZooKeeper superuser)") from exc
-        except (NoAuthError, *UNAVAILABLE) as exc:
-            raise _fail(exc, path, f"removing {node}") from exc
+        if below:
+            raise ClusterError("node", f"cannot remove {path}: the node's identity gave it children "
+                                       f"({', '.join(sorted(below)[:5])}); remove them first")
+    stuck = _undeletable(conn, unread, layout.node(node))
+    if stuck is not None:
+        raise ClusterError("node", f"cannot remove {stuck}: the node's identity gave it children this identity "
+                                   "cannot see; remove them with that identity (or a ZooKeeper superuser)")
+    quota = quota_dir(layout.node(node))
+    stats = [f"{quota}/{n}" for n in _children(conn, quota) if n in ("zookeeper_stats", "zookeeper_limits")]
+    others = [p for p in (layout.state(node), layout.assignment(node), layout.node(node), *sorted(stats), quota)
+              if p not in made and _exists(conn, p)]
+    if quota in others and set(_children(conn, quota)) - {"zookeeper_stats", "zookeeper_limits"}:
+        others.remove(quota)  # quotas of paths below it: not the node's own
+    return [*made, *others]
+
+
+def _undeletable(conn: Connection, paths: list[str], parent: str) -> str | None:
+    """The first of ``paths`` that cannot be deleted, tried in a transaction made to fail at its
+    end (a check of an impossible version), so that nothing is deleted whatever the answer."""
+    if not paths:
+        return None
+    t = conn.client.transaction()
+    for path in paths:
+        t.delete(path)
+    t.check(parent, IMPOSSIBLE_VERSION)
     try:
-        remove_quota(conn, layout.node(node))
+        results = t.commit_async().get(timeout=conn.timeout_s)
+    except UNAVAILABLE as exc:
+        raise _fail(exc, parent, f"looking at {parent}") from exc
+    return next((p for p, r in zip(paths, results, strict=False) if isinstance(r, NotEmptyError | NoAuthError)), None)
+
+
+def _children(conn: Connection, path: str) -> list[str]:
+    try:
+        return list(conn.call(conn.client.get_children_async, path))
+    except NoNodeError:
+        return []
     except (NoAuthError, *UNAVAILABLE) as exc:
-        raise _fail(exc, quota_dir(layout.node(node)), f"removing the quota of {node}") from exc
+        raise _fail(exc, path, f"listing {path}") from exc
+
+
+def _exists(conn: Connection, path: str) -> bool:
+    try:
+        return conn.call(conn.client.exists_async, path) is not None
+    except UNAVAILABLE as exc:
+        raise _fail(exc, path, f"looking at {path}") from exc
 
 
 def remove_cluster(conn: Connection, layout: ZkLayout) -> None:
@@ -183,11 +239,21 @@ class NodeView:
     doc_version: str | None = None
     doc_stat_version: int | None = None
     """The znode's data version, for the transaction's version check."""
+    doc_dead_after_s: float | None = None
+    doc_damaged: bool = False
+    """The document itself could not be used whole (the coordinator writes it again)."""
     state: NodeState | None = None
 
     def applied(self) -> bool:
         return self.state is not None and self.doc_version is not None and \
             self.state.applied_version == self.doc_version
+
+    def ready(self) -> frozenset[str]:
+        """The workers of the document that the node, live, reports running from the document's spec."""
+        if self.live is None or self.state is None:
+            return frozenset()
+        digests = {w.worker_id: w.digest for w in self.state.workers if w.state == "running"}
+        return frozenset(w.worker_id for w in self.workers if digests.get(w.worker_id) == spec_digest(w))
 
     def running(self) -> int:
         ids = {w.worker_id for w in self.workers}
@@ -226,11 +292,15 @@ def read_cluster(conn: Connection, layout: ZkLayout) -> dict[str, NodeView]:
                 v.state = decode_state(data, n)
             else:
                 v.doc_version, v.doc_stat_version = version_of(stat.mzxid), stat.version
-                for i, entry in enumerate(decode_assignment(data, n).workers):
+                doc = decode_assignment(data, n)
+                v.doc_dead_after_s = doc.dead_after_s
+                for i, entry in enumerate(doc.workers):
                     try:
                         v.workers.append(spec_from_mapping(entry, source=f"workers[{i}]"))
                     except BerthError as exc:
                         v.problems.append(f"{path}: {exc}")
+                        v.doc_damaged = True
         except ClusterError as exc:
             v.problems.append(f"{path}: {exc}")
+            v.doc_damaged = v.doc_damaged or kind == "doc"
     return views

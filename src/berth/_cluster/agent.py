@@ -6,7 +6,7 @@ read, pauses its writes and reports itself degraded; on a new session it registe
 does not re-create ephemeral znodes) and reads its document again. Only a document actually read
 removes workers: a missing znode, a refused read, an unreachable ensemble or a document that does
 not parse never mean "run nothing". The one exception is opt-in fencing (``fence_after_s``), for
-operators who prefer no duplicate workers over availability.
+operators who prefer no duplicate workers over availability (``fencing``).
 
 All ZooKeeper calls are made from one thread, the agent's loop; kazoo's threads (the connection
 listener, watch callbacks) and the supervisor's only set flags and wake it.
@@ -26,7 +26,7 @@ from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
 from .._core.clusterconfig import ClusterSection
 from .._exceptions import ClusterError
-from .._service.assignments import Assignments, parse_document
+from .._service.assignments import parse_document
 from .._service.supervisor import Supervisor
 from .._version import __version__
 from .cache import DocumentCache
@@ -43,6 +43,7 @@ from .documents import (
     this_process,
     version_of,
 )
+from .fencing import Fencing
 from .layout import Credential, ZkLayout, live_acl, node_user
 from .reporting import Reporting
 from .zk import UNAVAILABLE, Connection, ConnState, explain
@@ -53,7 +54,7 @@ RETRY_S = 1.0
 """How soon a failed registration or read is tried again while connected (never a busy loop)."""
 
 
-class Agent(Reporting):
+class Agent(Reporting, Fencing):
     def __init__(self, supervisor: Supervisor, hosts: str, cred: Credential,
                  settings: ClusterSection | None = None, capacity: Capacity | None = None) -> None:
         self.sup = supervisor
@@ -68,6 +69,7 @@ class Agent(Reporting):
         self.dir = Path(supervisor.config.state_dir, "cluster")
         self.cache = DocumentCache(self.dir)
         self.source = f"zk:{self.layout.assignment(self.node)}"
+        supervisor.fed_by = self.source  # ZooKeeper decides what this node runs, not its API
         self._cond = threading.Condition()
         self._doc_dirty = True
         self._state_dirty = True
@@ -80,8 +82,12 @@ class Agent(Reporting):
         self._applied: str | None = None
         self._doc: DocumentStatus | None = None
         self._fenced = False
+        self._presumed_dead = False
+        self._dead_after_s: float | None = None
         self._supervising = False
         self._last_state_write = 0.0
+        self._reported_version: str | None = None
+        self._reported_engine: frozenset[tuple[str, str, str]] = frozenset()
         self._seen_conn: ConnState | None = None
         self.counters = {"documents_applied": 0, "documents_rejected": 0, "registrations": 0, "state_writes": 0}
         self.apply_listeners: list[Callable[[str, float], None]] = []
@@ -108,6 +114,8 @@ class Agent(Reporting):
         if self.sup.loaded and self.sup.version and (cached is None or cached.version == self.sup.version):
             self._applied = self.sup.version
             self._doc = DocumentStatus(version=self._applied, status="cached")
+            with contextlib.suppress(ClusterError):  # how long the coordinator waits before moving workers
+                self._dead_after_s = decode_assignment(cached.raw, self.node).dead_after_s if cached else None
         elif cached is not None:
             self._apply(cached.raw, cached.version, from_cache=True)
         self._write_status()
@@ -134,7 +142,7 @@ class Agent(Reporting):
             self._cond.notify_all()
 
     def _on_supervisor(self, kind: str, _data: Mapping[str, Any]) -> None:
-        if kind == "transition":
+        if kind == "transition" or (kind == "pass" and self._report_due()):
             with self._cond:
                 self._state_dirty = True
                 self._cond.notify_all()
@@ -187,8 +195,7 @@ class Agent(Reporting):
                 waits.append(self._read_due - t)
             if self._state_dirty and conn.session_id == self._registered:
                 waits.append(self._last_state_write + self.settings.state_interval_s - t)
-        elif self.settings.fence_after_s is not None and not self._fenced:
-            waits.append(conn.since + self.settings.fence_after_s - t)
+        waits += [at - t for at in self._cut_off_due(conn)]
         return max(0.0, min(waits))
 
     def _step(self) -> None:
@@ -197,11 +204,12 @@ class Agent(Reporting):
             if conn.connected and (self._seen_conn is None or not self._seen_conn.connected):
                 # kazoo dropped every watch with the connection: read again, which sets it again.
                 self._doc_dirty, self._state_dirty, self._read_due = True, True, 0.0
+                self._presumed_dead = False
             self._seen_conn = conn
             self._write_status()
         t = time.monotonic()
         if not conn.connected:
-            self._maybe_fence(conn)
+            self._cut_off(conn)
             return
         if conn.session_id != self._registered and t >= self._register_due:
             self._register(conn)
@@ -344,6 +352,9 @@ class Agent(Reporting):
             return
         for fn in self.apply_listeners:
             fn(version, started)
+        if doc.dead_after_s != self._dead_after_s:
+            self._dead_after_s = doc.dead_after_s
+            self._check_fencing()
         parsed = parse_document({"workers": list(doc.workers)}, self.source)
         check_capacity(parsed, self.capacity, self.sup.config.container, self.source)
         rejected = self.sup.set_assignments(parsed, version=version)
@@ -360,13 +371,4 @@ class Agent(Reporting):
             except OSError as exc:
                 log.error("cannot cache the assignment document: %s", exc)
         self._state_dirty = True
-        self._write_status()
-
-    def _maybe_fence(self, conn: ConnState) -> None:
-        limit = self.settings.fence_after_s
-        if limit is None or self._fenced or time.monotonic() - conn.since < limit:
-            return
-        log.warning("no ZooKeeper for %.0fs (fence_after_s): stopping every worker until a document is read", limit)
-        self._fenced = True
-        self.sup.set_assignments(Assignments(), version=None)
         self._write_status()

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._core.spec import ID_PATTERN
+from .._core.spec import ID_PATTERN, spec_digest, spec_from_mapping
 from .._core.validation import raise_validation
 from .._exceptions import ClusterError
 from .capacity import MODEL, Capacity
@@ -28,6 +28,7 @@ MAX_DOCUMENT_BYTES = 512 * 1024
 MAX_REGISTRATION_BYTES = 64 * 1024
 MAX_WORKERS_PER_NODE = 512
 MAX_REPORTED_REJECTIONS = 100
+MAX_ENGINE_REPORTS = 1024
 
 
 
@@ -143,18 +144,27 @@ def boot_id() -> str:
 
 # -- the assignment document -----------------------------------------------------------------
 
+MAX_DEAD_AFTER_S = 7 * 86400
+
+
 @dataclass(frozen=True)
 class AssignmentDoc:
     node: str
     workers: Sequence[Any]
     """Raw entries, each checked later like a launch request (one bad entry does not spoil the rest)."""
     generation: str | None = None
+    dead_after_s: float | None = None
+    """How long the coordinator lets the node's registration be gone before it moves its workers:
+    a node cut off that long knows it may have been declared dead (fencing acts on it)."""
 
 
-def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generation: str | None = None) -> bytes:
+def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generation: str | None = None,
+                      dead_after_s: float | None = None) -> bytes:
     doc: dict[str, Any] = {"format": FORMAT, "node": node, "workers": list(workers)}
     if generation is not None:
         doc["generation"] = generation
+    if dead_after_s is not None:
+        doc["dead_after_s"] = dead_after_s
     raw = dump_json(doc)
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise ClusterError("assignments", f"the document for node {node!r} would be {len(raw)} bytes, "
@@ -164,7 +174,7 @@ def encode_assignment(node: str, workers: Sequence[Mapping[str, Any]], generatio
 
 def decode_assignment(raw: bytes, node: str) -> AssignmentDoc:
     """The document's envelope; its entries are validated one by one by the caller."""
-    doc = check_format(load_json(raw, "document"), "document", {"node", "workers", "generation"})
+    doc = check_format(load_json(raw, "document"), "document", {"node", "workers", "generation", "dead_after_s"})
     if doc.get("node") != node:
         raise ClusterError("document.node", f"is {doc.get('node')!r}, not this node ({node!r})")
     workers = doc.get("workers")
@@ -176,7 +186,11 @@ def decode_assignment(raw: bytes, node: str) -> AssignmentDoc:
     generation = doc.get("generation")
     if generation is not None and not isinstance(generation, str):
         raise ClusterError("document.generation", "must be a string")
-    return AssignmentDoc(node, workers, generation)
+    dead_after = doc.get("dead_after_s")
+    if dead_after is not None and (isinstance(dead_after, bool) or not isinstance(dead_after, int | float)
+                                   or not 1 <= dead_after <= MAX_DEAD_AFTER_S):
+        raise ClusterError("document.dead_after_s", f"must be a number of seconds from 1 to {MAX_DEAD_AFTER_S}")
+    return AssignmentDoc(node, workers, generation, None if dead_after is None else float(dead_after))
 
 
 # -- the node's state report -----------------------------------------------------------------
@@ -202,6 +216,9 @@ class WorkerReport(BaseModel):
     exit_code: int | None = None
     oom_killed: bool = False
     container_id: str | None = Field(default=None, max_length=80)
+    digest: str | None = Field(default=None, max_length=64)
+    """The digest of the spec the supervisor holds for it (while running: the one its container
+    was launched from), so the coordinator sees which workers run their document's spec."""
 
 
 def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
@@ -212,8 +229,30 @@ def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
         out.append(WorkerReport(worker_id=s["worker_id"], state=s["state"], restarts=s["restarts"],
                                 failures=s["failures"], exit_code=last.get("exit_code"),
                                 oom_killed=bool(last.get("oom_killed")),
-                                container_id=(s.get("container_id") or "")[:12] or None))
+                                container_id=(s.get("container_id") or "")[:12] or None,
+                                digest=spec_digest(spec_from_mapping(s["spec"]))))
     return out
+
+
+class EngineReport(BaseModel):
+    """One container of this node's name as the engine listed it (the supervisor's last pass),
+    whether or not any document names it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    worker_id: str = Field(max_length=128, pattern=f"^{ID_PATTERN.pattern}$")
+    """Printed by ``cluster ps``: what a node writes is untrusted, so no control characters."""
+    state: str = Field(max_length=32, pattern=r"^[a-z -]+$")
+    container_id: str | None = Field(default=None, max_length=80, pattern=r"^[0-9A-Za-z]*$")
+    owner: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    """The state dir of the other supervisor that launched it; None: this node's own."""
+
+
+def engine_reports(listed: Sequence[Any], conflicts: Mapping[str, Sequence[str]]) -> list[EngineReport]:
+    """The engine's listing (``WorkerState``s), at most ``MAX_ENGINE_REPORTS``, with the owner of
+    each container that another supervisor launched."""
+    owner = {w: o for o, ids in conflicts.items() for w in ids}
+    return [EngineReport(worker_id=w.worker_id, state=str(w.state), container_id=w.container_id[:12],
+                         owner=(owner.get(w.worker_id) or "")[:256] or None) for w in listed[:MAX_ENGINE_REPORTS]]
 
 
 class DocumentStatus(BaseModel):
@@ -239,6 +278,8 @@ class NodeState(BaseModel):
     rejected: list[dict[str, Any]] = Field(default_factory=list)
     """Cut to MAX_REPORTED_REJECTIONS when written; a document read is bounded by its size."""
     workers: list[WorkerReport] = Field(default_factory=list)
+    engine: list[EngineReport] = Field(default_factory=list)
+    """What the node's engine runs under its name, orphans included (at most ``MAX_ENGINE_REPORTS``)."""
     fenced: bool = False
     problem: str | None = Field(default=None, max_length=4096)
 
@@ -258,7 +299,11 @@ def encode_state(state: NodeState) -> bytes:
     for r in body["rejected"]:
         if isinstance(r.get("reason"), str) and len(r["reason"]) > 1024:
             r["reason"] = r["reason"][:1024] + "…"
-    return dump_json({"format": FORMAT, **body})
+    raw = dump_json({"format": FORMAT, **body})
+    while len(raw) > MAX_DOCUMENT_BYTES and body["engine"]:  # the engine's listing gives way first
+        body["engine"] = body["engine"][: len(body["engine"]) // 2]
+        raw = dump_json({"format": FORMAT, **body})
+    return raw
 
 
 def decode_state(raw: bytes, node: str) -> NodeState:

@@ -5,7 +5,7 @@
     <root>/nodes/<node>/live        ephemeral registration   node: all but admin; coordinator: read
     <root>/nodes/<node>/state       the node's report        node: read, write; coordinator: all
     <root>/assignments/<node>       the node's document      coordinator: all; node: read
-    <root>/schedule/{topologies,state,lock}                  coordinator only
+    <root>/schedule/{topologies,state,lock,drain}            coordinator only
 
 ACLs are per znode and not inherited, so every znode names its readers and writers: a node can
 read only its own assignment document and write only under its own ``nodes/<node>``; only the
@@ -74,6 +74,10 @@ class ZkLayout:
     @property
     def lock(self) -> str:
         return f"{self.schedule}/lock"
+
+    @property
+    def drains(self) -> str:
+        return f"{self.schedule}/drain"
 
 
 @dataclass(frozen=True)

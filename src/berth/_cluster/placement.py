@@ -2,7 +2,10 @@
 
 A pass keeps what already runs where it is (a worker is never moved because a better spot
 appeared), updates a worker in place when its topology changed and it still fits, drops the
-workers of removed topologies and of dead nodes, and places what is missing: each new worker
+workers of removed topologies, replaces the workers of dead nodes where another node has room
+(the others stay in their node's document: a node that comes back keeps running them), and
+places what is missing. Every topology's shrink comes first, so one pass sees every port and
+every share of cpu and memory it frees, whatever the order of the names. Each new worker
 goes to the first node, in the order below, with a free port and enough free memory and cpu
 (and, on a node that declares NUMA zones, a zone with enough of both: the worker is then pinned
 to that zone's cores and memory node, as Storm's supervisor does). Nodes are tried holding the
@@ -16,6 +19,7 @@ still run there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +52,24 @@ class Topology(BaseModel):
     cpu_percent: int = Field(default=100, ge=1, le=100 * 4096)
     memory_mb: int = Field(default=1024, ge=6, le=1 << 30)
     pids_limit: int | None = Field(default=None, ge=1)
+    max_unavailable: int | str = "25%"
+    """A rolling replacement's bound: at most this many of the topology's workers down at a time
+    (a count, or a percentage of ``workers`` rounded down, at least one)."""
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _unavailable(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= MAX_WORKERS_PER_TOPOLOGY:
+            raise ValueError(f"must be a count from 1 to {MAX_WORKERS_PER_TOPOLOGY}, or a percentage like 25%")
+        if isinstance(v, str) and not (re.fullmatch(r"[0-9]{1,3}%", v) and 1 <= int(v[:-1]) <= 100):
+            raise ValueError("must be a percentage from 1% to 100%, or a count like 2")
+        return v
+
+    def unavailable(self) -> int:
+        """How many workers a rolling replacement may have down at a time."""
+        if isinstance(self.max_unavailable, int):
+            return self.max_unavailable
+        return max(1, self.workers * int(self.max_unavailable[:-1]) // 100)
 
 
 class Topologies(BaseModel):
@@ -105,6 +127,12 @@ class NodeInput:
     dead: bool = False
     """Gone well past the session timeout: its workers move."""
     workers: list[WorkerSpec] = field(default_factory=list)
+    ready: frozenset[str] = frozenset()
+    """Workers the node reports running from the spec its document names (a rolling replacement
+    counts the others as down)."""
+    draining: bool = False
+    """Being removed (``remove-node --drain``): its workers stay in its document but no longer count
+    for their topologies, which get replacements elsewhere; nothing new goes there."""
 
 
 @dataclass
@@ -114,6 +142,12 @@ class Placement:
     unplaced: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)
     """(old worker id, node it left)"""
+    rolling: dict[str, int] = field(default_factory=dict)
+    """Workers left on their old request by a rolling replacement: a later pass updates them,
+    once the ones being replaced run."""
+    stranded: dict[str, int] = field(default_factory=dict)
+    """Workers of dead nodes that no other node has room for: they stay in their node's document
+    (a node that comes back keeps running them), and move once there is room."""
 
 
 class _Free:
@@ -168,50 +202,104 @@ def place(topologies: Mapping[str, Topology], nodes: list[NodeInput], counters: 
     counters = dict(counters)
     out = Placement(docs={n.name: [] for n in nodes}, counters=counters)
     kept: dict[str, list[tuple[str, WorkerSpec]]] = {tid: [] for tid in topologies}
+    orphans: dict[str, list[tuple[str, WorkerSpec]]] = {tid: [] for tid in topologies}
+    """Workers of dead nodes: replaced elsewhere where there is room, else left where they are."""
     seen: set[str] = set()
     for n in nodes:
         for w in n.workers:
             counters[w.topology_id] = max(counters.get(w.topology_id, 0), ordinal(w.worker_id))
             topo = topologies.get(w.topology_id)
-            if n.dead:
-                if topo is not None:
-                    out.moved.append((w.worker_id, n.name))
-                continue
             if topo is None or w.worker_id in seen:
                 continue
             seen.add(w.worker_id)
+            if n.draining:
+                out.docs[n.name].append(w)
+                continue
             if n.name in free:
                 if w.port not in free[n.name].cap.ports:
                     continue  # the node no longer offers that port: placed again below
                 free[n.name].take(w)
-            keep: WorkerSpec | None = w
-            if not _same_request(w, w.topology_id, topo):
-                keep = _update_in_place(w, topo, free.get(n.name))
-            if keep is not None:
-                kept[w.topology_id].append((n.name, keep))
+            (orphans if n.dead else kept)[w.topology_id].append((n.name, w))
+    # Every shrink first, so that what one topology gives back is there for all the others.
+    for tid, topo in topologies.items():
+        _shrink(tid, topo, orphans[tid], kept[tid], nodes, free)
+    ready = {n.name: n.ready for n in nodes if n.live and not n.dead and not n.draining}
+    for tid, topo in topologies.items():
+        _roll(tid, topo, kept[tid], ready, free, out)
     for tid, topo in sorted(topologies.items()):
-        mine = kept[tid]
-        # shrink: drop workers on nodes that are not live first, then the newest
-        mine.sort(key=lambda nw: (not _is_live(nodes, nw[0]), ordinal(nw[1].worker_id)))
-        for name, w in mine[topo.workers:]:
-            if name in free:
-                free[name].give(w)
-        mine[:] = mine[: topo.workers]
-        for name, w in mine:
+        for name, w in kept[tid]:
             out.docs[name].append(w)
-        for _ in range(topo.workers - len(mine)):
+        for dead, w in orphans[tid]:  # a replacement elsewhere, or it stays (it may run there still)
+            spot = _first_fit(tid, topo, nodes, free, out.docs)
+            if spot is None:
+                out.docs[dead].append(w if _same_request(w, tid, topo) else _update_in_place(w, topo, None) or w)
+                out.stranded[tid] = out.stranded.get(tid, 0) + 1
+                continue
+            if dead in free:
+                free[dead].give(w)
+            out.moved.append((w.worker_id, dead))
+            _add(out, tid, topo, spot, free)
+        for _ in range(topo.workers - len(kept[tid]) - len(orphans[tid])):
             spot = _first_fit(tid, topo, nodes, free, out.docs)
             if spot is None:
                 out.unplaced[tid] = out.unplaced.get(tid, 0) + 1
-                continue
-            name, port, zone = spot
-            counters[tid] = counters.get(tid, 0) + 1
-            spec = worker_spec(tid, topo, f"{tid}-{counters[tid]}", port, zone)
-            free[name].take(spec)
-            out.docs[name].append(spec)
+            else:
+                _add(out, tid, topo, spot, free)
     for docs in out.docs.values():
         docs.sort(key=lambda w: (w.topology_id, ordinal(w.worker_id), w.worker_id))
     return out
+
+
+def _shrink(tid: str, topo: Topology, orphans: list[tuple[str, WorkerSpec]], kept: list[tuple[str, WorkerSpec]],
+            nodes: list[NodeInput], free: dict[str, _Free]) -> None:
+    """Down to ``topo.workers``: a dead node's first (nothing then replaces them), then those on
+    nodes that are not live, then those on an old request, then the newest."""
+    want = topo.workers
+    orphans.sort(key=lambda nw: ordinal(nw[1].worker_id))
+    kept.sort(key=lambda nw: (not _is_live(nodes, nw[0]), not _same_request(nw[1], tid, topo),
+                              ordinal(nw[1].worker_id)))
+    while orphans and len(orphans) + len(kept) > want:
+        name, w = orphans.pop()
+        if name in free:
+            free[name].give(w)
+    for name, w in kept[want:]:
+        if name in free:
+            free[name].give(w)
+    del kept[want:]
+
+
+def _roll(tid: str, topo: Topology, kept: list[tuple[str, WorkerSpec]], ready: Mapping[str, frozenset[str]],
+          free: dict[str, _Free], out: Placement) -> None:
+    """Update the workers on an old request, at most ``topo.unavailable()`` down at a time: a
+    worker not running the spec its document names is down (being replaced, crashed, on a node
+    away, or not placed yet); one that is down anyway is updated at once. One that no longer fits
+    where it is leaves ``kept`` and is placed again."""
+    up = sum(1 for name, w in kept if w.worker_id in ready.get(name, ()))
+    budget = topo.unavailable() - (topo.workers - up)
+    waiting, after = 0, []
+    for name, w in kept:
+        new: WorkerSpec | None = w
+        if _same_request(w, tid, topo):
+            pass
+        elif w.worker_id in ready.get(name, ()) and budget <= 0:
+            waiting += 1
+        else:
+            budget -= w.worker_id in ready.get(name, ())
+            new = _update_in_place(w, topo, free.get(name))
+        if new is not None:
+            after.append((name, new))
+    kept[:] = after
+    if waiting:
+        out.rolling[tid] = waiting
+
+
+def _add(out: Placement, tid: str, topo: Topology, spot: tuple[str, int, ZoneChoice | None],
+         free: dict[str, _Free]) -> None:
+    name, port, zone = spot
+    out.counters[tid] = out.counters.get(tid, 0) + 1
+    spec = worker_spec(tid, topo, f"{tid}-{out.counters[tid]}", port, zone)
+    free[name].take(spec)
+    out.docs[name].append(spec)
 
 
 def _is_live(nodes: list[NodeInput], name: str) -> bool:
@@ -241,7 +329,7 @@ def _update_in_place(w: WorkerSpec, topo: Topology, free: _Free | None) -> Worke
 
 def _first_fit(tid: str, topo: Topology, nodes: list[NodeInput], free: dict[str, _Free],
                docs: dict[str, list[WorkerSpec]]) -> tuple[str, int, ZoneChoice | None] | None:
-    candidates = [n.name for n in nodes if n.live and not n.dead and n.name in free]
+    candidates = [n.name for n in nodes if n.live and not n.dead and not n.draining and n.name in free]
     candidates.sort(key=lambda name: (sum(1 for w in docs[name] if w.topology_id == tid), -free[name].mem, name))
     for name in candidates:
         got = free[name].fit(topo)

@@ -19,11 +19,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, CancelledError, KazooException, LockTimeout, NodeExistsError, NoNodeError
 
 from .._core.clusterconfig import ClusterSection
 from .._core.spec import WorkerSpec
@@ -36,11 +36,12 @@ from .documents import (
     encode_assignment,
     load_json,
     now,
-    version_number,
     version_of,
 )
+from .drains import STOPPING, read_drains
 from .layout import Credential, ZkLayout, coordinator_only
 from .placement import NodeInput, Placement, Topology, parse_topologies, place
+from .waiting import Waiting
 from .zk import UNAVAILABLE, Connection, explain
 
 log = logging.getLogger("berth.schedule")
@@ -58,17 +59,11 @@ class PassResult:
     topologies_version: str | None = None
 
 
-@dataclass
-class Convergence:
-    done: bool
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
 def _dump(spec: WorkerSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"worker_id": spec.worker_id}
 
 
-class Coordinator:
+class Coordinator(Waiting):
     def __init__(self, hosts: str, cred: Credential, settings: ClusterSection, dead_after_s: float) -> None:
         if dead_after_s < settings.session_timeout_s:
             raise ClusterError("dead_after", f"must be at least the session timeout ({settings.session_timeout_s:g}s)")
@@ -83,6 +78,9 @@ class Coordinator:
         self._dead_handled: set[str] = set()
         self._capacity: dict[str, Capacity] = {}
         self.lock: Any = None
+        self._rolling = False
+        self._waiting: Any = None
+        """The lock a standby is waiting for (``cancel_wait`` ends the wait)."""
         self.conn = Connection(hosts, cred, settings.session_timeout_s, settings.reconnect_max_delay_s,
                                on_change=self._poke, default_acl=coordinator_only(cred.digest_id), patient=True)
 
@@ -102,15 +100,6 @@ class Coordinator:
             self._dirty = True
             self._seq += 1
             self._cond.notify_all()
-
-    def _mark(self) -> int:
-        with self._cond:
-            return self._seq
-
-    def _wait_change(self, seen: int, seconds: float) -> None:
-        """For the waiting commands: wake on any watch, without taking the follower's work away."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq != seen, timeout=max(0.0, seconds))
 
     # -- topologies ----------------------------------------------------------------------------
 
@@ -149,11 +138,25 @@ class Coordinator:
                 return result
         raise ClusterError("schedule", f"the cluster kept changing under the pass ({PASS_TRIES} tries)")
 
-    def _try_pass(self) -> PassResult | None:
-        c = self.conn
-        topologies, topo_version = self.read_topologies()
-        counters, state_version = self._read_schedule_state()
-        views = read_cluster(c, self.layout)
+    def roll_out(self, timeout_s: float) -> PassResult:
+        """Passes until no rolling replacement is left (each waits for the workers being replaced
+        to run their new spec, as the nodes' reports say), or until ``timeout_s``; the last pass."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self._mark()
+            result = self.run_pass()
+            if not result.placement.rolling or time.monotonic() >= deadline:
+                return result
+            self._watch_states(result.views)
+            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
+
+    def _watch_states(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
+
+    def _inputs(self, views: Mapping[str, NodeView], drains: Mapping[str, str]) -> list[NodeInput]:
+        """What placement is told of each node. A node without a document gets nothing (nobody could
+        write its workers there); a drained one's workers no longer count, and go once stopping."""
         inputs = []
         t = time.monotonic()
         for name, v in views.items():
@@ -164,7 +167,25 @@ class Coordinator:
             else:
                 self._gone_since.setdefault(name, t)
             dead = v.live is None and t - self._gone_since[name] >= self.dead_after_s
-            inputs.append(NodeInput(name, self._capacity.get(name), v.live is not None, dead, v.workers))
+            capacity = self._capacity.get(name) if v.doc_stat_version is not None else None
+            workers = [] if drains.get(name) == STOPPING else v.workers
+            inputs.append(NodeInput(name, capacity, v.live is not None, dead, workers, v.ready(),
+                                    draining=name in drains))
+        return inputs
+
+    def plan(self, drains: Mapping[str, str]) -> Placement:
+        """The placement a pass would write with these drains, writing nothing."""
+        topologies, _ = self.read_topologies()
+        counters, _ = self._read_schedule_state()
+        return place(topologies, self._inputs(read_cluster(self.conn, self.layout), drains), counters)
+
+    def _try_pass(self) -> PassResult | None:
+        c = self.conn
+        topologies, topo_version = self.read_topologies()
+        counters, state_version = self._read_schedule_state()
+        drains, drain_version = read_drains(c, self.layout)
+        views = read_cluster(c, self.layout)
+        inputs = self._inputs(views, drains)
         placement = place(topologies, inputs, counters)
         txn = c.client.transaction()
         if self.lock is not None and self.lock.node:
@@ -172,16 +193,18 @@ class Coordinator:
         written = []
         for name, specs in placement.docs.items():
             v = views[name]
-            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.problems:
+            if [_dump(s) for s in specs] == [_dump(s) for s in v.workers] and not v.doc_damaged \
+                    and v.doc_dead_after_s == self.dead_after_s:  # (a node's bad report is no reason)
                 continue
             if v.doc_stat_version is None:
                 continue  # no document znode: the node is half-enrolled; add-node makes it
-            txn.set_data(self.layout.assignment(name), encode_assignment(name, [_dump(s) for s in specs]),
-                         version=v.doc_stat_version)
+            txn.set_data(self.layout.assignment(name), encode_assignment(
+                name, [_dump(s) for s in specs], dead_after_s=self.dead_after_s), version=v.doc_stat_version)
             written.append(name)
         body = dump_json({"format": FORMAT, "counters": placement.counters, "coordinator": self.identifier,
                           "topologies_version": topo_version, "pass_at": now(),
-                          "unplaced": placement.unplaced})
+                          "unplaced": placement.unplaced, "stranded": placement.stranded,
+                          "rolling": placement.rolling, "drain_version": drain_version})
         if state_version is None:
             txn.create(self.layout.schedule_state, body)
         else:
@@ -203,6 +226,8 @@ class Coordinator:
             versions[name] = version_of(res.mzxid)
         for wid, node in placement.moved:
             log.warning("moved %s off %s (gone for more than %.0fs)", wid, node, self.dead_after_s)
+        for tid, n in placement.stranded.items():
+            log.warning("%d worker(s) of %s stay on a dead node: no live node has room for them", n, tid)
         self._dead_handled.update(n.name for n in inputs if n.dead)
         return PassResult({k: v for k, v in versions.items() if v}, written, placement, views, topo_version)
 
@@ -218,78 +243,45 @@ class Coordinator:
             raise ClusterError("schedule state", "has no valid worker-id counters")
         return {str(k): int(v) for k, v in counters.items()}, stat.version
 
-    def schedule_state(self) -> dict[str, Any]:
-        c = self.conn
-        try:
-            data, _ = c.call(c.client.get_async, self.layout.schedule_state)
-        except NoNodeError:
-            return {}
-        doc = load_json(data, "schedule state")
-        return doc if isinstance(doc, dict) else {}
-
-    def wait_for_pass(self, topologies_version: str | None, timeout_s: float) -> tuple[dict[str, str], dict[str, int]]:
-        """Wait for the active coordinator's pass over these topologies (its state names their version);
-        return every node's document version and what it could not place."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            seen = self._mark()
-            st = self.schedule_state()
-            if version_number(st.get("topologies_version")) >= version_number(topologies_version):
-                views = read_cluster(self.conn, self.layout)
-                return {n: v.doc_version for n, v in views.items() if v.doc_version}, dict(st.get("unplaced") or {})
-            if time.monotonic() >= deadline:
-                raise ClusterError("schedule", f"the active coordinator did not place the topologies in {timeout_s:g}s")
-            self.conn.client.exists_async(self.layout.schedule_state, watch=self._poke)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
-
-    # -- convergence ---------------------------------------------------------------------------
-
-    def converge(self, versions: Mapping[str, str], timeout_s: float, running: bool = True) -> Convergence:
-        """Wait (on watches of the nodes' state znodes) until every live node applied its version."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            seen = self._mark()
-            try:
-                views = read_cluster(self.conn, self.layout)
-            except ClusterError as exc:  # ZooKeeper away for a moment: the deadline still holds
-                if time.monotonic() >= deadline:
-                    raise
-                log.info("waiting for convergence: %s", exc)
-                self.conn._up.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                continue
-            report, done = {}, True
-            for name, want in sorted(versions.items()):
-                v = views.get(name)
-                if v is None or v.live is None:
-                    report[name] = {"live": False, "want": want}
-                    continue
-                st = v.state
-                applied = st.applied_version if st else None
-                rejected = st is not None and st.document is not None and st.document.version == want and \
-                    st.document.status == "rejected"
-                rejections = [f"{r.get('worker_id') or '-'}: {r.get('field') or '-'}: {r.get('reason')}"
-                              for r in (st.rejected if st else [])]
-                applied_ok = version_number(applied) >= version_number(want)
-                ids = {r.split(":")[0] for r in rejections}
-                runnable = sum(1 for w in v.workers if w.worker_id not in ids)
-                ok = applied_ok and (not running or v.running() >= runnable)
-                report[name] = {"live": True, "want": want, "applied": applied, "workers": len(v.workers),
-                                "running": v.running(), "rejected": st.document.reason if rejected and st and
-                                st.document else None, "rejections": rejections if applied_ok else []}
-                done = done and (ok or rejected)
-                self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
-            if done or time.monotonic() >= deadline:
-                return Convergence(done, report)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
-
     # -- following the cluster -----------------------------------------------------------------
 
     def acquire(self, blocking: bool, timeout_s: float | None = None) -> bool:
         self.lock = self.conn.client.Lock(self.layout.lock, self.identifier)
-        got = bool(self.lock.acquire(blocking=blocking, timeout=timeout_s))
+        try:
+            got = bool(self.lock.acquire(blocking=blocking, timeout=timeout_s))
+        except LockTimeout:
+            got = False
         if not got:
             self.lock = None
         return got
+
+    def wait_for_lock(self, stop: threading.Event) -> bool:
+        """Wait as long as it takes to be the active coordinator (a standby); False once ``stop``
+        is set (``cancel_wait`` wakes the wait). kazoo's lock queues again by itself after a lost
+        connection or session, so nothing here times out."""
+        while not stop.is_set():
+            lock = self.conn.client.Lock(self.layout.lock, self.identifier)
+            self._waiting = lock
+            try:
+                if stop.is_set():
+                    return False
+                if lock.acquire(blocking=True):
+                    self.lock = lock
+                    return True
+            except CancelledError:
+                return False
+            except (*UNAVAILABLE, KazooException) as exc:
+                log.warning("waiting for the coordinator lock: %s", explain(exc, self.layout.lock))
+                stop.wait(1.0)  # a second between attempts, whatever else woke the coordinator
+            finally:
+                self._waiting = None
+        return False
+
+    def cancel_wait(self) -> None:
+        """From a signal handler or another thread: end ``wait_for_lock``."""
+        lock = self._waiting
+        if lock is not None:
+            lock.cancel()
 
     def active_coordinator(self) -> str | None:
         try:
@@ -308,18 +300,25 @@ class Coordinator:
                 self._wait(stop, 1.0)
                 continue
             if conn.session_id != session:
-                log.warning("new ZooKeeper session: the lock went with the old one; taking it again")
+                log.warning("new ZooKeeper session: the lock went with the old one; waiting to be the active "
+                            "coordinator again")
                 self.lock = None
-                self.acquire(blocking=True)
-                session, self._dirty = conn.session_id, True
+                if not self.wait_for_lock(stop):
+                    return
+                log.warning("active coordinator again")
+                session, self._dirty = self.conn.state.session_id, True
             try:
                 self._arm_watches()
                 with self._cond:
                     dirty, self._dirty = self._dirty, False
                 if dirty or self._someone_died():
                     result = self.run_pass()
-                    log.info("pass: wrote %s; unplaced %s", ", ".join(result.written) or "nothing",
-                             result.placement.unplaced or "none")
+                    was, self._rolling = self._rolling, bool(result.placement.rolling)
+                    if self._rolling and not was:  # watch the nodes' reports first, then read them again
+                        self._poke()
+                    if result.written:
+                        log.info("pass: wrote %s; unplaced %s; rolling %s", ", ".join(result.written),
+                                 result.placement.unplaced or "none", result.placement.rolling or "none")
             except ClusterError as exc:
                 log.error("%s", exc)
                 self._wait(stop, 1.0)
@@ -335,7 +334,10 @@ class Coordinator:
         names = c.call(c.client.get_children_async, self.layout.nodes, watch=self._poke)
         for name in names:
             c.client.exists_async(self.layout.live(name), watch=self._poke)
+        if self._rolling:
+            self._watch_states(names)
         self.read_topologies(watch=True)
+        read_drains(c, self.layout, watch=self._poke)
 
     def _someone_died(self) -> bool:
         t = time.monotonic()

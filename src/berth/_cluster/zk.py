@@ -55,6 +55,9 @@ class ConnState:
     since: float
     """time.monotonic() of the last change."""
     expirations: int
+    down_since: float | None = None
+    """time.monotonic() of when the connection was lost (its creation, if never connected): kept
+    while it stays lost, suspended or lost alike; None while connected."""
 
     @property
     def connected(self) -> bool:
@@ -72,7 +75,7 @@ class Connection:
         self.hosts = hosts
         self._on_change = on_change or (lambda: None)
         self._lock = threading.Lock()
-        self._state = ConnState(LOST, None, time.monotonic(), 0)
+        self._state = ConnState(LOST, None, time.monotonic(), 0, time.monotonic())
         self._ever_connected = False
         self._up = threading.Event()
         self.patient = patient
@@ -104,7 +107,9 @@ class Connection:
                 new, session = LOST, None
                 if self._ever_connected:
                     expirations += 1
-            self._state = ConnState(new, session, time.monotonic(), expirations)
+            t = time.monotonic()
+            down = None if new == CONNECTED else (old.down_since if old.down_since is not None else t)
+            self._state = ConnState(new, session, t, expirations, down)
             (self._up.set if new == CONNECTED else self._up.clear)()
         log.info("ZooKeeper %s (session %s)", new, f"{session:#x}" if session else "-")
         self._on_change()

@@ -40,7 +40,8 @@ class ClusterSection(BaseModel):
     reconnect_max_delay_s: float = Field(default=2.0, gt=0, le=30.0)
     """The longest wait between two connection attempts (kazoo's own default grows to an hour)."""
     fence_after_s: float | None = Field(default=None, gt=0)
-    """Stop every worker after this long without ZooKeeper (off: availability first, as Storm)."""
+    """Stop every worker after this long without ZooKeeper, and never later than the coordinator's
+    dead_after (its documents say it) less grace_s (off: availability first, as Storm)."""
     state_interval_s: float = Field(default=1.0, ge=0.05, le=60.0)
     """The shortest time between two writes of this node's state: requests stay sparse."""
     ports: tuple[int, ...] = (6700, 6701, 6702, 6703)

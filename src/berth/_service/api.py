@@ -41,7 +41,6 @@ from .apimodels import (
 )
 from .assignments import parse_document
 from .metrics import Metrics
-from .probe import Probe
 from .supervisor import Supervisor
 
 _bearer = HTTPBearer(auto_error=False)
@@ -111,14 +110,9 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
             raise WorkerNotFound(worker_id)  # another tenant's worker: not even its existence
         return st
 
-    engine_state = Probe(sup.node.health)
-    """The runtime's health (the engine, or the runc monitor), asked at most once a second however
-    often /healthz is asked (no token needed: a caller must not be able to turn it into a stream of
-    engine calls), and from a thread of its own: a stuck engine or shim is reported, never waited on."""
-
     @app.get("/healthz", response_model=Health | HealthBrief, responses={503: {"model": Health | HealthBrief}})
     def healthz(caller: Caller = Depends(who)) -> JSONResponse:  # noqa: B008
-        engine = engine_state()
+        engine = metrics.probe.look(max_age_s=1.0).state  # within a second, whatever the engine does
         stale = sup.stale()
         extra = dict(health()) if health else {}
         ok = engine == "ok" and not stale and not sup.conflicts and extra.get("status", "ok") == "ok"
@@ -162,8 +156,8 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
                                         "description": "Some entries were rejected (the valid ones were applied)"}})
     def put_assignments(body: AssignmentsBody, caller: Caller = Depends(auth)) -> JSONResponse:  # noqa: B008
         writable()
-        if sup.assignments_path is not None:
-            return error(409, f"this node takes its assignments from {sup.assignments_path}")
+        if sup.fed_by is not None:
+            return error(409, f"this node takes its assignments from {sup.fed_by}")
         with put_lock:
             return _put(body, caller)
 

@@ -112,8 +112,9 @@ class HealthBrief(BaseModel):
 
 class Health(HealthBrief):
     node: str
-    engine: str = Field(description="The runtime's health: ok, unreachable (the engine), shim unresponsive, shim not "
-                        "running (runc), unresponsive (no answer in time).")
+    engine: str = Field(description="ok; unreachable (the engine); not answering (no answer within 0.8 s); or what the "
+                        "runtime's own check said: shim unresponsive, shim not running (runc). /healthz answers "
+                        "within a second whatever the engine does.")
     loop: str
     last_pass_age_s: float | None
     version: str | None

@@ -28,6 +28,15 @@ PERMANENT = (PolicyError, IdentityError, SpecError, ConfigError)
 """Errors that say the request can never launch as given on this node: retrying cannot help."""
 
 
+MAX_PASS_RETRY_S = 10.0
+"""The longest wait between two attempts at a pass while the engine is unreachable."""
+
+
+def pass_retry_wait(base_s: float, failures: int) -> float:
+    """After ``failures`` failed passes in a row: doubling from ``base_s``, at most ``MAX_PASS_RETRY_S``."""
+    return float(min(base_s * 2 ** min(failures - 1, 16), MAX_PASS_RETRY_S))
+
+
 def backoff_delay(failures: int, s: SupervisorSection) -> float:
     """Doubling from ``backoff_base_s``, capped; at the cap once crash-looping."""
     if failures <= 0:

@@ -47,7 +47,12 @@ class EventLog:
               level: int = logging.INFO, **extra: Any) -> dict[str, Any]:
         line = {"ts": iso(time.time()), "worker_id": wid, "from": old.value if old else None,
                 "to": new.value if new else None, "reason": reason, **extra}
-        log.log(level, "%s: %s -> %s (%s)", wid, line["from"], line["to"], reason)
+        if old is not None and new is not None:
+            log.log(level, "%s: %s -> %s (%s)", wid, line["from"], line["to"], reason)
+        elif new is not None:
+            log.log(level, "%s: %s (%s)", wid, line["to"], reason)
+        else:  # no phase: a rejection, a stop of a worker berth no longer tracks
+            log.log(level, "%s: %s", wid, reason)
         data = (json.dumps(line) + "\n").encode()
         with self._lock:
             if not self._gate():

@@ -16,31 +16,28 @@ from prometheus_client.registry import Collector
 
 from .._exceptions import BerthError
 from .._runtimes.base import WorkerState
+from .probe import OK, EngineProbe
 from .supervisor import Supervisor
 
 
 class _LiveCollector(Collector):
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, probe: EngineProbe) -> None:
         self.sup = sup
+        self.probe = probe
 
     def collect(self) -> Iterator[Metric]:
         by_state = GaugeMetricFamily("berth_workers", "Assigned workers by supervisor phase.", labels=["state"])
         for state, n in self.sup.counts().items():
             by_state.add_metric([state], n)
         yield by_state
+        view = self.probe.look()  # within a second, whatever the engine does (then the last memory read)
+        yield GaugeMetricFamily("berth_engine_up", "1 while the engine answers (a listing within 0.8 s).",
+                                value=1 if view.state == OK else 0)
         mem = GaugeMetricFamily("berth_worker_memory_bytes", "Memory of each running worker, from its cgroup.",
                                 labels=["worker"])
-        try:
-            listed = self.sup.node.ps()
-        except BerthError:
-            listed = []
-        yield from self._capacity(listed)
-        running = [w for w in listed if w.running]
-        for w in running:
-            try:
-                mem.add_metric([w.worker_id], self.sup.node.memory_usage(w.worker_id))
-            except BerthError:
-                continue  # it ended between the listing and the read
+        yield from self._capacity(view.workers)
+        for wid, n in sorted(view.memory.items()):
+            mem.add_metric([wid], n)
         yield mem
 
 
@@ -70,7 +67,9 @@ class Metrics:
     """Counters labelled by worker are dropped when the worker leaves the node (``forget``), so
     worker-id churn cannot grow the scrape without bound."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, probe: EngineProbe | None = None) -> None:
+        self.probe = probe or EngineProbe(sup.node)
+        """Shared with /healthz: one engine probe per app."""
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``_created`` series: noise for every counter
         self.registry = CollectorRegistry()
         r = self.registry
@@ -88,7 +87,7 @@ class Metrics:
                                         buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10))
         self._labels: dict[str, set[tuple[str, ...]]] = {}
         self._gone: dict[str, None] = {}
-        r.register(_LiveCollector(sup))
+        r.register(_LiveCollector(sup, self.probe))
         sup.listeners.append(self.on_event)
 
     def on_event(self, kind: str, data: Mapping[str, Any]) -> None:

@@ -23,7 +23,7 @@ from .._exceptions import BerthError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
 from .assignments import Rejection
-from .decisions import backoff_delay, decide_exit, decide_launch_error, exit_cause, next_wait
+from .decisions import backoff_delay, decide_exit, decide_launch_error, exit_cause, next_wait, pass_retry_wait
 from .desired import DesiredStore, Saved
 from .events import EventLog
 from .lock import conflicts
@@ -31,10 +31,6 @@ from .phase import WAITING, Assigned, Phase
 from .room import Room, in_flight
 
 log = logging.getLogger("berth.supervisor")
-
-MAX_PASS_RETRY_S = 10.0
-"""The longest wait between two attempts while the engine is unreachable."""
-
 
 class Reconciler:
     """The machinery under ``Supervisor``: state, loop, actions, persistence, events."""
@@ -71,6 +67,7 @@ class Reconciler:
         self._events = EventLog(self.config.state_dir, gate=lambda: self._holds_lock())
         self._store = DesiredStore(self.config.state_dir)
         self._save_lock = threading.Lock()
+        self.listed: list[WorkerState] = []  # the node's workers on the engine, as the last pass listed them
         self.last_pass: float | None = None
         """When the last reconcile pass completed (supervisor clock); /healthz reads it."""
         self._pass_failures = 0
@@ -115,7 +112,7 @@ class Reconciler:
 
     def _next_wait(self, ok: bool) -> float:
         if not ok:
-            return float(min(self.retry_base_s * 2 ** min(self._pass_failures - 1, 16), MAX_PASS_RETRY_S))
+            return pass_retry_wait(self.retry_base_s, self._pass_failures)
         return next_wait(self._clock(), min(self.settings.resync_s, self.poll_s), self._workers.values(), self._busy,
                          self._retry_at, self._stall_sweep_at)
 
@@ -139,6 +136,7 @@ class Reconciler:
         listed = self.node.ps()
         others = self.conflicts = conflicts(listed, self.config.state_dir, self.conflicts)
         actual = {w.worker_id: w for w in listed if not any(w.worker_id in v for v in others.values())}
+        self.listed = listed
         with self._lock:
             desired, loaded = dict(self._desired), self._loaded
         for wid in set(self._retry_at) & set(desired):
@@ -159,8 +157,9 @@ class Reconciler:
                 if not skip and self._retry_at.get(wid, (0.0, 0))[0] <= now:
                     cid = actual[wid].container_id if wid in actual else None
                     self._submit(wid, "stop", self._stop_action, wid, cid, "no longer assigned", self.settings.grace_s)
-        with self._lock:
-            gone = [w for w, r in self._workers.items() if w not in desired and r.phase == Phase.STOPPED]
+        with self._lock:  # unassigned, and stopped or never running (rejected, waiting): forgotten
+            gone = [w for w, r in self._workers.items() if w not in desired and (r.phase == Phase.STOPPED or (
+                w not in actual and w not in self._busy and w not in self._retry_at))]
             for wid in gone:
                 del self._workers[wid]
         for wid in gone:
@@ -355,6 +354,8 @@ class Reconciler:
                     rec.handled_exit, rec.last_exit = ex.container_id, ex
             self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code,
                                   "oom_killed": ex.oom_killed, "cause": exit_cause(ex, planned or not desired)})
+            if planned:
+                self._persist()  # the planned stop is over: supervisor.json no longer names it
             return
         if rec.handled_exit == ex.container_id:
             return
@@ -363,9 +364,8 @@ class Reconciler:
         d = decide_exit(ex, rec.failures, by_operator, self.settings, stalled=stalled)
         self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed,
                               "cause": d.cause})
-        how = f"signal {ex.signal_name}" if ex.signal else f"exit code {ex.exit_code}"
         what = "stopped by the operator" if by_operator else \
-            "killed: its PID 1 stayed stopped" if stalled else f"exited ({how})"
+            "killed: its PID 1 stayed stopped" if stalled else f"exited: {ex.how}"
         if d.phase == Phase.CRASH_LOOPING:
             what += "; crash-looping"
         self._set(rec, d.phase, what, level=logging.INFO if d.cause in ("stop", "exit") else logging.WARNING,

@@ -64,6 +64,9 @@ class Supervisor(Reconciler):
         super().__init__(node, clock, wall)
         self.assignments_path = assignments_path
         self._trust = untrusted if trust_source else None
+        self.fed_by = assignments_path
+        """Where the desired state comes from when the API may not set it (the assignments file or
+        directory; the cluster agent's document): ``PUT /assignments`` is then refused (409)."""
         self.lock = SupervisorLock(self.config.state_dir)
         """Held from ``start`` to ``stop``; the cluster agent runs the supervisor under it."""
         self.state_problem: str | None = None
@@ -159,13 +162,18 @@ class Supervisor(Reconciler):
 
     def applied_version(self) -> str | None:
         """The desired version once every assigned worker has been launched (or adopted) from
-        its current spec, rejected, or waits for capacity; None while some are still on their way."""
+        its current spec, rejected, or waits for capacity, and no other worker is left (none being
+        stopped, none in the last listing); None while replacements, launches or removals are on their way."""
         with self._lock:
             for wid in self._desired:
                 rec = self._workers.get(wid)
                 if rec is None or (rec.phase not in SETTLED and rec.version != self._version) \
                         or rec.phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING):
                     return None
+            ours = {*self._busy, *(x.worker_id for x in self.listed)} - \
+                {w for ids in self.conflicts.values() for w in ids}  # another supervisor's are not ours to stop
+            if ours - set(self._desired):
+                return None
             return self._version
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -193,8 +201,12 @@ class Supervisor(Reconciler):
         except BaseException:
             self.lock.release()
             raise
-        for wid in report.adopted:
-            self._event(wid, None, Phase.RUNNING, "adopted after restart")
+        for wid in report.adopted:  # one line each: the pass that finds it running says nothing more
+            rec = self._workers.get(wid)
+            if rec is not None and wid in self._desired:
+                self._set(rec, Phase.RUNNING, "adopted after restart")
+            else:
+                self._event(wid, None, Phase.RUNNING, "adopted after restart")
         for wid in report.removed:
             self._event(wid, None, None, "removed half-made container")
         if self._source is not None and self._source.notified:
@@ -242,6 +254,9 @@ class Supervisor(Reconciler):
                     rec.last_exit = ExitRecord.from_dict(c["last_exit"])
                 if spec_digest(old) != spec_digest(spec):
                     rec.failures = 0
+                    continue
+                if c.get("phase") == Phase.REJECTED:  # not tried again on its own, restarted or not
+                    rec.phase = Phase.REJECTED
                     continue
                 phase = Phase(c["phase"]) if c.get("phase") in {p.value for p in WAITING} else None
                 if phase is not None:  # the backoff goes on where it was (never longer than the cap)
@@ -364,7 +379,7 @@ class Supervisor(Reconciler):
         those waiting for the node's capacity (``retried``)."""
         with self._lock:
             later = [Rejection(self._sources.get(w, "?"), None, w, None, r.last_error or "cannot launch")
-                     for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED]
+                     for w, r in sorted(self._workers.items()) if r.phase == Phase.REJECTED and w in self._desired]
             waiting = [Rejection(self._sources.get(w, "?"), None, w, r.refused,
                                  (r.last_error or "").removeprefix(f"{r.refused}: "), retried=True)
                        for w, r in sorted(self._workers.items()) if r.phase == Phase.NO_CAPACITY and w in self._desired]
