@@ -13,6 +13,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .trust import account_names
+
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 BERTH_TO_STORM = {
@@ -35,6 +37,12 @@ BERTH_TO_STORM = {
     "storm.numa": "supervisor.numa.meta",
     "runc.images": "berth.runc.images",
     "runc.image_root": "berth.runc.image.root",
+    "node.state_dir": "berth.state.dir",
+    "api.socket": "berth.api.socket",
+    "api.socket_group": "berth.api.socket.group",
+    "container.max_memory_mb": "berth.container.max.memory.mb",
+    "storm.supervisor_user": "berth.storm.supervisor.user",
+    "storm.launcher_group": "berth.storm.launcher.group",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 
@@ -95,6 +103,14 @@ class StormSection(BaseModel):
     """``supervisor.numa.meta``, in the file's order (Storm takes the first zone listing a port)."""
     plugin: str = "org.apache.storm.container.docker.DockerManager"
     plugin_enabled: bool = True
+    supervisor_user: str | None = None
+    """The user Storm's supervisor runs as (``berth.storm.supervisor.user``): under ``berth serve
+    --storm`` the only one, besides root, whose calls the Storm routes answer (the socket peer's
+    uid, SO_PEERCRED), and the group owner of the worker dirs (below)."""
+    launcher_group: str | None = None
+    """Storm's launcher group (``storm.worker-launcher.group`` of worker-launcher.cfg): the group
+    of a Storm-launched worker's dirs, so that the supervisor can read its heartbeats and delete
+    them; default: the supervisor user's primary group. No worker's user may be in it."""
 
     # How Storm's string joins spell these paths (None: as berth's normalised value).
     local_dir: str | None = None
@@ -110,6 +126,11 @@ class StormSection(BaseModel):
     """Storm keys the storm.yaml set that berth accepts and does not use (``explain --format text``)."""
     notes: tuple[str, ...] = ()
     """What loading the storm.yaml found worth a warning (a likely mistake, a behaviour berth does not copy)."""
+
+    @field_validator("supervisor_user", "launcher_group")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        return None if v is None else account_names((v,))[0]
 
     @field_validator("local_dir", "artifacts_root", "cgroup_root", "cgroup_parent", "nscd_dir", "seccomp_profile")
     @classmethod

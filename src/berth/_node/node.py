@@ -61,15 +61,17 @@ class Node:
 
     def __init__(self, config: NodeConfig, runtime: Runtime | None = None,
                  on_exit: ExitCallback | None = None, host: HostFacts | None = None,
-                 identities: Callable[[str], Identity] | None = None) -> None:
+                 identities: Callable[[str], Identity] | None = None, dirs: workdirs.WorkerDirs | None = None) -> None:
         """``identities`` resolves a user name (default: the node's user database, with the
-        node's min_uid and banned users); tests give made-up users this way."""
+        node's min_uid and banned users); tests give made-up users this way. ``dirs``: who makes
+        the workers' directories (default berth; ``StormDirs`` when Storm's supervisor does)."""
         self.config = config
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
         n = config.node
         self._identities = identities or (lambda user: resolve_identity(
             user, n.min_uid, n.banned_users, allowed_users=n.allowed_users, allowed_groups=n.allowed_groups))
+        self.dirs: workdirs.WorkerDirs = dirs or workdirs.BerthDirs()
         self._default_cb = on_exit
         self._lock = threading.RLock()
         self._callbacks: dict[str, ExitCallback] = {}
@@ -233,7 +235,7 @@ class Node:
                     self._reported.discard(state.container_id)
             if state is not None:
                 self._journal.forget(state.container_id)
-            workdirs.remove(self.config, worker_id)
+            self.dirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""

@@ -1,0 +1,225 @@
+"""A Storm-launched worker's directories: Storm's supervisor made them; berth gives them to the
+worker as Storm's setuid ``worker-launcher`` would, and removes them at cleanup.
+
+Storm's ``Container.setup`` makes ``workers/<id>/{pids,tmp,heartbeats}``, the artifacts dir, the
+user file and the links before it asks the plugin to launch, and it deletes them itself after
+``cleanup``. So berth makes none of them (``WorkerDirs`` is ``workdirs``' other half): it checks
+they are Storm's (plain directories of root, of the supervisor's user or already of the worker's
+user, never reached through a link), and sets the ownership and modes that the launcher's
+``worker`` and ``artifacts-dir`` commands set (``setup_dir_permissions`` in Storm's
+worker-launcher.c): ``user:<launcher group>``, the user keeps read and execute and may write, the
+group reads and writes, directories get group execute and setgid (not ``tmp``, the worker's
+``/tmp``, where setgid would break the JVM's attach files). The supervisor (in the launcher group)
+then reads the worker's heartbeats and can delete what the worker made.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._core.config import NodeConfig
+from .._core.identity import Identity
+from .._core.layout import worker_root
+from .._core.plan import Plan, key_of
+from .._core.spec import ID_PATTERN
+from .._exceptions import ConfigError, PolicyError, SpecError
+from . import workdirs
+
+MAX_ENTRIES = 65536
+"""Entries given to the worker in one directory tree. At a launch, Storm has just made the worker's
+root (a handful of entries) and the artifacts dir is reused only by this topology's own workers;
+past this the launch is refused rather than spend the launch on a walk."""
+MAX_DEPTH = 64
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class StormDirs:
+    """``WorkerDirs`` for workers Storm's supervisor launches through berth's plugin."""
+
+    supervisor_uid: int
+    """The user Storm's supervisor runs as: it made the directories, and a worker never runs as it."""
+    launcher_gid: int
+    """The group the worker's directories get (Storm's ``storm.worker-launcher.group``)."""
+    forbidden_gids: frozenset[int] = frozenset()
+    """Groups no worker's user may be in: the launcher group and berth's API socket group."""
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> StormDirs:
+        """From ``storm.supervisor_user`` (required) and ``storm.launcher_group`` (default: that
+        user's primary group); ``ConfigError`` naming the key when either is unknown here."""
+        import pwd
+
+        s = config.storm
+        key = key_of(config, "storm.supervisor_user")
+        if s is None or s.supervisor_user is None:
+            raise ConfigError(key, "is required to run workers for Storm (the user Storm's supervisor runs as)")
+        try:
+            pw = pwd.getpwnam(s.supervisor_user)
+        except KeyError:
+            raise ConfigError(key, f"no such user {s.supervisor_user!r} on this node") from None
+        gid = pw.pw_gid
+        if s.launcher_group is not None:
+            try:
+                gid = grp.getgrnam(s.launcher_group).gr_gid
+            except KeyError:
+                raise ConfigError(key_of(config, "storm.launcher_group"), f"no such group {s.launcher_group!r}") from None
+        forbidden = {gid}
+        if config.api.socket_group:
+            try:
+                forbidden.add(grp.getgrnam(config.api.socket_group).gr_gid)
+            except KeyError:
+                raise ConfigError(key_of(config, "api.socket_group"), f"no such group {config.api.socket_group!r}") from None
+        return cls(pw.pw_uid, gid, frozenset(forbidden))
+
+    def check_identity(self, ident: Identity) -> None:
+        """A worker's user is neither Storm's supervisor's nor in a group that reaches every
+        worker's files (the launcher group) or berth's socket."""
+        if ident.uid == self.supervisor_uid:
+            raise PolicyError("user", f"{ident.user!r} is the user Storm's supervisor runs as; workers run as "
+                              "the topology's user")
+        shared = sorted(set(ident.groups) & self.forbidden_gids)
+        if shared:
+            raise PolicyError("user", f"{ident.user!r} is in group {shared[0]}, Storm's launcher group or berth's "
+                              "API socket group: its workers could read every worker's files or reach berth")
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        """Give Storm's directories of this worker to its user (see the module), then write the
+        worker script. ``made`` gets only what berth writes (the script): Storm's are not berth's
+        to roll back."""
+        ident = plan.identity
+        self.check_identity(ident)
+        lay = plan.layout
+        owners = {0, self.supervisor_uid, ident.uid}
+        for path, what in ((lay.worker_root, "the worker's root"), (lay.worker_tmp, "its tmp"),
+                           (lay.supervisor_dir, "the supervisor dir"), (lay.artifacts, "its artifacts dir"),
+                           (lay.shared_by_topology, "the topology's shared dir")):
+            _check_dir(path, what, owners if path != lay.supervisor_dir else {0, self.supervisor_uid})
+        _check_file(lay.user_file, owners)
+        # The launcher's `worker` command: the whole root user-writable with setgid dirs, then tmp without.
+        give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True)
+        give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False)
+        for path in (lay.artifacts, lay.shared_by_topology):  # its `artifacts-dir`, once per directory
+            st = os.stat(path, follow_symlinks=False)
+            if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or not st.st_mode & stat.S_ISGID:
+                give(path, ident.uid, self.launcher_gid, setgid=True)
+        workdirs.write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        """The worker's root, all of it: Storm's supervisor deletes it next, and as its own user it
+        cannot delete what the worker made in directories of its own. The user file is Storm's."""
+        if not ID_PATTERN.fullmatch(worker_id):
+            raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
+        workdirs.remove_tree(worker_root(config, worker_id))
+
+
+def _check_dir(path: str, what: str, owners: set[int]) -> None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PolicyError("directories", f"{path} ({what}) does not exist: Storm's supervisor makes it before "
+                          "it asks for a launch (is berth's storm.yaml the supervisor's?)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PolicyError("directories", f"{path} ({what}) is not a plain directory; refusing to follow it")
+    if st.st_uid not in owners:
+        raise PolicyError("topology_id", f"{path} ({what}) belongs to uid {st.st_uid}, neither to Storm's "
+                          "supervisor nor to the worker's user")
+
+
+def _check_file(path: str, owners: set[int]) -> None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PolicyError("directories", f"{path} (the worker's user file) does not exist: Storm's supervisor "
+                          "writes it before it asks for a launch") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners:
+        raise PolicyError("directories", f"{path} (the worker's user file) is not a plain file of Storm's")
+
+
+def launcher_mode(mode: int, setgid: bool) -> int:
+    """Storm's ``setup_permissions``: the user keeps read and execute and may write, the group
+    reads and writes; a directory gets group execute, and setgid if asked."""
+    new = (mode & (stat.S_IRUSR | stat.S_IXUSR)) | stat.S_IRGRP | stat.S_IWGRP | stat.S_IWUSR
+    if stat.S_ISDIR(mode):
+        new |= stat.S_IXGRP | (stat.S_ISGID if setgid else 0)
+    return new
+
+
+def give(path: str, uid: int, gid: int, setgid: bool) -> None:
+    """``chown -R --no-dereference uid:gid`` and the launcher's modes over ``path``, never
+    following a link (links are left as they are), never crossing into another filesystem; any
+    other kind of file (a fifo, a socket, a device) is refused, as Storm's walk refuses it. At most
+    ``MAX_ENTRIES`` entries and ``MAX_DEPTH`` levels; one descriptor per level."""
+    parent, name = os.path.split(os.path.normpath(path))
+    pfd = os.open(parent, _DIR)
+    try:
+        top = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        fd = os.open(name, _DIR, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+    seen = [0]
+    levels: list[tuple[int, str, list[tuple[str, os.stat_result]]]] = []
+    try:
+        _set(fd, top, uid, gid, setgid)
+        levels.append((fd, path, _list(fd, path, seen)))
+        while levels:
+            dfd, shown, pending = levels[-1]
+            if not pending:
+                levels.pop()
+                os.close(dfd)
+                continue
+            ename, st = pending.pop()
+            where = os.path.join(shown, ename)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                ffd = os.open(ename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+                try:
+                    _set(ffd, st, uid, gid, setgid)
+                finally:
+                    os.close(ffd)
+            elif stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
+                if len(levels) >= MAX_DEPTH:
+                    raise PolicyError("directories", f"{path} is more than {MAX_DEPTH} levels deep; not giving "
+                                      "it to the worker")
+                cfd = os.open(ename, _DIR, dir_fd=dfd)
+                try:
+                    _set(cfd, st, uid, gid, setgid)
+                    listed = _list(cfd, where, seen)
+                except BaseException:
+                    os.close(cfd)
+                    raise
+                levels.append((cfd, where, listed))
+            else:
+                raise PolicyError("directories", f"{where} is neither a file, a directory of this filesystem "
+                                  "nor a link; not giving it to the worker")
+    finally:
+        for dfd, _, _ in levels:
+            os.close(dfd)
+
+
+def _list(fd: int, shown: str, seen: list[int]) -> list[tuple[str, os.stat_result]]:
+    out = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            seen[0] += 1
+            if seen[0] > MAX_ENTRIES:
+                raise PolicyError("directories", f"{shown}: more than {MAX_ENTRIES} entries to give to the worker; "
+                                  "refused")
+            try:
+                out.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def _set(fd: int, st: os.stat_result, uid: int, gid: int, setgid: bool) -> None:
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise PolicyError("directories", "an entry was replaced while it was being given to the worker")
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, launcher_mode(now.st_mode, setgid))
