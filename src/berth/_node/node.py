@@ -5,7 +5,8 @@ Storm's names are kept where they are the domain's (``launch``, ``kill``, ``forc
 consumes the runtime's exit stream for every worker; on each (re)connect it reconciles with a
 listing, so an exit that happened while the stream was down is still found. Each exit is
 journalled (``journal``) before its callback runs, which is how a restarted berth knows which
-exits it has already reported. Directories are ``workdirs``' business.
+exits it has already reported. Directories are ``workdirs``' business (``stormdirs``' where Storm's
+supervisor makes them).
 """
 
 from __future__ import annotations
@@ -123,10 +124,7 @@ class Node:
         step = "directories"
         container_id: str | None = None
         try:
-            # No container of this worker exists (checked): its old root and user file are
-            # leftovers, and the root was the worker's to tamper with (links), so it is not reused.
-            workdirs.remove(self.config, plan.worker_id)
-            workdirs.prepare(plan, made)
+            self.dirs.prepare(plan, made)
             step = "create"
             container_id = self.runtime.create(plan)
             with self._lock:

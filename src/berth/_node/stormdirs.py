@@ -64,16 +64,10 @@ class StormDirs:
             raise ConfigError(key, f"no such user {s.supervisor_user!r} on this node") from None
         gid = pw.pw_gid
         if s.launcher_group is not None:
-            try:
-                gid = grp.getgrnam(s.launcher_group).gr_gid
-            except KeyError:
-                raise ConfigError(key_of(config, "storm.launcher_group"), f"no such group {s.launcher_group!r}") from None
+            gid = _gid(config, "storm.launcher_group", s.launcher_group)
         forbidden = {gid}
         if config.api.socket_group:
-            try:
-                forbidden.add(grp.getgrnam(config.api.socket_group).gr_gid)
-            except KeyError:
-                raise ConfigError(key_of(config, "api.socket_group"), f"no such group {config.api.socket_group!r}") from None
+            forbidden.add(_gid(config, "api.socket_group", config.api.socket_group))
         return cls(pw.pw_uid, gid, frozenset(forbidden))
 
     def check_identity(self, ident: Identity) -> None:
@@ -115,6 +109,13 @@ class StormDirs:
         if not ID_PATTERN.fullmatch(worker_id):
             raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
         workdirs.remove_tree(worker_root(config, worker_id))
+
+
+def _gid(config: NodeConfig, key: str, name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(key_of(config, key), f"no such group {name!r} on this node") from None
 
 
 def _check_dir(path: str, what: str, owners: set[int]) -> None:
