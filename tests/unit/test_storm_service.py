@@ -317,3 +317,33 @@ def test_long_polls_are_bounded(storm: Storm, api: TestClient) -> None:
 
 def test_node_is_a_storm_node(storm: Storm) -> None:
     assert isinstance(storm.svc.node, Node) and storm.svc.node.dirs is DIRS
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can traverse down to (pytest's tmp_path lies under a 0700 one)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+def test_the_socket_must_be_reachable_by_storms_supervisor(open_dir: Path) -> None:
+    """A careless operator's socket in berth's private state dir: the plugin could never connect
+    (EACCES on every call); refused at start, saying why."""
+    from berth._service.stormnode import socket_unreachable
+
+    tmp_path = open_dir
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    why = socket_unreachable(str(state / "api.sock"), 0o660, 0, 3900, {3900})
+    assert why is not None and f"{state} (mode 0700, uid 0, gid 0) lets it through no further" in why
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    assert socket_unreachable(str(run / "api.sock"), 0o660, 3900, 3900, {3900}) is None
+    why = socket_unreachable(str(run / "api.sock"), 0o660, 0, 3900, {3900})
+    assert why is not None and "mode 0660 and group 0" in why
+    assert socket_unreachable(str(run / "api.sock"), 0o666, 0, 3900, {3900}) is None

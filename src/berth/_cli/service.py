@@ -185,6 +185,26 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
         sup.stop(drain=drain, progress=_progress)
 
 
+def check_storm_reaches(config: NodeConfig, socket: str, dirs: Any) -> None:
+    """Storm's supervisor must be able to connect (the state dir, the default place of the
+    socket, is root's alone): refused before anything starts, rather than every plugin call
+    failing with EACCES."""
+    import grp
+    import pwd
+
+    from .._core.plan import key_of
+    from .._service.stormnode import socket_unreachable
+
+    user = pwd.getpwuid(dirs.supervisor_uid)
+    group = grp.getgrnam(config.api.socket_group).gr_gid if config.api.socket_group else os.getegid()
+    why = socket_unreachable(socket, int(config.api.socket_mode, 8), group, user.pw_uid,
+                             set(os.getgrouplist(user.pw_name, user.pw_gid)))
+    if why:
+        raise ConfigError(key_of(config, "api.socket"), f"{socket}: Storm's supervisor (user {user.pw_name}) could "
+                          f"not connect: {why}; put it where it can, e.g. berth.api.socket: /run/berth/storm.sock "
+                          f"with berth.api.socket.group: {grp.getgrgid(user.pw_gid).gr_name}")
+
+
 def storm_routers(service: Any) -> list[Any]:
     """Routers served beside the plugin's under ``serve --storm`` (the worker-launcher
     replacement adds its own here)."""
@@ -202,6 +222,8 @@ def _serve_storm(ctx: click.Context, config: NodeConfig, socket: str) -> None:
     check_socket_group(config)
     check_apart(config, None, socket)
     dirs = StormDirs.from_config(config)
+    get_node(ctx).check_state()  # the state dir, made 0700 if missing: the default place of the socket
+    check_storm_reaches(config, socket, dirs)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = StormService(config, node=get_node(ctx), dirs=dirs)
     service.start()

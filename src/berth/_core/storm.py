@@ -48,6 +48,7 @@ BERTH_KEYS = {
     "berth.state.dir": ("node", "state_dir"),
     "berth.api.socket": ("api", "socket"),
     "berth.api.socket.group": ("api", "socket_group"),
+    "berth.api.socket.mode": ("api", "socket_mode"),
     "berth.container.max.memory.mb": ("container", "max_memory_mb"),
     "berth.storm.supervisor.user": ("storm", "supervisor_user"),
     "berth.storm.launcher.group": ("storm", "launcher_group"),

@@ -40,6 +40,7 @@ BERTH_TO_STORM = {
     "node.state_dir": "berth.state.dir",
     "api.socket": "berth.api.socket",
     "api.socket_group": "berth.api.socket.group",
+    "api.socket_mode": "berth.api.socket.mode",
     "container.max_memory_mb": "berth.container.max.memory.mb",
     "storm.supervisor_user": "berth.storm.supervisor.user",
     "storm.launcher_group": "berth.storm.launcher.group",

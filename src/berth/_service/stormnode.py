@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -236,3 +237,25 @@ def cgroup_left_mb(directory: str, version: int) -> int | None:
         return max(0, int(raw) - _cgroup.read_int(os.path.join(directory, usage_file))) // (1024 * 1024)
     except (OSError, ValueError):
         return None
+
+
+def socket_unreachable(path: str, mode: int, group: int, uid: int, gids: set[int]) -> str | None:
+    """Why the user ``uid`` (in ``gids``) could not connect to a unix socket at ``path`` whose
+    mode and group will be ``mode`` and ``group`` (every directory above it searchable, the socket
+    writable), or None. Root passes everything."""
+    if uid == 0:
+        return None
+    here = "/"
+    for part in [p for p in os.path.dirname(os.path.abspath(path)).split("/") if p]:
+        here = os.path.join(here, part)
+        try:
+            st = os.stat(here)
+        except FileNotFoundError:
+            break  # made by serve (0755)
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid in gids else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return (f"{here} (mode {st.st_mode & 0o7777:04o}, uid {st.st_uid}, gid {st.st_gid}) lets it through "
+                    "no further")
+    if not mode & (stat.S_IWGRP if group in gids else stat.S_IWOTH):
+        return f"the socket gets mode {mode:04o} and group {group}, and the user is not in that group"
+    return None
