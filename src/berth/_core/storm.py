@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
 }
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
 BERTH_KEYS = {
+    "berth.node.name": ("node", "name"),
     "berth.runtime": ("node", "runtime"),
     "berth.state.dir": ("node", "state_dir"),
     "berth.api.socket": ("api", "socket"),
@@ -59,7 +60,9 @@ BERTH_KEYS = {
 berth.toml: so that the one storm.yaml of a node configures both Storm's supervisor and the
 ``berth serve --storm`` beside it (the plugin reads ``berth.api.socket`` and ``berth.state.dir``
 too). ``berth.runc.*``: where the runc runtime finds each image's root filesystem directory
-(Storm's runc manager reads HDFS image layers instead)."""
+(Storm's runc manager reads HDFS image layers instead). ``berth.node.name``: berth's name for the
+node (its containers' ``berth.node`` label), default ``storm.local.hostname``: for several
+supervisors on one engine that all call themselves ``localhost``."""
 BERTH_ONLY = frozenset({"storm.home", *BERTH_KEYS})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
 launcher, ``-Dstorm.home``) and berth's own keys."""

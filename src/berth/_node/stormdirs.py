@@ -8,9 +8,12 @@ they are Storm's (plain directories of root, of the supervisor's user or already
 user, never reached through a link), and sets the ownership and modes that the launcher's
 ``worker`` and ``artifacts-dir`` commands set (``setup_dir_permissions`` in Storm's
 worker-launcher.c): ``user:<launcher group>``, the user keeps read and execute and may write, the
-group reads and writes, directories get group execute and setgid (not ``tmp``, the worker's
-``/tmp``, where setgid would break the JVM's attach files). The supervisor (in the launcher group)
-then reads the worker's heartbeats and can delete what the worker made.
+group reads and writes, others get nothing, directories get group execute and setgid (not ``tmp``,
+the worker's ``/tmp``, where setgid would break the JVM's attach files); and what its ``code-dir``
+sets on the topology's code (``stormdist/<topology>``: the same, not writable by the user), so that
+no other tenant's worker, which sees the whole supervisor dir, reads another topology's jar or conf.
+The supervisor (in the launcher group) then reads the worker's heartbeats and can delete what the
+worker made.
 """
 
 from __future__ import annotations
@@ -89,18 +92,23 @@ class StormDirs:
         self.check_identity(ident)
         lay = plan.layout
         owners = {0, self.supervisor_uid, ident.uid}
+        code = os.path.dirname(lay.shared_by_topology)
         for path, what in ((lay.worker_root, "the worker's root"), (lay.worker_tmp, "its tmp"),
                            (lay.supervisor_dir, "the supervisor dir"), (lay.artifacts, "its artifacts dir"),
-                           (lay.shared_by_topology, "the topology's shared dir")):
+                           (code, "the topology's code dir"), (lay.shared_by_topology, "the topology's shared dir")):
             _check_dir(path, what, owners if path != lay.supervisor_dir else {0, self.supervisor_uid})
         _check_file(lay.user_file, owners)
         # The launcher's `worker` command: the whole root user-writable with setgid dirs, then tmp without.
         give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True)
         give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False)
-        for path in (lay.artifacts, lay.shared_by_topology):  # its `artifacts-dir`, once per directory
-            st = os.stat(path, follow_symlinks=False)
-            if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or not st.st_mode & stat.S_ISGID:
-                give(path, ident.uid, self.launcher_gid, setgid=True)
+        # `code-dir` on the topology's code (every launch: Storm may have updated a blob since), then
+        # `artifacts-dir` on its shared dir, as Storm's localizer runs them; `artifacts-dir` on the
+        # artifacts dir once (it holds every earlier worker's logs of this topology and port).
+        give(code, ident.uid, self.launcher_gid, setgid=True, user_writable=False)
+        give(lay.shared_by_topology, ident.uid, self.launcher_gid, setgid=True)
+        st = os.stat(lay.artifacts, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or st.st_mode & 0o2777 != 0o2770:
+            give(lay.artifacts, ident.uid, self.launcher_gid, setgid=True)
         workdirs.write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
 
     def remove(self, config: NodeConfig, worker_id: str) -> None:
@@ -141,16 +149,19 @@ def _check_file(path: str, owners: set[int]) -> None:
         raise PolicyError("directories", f"{path} (the worker's user file) is not a plain file of Storm's")
 
 
-def launcher_mode(mode: int, setgid: bool) -> int:
-    """Storm's ``setup_permissions``: the user keeps read and execute and may write, the group
-    reads and writes; a directory gets group execute, and setgid if asked."""
-    new = (mode & (stat.S_IRUSR | stat.S_IXUSR)) | stat.S_IRGRP | stat.S_IWGRP | stat.S_IWUSR
+def launcher_mode(mode: int, setgid: bool, user_writable: bool = True) -> int:
+    """Storm's ``setup_permissions``: the user keeps read and execute (and may write if
+    ``user_writable``), the group reads and writes; a directory gets group execute, and setgid if
+    asked. Others get nothing."""
+    new = (mode & (stat.S_IRUSR | stat.S_IXUSR)) | stat.S_IRGRP | stat.S_IWGRP
+    if user_writable:
+        new |= stat.S_IWUSR
     if stat.S_ISDIR(mode):
         new |= stat.S_IXGRP | (stat.S_ISGID if setgid else 0)
     return new
 
 
-def give(path: str, uid: int, gid: int, setgid: bool) -> None:
+def give(path: str, uid: int, gid: int, setgid: bool, user_writable: bool = True) -> None:
     """``chown -R --no-dereference uid:gid`` and the launcher's modes over ``path``, never
     following a link (links are left as they are), never crossing into another filesystem; any
     other kind of file (a fifo, a socket, a device) is refused, as Storm's walk refuses it. At most
@@ -165,7 +176,7 @@ def give(path: str, uid: int, gid: int, setgid: bool) -> None:
     seen = [0]
     levels: list[tuple[int, str, list[tuple[str, os.stat_result]]]] = []
     try:
-        _set(fd, top, uid, gid, setgid)
+        _set(fd, top, uid, gid, setgid, user_writable)
         levels.append((fd, path, _list(fd, path, seen)))
         while levels:
             dfd, shown, pending = levels[-1]
@@ -180,7 +191,7 @@ def give(path: str, uid: int, gid: int, setgid: bool) -> None:
             if stat.S_ISREG(st.st_mode):
                 ffd = os.open(ename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
                 try:
-                    _set(ffd, st, uid, gid, setgid)
+                    _set(ffd, st, uid, gid, setgid, user_writable)
                 finally:
                     os.close(ffd)
             elif stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
@@ -189,7 +200,7 @@ def give(path: str, uid: int, gid: int, setgid: bool) -> None:
                                       "it to the worker")
                 cfd = os.open(ename, _DIR, dir_fd=dfd)
                 try:
-                    _set(cfd, st, uid, gid, setgid)
+                    _set(cfd, st, uid, gid, setgid, user_writable)
                     listed = _list(cfd, where, seen)
                 except BaseException:
                     os.close(cfd)
@@ -218,9 +229,9 @@ def _list(fd: int, shown: str, seen: list[int]) -> list[tuple[str, os.stat_resul
     return out
 
 
-def _set(fd: int, st: os.stat_result, uid: int, gid: int, setgid: bool) -> None:
+def _set(fd: int, st: os.stat_result, uid: int, gid: int, setgid: bool, user_writable: bool) -> None:
     now = os.fstat(fd)
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         raise PolicyError("directories", "an entry was replaced while it was being given to the worker")
     os.fchown(fd, uid, gid)
-    os.fchmod(fd, launcher_mode(now.st_mode, setgid))
+    os.fchmod(fd, launcher_mode(now.st_mode, setgid, user_writable))
