@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,17 +234,9 @@ def test_berth_sigkilled_mid_run_loses_no_worker_and_no_exit(storm: BerthStorm, 
 
 
 def kill_from_outside_while_berth_is_down(storm: BerthStorm, wid: str) -> None:
-    if storm.runtime == "docker":
-        import docker
-
-        api = docker.APIClient(base_url=SOCKET, version="auto")
-        api.kill(wid, signal="SIGKILL")
-        poll_until(lambda: api.inspect_container(wid)["State"]["Status"] == "exited", f"{wid} to end")
-        return
-    state = json.loads(subprocess.run(["runc", "--root", str(storm.base / "state" / "runc" / "root"), "state", wid],
-                                      capture_output=True, text=True, check=True).stdout)
-    os.kill(state["pid"], signal.SIGKILL)  # berth-shim, not berth, is its parent: it records the status
-    poll_until(lambda: not Path(f"/proc/{state['pid']}").exists(), f"{wid} to end")
+    pid = describe_pid(storm, wid)  # from the runtime's own state: berth is not running
+    os.kill(pid, signal.SIGKILL)  # the engine, or berth-shim, sees it end and keeps its status
+    poll_until(lambda: not Path(f"/proc/{pid}").exists(), f"{wid} to end")
 
 
 def test_storms_supervisor_restarted_mid_run_keeps_its_workers(storm: BerthStorm, wordcount: dict[str, Any]) -> None:
