@@ -208,3 +208,18 @@ berth.storm.launcher.group: storm
     assert config_from_storm({k: v for k, v in data.items() if k != "berth.runtime"}).node.runtime == "docker"
     named = config_from_storm({**data, "storm.local.hostname": "localhost", "berth.node.name": "sup-1"})
     assert named.node.name == "sup-1"  # several supervisors of one engine all call themselves localhost
+
+
+def test_a_hard_link_to_anothers_file_is_never_given_to_the_worker(node: Node, base: Path) -> None:
+    """A worker writes its topology's shared dir; with fs.protected_hardlinks off it could link a
+    file of root's there, and a walk that chowns whatever it finds would hand that file over."""
+    storm_setup(node.config, "w1")
+    shared = Path(node.config.node.local_dir) / "supervisor" / "stormdist" / TOPO / "shared_by_topology"
+    secret = base / "shadow"
+    secret.write_text("root's")
+    os.chmod(secret, 0o600)
+    os.link(secret, shared / "planted")
+    with pytest.raises(LaunchError) as err:
+        node.launch(spec("w1"))
+    assert "has other hard links" in err.value.reason and node.ps() == []
+    assert (owner(secret), mode(secret)) == ((0, 0), 0o600)

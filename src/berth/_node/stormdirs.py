@@ -189,6 +189,9 @@ def give(path: str, uid: int, gid: int, setgid: bool, user_writable: bool = True
             if stat.S_ISLNK(st.st_mode):
                 continue
             if stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:  # (root may link anything, whatever fs.protected_hardlinks says)
+                    raise PolicyError("directories", f"{where} has other hard links; not giving a file that "
+                                      "is also elsewhere to the worker")
                 ffd = os.open(ename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
                 try:
                     _set(ffd, st, uid, gid, setgid, user_writable)
@@ -233,5 +236,7 @@ def _set(fd: int, st: os.stat_result, uid: int, gid: int, setgid: bool, user_wri
     now = os.fstat(fd)
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         raise PolicyError("directories", "an entry was replaced while it was being given to the worker")
+    if stat.S_ISREG(now.st_mode) and now.st_nlink > 1:
+        raise PolicyError("directories", "a file got another hard link while it was being given to the worker")
     os.fchown(fd, uid, gid)
     os.fchmod(fd, launcher_mode(now.st_mode, setgid, user_writable))
