@@ -66,6 +66,20 @@ def check_socket_group(config: NodeConfig) -> None:
         raise ConfigError("api.socket_group", f"no such group {group!r}") from None
 
 
+def check_launcher(config: NodeConfig, socket: str) -> None:
+    """With the worker-launcher on (``[launcher]``), its user and group exist and Storm's
+    supervisor can reach the socket: else the launcher could never answer, and Storm would log
+    only that berth is not answering."""
+    from .._node.launcher import reach_problem, resolve_policy
+
+    policy = resolve_policy(config)
+    if policy is None:
+        return
+    problem = reach_problem(policy, socket, int(config.api.socket_mode, 8), config.api.socket_group)
+    if problem:
+        raise ConfigError(*problem)
+
+
 def check_apart(config: NodeConfig, assignments: str | None, socket: str | None) -> None:
     """Before anything starts: workers can neither reach nor rewrite the assignments, nor reach
     the API socket (on it, no token is asked for: its mode is the access control)."""
@@ -154,6 +168,7 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
         raise ConfigError("api.token", "a TCP listener needs a bearer token in the config")
     if not tcp:
         check_socket_group(config)
+        check_launcher(config, socket_path or config.api_socket)
     check_apart(config, assignments, None if tcp else (socket_path or config.api_socket))
     sup = _make(ctx, assignments)
     _start(sup, drain)

@@ -40,11 +40,17 @@ DEFAULTS: dict[str, Any] = {
     "storm.cgroup.memory.enforcement.enable": False,
 }
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
-BERTH_ONLY = frozenset({"storm.home", "berth.runc.images", "berth.runc.image.root"})
+LAUNCHER_KEYS = {"berth.worker-launcher.supervisor.user": ("launcher", "supervisor_user"),
+                 "berth.worker-launcher.group": ("launcher", "group"),
+                 "berth.worker-launcher.min.user.id": ("node", "min_uid"),
+                 "berth.worker-launcher.banned.users": ("node", "banned_users")}
+"""What Storm's launcher reads from ``/etc/storm/worker-launcher.cfg`` (``storm.worker-launcher.group``,
+``min.user.id``, ``banned.users``) and who may call berth's (docs/storm.md), under berth's prefix."""
+BERTH_ONLY = frozenset({"storm.home", "berth.runc.images", "berth.runc.image.root", *LAUNCHER_KEYS})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
-launcher, ``-Dstorm.home``), and where the runc runtime finds each image's root filesystem
+launcher, ``-Dstorm.home``), where the runc runtime finds each image's root filesystem
 directory (Storm's runc manager reads HDFS image layers instead; Storm ignores keys it does not
-know)."""
+know), and the worker-launcher's settings."""
 NUMA_KEYS = {"numa.cores": "cores", "numa.memory.mb": "memory_mb", "numa.ports": "ports"}
 NUMA_IGNORED = frozenset({"numa.generic.resources.map"})
 
@@ -219,7 +225,12 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
                                                      ("berth.runc.image.root", "image_root")) if theirs in conf}
     if isinstance(runc.get("images"), dict):
         runc["images"] = {str(k): v for k, v in runc["images"].items()}
-    return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm,
+    sections: dict[str, dict[str, Any]] = {"node": node, "launcher": {}}
+    for key, (section, name) in LAUNCHER_KEYS.items():
+        if key in conf:
+            value = conf[key]
+            sections[section][name] = _strings(key, value) if name == "banned_users" else value
+    return config_from_mapping({**sections, "images": images, "container": container, "storm": storm,
                                 "runc": runc}, rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
 
 

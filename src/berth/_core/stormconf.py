@@ -35,6 +35,10 @@ BERTH_TO_STORM = {
     "storm.numa": "supervisor.numa.meta",
     "runc.images": "berth.runc.images",
     "runc.image_root": "berth.runc.image.root",
+    "launcher.supervisor_user": "berth.worker-launcher.supervisor.user",
+    "launcher.group": "berth.worker-launcher.group",
+    "node.min_uid": "berth.worker-launcher.min.user.id",
+    "node.banned_users": "berth.worker-launcher.banned.users",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 

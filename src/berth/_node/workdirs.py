@@ -265,10 +265,16 @@ def walk(pfd: int, name: str, st: os.stat_result, shown: str, scan: Scan, *,
 
 def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
     """Open a directory entry that was just seen to be a directory; fail if it is no longer it."""
-    fd = os.open(name, _DIR, dir_fd=dfd)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
-        os.close(fd)
+    try:
+        fd = os.open(name, _DIR, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        fd = -1  # a link or a file now, where a directory was seen
+    st = os.fstat(fd) if fd >= 0 else None
+    if st is None or (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        if fd >= 0:
+            os.close(fd)
         raise CleanupError("directories", f"{shown}: an entry was replaced while the tree was walked")
     return fd
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.serviceconfig import TenantToken
 from .api import create_app
+from .peer import PeerCredProtocol
 from .supervisor import Supervisor
 
 
@@ -43,8 +44,9 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     if os.path.lexists(socket_path):
         os.unlink(socket_path)  # a dead supervisor's: the lock says no live one uses it
+    # h11 with the peer's credentials in each request (the worker-launcher's routes need the uid)
     server = uvicorn.Server(uvicorn.Config(app or create_app(sup, read_only=read_only), uds=socket_path,
-                                           log_level="warning"))
+                                           http=PeerCredProtocol, log_level="warning"))
     mine: list[tuple[int, int]] = []
     previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
 
