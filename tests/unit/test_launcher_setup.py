@@ -1,0 +1,156 @@
+"""Setting the worker-launcher up: its storm.yaml keys, the check that Storm's supervisor can reach
+berth's socket, the program ``berth worker-launcher install`` writes, the bounded tree walk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from berth import ConfigError
+from berth._cli.launcher import install_program
+from berth._core.config import config_from_mapping
+from berth._core.loading import load_config
+from berth._core.storm import config_from_storm
+from berth._core.tomlout import config_toml
+from berth._exceptions import CleanupError
+from berth._node.launcher import reach_problem, resolve_policy
+from berth._node.workdirs import remove_at
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory every user can reach (pytest's own tmp dirs are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="berth-test-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+STORM = {"storm.home": "/opt/storm", "storm.local.dir": "/var/storm", "storm.log.dir": "/var/log/storm"}
+
+
+def test_storm_yaml_names_the_launchers_settings_as_storms_launcher_cfg_does() -> None:
+    config = config_from_storm({**STORM, "berth.worker-launcher.supervisor.user": "berth-dave",
+                                "berth.worker-launcher.group": "berth-team",
+                                "berth.worker-launcher.min.user.id": 2000,
+                                "berth.worker-launcher.banned.users": "berth-bob"})
+    assert (config.launcher.supervisor_user, config.launcher.group) == ("berth-dave", "berth-team")
+    assert (config.node.min_uid, config.node.banned_users) == (2000, ("berth-bob",))
+    assert config.storm is not None and config.storm.unused_keys == ()
+    toml = config_toml(config)
+    assert '[launcher]\nsupervisor_user = "berth-dave"\ngroup = "berth-team"' in toml
+
+
+@pytest.mark.parametrize(("key", "value", "error"), [
+    ("berth.worker-launcher.min.user.id", "1000", "berth.worker-launcher.min.user.id: Input should be a valid integer"),
+    ("berth.worker-launcher.supervisor.user", "storm;rm", "berth.worker-launcher.supervisor.user: 'storm;rm' is "
+                                                           "not a user or group name"),
+    ("berth.worker-launcher.grop", "storm", "berth.worker-launcher.grop: unknown key: no Storm version defines it "
+                                            "(did you mean berth.worker-launcher.group?)"),
+])
+def test_bad_launcher_keys_name_the_storm_key(key: str, value: object, error: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_storm({**STORM, key: value})
+    assert str(info.value) == error
+
+
+def _policy(tmp_path: Path, group: str | None = None) -> object:
+    launcher = {"supervisor_user": "berth-dave", **({"group": group} if group else {})}
+    return resolve_policy(config_from_mapping({"node": {"name": "n", "local_dir": str(tmp_path / "l"),
+                                                        "log_dir": str(tmp_path / "g"),
+                                                        "state_dir": str(tmp_path / "s")},
+                                               "launcher": launcher}))
+
+
+def test_the_group_defaults_to_the_supervisors_primary_group(tmp_path: Path) -> None:
+    from berth._node.launcher import LauncherPolicy
+
+    policy = _policy(tmp_path)
+    assert isinstance(policy, LauncherPolicy) and (policy.supervisor_uid, policy.gid) == (2104, 2300)
+    other = _policy(tmp_path, "berth-shared")
+    assert isinstance(other, LauncherPolicy) and other.gid == 2200
+    with pytest.raises(ConfigError, match=r"^launcher.group: no such group 'nope-group'$"):
+        _policy(tmp_path, "nope-group")
+    with pytest.raises(ConfigError, match=r"launcher\.supervisor_user: must not be root"):
+        resolve_policy(config_from_mapping({"launcher": {"supervisor_user": "root"}}))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes root-owned directories")
+def test_serve_knows_when_storms_supervisor_could_not_reach_the_socket(open_tmp: Path) -> None:
+    from berth._node.launcher import LauncherPolicy
+
+    policy = _policy(open_tmp)
+    assert isinstance(policy, LauncherPolicy)
+    closed = open_tmp / "closed"
+    closed.mkdir(mode=0o700)
+    assert reach_problem(policy, str(closed / "api.sock"), 0o660, "berth-team") == (
+        "api.socket", f"{closed} does not let berth-dave (Storm's supervisor) through to the socket "
+                      f"{closed}/api.sock")
+    open_dir = open_tmp / "run"
+    open_dir.mkdir(mode=0o755)
+    assert reach_problem(policy, str(open_dir / "api.sock"), 0o660, "berth-team") is None
+    assert reach_problem(policy, str(open_dir / "not-yet" / "api.sock"), 0o660, "berth-team") is None
+    field, why = reach_problem(policy, str(open_dir / "api.sock"), 0o660, "berth-alice") or ("", "")
+    assert field == "api.socket_group" and "set api.socket_group to a group of berth-dave's" in why
+    assert reach_problem(policy, str(open_dir / "api.sock"), 0o660, None) is not None  # root's group
+    assert reach_problem(policy, str(open_dir / "api.sock"), 0o666, None) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the program is checked to be root's alone")
+def test_install_writes_a_plain_program_that_runs_anywhere(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    dest = tmp_path / "berth-worker-launcher"
+    python = install_program(str(dest))
+    st = os.stat(dest)
+    assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid, st.st_gid) == (0, 0)
+    assert dest.read_text().startswith(f"#!{python} -IS\n")
+    done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], env={"BERTH_SOCKET": str(tmp_path / "none")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 24 and "berth is not answering" in done.stderr
+    os.chmod(dest, 0o4755)
+    done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 22  # a setuid copy refuses to run
+    install_program(str(dest))  # replaced whole, and never setuid again
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o755
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the program is checked to be root's alone")
+def test_install_refuses_a_link_and_a_directory_others_could_write(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "link").symlink_to("/usr/bin/true")
+    with pytest.raises(ConfigError, match="exists and is not a plain file"):
+        install_program(str(tmp_path / "link"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(ConfigError, match=r"^dest: .*shared is writable by everyone; the worker-launcher Storm runs"):
+        install_program(str(shared / "berth-worker-launcher"))
+    with pytest.raises(ConfigError, match="must be an absolute path"):
+        install_program("relative/berth-worker-launcher")
+
+
+def test_a_tree_walk_stops_at_its_deadline(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    (top / "a" / "b").mkdir(parents=True)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(CleanupError, match="not removed in the time allowed"):
+            remove_at(fd, "top", str(top), deadline=time.monotonic() - 1)
+    finally:
+        os.close(fd)
+    assert (top / "a" / "b").is_dir()
+
+
+def test_a_berth_toml_launcher_section(tmp_path: Path) -> None:
+    path = tmp_path / "berth.toml"
+    path.write_text('[launcher]\nsupervisor_user = "berth-dave"\nunknown = 1\n')
+    with pytest.raises(ConfigError, match=r"launcher\.unknown"):
+        load_config(path)
