@@ -349,3 +349,42 @@ def test_profiler_script_that_is_a_link_is_refused(base: Path, policy: LauncherP
     workers = FakeWorkers([state("w1", "berth-alice")])
     out = call(policy, "berth-alice", "profiler", str(arts), str(arts / "s.sh"), workers=workers)
     assert out.code == 255 and workers.calls == []
+
+
+# -- found in the adversarial pass -------------------------------------------------------------------------
+
+def test_a_forged_owner_cannot_take_a_file_in_another_users_artifacts(base: Path, policy: LauncherPolicy) -> None:
+    """The logviewer runs ``blob <log file>`` as the owner named in the worker's own worker.yaml,
+    which the worker can rewrite: bob must not be given a file (even one Storm wrote) in alice's dir."""
+    arts = base / "log" / "workers-artifacts" / TOPO / "6700"
+    arts.mkdir(parents=True)
+    (arts / "worker.yaml").write_text("topology.submitter.user: berth-bob\n")
+    os.lchown(arts, ALICE, TEAM)
+    os.lchown(arts / "worker.yaml", DAVE, TEAM)  # written by Storm's supervisor
+    out = call(policy, "berth-bob", "blob", str(arts / "worker.yaml"))
+    assert out.code == 255 and f"belongs to uid {ALICE}" in out.output[-1]
+    assert ids(arts / "worker.yaml")[0] == DAVE
+    assert call(policy, "berth-bob", "rmr", str(arts / "worker.yaml")).code == 255
+    assert (arts / "worker.yaml").exists()
+    assert call(policy, "berth-alice", "blob", str(arts / "worker.yaml")).code == 0
+
+
+def test_a_tree_of_links_reports_a_bounded_number_of_lines(base: Path, policy: LauncherPolicy) -> None:
+    top = stormdist(base)
+    for i in range(300):
+        (top / "resources" / f"l{i}").symlink_to("/etc/passwd")
+    out = call(policy, "berth-alice", "code-dir", str(top))
+    assert out.code == 0 and len(out.output) == 2 + 200 + 1
+    assert out.output[-1] == "… and 100 more left alone"
+
+
+def test_a_command_stops_when_its_time_is_up(base: Path, policy: LauncherPolicy,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    top = stormdist(base)
+    for i in range(5000):
+        (top / "resources" / f"f{i}").write_text("")
+    monkeypatch.setattr(launcher, "WORK_S", -1.0)
+    out = call(policy, "berth-alice", "code-dir", str(top))
+    assert out.code == 255 and "not set up in the time allowed" in out.output[-1]
+    out = call(policy, "berth-alice", "rmr", str(top))
+    assert out.code == 255 and "not removed in the time allowed" in out.output[-1] and top.exists()

@@ -154,3 +154,17 @@ def test_a_berth_toml_launcher_section(tmp_path: Path) -> None:
     path.write_text('[launcher]\nsupervisor_user = "berth-dave"\nunknown = 1\n')
     with pytest.raises(ConfigError, match=r"launcher\.unknown"):
         load_config(path)
+
+
+def test_one_huge_directory_is_stopped_inside_its_scan(tmp_path: Path) -> None:
+    from berth._node import workdirs
+
+    for i in range(5000):
+        (tmp_path / f"f{i}").write_text("")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(CleanupError, match="not removed in the time allowed"):
+            workdirs._scan(fd, os.fstat(fd).st_dev, str(tmp_path), 1, 512, deadline=time.monotonic() - 1)
+    finally:
+        os.close(fd)
+    assert 0 < len(os.listdir(tmp_path)) < 5000  # it went on until it looked at the time, then stopped

@@ -206,7 +206,7 @@ def _tree(name: str, path: str, ident: Identity, policy: LauncherPolicy, output:
             output.append(f"{path} does not exist: nothing to delete")
         return 0
     notes = stormdirs.set_permissions(where, (ident.uid, policy.gid), name == "artifacts-dir", owners, deadline)
-    output.extend(notes[:MAX_OUTPUT])
+    output.extend(notes)
     return 0
 
 
@@ -336,7 +336,7 @@ def profile(dir_arg: str, script_arg: str, ident: Identity, policy: LauncherPoli
     if not found:
         raise LauncherRefused("worker", f"no running worker of {ident.user} writes to {dir_arg}: nothing to profile",
                               UNABLE_TO_EXECUTE_CONTAINER_SCRIPT)
-    with stormdirs.parent_dir(script) as pfd:
+    with stormdirs.parent_dir(script, (0, policy.supervisor_uid, ident.uid)) as pfd:
         try:
             if pfd is None:
                 raise FileNotFoundError

@@ -19,12 +19,12 @@ import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._core.config import NodeConfig
 from .._core.layout import supervisor_dir
 from .._exceptions import CleanupError, LauncherRefused
-from .workdirs import Entry, remove_at, walk
+from .workdirs import Entry, past_deadline, remove_at, walk
 
 STORMDIST, USERCACHE, WORKERS, ARTIFACTS = "stormdist", "usercache", "workers", "artifacts"
 UNABLE_TO_STAT_FILE = 12
@@ -34,6 +34,8 @@ FAILED = 255
 MAX_ENTRIES = 1_000_000
 """Entries one command may change: more, and it stops with an error rather than run on."""
 MAX_PATH = 4096
+MAX_NOTES = 200
+"""``NOOP`` lines a command reports (a tree of links would otherwise fill berth's memory with them)."""
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -84,9 +86,10 @@ def locate(trees: Mapping[str, str], path: str) -> Located:
 
 
 @contextlib.contextmanager
-def parent_dir(where: Located) -> Iterator[int | None]:
+def parent_dir(where: Located, owners: tuple[int, ...] | None = None) -> Iterator[int | None]:
     """The directory holding ``where``'s last component, reached from its root without following
-    a link; None when a directory on the way does not exist."""
+    a link; None when a directory on the way does not exist. With ``owners``, every directory on
+    the way below the root must belong to one of them: another tenant's dir is not a way in."""
     try:
         fd = os.open(where.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -106,6 +109,7 @@ def parent_dir(where: Located) -> Iterator[int | None]:
                 raise LauncherRefused("path", f"{where.path}: cannot open {comp!r}: {exc.strerror}", FAILED) from exc
             os.close(fd)
             fd = nfd
+            check_owner(where, os.fstat(fd), owners)
         yield fd if fd >= 0 else None
     finally:
         if fd >= 0:
@@ -125,10 +129,11 @@ def storm_mode(mode: int, user_write: bool, setgid_on_dir: bool = True) -> int:
     return new
 
 
-def check_owner(where: Located, st: os.stat_result, allowed: tuple[int, ...]) -> None:
-    """The top of what a command changes or deletes belongs to root, Storm's supervisor or the
-    user named: never another tenant's tree handed over or deleted because Storm named it."""
-    if not stat.S_ISLNK(st.st_mode) and st.st_uid not in allowed:
+def check_owner(where: Located, st: os.stat_result, allowed: tuple[int, ...] | None) -> None:
+    """What a command changes or deletes, and every directory above it in Storm's tree, belongs to
+    root, Storm's supervisor or the user named: never another tenant's tree handed over or
+    deleted because Storm named it (a worker can write the topology owner the logviewer reads)."""
+    if allowed is not None and not stat.S_ISLNK(st.st_mode) and st.st_uid not in allowed:
         raise LauncherRefused("path", f"{where.path} belongs to uid {st.st_uid}, neither the user's nor Storm's "
                               "supervisor's; refused", FAILED)
 
@@ -140,13 +145,23 @@ class _Permissions:
     uid: int
     gid: int
     user_write: bool
-    notes: list[str]
+    deadline: float
+    notes: list[str] = field(default_factory=list)
     seen: int = 0
+    untold: int = 0
 
     def count(self, shown: str) -> None:
         self.seen += 1
         if self.seen > MAX_ENTRIES:
             raise LauncherRefused("path", f"{shown}: more than {MAX_ENTRIES} entries; stopped", FAILED)
+        if self.seen % 4096 == 0:
+            past_deadline(self.deadline, shown, "set up")
+
+    def note(self, line: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(line)
+        else:
+            self.untold += 1
 
     def on_dir(self, fd: int) -> None:
         st = os.fstat(fd)
@@ -157,7 +172,7 @@ class _Permissions:
         """A regular file, changed through an ``O_PATH`` descriptor of the very inode that was
         seen (a file swapped for a link meanwhile is a link to that descriptor, left alone)."""
         if seen.st_nlink > 1:
-            self.notes.append(f"NOOP: {shown} (a hard link: may be a file from elsewhere)")
+            self.note(f"NOOP: {shown} (a hard link: may be a file from elsewhere)")
             return
         try:
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -167,7 +182,7 @@ class _Permissions:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode) \
                     or st.st_nlink > 1:
-                self.notes.append(f"NOOP: {shown} (changed while it was set up)")
+                self.note(f"NOOP: {shown} (changed while it was set up)")
                 return
             via = f"/proc/self/fd/{fd}"  # chown/chmod of the inode held; an O_PATH fd takes no fchmod
             os.chown(via, self.uid, self.gid)
@@ -189,7 +204,7 @@ class _Permissions:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     if st.st_dev != dev:
-                        self.notes.append(f"NOOP: {here} (a mount point: not crossed)")
+                        self.note(f"NOOP: {here} (a mount point: not crossed)")
                     elif len(found) >= room:
                         raise LauncherRefused("path", f"{shown}: too many directories to walk; stopped", FAILED)
                     else:
@@ -197,7 +212,7 @@ class _Permissions:
                 elif stat.S_ISREG(st.st_mode):
                     self.on_file(fd, entry.name, st, here)
                 else:
-                    self.notes.append(f"NOOP: {here}")
+                    self.note(f"NOOP: {here}")
         return found, True
 
 
@@ -205,8 +220,8 @@ def set_permissions(where: Located, owner: tuple[int, int], user_write: bool, al
                     deadline: float) -> list[str]:
     """Storm's ``setup_dir_permissions(path, user_write, setgid)``: the tree (or file) at
     ``where`` given to ``owner`` with Storm's modes. Returns notes on what was left alone."""
-    perms = _Permissions(owner[0], owner[1], user_write, [])
-    with parent_dir(where) as pfd:
+    perms = _Permissions(owner[0], owner[1], user_write, deadline)
+    with parent_dir(where, allowed) as pfd:
         name = where.rest[-1]
         try:
             if pfd is None:
@@ -228,13 +243,13 @@ def set_permissions(where: Located, owner: tuple[int, int], user_write: bool, al
             raise LauncherRefused("path", exc.reason, FAILED) from exc
         except OSError as exc:
             raise LauncherRefused("path", f"{where.path}: {exc.strerror or exc}", FAILED) from exc
-    return perms.notes
+    return perms.notes + ([f"… and {perms.untold} more left alone"] if perms.untold else [])
 
 
 def remove(where: Located, allowed: tuple[int, ...], deadline: float) -> bool:
     """Storm's ``rmr``: the tree at ``where`` deleted (a link unlinked, never followed). False
     when there was nothing to delete."""
-    with parent_dir(where) as pfd:
+    with parent_dir(where, allowed) as pfd:
         if pfd is None:
             return False
         name = where.rest[-1]

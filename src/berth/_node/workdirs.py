@@ -192,13 +192,12 @@ def _remove_entry(pfd: int, name: str, shown: str, deadline: float | None) -> No
                 raise
             retries += 1  # written to meanwhile: a later scan of this level finds it again
 
-    walk(pfd, name, st, shown, _removal_scan, leave=rmdir, deadline=deadline)
+    def scan(fd: int, dev: int, shown: str, depth: int, room: int) -> tuple[list[Entry], bool]:
+        found = _scan(fd, dev, shown, depth, max(1, min(_BATCH, room)), deadline)
+        return found, not found  # a directory is done once a scan finds nothing left in it
+
+    walk(pfd, name, st, shown, scan, leave=rmdir, deadline=deadline)
     os.rmdir(name, dir_fd=pfd)
-
-
-def _removal_scan(fd: int, dev: int, shown: str, depth: int, room: int) -> tuple[list[Entry], bool]:
-    found = _scan(fd, dev, shown, depth, max(1, min(_BATCH, room)))
-    return found, not found  # a directory is done once a scan finds nothing left in it
 
 
 def walk(pfd: int, name: str, st: os.stat_result, shown: str, scan: Scan, *,
@@ -227,9 +226,7 @@ def walk(pfd: int, name: str, st: os.stat_result, shown: str, scan: Scan, *,
         while True:
             top = levels[-1]
             if not top.pending and not top.done:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise CleanupError("directories", f"{shown}: not {doing} in the time allowed (a tree this large "
-                                       f"is stopped {len(levels)} levels down); try again")
+                past_deadline(deadline, shown, doing)
                 found, top.done = scan(cur, st.st_dev, shown, len(levels), _KEPT - kept)
                 top.pending += found
                 kept += len(found)
@@ -263,6 +260,13 @@ def walk(pfd: int, name: str, st: os.stat_result, shown: str, scan: Scan, *,
         os.close(cur)
 
 
+def past_deadline(deadline: float | None, shown: str, doing: str = "removed") -> None:
+    """Stop a walk whose time is up (what it did stays done: running it again goes on from there)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise CleanupError("directories", f"{shown}: not {doing} in the time allowed (a tree this large is stopped "
+                           "part way); try again")
+
+
 def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
     """Open a directory entry that was just seen to be a directory; fail if it is no longer it."""
     try:
@@ -279,12 +283,15 @@ def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
     return fd
 
 
-def _scan(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+def _scan(fd: int, dev: int, shown: str, depth: int, limit: int,
+          deadline: float | None = None) -> list[tuple[str, os.stat_result]]:
     """Unlink every non-directory in ``fd`` until ``limit`` subdirectories have turned up, and
     return those (none: the directory is empty). A later scan lists only what is left."""
     found: list[tuple[str, os.stat_result]] = []
     with os.scandir(fd) as entries:
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            if i % 4096 == 4095:  # a directory of millions of files is one scan
+                past_deadline(deadline, shown)
             try:
                 st = entry.stat(follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
