@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build berth's development images without any container registry.
 
-    scripts/build-images [--only busybox|python] [--force] [--rebuild-rootfs] [--no-import]
+    scripts/build-images [--only busybox|python|storm] [--force] [--rebuild-rootfs] [--no-import]
 
 Images (imported with `docker import` into the engine named by DOCKER_HOST,
 default unix:///run/berth-dev/docker.sock — start it with `scripts/engine start`):
@@ -13,17 +13,22 @@ default unix:///run/berth-dev/docker.sock — start it with `scripts/engine star
   berth/python:latest    debootstrap --variant=minbase --include=python3-minimal,libpython3-stdlib,procps bookworm,
   berth/python:3.11      apt caches and docs removed; has bash, python3, ps.
   berth/python:3.11.N    (tags follow the python version debootstrap installed)
+  berth/storm:latest     debootstrap --variant=minbase --include=openjdk-17-jre-headless,procps bookworm,
+  berth/storm:java-17.N  trimmed as python: Storm's workers; java at /usr/lib/jvm/java-17-openjdk-amd64/bin/java
+                         (the path a Storm supervisor's JAVA_HOME names), bash, ps, kill.
 
 The unpacked root filesystems are kept for bare runc (a stamp file marks a complete one):
   $BERTH_DEV_ROOT/rootfs/busybox   + rootfs/busybox.stamp
   $BERTH_DEV_ROOT/rootfs/python    + rootfs/python.stamp        (BERTH_DEV_ROOT=/var/lib/berth-dev)
+  $BERTH_DEV_ROOT/rootfs/storm     + rootfs/storm.stamp
 
 Idempotent: a cached root filesystem is reused; an image already in the engine and built from
 the current root filesystem (label org.berth.rootfs.id) is skipped unless --force.
 --rebuild-rootfs also throws the cached root filesystems away. --no-import only builds the
 root filesystems (no engine needed). Debian mirror: the host's apt sources (override with
 BERTH_DEBIAN_MIRROR); suite: bookworm (override with --suite). Needs root.
-Missing tools (busybox-static, debootstrap) are installed with apt-get.
+Missing tools (busybox-static, debootstrap) are installed with apt-get. A cached root filesystem
+is rebuilt when its package list changes.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_HOST = "unix:///run/berth-dev/docker.sock"
@@ -48,7 +54,12 @@ ROOTFS = os.path.join(ROOT, "rootfs")
 LOGS = os.path.join(ROOT, "logs")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-PY_PACKAGES = ["python3-minimal", "libpython3-stdlib", "procps"]  # json, signal helpers: the stdlib workers need
+IMAGES = ("busybox", "python", "storm")
+PY_PACKAGES = ("python3-minimal", "libpython3-stdlib", "procps")  # json, signal helpers: the stdlib workers need
+# Storm's workers: Debian's Java at the path a supervisor's JAVA_HOME names (the worker's command
+# line is the supervisor's $JAVA_HOME/bin/java), bash for the worker script, ps and kill
+STORM_PACKAGES = ("openjdk-17-jre-headless", "procps")
+JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 
 os.environ["PATH"] = PATH_ENV + ":" + os.environ.get("PATH", "")
 os.environ["DOCKER_HOST"] = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
@@ -336,31 +347,72 @@ def build_busybox_rootfs(prog: Progress, rebuild: bool) -> Json:
     return write_stamp(name, {"source": version, "applets": n})
 
 
-def build_python_rootfs(prog: Progress, rebuild: bool, suite: str) -> Json:
-    name = "python"
+@dataclass(frozen=True)
+class Deboot:
+    """A root filesystem debootstrap makes: Debian's packages, the programs it must have, and the
+    command (run in a chroot) whose output is the version its tags follow."""
+
+    name: str
+    packages: tuple[str, ...]
+    exes: tuple[str, ...]
+    version_cmd: tuple[str, ...]
+    version_key: str
+    seconds: str
+
+
+PYTHON = Deboot(
+    "python", PY_PACKAGES, ("bin/bash", "usr/bin/python3", "bin/ps"),
+    ("/usr/bin/python3", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"), "python_version", "30-90",
+)
+STORM = Deboot(
+    "storm", STORM_PACKAGES, ("bin/bash", JAVA[1:], "bin/ps", "bin/kill"),
+    ("/bin/sh", "-c", f"{JAVA} -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.version = //p'"),
+    "java_version", "60-180",
+)
+TRIM = [
+    "var/cache/apt/archives/*.deb",
+    "var/cache/apt/archives/partial/*",
+    "var/cache/apt/*.bin",
+    "var/lib/apt/lists/*_*",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "var/log/apt/*",
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/log/bootstrap.log",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/info/*",
+    "usr/share/locale/*",
+    "usr/share/lintian/*",
+]
+
+
+def build_deboot_rootfs(prog: Progress, rebuild: bool, suite: str, img: Deboot) -> Json:
+    name = img.name
     stamp = read_stamp(name)
-    if stamp and stamp.get("packages") != PY_PACKAGES:
+    if stamp and stamp.get("packages") != list(img.packages):
         stamp = None  # the package list changed: the cached root filesystem is stale
     if stamp and not rebuild:
         prog.step(
-            f"debootstrap {suite}: cached at {stamp['path']} ({human(stamp['size'])}, "
-            f"python {stamp.get('python_version')})"
+            f"debootstrap {suite} ({name}): cached at {stamp['path']} ({human(stamp['size'])}, "
+            f"{img.version_key.split('_')[0]} {stamp.get(img.version_key)})"
         )
-        prog.step("trim python rootfs: cached")
+        prog.step(f"trim {name} rootfs: cached")
         return stamp
     mirror = host_mirror(suite)
-    prog.step(f"debootstrap {suite} --variant=minbase +{','.join(PY_PACKAGES)} from {mirror} (about 30-90 s)…")
+    prog.step(f"debootstrap {suite} --variant=minbase +{','.join(img.packages)} from {mirror} (about {img.seconds} s)…")
     if not shutil.which("debootstrap"):
         apt_install(["debootstrap", "debian-archive-keyring"])
     final = os.path.join(ROOTFS, name)
     tmp = os.path.join(ROOTFS, f".{name}.tmp")
     safe_rmtree(tmp)
     os.makedirs(LOGS, exist_ok=True)
-    log_path = os.path.join(LOGS, "debootstrap-python.log")
+    log_path = os.path.join(LOGS, f"debootstrap-{name}.log")
     cmd = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(PY_PACKAGES)}",
+        f"--include={','.join(img.packages)}",
         "--components=main",
         suite,
         tmp,
@@ -369,6 +421,49 @@ def build_python_rootfs(prog: Progress, rebuild: bool, suite: str) -> Json:
     keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
     if os.path.exists(keyring):
         cmd.insert(1, f"--keyring={keyring}")
+    debootstrap(prog, cmd, log_path, tmp)
+
+    prog.step(f"trim {name} rootfs (apt caches, lists, docs) and check {', '.join('/' + e for e in img.exes)}…")
+    before = dir_size(tmp)
+    for pat in TRIM:
+        for path in glob.glob(os.path.join(tmp, pat)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    for rel in ("etc/hostname",):
+        with open(os.path.join(tmp, rel), "w") as f:
+            f.write("berth\n")
+    # resolv.conf copied from the host by debootstrap: docker replaces it anyway, runc users bind it.
+    rc_path = os.path.join(tmp, "etc/resolv.conf")
+    if os.path.lexists(rc_path) and not os.path.islink(rc_path):
+        open(rc_path, "w").close()
+    for exe in img.exes:
+        if not os.path.lexists(os.path.join(tmp, exe)) and not os.path.lexists(os.path.join(tmp, "usr", exe)):
+            raise Failure(f"{name} rootfs has no /{exe}")
+    out = in_chroot(tmp, img.version_cmd)
+    if not out:
+        raise Failure(f"{name} rootfs: {' '.join(img.version_cmd)} printed no version")
+    safe_rmtree(final)
+    os.rename(tmp, final)
+    after = dir_size(final)
+    prog.done(f"{img.version_key.split('_')[0]} {out}; {human(before)} -> {human(after)}")
+    return write_stamp(name, {"suite": suite, "mirror": mirror, "packages": list(img.packages), img.version_key: out})
+
+
+def in_chroot(root: str, cmd: tuple[str, ...]) -> str:
+    """The output of cmd run in a chroot of root, with /proc mounted as a container has it (the
+    dynamic loader finds a program's $ORIGIN libraries, Java's libjli, through /proc/self/exe)."""
+    proc = os.path.join(root, "proc")
+    run(["mount", "-t", "proc", "proc", proc])
+    try:
+        return str(run(["chroot", root, *cmd], capture_output=True, text=True).stdout.strip())
+    finally:
+        run(["umount", proc])
+
+
+def debootstrap(prog: Progress, cmd: list[str], log_path: str, tmp: str) -> None:
+    """Run debootstrap, showing its stages (not each package), and leave nothing behind on failure."""
     stage = re.compile(r"^(I: .*(\.\.\.|successfully\.?)|[WE]: .*)$")
     per_package = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) [^ ]+\.\.\.$")
     t0 = time.monotonic()
@@ -403,52 +498,6 @@ def build_python_rootfs(prog: Progress, rebuild: bool, suite: str) -> Json:
         safe_rmtree(tmp)
         raise Failure(f"debootstrap left mounts behind: {left}")
     prog.done(f"log {log_path}")
-
-    prog.step("trim python rootfs (apt caches, lists, docs) and check bash/python3/ps…")
-    before = dir_size(tmp)
-    patterns = [
-        "var/cache/apt/archives/*.deb",
-        "var/cache/apt/archives/partial/*",
-        "var/cache/apt/*.bin",
-        "var/lib/apt/lists/*_*",
-        "var/cache/debconf/*-old",
-        "var/lib/dpkg/*-old",
-        "var/log/apt/*",
-        "var/log/dpkg.log",
-        "var/log/alternatives.log",
-        "var/log/bootstrap.log",
-        "usr/share/doc/*",
-        "usr/share/man/*",
-        "usr/share/info/*",
-        "usr/share/locale/*",
-        "usr/share/lintian/*",
-    ]
-    for pat in patterns:
-        for path in glob.glob(os.path.join(tmp, pat)):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-    for rel in ("etc/hostname",):
-        with open(os.path.join(tmp, rel), "w") as f:
-            f.write("berth\n")
-    # resolv.conf copied from the host by debootstrap: docker replaces it anyway, runc users bind it.
-    rc_path = os.path.join(tmp, "etc/resolv.conf")
-    if os.path.lexists(rc_path) and not os.path.islink(rc_path):
-        open(rc_path, "w").close()
-    for exe in ("bin/bash", "usr/bin/python3", "bin/ps"):
-        if not os.path.lexists(os.path.join(tmp, exe)) and not os.path.lexists(os.path.join(tmp, "usr", exe)):
-            raise Failure(f"python rootfs has no /{exe}")
-    out = run(
-        ["chroot", tmp, "/usr/bin/python3", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    safe_rmtree(final)
-    os.rename(tmp, final)
-    after = dir_size(final)
-    prog.done(f"python {out}; {human(before)} -> {human(after)}")
-    return write_stamp(name, {"suite": suite, "mirror": mirror, "packages": PY_PACKAGES, "python_version": out})
 
 
 # ------------------------------------------------------------------ images
@@ -512,7 +561,7 @@ def import_image(
 # ------------------------------------------------------------------ main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["busybox", "python"], help="build one image only")
+    ap.add_argument("--only", choices=IMAGES, help="build one image only")
     ap.add_argument("--force", action="store_true", help="re-import images already present")
     ap.add_argument(
         "--rebuild-rootfs",
@@ -524,13 +573,13 @@ def main() -> int:
         action="store_true",
         help="only build the root filesystems under $BERTH_DEV_ROOT/rootfs (no engine needed)",
     )
-    ap.add_argument("--suite", default="bookworm", help="Debian suite for the python image (bookworm)")
+    ap.add_argument("--suite", default="bookworm", help="Debian suite for the python and storm images (bookworm)")
     a = ap.parse_args()
     force = a.force or a.rebuild_rootfs
     if os.geteuid() != 0:
         print("build-images: must run as root (debootstrap, chroot, device files)", file=sys.stderr)
         return 2
-    wanted = [a.only] if a.only else ["busybox", "python"]
+    wanted = [a.only] if a.only else list(IMAGES)
     host = os.environ["DOCKER_HOST"]
     if not a.no_import:
         ver = engine_ok()
@@ -544,7 +593,7 @@ def main() -> int:
         print(f"engine: {host} (server {ver})")
     total = 0
     for w in wanted:
-        total += {"busybox": 1, "python": 2}[w] + (0 if a.no_import else 1)
+        total += (1 if w == "busybox" else 2) + (0 if a.no_import else 1)
     prog = Progress(total)
     os.makedirs(ROOTFS, exist_ok=True)
     with open(os.path.join(ROOTFS, ".lock"), "w") as lock:
@@ -564,10 +613,14 @@ def build(a: argparse.Namespace, wanted: list[str], force: bool, prog: Progress)
             if w == "busybox":
                 stamp = build_busybox_rootfs(prog, a.rebuild_rootfs)
                 repo, tags, cmd = "berth/busybox", ["latest"], ["/bin/sh"]
-            else:
-                stamp = build_python_rootfs(prog, a.rebuild_rootfs, a.suite)
+            elif w == "python":
+                stamp = build_deboot_rootfs(prog, a.rebuild_rootfs, a.suite, PYTHON)
                 v = stamp["python_version"]
                 repo, tags, cmd = "berth/python", ["latest", v.rsplit(".", 1)[0], v], ["python3"]
+            else:
+                stamp = build_deboot_rootfs(prog, a.rebuild_rootfs, a.suite, STORM)
+                v = stamp["java_version"]
+                repo, tags, cmd = "berth/storm", ["latest", f"java-{v}"], [JAVA, "-version"]
             if a.no_import:
                 status, size, refs = "rootfs only", stamp["size"], stamp["path"]
             else:
@@ -587,7 +640,7 @@ def build(a: argparse.Namespace, wanted: list[str], force: bool, prog: Progress)
     print()
     for r in [head, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(widths[i]) if i in (0, 3) else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip())
-    print(f"\nroot filesystems: {ROOTFS}/busybox, {ROOTFS}/python (stamps: *.stamp)")
+    print(f"\nroot filesystems: {', '.join(f'{ROOTFS}/{w}' for w in wanted)} (stamps: *.stamp)")
     return 0
 
 

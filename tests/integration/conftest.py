@@ -70,7 +70,8 @@ def users() -> dict[str, pwd.struct_passwd]:
 
 
 ROOTFS = Path(os.environ.get("BERTH_DEV_ROOT", "/var/lib/berth-dev"), "rootfs")
-RUNC_IMAGES = {PY_IMAGE: str(ROOTFS / "python"), BB_IMAGE: str(ROOTFS / "busybox")}
+RUNC_IMAGES = {PY_IMAGE: str(ROOTFS / "python"), BB_IMAGE: str(ROOTFS / "busybox"),
+               "berth/storm:latest": str(ROOTFS / "storm")}
 """The image directories ``scripts/build-images`` makes (the same root filesystems it imports)."""
 
 
@@ -271,3 +272,4 @@ def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine
 
 
 from ._cluster import cluster, private_cluster, private_zookeeper, zookeeper  # noqa: E402, F401 - cluster fixtures
+from ._storm import storm_cluster, storm_image  # noqa: E402, F401 - Storm fixtures
