@@ -115,6 +115,11 @@ def test_install_writes_a_plain_program_that_runs_anywhere(tmp_path: Path) -> No
     done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], env={"BERTH_SOCKET": str(tmp_path / "none")},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 24 and "berth is not answering" in done.stderr
+    install_program(str(dest), socket="/run/berth-elsewhere/api.sock")  # Storm gives it no environment
+    done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], env={}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 24 and "not answering on /run/berth-elsewhere/api.sock" in done.stderr
+    with pytest.raises(ConfigError, match="^socket: must be an absolute path"):
+        install_program(str(dest), socket="api.sock")
     os.chmod(dest, 0o4755)
     done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 22  # a setuid copy refuses to run

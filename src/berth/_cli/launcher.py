@@ -19,23 +19,28 @@ import click
 
 from .._core.trust import check_root_owned
 from .._exceptions import ConfigError
-from .app import main
+from .app import get_config, main
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def program_text(python: str) -> str:
-    """The program: a shebang for ``python``, then the ``berth_launcher`` module as it is."""
+def program_text(python: str, socket: str | None = None) -> str:
+    """The program: a shebang for ``python``, the ``berth_launcher`` module as it is, and the
+    socket it asks (Storm's supervisor runs it with its own environment, often none)."""
     import berth_launcher
 
     source = Path(berth_launcher.__file__).read_text(encoding="utf-8")
-    return f"#!{python} -IS\n{source}\nif __name__ == \"__main__\":\n    sys.exit(main())\n"
+    where = f"DEFAULT_SOCKET = {socket!r}  # berth worker-launcher install --socket\n" if socket else ""
+    return f"#!{python} -IS\n{source}\n{where}\nif __name__ == \"__main__\":\n    sys.exit(main())\n"
 
 
-def install_program(dest: str, python: str | None = None) -> str:
-    """Write the program at ``dest`` (mode 0755, replaced atomically); returns the Python it names."""
+def install_program(dest: str, python: str | None = None, socket: str | None = None) -> str:
+    """Write the program at ``dest`` (mode 0755, replaced atomically), asking berth on ``socket``
+    (default: the program's own, ``/run/berth/api.sock``); returns the Python it names."""
     if not os.path.isabs(dest):
         raise ConfigError("dest", f"must be an absolute path, got {dest!r}")
+    if socket is not None and (not os.path.isabs(socket) or "\n" in socket):
+        raise ConfigError("socket", f"must be an absolute path, got {socket!r}")
     python = python or (SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable)
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         raise ConfigError("python", f"{python!r} is not an executable absolute path")
@@ -48,7 +53,7 @@ def install_program(dest: str, python: str | None = None) -> str:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(program_text(python))
+            fh.write(program_text(python, socket))
             os.fchmod(fh.fileno(), 0o755)
         os.replace(tmp, dest)
     except BaseException:
@@ -67,8 +72,14 @@ def worker_launcher() -> None:
 @worker_launcher.command("install")
 @click.argument("dest", default="/usr/local/bin/berth-worker-launcher")
 @click.option("--python", help=f"The Python it runs with (default {SYSTEM_PYTHON}, else berth's own).")
-def install(dest: str, python: str | None) -> None:
+@click.option("--socket", "socket_path", help="berth's API socket it asks (default: the API socket of this "
+              "node's config when one is given, else /run/berth/api.sock; $BERTH_SOCKET overrides it).")
+@click.pass_context
+def install(ctx: click.Context, dest: str, python: str | None, socket_path: str | None) -> None:
     """Write the program at DEST, for storm.yaml's supervisor.worker.launcher."""
-    used = install_program(dest, python)
-    click.echo(f"installed {dest} (mode 0755, not setuid; runs with {used})")
+    if socket_path is None and ctx.find_root().obj.get("config_path"):
+        socket_path = get_config(ctx).api_socket
+    used = install_program(dest, python, socket_path)
+    click.echo(f"installed {dest} (mode 0755, not setuid; runs with {used}; asks berth on "
+               f"{socket_path or '/run/berth/api.sock'})")
     click.echo(f"storm.yaml: supervisor.worker.launcher: \"{dest}\"  (with supervisor.run.worker.as.user: true)")
