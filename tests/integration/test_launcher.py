@@ -11,19 +11,21 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
-from berth import Node
+from berth import Node, NodeConfig
 from berth._cli.launcher import install_program
 from berth._core.config import config_from_mapping
-from berth._node.launcher import resolve_policy
+from berth._core.storm import BERTH_PLUGIN
+from berth._node.stormdirs import StormDirs
 from berth._service.apimodels import install_error_handlers
 from berth._service.launcher_api import launcher_router
-from berth._service.peer import PeerCredProtocol
+from berth._service.storm_api import peer_protocol
 
 from ..polling import poll_until
 from ._helpers import WAIT, Exits, wait_file, worker
@@ -42,12 +44,22 @@ while True: time.sleep(1)
 """A worker with one child (``sleep``); it writes ``child-ended`` with the child's code when it ends."""
 
 
+@dataclass
+class Served:
+    """What the launcher's routes need of ``berth serve --storm``: here a node whose workers berth
+    launched itself (the commands act on running workers, whoever launched them)."""
+
+    node: Node
+    config: NodeConfig
+    dirs: StormDirs
+
+
 @pytest.fixture(params=["docker", "runc"])
 def node(request: pytest.FixtureRequest, users: dict[str, Any], base: Path, node_name: str) -> Iterator[Node]:
     request.getfixturevalue("engine" if request.param == "docker" else "runc_ready")
     config = make_config(base, node_name, runtime=request.param)
     data = config.model_dump(mode="python")
-    data["launcher"] = {"supervisor_user": "berth-dave"}
+    data["storm"] = {"plugin": BERTH_PLUGIN, "supervisor_user": "berth-dave"}
     n = Node(config_from_mapping(data))
     yield n
     n.close()
@@ -62,9 +74,9 @@ def program(node: Node) -> Iterator[tuple[str, str]]:
     os.chmod(run, 0o755)
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(launcher_router(node, resolve_policy(node.config)))
+    app.include_router(launcher_router(Served(node, node.config, StormDirs.from_config(node.config))))
     sock = str(run / "api.sock")
-    server = uvicorn.Server(uvicorn.Config(app, uds=sock, http=PeerCredProtocol, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, uds=sock, http=peer_protocol(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     poll_until(lambda: server.started, "the launcher's routes to listen", timeout=30)

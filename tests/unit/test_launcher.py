@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from berth._core.config import config_from_mapping
+from berth._core.storm import BERTH_PLUGIN
 from berth._node import launcher
 from berth._node.launcher import LauncherPolicy, Outcome, Workers, resolve_policy
-from berth._node.stormdirs import storm_mode
+from berth._node.stormtrees import launcher_mode
 from berth._runtimes.base import ExecResult, WorkerState, WorkerStatus
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="gives trees to other users, as berth does")
@@ -30,7 +31,7 @@ def make_policy(base: Path, **node: Any) -> LauncherPolicy:
     config = config_from_mapping({
         "node": {"name": "n1", "local_dir": str(base / "local"), "log_dir": str(base / "log"),
                  "state_dir": str(base / "state"), **node},
-        "launcher": {"supervisor_user": "berth-dave"}})
+        "storm": {"plugin": BERTH_PLUGIN, "supervisor_user": "berth-dave"}})
     policy = resolve_policy(config)
     assert policy is not None
     return policy
@@ -93,8 +94,8 @@ def ids(p: Path) -> tuple[int, int, int]:
     (stat.S_IFREG | 0o4777, True, True, 0o760),   # setuid and others' bits never kept
     (stat.S_IFREG | 0o000, False, True, 0o060),
 ])
-def test_storm_mode_is_setup_permissions(mode: int, user_write: bool, setgid: bool, expected: int) -> None:
-    assert storm_mode(mode, user_write, setgid) == expected
+def test_launcher_mode_is_setup_permissions(mode: int, user_write: bool, setgid: bool, expected: int) -> None:
+    assert launcher_mode(mode, setgid, user_write) == expected
 
 
 # -- the user: Storm's check_user, berth's policy: exit 255 ----------------------------------------------
@@ -107,6 +108,7 @@ def test_storm_mode_is_setup_permissions(mode: int, user_write: bool, setgid: bo
     ("berth-alice", {"allowed_users": ("berth-bob",)}, "not in node.allowed_users"),
     ("daemon", {}, "below the node's min_uid 1000"),
     ("berth-dave", {}, "Storm's supervisor's own user"),
+    ("berth-carol", {}, "is in group 2300, Storm's launcher group"),  # dave's primary group: the launcher's
 ])
 def test_a_refused_user_exits_255_before_any_command(base: Path, user: str, node: dict[str, Any], reason: str) -> None:
     top = stormdist(base)
@@ -245,13 +247,13 @@ def test_a_directory_swapped_for_a_link_during_the_walk_changes_nothing_outside(
         base: Path, policy: LauncherPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
     """The race Storm's launcher loses: a worker renames a directory and puts a link in its place
     between two steps. berth holds descriptors, so what it changes is what it saw."""
-    from berth._node import stormdirs
+    from berth._node import stormtrees
 
     top = stormdist(base)
     victim = base / "victim"
     victim.mkdir()
     (victim / "file").write_text("x")
-    real = stormdirs._Permissions.scan
+    real = stormtrees._Permissions.scan
 
     def swap(self: Any, fd: int, dev: int, shown: str, depth: int, room: int) -> Any:
         found = real(self, fd, dev, shown, depth, room)
@@ -260,7 +262,7 @@ def test_a_directory_swapped_for_a_link_during_the_walk_changes_nothing_outside(
             (top / "resources" / "sub").symlink_to(victim)
         return found
 
-    monkeypatch.setattr(stormdirs._Permissions, "scan", swap)
+    monkeypatch.setattr(stormtrees._Permissions, "scan", swap)
     out = call(policy, "berth-alice", "code-dir", str(top))
     assert out.code == 255 and "was replaced" in out.output[-1]
     assert ids(victim) == (0, 0, 0o755) and ids(victim / "file") == (0, 0, 0o644)

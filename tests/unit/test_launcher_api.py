@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import berth_launcher
 from berth._cli.launcher import install_program
+from berth._cli.service import storm_routers
 from berth._core.config import DEFAULT_STATE_DIR, config_from_mapping
-from berth._node.launcher import resolve_policy
-from berth._node.node import Node
+from berth._core.storm import BERTH_PLUGIN
+from berth._node.stormdirs import StormDirs
 from berth._runtimes.fake import FakeRuntime
 from berth._service.api import create_app
-from berth._service.apimodels import install_error_handlers
-from berth._service.launcher_api import launcher_router
-from berth._service.peer import PEER_KEY, Peer, PeerCredProtocol
+from berth._service.storm_api import PEER_HOST, create_storm_app, peer_protocol
+from berth._service.stormnode import StormService
 
 from ..polling import poll_until
 from ._supfake import Harness
@@ -42,32 +41,30 @@ def node_config(base: Path, supervisor: str | None = "berth-dave") -> Any:
     return config_from_mapping({
         "node": {"name": "n1", "local_dir": str(base / "local"), "log_dir": str(base / "log"),
                  "state_dir": str(base / "state")},
-        "launcher": {"supervisor_user": supervisor} if supervisor else {}})
+        "storm": {"plugin": BERTH_PLUGIN, **({"supervisor_user": supervisor} if supervisor else {})}})
 
 
-def app_for(base: Path, supervisor: str | None = "berth-dave") -> FastAPI:
-    config = node_config(base, supervisor)
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(launcher_router(Node(config, runtime=FakeRuntime()), resolve_policy(config)))
-    return app
+def app_for(base: Path) -> Any:
+    """``berth serve --storm``'s app (not started: the launcher's routes need only the node)."""
+    service = StormService(node_config(base), runtime=FakeRuntime())
+    return create_storm_app(service, routers=storm_routers(service))
 
 
-def as_peer(app: Any, peer: Peer | None) -> Any:
-    """The app as uvicorn's PeerCredProtocol serves it: the peer in each request's state."""
+def as_peer(app: Any, uid: int | None) -> Any:
+    """The app as ``peer_protocol`` serves it: the peer's uid as the request's client."""
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "state": {**scope.get("state", {}), PEER_KEY: peer}}
+        if scope["type"] == "http" and uid is not None:
+            scope = {**scope, "client": (PEER_HOST, uid)}
         await app(scope, receive, send)
     return wrapped
 
 
-def test_only_the_supervisors_uid_is_answered(base: Path) -> None:
+def test_only_the_supervisors_uid_and_root_are_answered(base: Path) -> None:
     top = stormdist(base)
     argv = {"argv": ["berth-alice", "code-dir", str(top)]}
-    for peer, status in ((None, 403), (Peer(1, 0, 0), 403), (Peer(1, 2101, 2101), 403), (Peer(1, DAVE, 2300), 200)):
-        r = TestClient(as_peer(app_for(base), peer)).post("/storm/launcher", json=argv)
-        assert r.status_code == status, (peer, r.json())
+    for uid, status in ((None, 403), (2101, 403), (2103, 403), (DAVE, 200), (0, 200)):
+        r = TestClient(as_peer(app_for(base), uid)).post("/storm/launcher", json=argv)
+        assert r.status_code == status, (uid, r.json())
         if status == 403:
             assert os.stat(top).st_uid == DAVE
     assert r.json()["code"] == 0 and r.json()["output"][:2] == ["main : command provided code-dir",
@@ -75,24 +72,12 @@ def test_only_the_supervisors_uid_is_answered(base: Path) -> None:
     assert os.stat(top).st_uid == 2101
 
 
-def test_not_configured_refuses_everyone(base: Path) -> None:
-    r = TestClient(as_peer(app_for(base, None), Peer(1, DAVE, 2300))).get("/storm/launcher/check")
-    assert r.status_code == 403 and "launcher.supervisor_user" in r.json()["detail"][0]["msg"]
-
-
-def test_berth_serve_has_the_route_and_a_read_only_supervisor_does_not(h: Harness) -> None:
-    served = TestClient(as_peer(create_app(h.sup), Peer(1, DAVE, 2300))).get("/storm/launcher/check")
-    assert served.status_code == 403 and "not enabled" in served.json()["detail"][0]["msg"]
-    assert TestClient(create_app(h.sup, read_only=True)).get("/storm/launcher/check").status_code == 404
-
-
-def test_the_launcher_is_off_by_default_and_an_unknown_user_is_a_config_error(base: Path) -> None:
-    from berth import ConfigError
-
-    assert resolve_policy(node_config(base, None)) is None
-    with pytest.raises(ConfigError) as info:
-        resolve_policy(node_config(base, "no-such-storm-user"))
-    assert str(info.value) == "launcher.supervisor_user: no such user 'no-such-storm-user'"
+def test_without_a_supervisor_user_no_one_is_answered_and_plain_serve_has_no_route(base: Path, h: Harness) -> None:
+    service = StormService(node_config(base, None), runtime=FakeRuntime(), dirs=StormDirs(DAVE, 2300))
+    app = create_storm_app(service, routers=storm_routers(service))
+    r = TestClient(as_peer(app, DAVE)).get("/storm/launcher/check")
+    assert r.status_code == 403 and "berth.storm.supervisor.user" in r.json()["detail"][0]["msg"]
+    assert TestClient(as_peer(create_app(h.sup), DAVE)).get("/storm/launcher/check").status_code == 404
 
 
 # -- the program, end to end over a real socket ---------------------------------------------------------
@@ -106,7 +91,7 @@ def served(base: Path) -> Iterator[str]:
     run = Path(tempfile.mkdtemp(prefix="berth-launcher-", dir="/tmp"))
     os.chmod(run, 0o755)
     path = str(run / "api.sock")
-    server = uvicorn.Server(uvicorn.Config(app_for(base), uds=path, http=PeerCredProtocol, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app_for(base), uds=path, http=peer_protocol(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     poll_until(lambda: server.started, "uvicorn to listen", timeout=30)
@@ -141,11 +126,10 @@ def test_storms_supervisor_runs_it_and_others_are_refused(base: Path, served: st
     assert os.stat(top).st_uid == 2101
     ok = launcher("berth-dave", served, "--checksetup")
     assert ok.returncode == 0 and "enabled for berth-dave (uid 2104), group berth-team" in ok.stdout
-    # a tenant in the socket's group is still not Storm's supervisor; root is not either
-    for user in ("berth-carol", "root"):
-        refused = launcher(user, served, "berth-carol", "rmr", str(top))
-        assert refused.returncode == 24 and "may not use the worker-launcher" in refused.stderr, refused
-        assert top.exists()
+    # a user in the socket's group is still not Storm's supervisor
+    refused = launcher("berth-carol", served, "berth-alice", "rmr", str(top))
+    assert refused.returncode == 24 and "may not use the worker-launcher" in refused.stderr, refused
+    assert top.exists()
     # and one outside the socket's group cannot even connect
     out = launcher("berth-alice", served, "berth-alice", "rmr", str(top))
     assert out.returncode == 24 and "Permission denied" in out.stderr and top.exists()

@@ -17,11 +17,10 @@ import pytest
 from berth import ConfigError
 from berth._cli.launcher import install_program
 from berth._core.config import config_from_mapping
-from berth._core.loading import load_config
 from berth._core.storm import config_from_storm
 from berth._core.tomlout import config_toml
 from berth._exceptions import CleanupError
-from berth._node.launcher import reach_problem, resolve_policy
+from berth._node.launcher import LauncherPolicy, resolve_policy
 from berth._node.workdirs import remove_at
 
 
@@ -38,23 +37,23 @@ STORM = {"storm.home": "/opt/storm", "storm.local.dir": "/var/storm", "storm.log
 
 
 def test_storm_yaml_names_the_launchers_settings_as_storms_launcher_cfg_does() -> None:
-    config = config_from_storm({**STORM, "berth.worker-launcher.supervisor.user": "berth-dave",
-                                "berth.worker-launcher.group": "berth-team",
-                                "berth.worker-launcher.min.user.id": 2000,
-                                "berth.worker-launcher.banned.users": "berth-bob"})
-    assert (config.launcher.supervisor_user, config.launcher.group) == ("berth-dave", "berth-team")
+    config = config_from_storm({**STORM, "berth.storm.supervisor.user": "berth-dave",
+                                "berth.storm.launcher.group": "berth-team", "berth.min.user.id": 2000,
+                                "berth.banned.users": "berth-bob"})
+    assert config.storm is not None
+    assert (config.storm.supervisor_user, config.storm.launcher_group) == ("berth-dave", "berth-team")
     assert (config.node.min_uid, config.node.banned_users) == (2000, ("berth-bob",))
-    assert config.storm is not None and config.storm.unused_keys == ()
+    assert config.storm.unused_keys == ()
     toml = config_toml(config)
-    assert '[launcher]\nsupervisor_user = "berth-dave"\ngroup = "berth-team"' in toml
+    assert "[node]\n" in toml and "min_uid = 2000\nbanned_users = [\"berth-bob\"]" in toml
+    assert 'supervisor_user = "berth-dave"\nlauncher_group = "berth-team"' in toml
 
 
 @pytest.mark.parametrize(("key", "value", "error"), [
-    ("berth.worker-launcher.min.user.id", "1000", "berth.worker-launcher.min.user.id: Input should be a valid integer"),
-    ("berth.worker-launcher.supervisor.user", "storm;rm", "berth.worker-launcher.supervisor.user: 'storm;rm' is "
-                                                           "not a user or group name"),
-    ("berth.worker-launcher.grop", "storm", "berth.worker-launcher.grop: unknown key: no Storm version defines it "
-                                            "(did you mean berth.worker-launcher.group?)"),
+    ("berth.min.user.id", "1000", "berth.min.user.id: Input should be a valid integer"),
+    ("berth.banned.users", 3, "berth.banned.users: must be a string or a list of strings, got 3"),
+    ("berth.min.user.ids", 1000, "berth.min.user.ids: unknown key: no Storm version defines it "
+                                 "(did you mean berth.min.user.id?)"),
 ])
 def test_bad_launcher_keys_name_the_storm_key(key: str, value: object, error: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -62,46 +61,22 @@ def test_bad_launcher_keys_name_the_storm_key(key: str, value: object, error: st
     assert str(info.value) == error
 
 
-def _policy(tmp_path: Path, group: str | None = None) -> object:
-    launcher = {"supervisor_user": "berth-dave", **({"group": group} if group else {})}
-    return resolve_policy(config_from_mapping({"node": {"name": "n", "local_dir": str(tmp_path / "l"),
-                                                        "log_dir": str(tmp_path / "g"),
-                                                        "state_dir": str(tmp_path / "s")},
-                                               "launcher": launcher}))
+def test_the_launcher_follows_the_plugins_settings(tmp_path: Path) -> None:
+    """One supervisor user and one launcher group for the node: the plugin's (``StormDirs``)."""
+    def policy(**storm: object) -> object:
+        return resolve_policy(config_from_mapping({
+            "node": {"name": "n", "local_dir": str(tmp_path / "l"), "log_dir": str(tmp_path / "g"),
+                     "state_dir": str(tmp_path / "s")}, "storm": storm}))
 
-
-def test_the_group_defaults_to_the_supervisors_primary_group(tmp_path: Path) -> None:
-    from berth._node.launcher import LauncherPolicy
-
-    policy = _policy(tmp_path)
-    assert isinstance(policy, LauncherPolicy) and (policy.supervisor_uid, policy.gid) == (2104, 2300)
-    other = _policy(tmp_path, "berth-shared")
+    assert policy() is None  # no supervisor user: the launcher answers no one
+    mine = policy(supervisor_user="berth-dave")
+    assert isinstance(mine, LauncherPolicy) and (mine.supervisor_uid, mine.gid) == (2104, 2300)
+    other = policy(supervisor_user="berth-dave", launcher_group="berth-shared")
     assert isinstance(other, LauncherPolicy) and other.gid == 2200
-    with pytest.raises(ConfigError, match=r"^launcher.group: no such group 'nope-group'$"):
-        _policy(tmp_path, "nope-group")
-    with pytest.raises(ConfigError, match=r"launcher\.supervisor_user: must not be root"):
-        resolve_policy(config_from_mapping({"launcher": {"supervisor_user": "root"}}))
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="makes root-owned directories")
-def test_serve_knows_when_storms_supervisor_could_not_reach_the_socket(open_tmp: Path) -> None:
-    from berth._node.launcher import LauncherPolicy
-
-    policy = _policy(open_tmp)
-    assert isinstance(policy, LauncherPolicy)
-    closed = open_tmp / "closed"
-    closed.mkdir(mode=0o700)
-    assert reach_problem(policy, str(closed / "api.sock"), 0o660, "berth-team") == (
-        "api.socket", f"{closed} does not let berth-dave (Storm's supervisor) through to the socket "
-                      f"{closed}/api.sock")
-    open_dir = open_tmp / "run"
-    open_dir.mkdir(mode=0o755)
-    assert reach_problem(policy, str(open_dir / "api.sock"), 0o660, "berth-team") is None
-    assert reach_problem(policy, str(open_dir / "not-yet" / "api.sock"), 0o660, "berth-team") is None
-    field, why = reach_problem(policy, str(open_dir / "api.sock"), 0o660, "berth-alice") or ("", "")
-    assert field == "api.socket_group" and "set api.socket_group to a group of berth-dave's" in why
-    assert reach_problem(policy, str(open_dir / "api.sock"), 0o660, None) is not None  # root's group
-    assert reach_problem(policy, str(open_dir / "api.sock"), 0o666, None) is None
+    with pytest.raises(ConfigError, match=r"^berth\.storm\.launcher\.group: no such group 'nope-group'"):
+        policy(supervisor_user="berth-dave", launcher_group="nope-group")
+    with pytest.raises(ConfigError, match=r"^berth\.storm\.supervisor\.user: no such user 'nope-user'"):
+        policy(supervisor_user="nope-user")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the program is checked to be root's alone")
@@ -118,7 +93,7 @@ def test_install_writes_a_plain_program_that_runs_anywhere(tmp_path: Path) -> No
     install_program(str(dest), socket="/run/berth-elsewhere/api.sock")  # Storm gives it no environment
     done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], env={}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 24 and "not answering on /run/berth-elsewhere/api.sock" in done.stderr
-    with pytest.raises(ConfigError, match="^socket: must be an absolute path"):
+    with pytest.raises(ConfigError, match=r"^socket: must be an absolute path"):
         install_program(str(dest), socket="api.sock")
     os.chmod(dest, 0o4755)
     done = subprocess.run([str(dest), "berth-alice", "rmr", "/x"], capture_output=True, text=True, timeout=60)
@@ -152,13 +127,6 @@ def test_a_tree_walk_stops_at_its_deadline(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (top / "a" / "b").is_dir()
-
-
-def test_a_berth_toml_launcher_section(tmp_path: Path) -> None:
-    path = tmp_path / "berth.toml"
-    path.write_text('[launcher]\nsupervisor_user = "berth-dave"\nunknown = 1\n')
-    with pytest.raises(ConfigError, match=r"launcher\.unknown"):
-        load_config(path)
 
 
 def test_one_huge_directory_is_stopped_inside_its_scan(tmp_path: Path) -> None:

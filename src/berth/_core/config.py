@@ -20,7 +20,7 @@ from .._paths import is_under
 from .clusterconfig import ClusterSection
 from .fields import absolute, program, valid_image
 from .runcconfig import RuncSection, runc_images
-from .serviceconfig import LauncherSection, SupervisorSection, TenantToken, check_listen_address
+from .serviceconfig import SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
 from .trust import account_names, state_apart
 from .validation import raise_validation
@@ -243,7 +243,6 @@ class NodeConfig(BaseModel):
     storm: StormSection | None = None
     """Storm's semantics, for a node configured by a storm.yaml (see ``stormconf``)."""
     cluster: ClusterSection = Field(default_factory=ClusterSection)
-    launcher: LauncherSection = Field(default_factory=LauncherSection)
 
     @model_validator(mode="after")
     def _layout(self) -> NodeConfig:

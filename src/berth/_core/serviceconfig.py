@@ -3,9 +3,7 @@ restart policy, tenant tokens, the listen-address check."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from .trust import account_names
+from pydantic import BaseModel, ConfigDict, Field
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -38,25 +36,6 @@ class SupervisorSection(BaseModel):
     """The most workers this node runs at once, whoever assigns them (a file, the API, the
     cluster agent): each costs a container, processes, memory and the supervisor's time. Entries
     past it are rejected, workers already assigned keeping their places."""
-
-
-class LauncherSection(BaseModel):
-    """``berth-worker-launcher``, the setuid-free stand-in for Storm's ``worker-launcher``
-    (docs/storm.md): who may call it and what it gives Storm's trees to."""
-
-    model_config = _strict
-
-    supervisor_user: str | None = None
-    """The user Storm's supervisor runs as: the only caller the launcher answers (the peer's uid
-    on the API socket). Unset: it answers no one."""
-    group: str | None = None
-    """Storm's ``storm.worker-launcher.group``: the group the trees it sets up are given to;
-    default the supervisor user's primary group."""
-
-    @field_validator("supervisor_user", "group")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        return None if v is None else account_names((v,))[0]
 
 
 class TenantToken(BaseModel):

@@ -5,7 +5,7 @@ Storm's supervisor runs ``<launcher> <user> <command> <args…>`` for each step 
 topology's user (``ClientSupervisorUtils.processLauncher``). The command forwards that argv here
 unchanged; this module makes the checks Storm's ``main.c`` makes, in its order and with its exit
 codes, plus berth's own: the user passes the node's policy (``_core.identity``), every path lies
-in Storm's trees and is reached without following a link (``stormdirs``), a signal reaches only
+in Storm's trees and is reached without following a link (``stormtrees``), a signal reaches only
 a process of one of that user's own workers, and a profiler runs inside that worker's container.
 Workers themselves are berth's plugin's to run, so ``worker`` and the docker/OCI commands are
 refused with Storm's "invalid command" code and a message saying why.
@@ -13,9 +13,7 @@ refused with Storm's "invalid command" code and a message saying why.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 import signal
 import stat
@@ -25,18 +23,19 @@ from dataclasses import dataclass, field
 
 from .._core.config import NodeConfig
 from .._core.identity import Identity, resolve_identity
-from .._exceptions import BerthError, ConfigError, IdentityError, LauncherRefused
+from .._exceptions import BerthError, IdentityError, LauncherRefused, PolicyError
 from .._linux.proc import parent_and_group, real_uid
 from .._runtimes.base import ExecResult, WorkerState
-from . import stormdirs
-from .stormdirs import ARTIFACTS, FAILED, STORMDIST, USERCACHE, Located
+from . import stormtrees
+from .stormdirs import StormDirs
+from .stormtrees import ARTIFACTS, FAILED, STORMDIST, USERCACHE, Located
 
 INVALID_ARGUMENT_NUMBER = 1
 INVALID_COMMAND_PROVIDED = 3
 UNABLE_TO_EXECUTE_CONTAINER_SCRIPT = 7
 UNABLE_TO_SIGNAL_CONTAINER = 8
 INVALID_CONTAINER_PID = 9
-"""Storm's exit codes (``worker-launcher.h``) that this module gives; ``stormdirs`` has the path ones."""
+"""Storm's exit codes (``worker-launcher.h``) that this module gives; ``stormtrees`` has the path ones."""
 
 ARGC = {"code-dir": 4, "artifacts-dir": 4, "blob": 4, "rmr": 4, "signal": 5, "profiler": 5}
 """Each command berth carries out, with Storm's ``argc`` for it (the program's name counted)."""
@@ -57,64 +56,28 @@ _SIGNAL_MAX = 64
 @dataclass(frozen=True)
 class LauncherPolicy:
     """Who may ask (the uid of Storm's supervisor) and what the trees are given to (Storm's
-    ``storm.worker-launcher.group``), resolved once when berth starts serving."""
+    ``storm.worker-launcher.group``): the node's ``StormDirs``, as for the plugin's launches."""
 
     config: NodeConfig
     supervisor_user: str
-    supervisor_uid: int
-    gid: int
+    dirs: StormDirs
+
+    @property
+    def supervisor_uid(self) -> int:
+        return self.dirs.supervisor_uid
+
+    @property
+    def gid(self) -> int:
+        return self.dirs.launcher_gid
 
 
-def resolve_policy(config: NodeConfig) -> LauncherPolicy | None:
-    """The launcher's policy from ``[launcher]``; None when ``supervisor_user`` is not set (the
-    launcher then refuses every caller). An unknown user or group is a ``ConfigError``."""
-    section = config.launcher
-    if section.supervisor_user is None:
+def resolve_policy(config: NodeConfig, dirs: StormDirs | None = None) -> LauncherPolicy | None:
+    """The launcher's policy from ``storm.supervisor_user`` / ``storm.launcher_group``
+    (``berth.storm.*`` in a storm.yaml); None when no supervisor user is set (the launcher then
+    answers no one). An unknown user or group is a ``ConfigError`` naming the key."""
+    if config.storm is None or config.storm.supervisor_user is None:
         return None
-    try:
-        entry = pwd.getpwnam(section.supervisor_user)
-    except KeyError:
-        raise ConfigError("launcher.supervisor_user", f"no such user {section.supervisor_user!r}") from None
-    if entry.pw_uid == 0:
-        raise ConfigError("launcher.supervisor_user", "must not be root: Storm's supervisor runs as its own user")
-    gid = entry.pw_gid
-    if section.group is not None:
-        try:
-            gid = grp.getgrnam(section.group).gr_gid
-        except KeyError:
-            raise ConfigError("launcher.group", f"no such group {section.group!r}") from None
-    return LauncherPolicy(config, section.supervisor_user, entry.pw_uid, gid)
-
-
-def reach_problem(policy: LauncherPolicy, socket_path: str, socket_mode: int,
-                  socket_group: str | None) -> tuple[str, str] | None:
-    """Why (the config key, the reason) Storm's supervisor user could not connect to berth's API
-    socket, if it could not: every
-    directory above it must let the user through and the socket (root's, ``socket_mode``, group
-    ``socket_group``) must be writable by one of its groups. Checked before berth starts serving,
-    so a node whose launcher could never work fails at once, saying why."""
-    user = policy.supervisor_user
-    gid = pwd.getpwnam(user).pw_gid
-    gids = set(os.getgrouplist(user, gid))
-    d = os.path.dirname(os.path.abspath(socket_path))
-    ancestors = [d]
-    while d != "/":
-        d = os.path.dirname(d)
-        ancestors.append(d)
-    for a in reversed(ancestors):
-        try:
-            st = os.stat(a)
-        except FileNotFoundError:
-            break  # made by berth when it binds, searchable by all
-        bit = 0o100 if st.st_uid == policy.supervisor_uid else 0o010 if st.st_gid in gids else 0o001
-        if not st.st_mode & bit:
-            return "api.socket", f"{a} does not let {user} (Storm's supervisor) through to the socket {socket_path}"
-    group_gid = grp.getgrnam(socket_group).gr_gid if socket_group else 0
-    if not (socket_mode & 0o002 or (socket_mode & 0o020 and group_gid in gids)):
-        return "api.socket_group", (f"{user} (Storm's supervisor) could not connect to {socket_path} (mode "
-                                    f"{socket_mode:04o}, group {socket_group or 'root'}): set api.socket_group to "
-                                    f"a group of {user}'s")
-    return None
+    return LauncherPolicy(config, config.storm.supervisor_user, dirs or StormDirs.from_config(config))
 
 
 class Workers:
@@ -183,29 +146,32 @@ def _run(argv: list[str], policy: LauncherPolicy, workers: Workers, output: list
 
 def check_user(user: str, policy: LauncherPolicy) -> Identity:
     """Storm's ``check_user`` (not root, exists, uid ≥ the minimum, not banned) and berth's
-    policy (allowed users and groups), and never Storm's supervisor's own user: all exit 255."""
+    policy (allowed users and groups), never Storm's supervisor's own user nor a member of its
+    group or of the socket's (``StormDirs.check_identity``, as for a launch): all exit 255."""
     node = policy.config.node
     if user == policy.supervisor_user:
         raise LauncherRefused("user", f"{user!r} is Storm's supervisor's own user; refused", FAILED)
     try:
-        return resolve_identity(user, node.min_uid, node.banned_users, allowed_users=node.allowed_users,
-                                allowed_groups=node.allowed_groups)
-    except IdentityError as exc:
+        ident = resolve_identity(user, node.min_uid, node.banned_users, allowed_users=node.allowed_users,
+                                 allowed_groups=node.allowed_groups)
+        policy.dirs.check_identity(ident)  # as for a launch: not in Storm's launcher group, nor the socket's
+    except (IdentityError, PolicyError) as exc:
         raise LauncherRefused("user", exc.reason, FAILED) from exc
+    return ident
 
 
 def _tree(name: str, path: str, ident: Identity, policy: LauncherPolicy, output: list[str]) -> int:
-    where = stormdirs.locate(stormdirs.roots(policy.config), path)
+    where = stormtrees.locate(stormtrees.roots(policy.config), path)
     if not allowed(name, where, ident.user):
         raise LauncherRefused("path", f"{name} may not change {path} (in Storm's {where.tree} tree); refused",
-                              stormdirs.UNABLE_TO_BUILD_PATH)
+                              stormtrees.UNABLE_TO_BUILD_PATH)
     owners = (0, policy.supervisor_uid, ident.uid)
     deadline = time.monotonic() + WORK_S
     if name == "rmr":
-        if not stormdirs.remove(where, owners, deadline):
+        if not stormtrees.remove(where, owners, deadline):
             output.append(f"{path} does not exist: nothing to delete")
         return 0
-    notes = stormdirs.set_permissions(where, (ident.uid, policy.gid), name == "artifacts-dir", owners, deadline)
+    notes = stormtrees.set_permissions(where, (ident.uid, policy.gid), name == "artifacts-dir", owners, deadline)
     output.extend(notes)
     return 0
 
@@ -324,19 +290,19 @@ def profile(dir_arg: str, script_arg: str, ident: Identity, policy: LauncherPoli
     writes to that artifacts dir (``<topology>/<port>``), as the worker's user: the script names
     the worker's pid as the worker sees it, and the worker's tools are in its image. Its exit
     code is the command's, as Storm's launcher ``exec``s the script."""
-    trees = stormdirs.roots(policy.config)
-    where = stormdirs.locate(trees, dir_arg)
-    script = stormdirs.locate(trees, script_arg)
+    trees = stormtrees.roots(policy.config)
+    where = stormtrees.locate(trees, dir_arg)
+    script = stormtrees.locate(trees, script_arg)
     if where.tree != ARTIFACTS or len(where.rest) != 2 or script.tree != ARTIFACTS or script.rest[:-1] != where.rest:
         raise LauncherRefused("path", f"profiler: {dir_arg} must be a worker's artifacts dir (<topology>/<port>) and "
-                              f"{script_arg} a file in it; refused", stormdirs.UNABLE_TO_BUILD_PATH)
+                              f"{script_arg} a file in it; refused", stormtrees.UNABLE_TO_BUILD_PATH)
     topology, port = where.rest
     found = [w for w in workers.running()
              if w.topology_id == topology and str(w.port) == port and w.user == ident.user]
     if not found:
         raise LauncherRefused("worker", f"no running worker of {ident.user} writes to {dir_arg}: nothing to profile",
                               UNABLE_TO_EXECUTE_CONTAINER_SCRIPT)
-    with stormdirs.parent_dir(script, (0, policy.supervisor_uid, ident.uid)) as pfd:
+    with stormtrees.parent_dir(script, (0, policy.supervisor_uid, ident.uid)) as pfd:
         try:
             if pfd is None:
                 raise FileNotFoundError

@@ -1,268 +1,140 @@
-"""Storm's directories as its worker-launcher touches them, done by berth as root without the
-setuid launcher's races.
+"""A Storm-launched worker's directories: Storm's supervisor made them; berth gives them to the
+worker as Storm's setuid ``worker-launcher`` would, and removes them at cleanup.
 
-Storm's supervisor asks its launcher to hand a topology's code, a worker's artifacts and a
-user's blobs to the topology's user (``user:<launcher group>``, modes from ``setup_permissions``
-in Storm's ``worker-launcher.c``) and to delete trees as that user (``rmr``). Workers own files
-in those trees, so every step here reaches its path from a root that only the operator and
-Storm's supervisor write (the local dir, the log dir) one ``O_NOFOLLOW`` component at a time,
-changes what it found through the descriptor it holds, and never takes anything that is not
-Storm's: a path outside Storm's trees, a link, a mount point, or a hard link to a file that also
-lives elsewhere. Storm's program walks paths by name as root, so a worker that swaps a directory
-for a link between two of its steps could have it chmod any file of the node.
+Storm's ``Container.setup`` makes ``workers/<id>/{pids,tmp,heartbeats}``, the artifacts dir, the
+user file and the links before it asks the plugin to launch, and it deletes them itself after
+``cleanup``. So berth makes none of them (``WorkerDirs`` is ``workdirs``' other half): it checks
+they are Storm's (plain directories of root, of the supervisor's user or already of the worker's
+user, never reached through a link), and sets the ownership and modes that the launcher's
+``worker`` and ``artifacts-dir`` commands set (``setup_dir_permissions`` in Storm's
+worker-launcher.c): ``user:<launcher group>``, the user keeps read and execute and may write, the
+group reads and writes, directories get group execute and setgid (not ``tmp``, the worker's
+``/tmp``, where setgid would break the JVM's attach files). The supervisor (in the launcher group)
+then reads the worker's heartbeats and can delete what the worker made.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import grp
 import os
 import stat
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from .._core.config import NodeConfig
-from .._core.layout import supervisor_dir
-from .._exceptions import CleanupError, LauncherRefused
-from .workdirs import Entry, past_deadline, remove_at, walk
+from .._core.identity import Identity
+from .._core.layout import worker_root
+from .._core.plan import Plan, key_of
+from .._core.spec import ID_PATTERN
+from .._exceptions import ConfigError, PolicyError, SpecError
+from . import workdirs
+from .stormtrees import give
 
-STORMDIST, USERCACHE, WORKERS, ARTIFACTS = "stormdist", "usercache", "workers", "artifacts"
-UNABLE_TO_STAT_FILE = 12
-UNABLE_TO_BUILD_PATH = 21
-FAILED = 255
-"""Storm's worker-launcher.h codes these steps give (``-1`` from ``main`` is 255)."""
-MAX_ENTRIES = 1_000_000
-"""Entries one command may change: more, and it stops with an error rather than run on."""
-MAX_PATH = 4096
-MAX_NOTES = 200
-"""``NOOP`` lines a command reports (a tree of links would otherwise fill berth's memory with them)."""
-
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def roots(config: NodeConfig) -> dict[str, str]:
-    """The trees Storm's launcher commands may name, as the node's config spells them."""
-    sup = supervisor_dir(config)
-    return {STORMDIST: os.path.join(sup, "stormdist"), USERCACHE: os.path.join(sup, "usercache"),
-            WORKERS: os.path.join(config.node.local_dir, "workers"), ARTIFACTS: config.artifacts_root}
+MAX_ENTRIES = 65536
+"""Entries given to the worker in one directory tree. At a launch, Storm has just made the worker's
+root (a handful of entries) and the artifacts dir is reused only by this topology's own workers;
+past this the launch is refused rather than spend the launch on a walk."""
 
 
 @dataclass(frozen=True)
-class Located:
-    """A path Storm named, below one of its roots: ``rest`` are the components under ``root``."""
+class StormDirs:
+    """``WorkerDirs`` for workers Storm's supervisor launches through berth's plugin."""
 
-    path: str
-    tree: str
-    root: str
-    rest: tuple[str, ...]
+    supervisor_uid: int
+    """The user Storm's supervisor runs as: it made the directories, and a worker never runs as it."""
+    launcher_gid: int
+    """The group the worker's directories get (Storm's ``storm.worker-launcher.group``)."""
+    forbidden_gids: frozenset[int] = frozenset()
+    """Groups no worker's user may be in: the launcher group and berth's API socket group."""
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> StormDirs:
+        """From ``storm.supervisor_user`` (required) and ``storm.launcher_group`` (default: that
+        user's primary group); ``ConfigError`` naming the key when either is unknown here."""
+        import pwd
+
+        s = config.storm
+        key = key_of(config, "storm.supervisor_user")
+        if s is None or s.supervisor_user is None:
+            raise ConfigError(key, "is required to run workers for Storm (the user Storm's supervisor runs as)")
+        try:
+            pw = pwd.getpwnam(s.supervisor_user)
+        except KeyError:
+            raise ConfigError(key, f"no such user {s.supervisor_user!r} on this node") from None
+        gid = pw.pw_gid
+        if s.launcher_group is not None:
+            gid = _gid(config, "storm.launcher_group", s.launcher_group)
+        forbidden = {gid}
+        if config.api.socket_group:
+            forbidden.add(_gid(config, "api.socket_group", config.api.socket_group))
+        return cls(pw.pw_uid, gid, frozenset(forbidden))
+
+    def check_identity(self, ident: Identity) -> None:
+        """A worker's user is neither Storm's supervisor's nor in a group that reaches every
+        worker's files (the launcher group) or berth's socket."""
+        if ident.uid == self.supervisor_uid:
+            raise PolicyError("user", f"{ident.user!r} is the user Storm's supervisor runs as; workers run as "
+                              "the topology's user")
+        shared = sorted(set(ident.groups) & self.forbidden_gids)
+        if shared:
+            raise PolicyError("user", f"{ident.user!r} is in group {shared[0]}, Storm's launcher group or berth's "
+                              "API socket group: its workers could read every worker's files or reach berth")
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        """Give Storm's directories of this worker to its user (see the module), then write the
+        worker script. ``made`` gets only what berth writes (the script): Storm's are not berth's
+        to roll back."""
+        ident = plan.identity
+        self.check_identity(ident)
+        lay = plan.layout
+        owners = {0, self.supervisor_uid, ident.uid}
+        for path, what in ((lay.worker_root, "the worker's root"), (lay.worker_tmp, "its tmp"),
+                           (lay.supervisor_dir, "the supervisor dir"), (lay.artifacts, "its artifacts dir"),
+                           (lay.shared_by_topology, "the topology's shared dir")):
+            _check_dir(path, what, owners if path != lay.supervisor_dir else {0, self.supervisor_uid})
+        _check_file(lay.user_file, owners)
+        # The launcher's `worker` command: the whole root user-writable with setgid dirs, then tmp without.
+        give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
+        give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False, max_entries=MAX_ENTRIES)
+        for path in (lay.artifacts, lay.shared_by_topology):  # its `artifacts-dir`, once per directory
+            st = os.stat(path, follow_symlinks=False)
+            if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or not st.st_mode & stat.S_ISGID:
+                give(path, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
+        workdirs.write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        """The worker's root, all of it: Storm's supervisor deletes it next, and as its own user it
+        cannot delete what the worker made in directories of its own. The user file is Storm's."""
+        if not ID_PATTERN.fullmatch(worker_id):
+            raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
+        workdirs.remove_tree(worker_root(config, worker_id))
 
 
-def components(path: str) -> tuple[str, ...]:
-    """An absolute path's components; refused: relative, ``.`` or ``..`` in it, longer than PATH_MAX."""
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
-        raise LauncherRefused("path", f"longer than {MAX_PATH} bytes", UNABLE_TO_BUILD_PATH)
-    if not path.startswith("/"):
-        raise LauncherRefused("path", f"{path!r} is not an absolute path", UNABLE_TO_BUILD_PATH)
-    parts = tuple(p for p in path.split("/") if p)
-    if any(p in (".", "..") for p in parts):
-        raise LauncherRefused("path", f"{path!r} has a '.' or '..' component; refused", UNABLE_TO_BUILD_PATH)
-    return parts
-
-
-def locate(trees: Mapping[str, str], path: str) -> Located:
-    """Which of Storm's trees ``path`` lies strictly below: as the config spells the tree, or as
-    it resolves (Storm passes canonical paths for some commands, absolute ones for others)."""
-    parts = components(path)
-    best: tuple[int, str, str] | None = None
-    for tree, root in trees.items():
-        for spelling in {os.path.normpath(root), os.path.realpath(root)}:
-            prefix = components(spelling)
-            if len(parts) > len(prefix) and parts[:len(prefix)] == prefix and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), tree, root)
-    if best is None:
-        raise LauncherRefused("path", f"{path} is not below Storm's directories ({', '.join(trees.values())}); "
-                              "refused", UNABLE_TO_BUILD_PATH)
-    return Located(path, best[1], os.path.realpath(best[2]), parts[best[0]:])
-
-
-@contextlib.contextmanager
-def parent_dir(where: Located, owners: tuple[int, ...] | None = None) -> Iterator[int | None]:
-    """The directory holding ``where``'s last component, reached from its root without following
-    a link; None when a directory on the way does not exist. With ``owners``, every directory on
-    the way below the root must belong to one of them: another tenant's dir is not a way in."""
+def _gid(config: NodeConfig, key: str, name: str) -> int:
     try:
-        fd = os.open(where.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(key_of(config, key), f"no such group {name!r} on this node") from None
+
+
+def _check_dir(path: str, what: str, owners: set[int]) -> None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
-        fd = -1
+        raise PolicyError("directories", f"{path} ({what}) does not exist: Storm's supervisor makes it before "
+                          "it asks for a launch (is berth's storm.yaml the supervisor's?)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PolicyError("directories", f"{path} ({what}) is not a plain directory; refusing to follow it")
+    if st.st_uid not in owners:
+        raise PolicyError("topology_id", f"{path} ({what}) belongs to uid {st.st_uid}, neither to Storm's "
+                          "supervisor nor to the worker's user")
+
+
+def _check_file(path: str, owners: set[int]) -> None:
     try:
-        for comp in where.rest[:-1] if fd >= 0 else ():
-            try:
-                nfd = os.open(comp, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                os.close(fd)
-                fd = -1
-                break
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise LauncherRefused("path", f"{where.path}: {comp!r} on the way is a link or not a directory; "
-                                          "not followed", UNABLE_TO_BUILD_PATH) from exc
-                raise LauncherRefused("path", f"{where.path}: cannot open {comp!r}: {exc.strerror}", FAILED) from exc
-            os.close(fd)
-            fd = nfd
-            check_owner(where, os.fstat(fd), owners)
-        yield fd if fd >= 0 else None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def storm_mode(mode: int, user_write: bool, setgid_on_dir: bool = True) -> int:
-    """The mode Storm's ``setup_permissions`` gives: the user keeps its read and execute bits (and
-    gets write if ``user_write``), the launcher's group reads and writes, others get nothing;
-    a directory gets group execute and, with ``setgid_on_dir``, setgid (so what Storm's
-    supervisor creates in it stays in the group)."""
-    new = (mode & (stat.S_IRUSR | stat.S_IXUSR)) | stat.S_IRGRP | stat.S_IWGRP
-    if user_write:
-        new |= stat.S_IWUSR
-    if stat.S_ISDIR(mode):
-        new |= stat.S_IXGRP | (stat.S_ISGID if setgid_on_dir else 0)
-    return new
-
-
-def check_owner(where: Located, st: os.stat_result, allowed: tuple[int, ...] | None) -> None:
-    """What a command changes or deletes, and every directory above it in Storm's tree, belongs to
-    root, Storm's supervisor or the user named: never another tenant's tree handed over or
-    deleted because Storm named it (a worker can write the topology owner the logviewer reads)."""
-    if allowed is not None and not stat.S_ISLNK(st.st_mode) and st.st_uid not in allowed:
-        raise LauncherRefused("path", f"{where.path} belongs to uid {st.st_uid}, neither the user's nor Storm's "
-                              "supervisor's; refused", FAILED)
-
-
-@dataclass
-class _Permissions:
-    """One ``code-dir``/``artifacts-dir``/``blob``: what it changes to and what it has seen."""
-
-    uid: int
-    gid: int
-    user_write: bool
-    deadline: float
-    notes: list[str] = field(default_factory=list)
-    seen: int = 0
-    untold: int = 0
-
-    def count(self, shown: str) -> None:
-        self.seen += 1
-        if self.seen > MAX_ENTRIES:
-            raise LauncherRefused("path", f"{shown}: more than {MAX_ENTRIES} entries; stopped", FAILED)
-        if self.seen % 4096 == 0:
-            past_deadline(self.deadline, shown, "set up")
-
-    def note(self, line: str) -> None:
-        if len(self.notes) < MAX_NOTES:
-            self.notes.append(line)
-        else:
-            self.untold += 1
-
-    def on_dir(self, fd: int) -> None:
-        st = os.fstat(fd)
-        os.fchown(fd, self.uid, self.gid)
-        os.fchmod(fd, storm_mode(st.st_mode, self.user_write))
-
-    def on_file(self, dfd: int, name: str, seen: os.stat_result, shown: str) -> None:
-        """A regular file, changed through an ``O_PATH`` descriptor of the very inode that was
-        seen (a file swapped for a link meanwhile is a link to that descriptor, left alone)."""
-        if seen.st_nlink > 1:
-            self.note(f"NOOP: {shown} (a hard link: may be a file from elsewhere)")
-            return
-        try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        except FileNotFoundError:
-            return
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode) \
-                    or st.st_nlink > 1:
-                self.note(f"NOOP: {shown} (changed while it was set up)")
-                return
-            via = f"/proc/self/fd/{fd}"  # chown/chmod of the inode held; an O_PATH fd takes no fchmod
-            os.chown(via, self.uid, self.gid)
-            os.chmod(via, storm_mode(st.st_mode, self.user_write))
-        finally:
-            os.close(fd)
-
-    def scan(self, fd: int, dev: int, shown: str, depth: int, room: int) -> tuple[list[Entry], bool]:
-        """Every entry of a directory, once (nothing is removed, so it is listed whole): files are
-        changed here, subdirectories returned to be entered; links and the rest are left alone."""
-        found: list[Entry] = []
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                here = f"{shown}/{entry.name}" if depth == 1 else f"{shown}/…/{entry.name}"
-                self.count(shown)
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if st.st_dev != dev:
-                        self.note(f"NOOP: {here} (a mount point: not crossed)")
-                    elif len(found) >= room:
-                        raise LauncherRefused("path", f"{shown}: too many directories to walk; stopped", FAILED)
-                    else:
-                        found.append((entry.name, st))
-                elif stat.S_ISREG(st.st_mode):
-                    self.on_file(fd, entry.name, st, here)
-                else:
-                    self.note(f"NOOP: {here}")
-        return found, True
-
-
-def set_permissions(where: Located, owner: tuple[int, int], user_write: bool, allowed: tuple[int, ...],
-                    deadline: float) -> list[str]:
-    """Storm's ``setup_dir_permissions(path, user_write, setgid)``: the tree (or file) at
-    ``where`` given to ``owner`` with Storm's modes. Returns notes on what was left alone."""
-    perms = _Permissions(owner[0], owner[1], user_write, deadline)
-    with parent_dir(where, allowed) as pfd:
-        name = where.rest[-1]
-        try:
-            if pfd is None:
-                raise FileNotFoundError
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise LauncherRefused("path", f"Path does not exist {where.path}", UNABLE_TO_BUILD_PATH) from None
-        if stat.S_ISLNK(st.st_mode):
-            raise LauncherRefused("path", f"{where.path} is a link; not followed", UNABLE_TO_BUILD_PATH)
-        check_owner(where, st, allowed)
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                walk(pfd, name, st, where.path, perms.scan, enter=perms.on_dir, deadline=deadline, doing="set up")
-            elif stat.S_ISREG(st.st_mode):
-                perms.on_file(pfd, name, st, where.path)
-            else:
-                raise LauncherRefused("path", f"{where.path} is neither a directory nor a file", FAILED)
-        except CleanupError as exc:
-            raise LauncherRefused("path", exc.reason, FAILED) from exc
-        except OSError as exc:
-            raise LauncherRefused("path", f"{where.path}: {exc.strerror or exc}", FAILED) from exc
-    return perms.notes + ([f"… and {perms.untold} more left alone"] if perms.untold else [])
-
-
-def remove(where: Located, allowed: tuple[int, ...], deadline: float) -> bool:
-    """Storm's ``rmr``: the tree at ``where`` deleted (a link unlinked, never followed). False
-    when there was nothing to delete."""
-    with parent_dir(where, allowed) as pfd:
-        if pfd is None:
-            return False
-        name = where.rest[-1]
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise LauncherRefused("path", f"Failed to delete {where.path}: {exc.strerror}", UNABLE_TO_STAT_FILE) \
-                from exc
-        check_owner(where, st, allowed)
-        try:
-            remove_at(pfd, name, where.path, deadline)
-        except CleanupError as exc:
-            raise LauncherRefused("path", exc.reason, FAILED) from exc
-    return True
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PolicyError("directories", f"{path} (the worker's user file) does not exist: Storm's supervisor "
+                          "writes it before it asks for a launch") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners:
+        raise PolicyError("directories", f"{path} (the worker's user file) is not a plain file of Storm's")

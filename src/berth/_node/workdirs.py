@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .._core.config import NodeConfig
 from .._core.layout import user_file, worker_root
@@ -45,6 +46,33 @@ class _Level:
     ino: int
     pending: list[Entry] = field(default_factory=list)
     done: bool = False
+
+
+class WorkerDirs(Protocol):
+    """Who makes a worker's directories, and what a launch and a cleanup do with them: berth
+    (``BerthDirs``, the default) or Storm's supervisor (``stormdirs.StormDirs``)."""
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        """Everything the plan mounts, and the worker script, ready for the container; what did
+        not exist before goes into ``made`` (removed again if the launch fails)."""
+        ...
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        """What ``cleanup`` removes of a worker's directories (``CleanupError`` if it cannot)."""
+        ...
+
+
+class BerthDirs:
+    """berth makes the worker's directories at launch and removes them at cleanup."""
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        # No container of this worker exists (checked): its old root and user file are leftovers,
+        # and the root was the worker's to tamper with (links), so it is not reused.
+        _remove(plan.layout.worker_root, plan.layout.user_file)
+        prepare(plan, made)
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        remove(config, worker_id)
 
 
 def prepare(plan: Plan, made: list[Path]) -> None:
@@ -134,13 +162,17 @@ def remove(config: NodeConfig, worker_id: str) -> None:
     """
     if not ID_PATTERN.fullmatch(worker_id):  # the id is a path component here: never '..' or '/'
         raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
-    remove_tree(worker_root(config, worker_id))
+    _remove(worker_root(config, worker_id), user_file(config, worker_id))
+
+
+def _remove(root: str, ufile: str) -> None:
+    remove_tree(root)
     try:
-        os.unlink(user_file(config, worker_id))
+        os.unlink(ufile)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise CleanupError("directories", f"cannot remove {user_file(config, worker_id)}: {exc.strerror}") from exc
+        raise CleanupError("directories", f"cannot remove {ufile}: {exc.strerror}") from exc
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:

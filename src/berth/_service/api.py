@@ -24,7 +24,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from .._core.serviceconfig import TenantToken
 from .._core.spec import WorkerSpec
 from .._exceptions import BerthError, WorkerNotFound
-from .._node.launcher import resolve_policy
 from .._version import __version__
 from .apimodels import (
     ERRORS,
@@ -42,7 +41,6 @@ from .apimodels import (
     install_error_handlers,
 )
 from .assignments import parse_document
-from .launcher_api import launcher_router
 from .metrics import Metrics
 from .supervisor import Supervisor
 
@@ -213,9 +211,6 @@ def create_app(sup: Supervisor, token: str | None = None, metrics: Metrics | Non
         used = sup.settings.grace_s if grace is None else grace
         return KillResult(worker_id=worker_id, grace_s=used,
                           note="stopping; it is still assigned, so the supervisor starts it again at once")
-
-    if not read_only:
-        app.include_router(launcher_router(sup.node, resolve_policy(sup.config)))
 
     @app.get("/metrics", response_class=Response, responses={401: ERRORS[401], 403: ERRORS[403]})
     def prom(_: Caller = Depends(operator)) -> Response:  # noqa: B008

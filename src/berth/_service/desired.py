@@ -8,16 +8,15 @@ and so do the restart counters and the exits already handled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError, StateError
+from .._linux.durable import write_durably
 from .assignments import Rejection
 
 log = logging.getLogger("berth.supervisor")
@@ -86,25 +85,11 @@ class DesiredStore:
 
     def save(self, saved: Saved) -> bool:
         """Replace the file atomically; False (and an error logged) when it could not be written."""
-        tmp = self.path.with_name(f".{STATE_FILE}.tmp")
         data = json.dumps(saved.to_json(), separators=(",", ":")).encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_durably(self.path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             log.error("cannot save the supervisor state to %s: %s", self.path, exc)
             return False
         return True

@@ -14,15 +14,17 @@ from typing import Any
 
 from .._core.serviceconfig import TenantToken
 from .api import create_app
-from .peer import PeerCredProtocol
+from .stormnode import StormService
 from .supervisor import Supervisor
 
 
-def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
+def serve(sup: Supervisor | StormService, socket_path: str | None, tcp: str | None, token: str | None,
           socket_mode: int = 0o660, socket_group: str | None = None, *, tenants: tuple[TenantToken, ...] = (),
-          read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None) -> None:
+          read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None,
+          protocol: type | None = None) -> None:
     """Serve until a signal; ``announce`` gets "unix:PATH" or "http://HOST:PORT" once bound;
-    ``app`` is a prepared app (the cluster agent's), else the supervisor's own."""
+    ``app`` is a prepared app (the cluster agent's, storm mode's), else the supervisor's own;
+    ``protocol``: uvicorn's HTTP protocol class on the unix socket (storm mode's knows its peer)."""
     import uvicorn
 
     # Whoever answers on the node's socket holds the node's lock (the cluster agent may serve
@@ -35,6 +37,7 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     if tcp:
         host, _, port = tcp.rpartition(":")
         host = host or "127.0.0.1"
+        assert isinstance(sup, Supervisor)
         app = app or create_app(sup, token=token, tenants=tenants, read_only=read_only)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning"))
         _after_bind(server, lambda: announce(f"http://{host}:{port}") if announce else None)
@@ -44,9 +47,10 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     if os.path.lexists(socket_path):
         os.unlink(socket_path)  # a dead supervisor's: the lock says no live one uses it
-    # h11 with the peer's credentials in each request (the worker-launcher's routes need the uid)
-    server = uvicorn.Server(uvicorn.Config(app or create_app(sup, read_only=read_only), uds=socket_path,
-                                           http=PeerCredProtocol, log_level="warning"))
+    if app is None:
+        assert isinstance(sup, Supervisor)
+        app = create_app(sup, read_only=read_only)
+    server = uvicorn.Server(uvicorn.Config(app, uds=socket_path, log_level="warning", http=protocol or "auto"))
     mine: list[tuple[int, int]] = []
     previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
 
