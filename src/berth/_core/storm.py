@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
 BERTH_KEYS = {
     "berth.runtime": ("node", "runtime"),
+    "berth.node.name": ("node", "name"),
     "berth.state.dir": ("node", "state_dir"),
     "berth.api.socket": ("api", "socket"),
     "berth.api.socket.group": ("api", "socket_group"),
@@ -63,7 +64,9 @@ berth.toml: so that the one storm.yaml of a node configures both Storm's supervi
 too). ``berth.runc.*``: where the runc runtime finds each image's root filesystem directory
 (Storm's runc manager reads HDFS image layers instead). ``berth.min.user.id`` and
 ``berth.banned.users`` are what Storm's worker-launcher.cfg calls ``min.user.id`` and
-``banned.users``: berth's launches and its worker-launcher both follow them."""
+``banned.users``: berth's launches and its worker-launcher both follow them. ``berth.node.name``
+(default ``storm.local.hostname``, else the host name) tells apart the berths of several Storm
+supervisors on one machine."""
 BERTH_ONLY = frozenset({"storm.home", *BERTH_KEYS})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
 launcher, ``-Dstorm.home``) and berth's own keys."""
