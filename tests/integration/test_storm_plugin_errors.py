@@ -57,6 +57,18 @@ def submit(s: BerthStorm, user: str = "berth-alice", conf: dict[str, str] | None
     return name, str(info["id"])
 
 
+def logged(s: BerthStorm, said: re.Pattern[str], what: str) -> str:
+    """The first match of ``said`` in Storm's supervisor log (its group 1: the worker id), waited for."""
+    found: list[str] = []
+
+    def there() -> bool:
+        found[:] = said.findall(s.supervisor_log())
+        return bool(found)
+
+    poll_until(there, what, WAIT, every=1)
+    return found[0]
+
+
 def carries_on(s: BerthStorm) -> None:
     """Storm's supervisor is still up and never took the error for a fatal one (Slot exits 20)."""
     assert s.cluster.run("status", check=False).returncode == 0
@@ -74,14 +86,8 @@ def test_berth_not_running_is_a_clear_error_and_storm_launches_once_it_is(strict
     name, topo = submit(strict)
     said = re.compile(rf"berth could not be asked to launch worker (\S+) of {re.escape(topo)} on port \d+ as "
                       rf"berth-alice \(.*; is `berth serve --storm` running, with its socket at {strict.socket}\?\)")
-    found: list[str] = []
-
-    def refused() -> bool:
-        found[:] = said.findall(strict.supervisor_log())
-        return bool(found)
-
-    poll_until(refused, "the plugin's error in Storm's log", WAIT, every=1)
-    assert f"Worker Process {found[0]} exited with code: 125" in strict.supervisor_log()
+    wid = logged(strict, said, "the plugin's error in Storm's log")
+    assert f"Worker Process {wid} exited with code: 125" in strict.supervisor_log()
     carries_on(strict)
     strict.start_berth()
     # Storm's slot notices at its start timeout, cleans up, and launches again: through berth now
@@ -104,14 +110,8 @@ def test_a_refused_launch_is_one_clear_line_and_the_supervisor_carries_on(
     name, topo = submit(strict, user, conf)
     said = re.compile(rf"berth refused to launch worker (\S+) of {re.escape(topo)} on port \d+ as {user}: "
                       rf"HTTP 409: {field}: [^\n]*{re.escape(words)}")
-    found: list[str] = []
-
-    def refused() -> bool:
-        found[:] = said.findall(strict.supervisor_log())
-        return bool(found)
-
-    poll_until(refused, f"berth's refusal ({field}) in Storm's log", WAIT, every=1)
-    assert f"Worker Process {found[0]} exited with code: 125" in strict.supervisor_log()
+    wid = logged(strict, said, f"berth's refusal ({field}) in Storm's log")
+    assert f"Worker Process {wid} exited with code: 125" in strict.supervisor_log()
     out = strict.berth_cli("ps", "--json")
     assert topo not in out.stdout  # nothing was made for it
     carries_on(strict)

@@ -206,9 +206,11 @@ def check_storm_reaches(config: NodeConfig, socket: str, dirs: Any) -> None:
 
 
 def storm_routers(service: Any) -> list[Any]:
-    """Routers served beside the plugin's under ``serve --storm`` (the worker-launcher
-    replacement adds its own here)."""
-    return []
+    """Routers served beside the plugin's under ``serve --storm``: the worker-launcher's
+    (``berth-worker-launcher``, Storm's launcher without setuid)."""
+    from .._service.launcher_api import launcher_router
+
+    return [launcher_router(service)]
 
 
 def _serve_storm(ctx: click.Context, config: NodeConfig, socket: str) -> None:

@@ -44,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
 }
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
 BERTH_KEYS = {
-    "berth.node.name": ("node", "name"),
     "berth.runtime": ("node", "runtime"),
+    "berth.node.name": ("node", "name"),
     "berth.state.dir": ("node", "state_dir"),
     "berth.api.socket": ("api", "socket"),
     "berth.api.socket.group": ("api", "socket_group"),
@@ -53,6 +53,8 @@ BERTH_KEYS = {
     "berth.container.max.memory.mb": ("container", "max_memory_mb"),
     "berth.storm.supervisor.user": ("storm", "supervisor_user"),
     "berth.storm.launcher.group": ("storm", "launcher_group"),
+    "berth.min.user.id": ("node", "min_uid"),
+    "berth.banned.users": ("node", "banned_users"),
     "berth.runc.images": ("runc", "images"),
     "berth.runc.image.root": ("runc", "image_root"),
 }
@@ -60,9 +62,11 @@ BERTH_KEYS = {
 berth.toml: so that the one storm.yaml of a node configures both Storm's supervisor and the
 ``berth serve --storm`` beside it (the plugin reads ``berth.api.socket`` and ``berth.state.dir``
 too). ``berth.runc.*``: where the runc runtime finds each image's root filesystem directory
-(Storm's runc manager reads HDFS image layers instead). ``berth.node.name``: berth's name for the
-node (its containers' ``berth.node`` label), default ``storm.local.hostname``: for several
-supervisors on one engine that all call themselves ``localhost``."""
+(Storm's runc manager reads HDFS image layers instead). ``berth.min.user.id`` and
+``berth.banned.users`` are what Storm's worker-launcher.cfg calls ``min.user.id`` and
+``banned.users``: berth's launches and its worker-launcher both follow them. ``berth.node.name``
+(default ``storm.local.hostname``, else the host name) tells apart the berths of several Storm
+supervisors on one machine."""
 BERTH_ONLY = frozenset({"storm.home", *BERTH_KEYS})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
 launcher, ``-Dstorm.home``) and berth's own keys."""
@@ -244,7 +248,7 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
     tables: dict[str, dict[str, Any]] = {"node": node, "container": container, "storm": storm, "runc": {}, "api": {}}
     for key, (table, name) in BERTH_KEYS.items():
         if key in conf and key != "berth.runtime":  # (the runtime is _runtime's)
-            tables[table][name] = conf[key]
+            tables[table][name] = _strings(key, conf[key]) if name == "banned_users" else conf[key]
     runc = tables["runc"]
     if isinstance(runc.get("images"), dict):
         runc["images"] = {str(k): v for k, v in runc["images"].items()}

@@ -44,6 +44,8 @@ BERTH_TO_STORM = {
     "container.max_memory_mb": "berth.container.max.memory.mb",
     "storm.supervisor_user": "berth.storm.supervisor.user",
     "storm.launcher_group": "berth.storm.launcher.group",
+    "node.min_uid": "berth.min.user.id",
+    "node.banned_users": "berth.banned.users",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 

@@ -29,7 +29,7 @@ def state_apart(state: str, worker_trees: Mapping[str, str]) -> None:
             raise ValueError(f"node.state_dir ({state}) must not contain node.{key} ({path})")
 
 
-def check_root_owned(path: str) -> None:
+def check_root_owned(path: str, field: str = "config", what: str = "the node config") -> None:
     """Refuse a config that anyone but root could have written, when berth runs as root.
 
     The config decides who may run what on the node (users, images, mounts, maxima); a tenant who
@@ -58,7 +58,7 @@ def check_root_owned(path: str) -> None:
         except OSError:
             continue
     if problems:
-        raise ConfigError("config", f"{problems}; the node config must be root's alone to write")
+        raise ConfigError(field, f"{problems}; {what} must be root's alone to write")
 
 
 def _writable_by_others(path: str, st: os.stat_result, directory: bool) -> str:

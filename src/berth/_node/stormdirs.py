@@ -31,13 +31,12 @@ from .._core.plan import Plan, key_of
 from .._core.spec import ID_PATTERN
 from .._exceptions import ConfigError, PolicyError, SpecError
 from . import workdirs
+from .stormtrees import give
 
 MAX_ENTRIES = 65536
 """Entries given to the worker in one directory tree. At a launch, Storm has just made the worker's
 root (a handful of entries) and the artifacts dir is reused only by this topology's own workers;
 past this the launch is refused rather than spend the launch on a walk."""
-MAX_DEPTH = 64
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -99,16 +98,16 @@ class StormDirs:
             _check_dir(path, what, owners if path != lay.supervisor_dir else {0, self.supervisor_uid})
         _check_file(lay.user_file, owners)
         # The launcher's `worker` command: the whole root user-writable with setgid dirs, then tmp without.
-        give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True)
-        give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False)
+        give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
+        give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False, max_entries=MAX_ENTRIES)
         # `code-dir` on the topology's code (every launch: Storm may have updated a blob since), then
         # `artifacts-dir` on its shared dir, as Storm's localizer runs them; `artifacts-dir` on the
         # artifacts dir once (it holds every earlier worker's logs of this topology and port).
-        give(code, ident.uid, self.launcher_gid, setgid=True, user_writable=False)
-        give(lay.shared_by_topology, ident.uid, self.launcher_gid, setgid=True)
+        give(code, ident.uid, self.launcher_gid, setgid=True, user_write=False, max_entries=MAX_ENTRIES)
+        give(lay.shared_by_topology, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
         st = os.stat(lay.artifacts, follow_symlinks=False)
         if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or st.st_mode & 0o2777 != 0o2770:
-            give(lay.artifacts, ident.uid, self.launcher_gid, setgid=True)
+            give(lay.artifacts, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
         workdirs.write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
 
     def remove(self, config: NodeConfig, worker_id: str) -> None:
@@ -147,96 +146,3 @@ def _check_file(path: str, owners: set[int]) -> None:
                           "writes it before it asks for a launch") from None
     if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners:
         raise PolicyError("directories", f"{path} (the worker's user file) is not a plain file of Storm's")
-
-
-def launcher_mode(mode: int, setgid: bool, user_writable: bool = True) -> int:
-    """Storm's ``setup_permissions``: the user keeps read and execute (and may write if
-    ``user_writable``), the group reads and writes; a directory gets group execute, and setgid if
-    asked. Others get nothing."""
-    new = (mode & (stat.S_IRUSR | stat.S_IXUSR)) | stat.S_IRGRP | stat.S_IWGRP
-    if user_writable:
-        new |= stat.S_IWUSR
-    if stat.S_ISDIR(mode):
-        new |= stat.S_IXGRP | (stat.S_ISGID if setgid else 0)
-    return new
-
-
-def give(path: str, uid: int, gid: int, setgid: bool, user_writable: bool = True) -> None:
-    """``chown -R --no-dereference uid:gid`` and the launcher's modes over ``path``, never
-    following a link (links are left as they are), never crossing into another filesystem; any
-    other kind of file (a fifo, a socket, a device) is refused, as Storm's walk refuses it. At most
-    ``MAX_ENTRIES`` entries and ``MAX_DEPTH`` levels; one descriptor per level."""
-    parent, name = os.path.split(os.path.normpath(path))
-    pfd = os.open(parent, _DIR)
-    try:
-        top = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        fd = os.open(name, _DIR, dir_fd=pfd)
-    finally:
-        os.close(pfd)
-    seen = [0]
-    levels: list[tuple[int, str, list[tuple[str, os.stat_result]]]] = []
-    try:
-        _set(fd, top, uid, gid, setgid, user_writable)
-        levels.append((fd, path, _list(fd, path, seen)))
-        while levels:
-            dfd, shown, pending = levels[-1]
-            if not pending:
-                levels.pop()
-                os.close(dfd)
-                continue
-            ename, st = pending.pop()
-            where = os.path.join(shown, ename)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            if stat.S_ISREG(st.st_mode):
-                if st.st_nlink > 1:  # (root may link anything, whatever fs.protected_hardlinks says)
-                    raise PolicyError("directories", f"{where} has other hard links; not giving a file that "
-                                      "is also elsewhere to the worker")
-                ffd = os.open(ename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
-                try:
-                    _set(ffd, st, uid, gid, setgid, user_writable)
-                finally:
-                    os.close(ffd)
-            elif stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
-                if len(levels) >= MAX_DEPTH:
-                    raise PolicyError("directories", f"{path} is more than {MAX_DEPTH} levels deep; not giving "
-                                      "it to the worker")
-                cfd = os.open(ename, _DIR, dir_fd=dfd)
-                try:
-                    _set(cfd, st, uid, gid, setgid, user_writable)
-                    listed = _list(cfd, where, seen)
-                except BaseException:
-                    os.close(cfd)
-                    raise
-                levels.append((cfd, where, listed))
-            else:
-                raise PolicyError("directories", f"{where} is neither a file, a directory of this filesystem "
-                                  "nor a link; not giving it to the worker")
-    finally:
-        for dfd, _, _ in levels:
-            os.close(dfd)
-
-
-def _list(fd: int, shown: str, seen: list[int]) -> list[tuple[str, os.stat_result]]:
-    out = []
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            seen[0] += 1
-            if seen[0] > MAX_ENTRIES:
-                raise PolicyError("directories", f"{shown}: more than {MAX_ENTRIES} entries to give to the worker; "
-                                  "refused")
-            try:
-                out.append((entry.name, entry.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-    return out
-
-
-def _set(fd: int, st: os.stat_result, uid: int, gid: int, setgid: bool, user_writable: bool) -> None:
-    now = os.fstat(fd)
-    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-        raise PolicyError("directories", "an entry was replaced while it was being given to the worker")
-    if stat.S_ISREG(now.st_mode) and now.st_nlink > 1:
-        raise PolicyError("directories", "a file got another hard link while it was being given to the worker")
-    os.fchown(fd, uid, gid)
-    os.fchmod(fd, launcher_mode(now.st_mode, setgid, user_writable))
