@@ -225,3 +225,19 @@ def test_a_hard_link_to_anothers_file_is_never_given_to_the_worker(node: Node, b
     os.link(secret, shared / "planted")
     node.launch(spec("w1"))  # the code-dir and artifacts-dir walks over the shared dir leave it alone
     assert (owner(secret), mode(secret)) == ((0, 0), 0o600)
+
+
+def test_storms_own_state_is_closed_to_workers(node: Node) -> None:
+    """Every worker sees the supervisor dir (read-only, as DockerManager mounts it) for its own
+    topology's code; Storm's own state beside it (localstate: every slot's assignment, owner and
+    worker id; isupervisor; tmp: blobs being downloaded) is Storm's supervisor's alone."""
+    storm_setup(node.config, "w1")
+    sup = Path(node.config.node.local_dir) / "supervisor"
+    for name in ("localstate", "isupervisor", "tmp"):
+        (sup / name).mkdir(mode=0o755)
+        os.chown(sup / name, STORM_UID, STORM_GID)
+    (sup / "localstate" / "123.version").write_text("assignments")
+    node.launch(spec("w1"))
+    for name in ("localstate", "isupervisor", "tmp"):
+        assert (owner(sup / name), mode(sup / name)) == ((STORM_UID, STORM_GID), 0o750), name
+    assert mode(sup / "stormdist") == 0o755  # the way to the topology's own code stays open
