@@ -9,6 +9,7 @@ supervisor (user ``storm``) can reach it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,14 +99,20 @@ class BerthStorm:
             conf["berth.runc.images"] = {IMAGE: str(ROOTFS / "storm")}
         return {**conf, **self.extra}
 
-    def start(self, berth: bool = True) -> BerthStorm:
-        """The cluster (its supervisor loads the plugin), then berth unless ``berth`` is False."""
+    def prepare(self) -> tuple[Path, Path]:
+        """What ``scripts/storm start`` is given: the supervisor's storm.yaml lines and the
+        directory holding the plugin's jar."""
         ext = self.base / "ext"
         ext.mkdir(parents=True, exist_ok=True)
         shutil.copy2(plugin_jar(), ext / JAR.name)
         sup = self.base / "supervisor.yaml"
         sup.write_text(yaml.safe_dump(self.lines()))
         self.cluster.env["BERTH_STORM_USERS"] = self.users
+        return sup, ext
+
+    def start(self, berth: bool = True) -> BerthStorm:
+        """The cluster (its supervisor loads the plugin), then berth unless ``berth`` is False."""
+        sup, ext = self.prepare()
         self.cluster.start(supervisor_yaml=sup, extlib_daemon=ext)
         if berth:
             self.start_berth()
@@ -141,6 +148,28 @@ class BerthStorm:
 
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://berth", timeout=60)
 
+    def processes(self) -> dict[str, int]:
+        """berth's own processes on the node, by label: ``berth serve``; on runc berth-shim (one
+        for all workers), on docker each of this node's workers' ``containerd-shim`` (the engine's
+        monitor per container; the engine itself is shared, not counted)."""
+        found: dict[str, int] = {}
+        if self.proc is not None and self.proc.poll() is None:
+            found["berth serve"] = self.proc.pid
+        runc_dir = str(self.base / "state" / "runc").encode()
+        ours = {c.encode() for c in _engine_containers(self.node_name)} if self.runtime == "docker" else set()
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                args = p.joinpath("cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"shim.daemon" in b" ".join(args) and runc_dir in args:
+                found["berth-shim"] = int(p.name)
+            elif args[0].endswith(b"containerd-shim-runc-v2") and ours.intersection(args):
+                found[f"containerd-shim {sum(k.startswith('containerd') for k in found) + 1}"] = int(p.name)
+        return found
+
     def supervisor_log(self) -> str:
         try:
             return (self.log_dir / "supervisor.log").read_text(errors="replace")
@@ -159,9 +188,10 @@ class BerthStorm:
             self.cluster.purge()
         finally:
             self.stop_berth()
-            self._remove_containers()
+            self.remove_containers()
 
-    def _remove_containers(self) -> None:
+    def remove_containers(self) -> None:
+        """Every container berth made for this cluster, on either runtime, and berth-shim."""
         runc_root = self.base / "state" / "runc" / "root"
         if runc_root.is_dir():
             listed = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"], capture_output=True, text=True)
@@ -171,12 +201,23 @@ class BerthStorm:
         _remove_engine_containers(self.node_name)
 
 
-def _remove_engine_containers(node_name: str) -> None:
+def _engine_containers(node_name: str) -> list[str]:
+    """The ids of the engine's containers of this node (none where no engine answers)."""
     try:
         import docker
 
         api = docker.APIClient(base_url=DOCKER, version="auto")
-        for c in api.containers(all=True, filters={"label": f"berth.node={node_name}"}):
-            api.remove_container(c["Id"], force=True)
-    except Exception:  # no engine (a runc-only machine): nothing of the engine to remove
-        return
+        return [str(c["Id"]) for c in api.containers(all=True, filters={"label": f"berth.node={node_name}"})]
+    except Exception:  # no engine (a runc-only machine)
+        return []
+
+
+def _remove_engine_containers(node_name: str) -> None:
+    ids = _engine_containers(node_name)
+    if ids:
+        import docker
+
+        api = docker.APIClient(base_url=DOCKER, version="auto")
+        for cid in ids:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(cid, force=True)

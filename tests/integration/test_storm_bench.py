@@ -23,19 +23,22 @@ def _instances() -> set[str]:
     return {p.name for p in INSTANCES.iterdir()} if INSTANCES.is_dir() else set()
 
 
-def test_quick_storm_bench_gives_well_formed_json(zookeeper: object, users: object, tmp_path: Path) -> None:
+def test_quick_storm_bench_gives_well_formed_json(zookeeper: object, users: object, storm_image: str,
+                                                  runc_ready: None, tmp_path: Path) -> None:
     before = _instances()
-    done = subprocess.run([sys.executable, "-m", "bench.storm", "--quick", "--json", "--out", str(tmp_path)],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run([sys.executable, "-m", "bench.storm", "--quick", "--json", "--out", str(tmp_path),
+                           "--variants", "default,berth_runc"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout)
-    assert set(result) == {"default"}
-    r = result["default"]
-    assert r["rounds"] == 1 and len(r["raw"]) == 1
-    for key in ("submit_to_ack_s", "kill_to_ack_s", "supervisor_mb", "worker_mb"):
-        assert set(r[key]) == STATS and all(isinstance(v, int | float) for v in r[key].values()), key
-    assert len(r["raw"][0]["workers_mb"]) == 2 and r["overhead_mb"] == {}
+    assert set(result) == {"default", "berth_runc"}
+    for r in result.values():
+        assert r["rounds"] == 1 and len(r["raw"]) == 1
+        for key in ("submit_to_ack_s", "kill_to_ack_s", "supervisor_mb", "worker_mb"):
+            assert set(r[key]) == STATS and all(isinstance(v, int | float) for v in r[key].values()), key
+        assert len(r["raw"][0]["workers_mb"]) == 2
+    assert result["default"]["overhead_mb"] == {}
+    assert set(result["berth_runc"]["overhead_mb"]) == {"berth serve", "berth-shim"}  # one shim for all workers
     assert (tmp_path / "bench-storm.md").read_text().startswith("| variant |")
     assert (tmp_path / "bench-storm.png").stat().st_size > 0
     assert _instances() <= before  # the bench's cluster was purged
