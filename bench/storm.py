@@ -20,8 +20,9 @@ A variant is a name, a title, and a context manager that yields the ``Hooks`` it
 with (``scripts/storm start``'s --supervisor-yaml and --extlib-daemon, the submitting user, the
 processes whose memory is its overhead, what to start once Storm runs): ``default`` (Storm's own
 ``DefaultResourceIsolationManager``), ``berth_docker`` and ``berth_runc`` (berth's plugin and
-``berth serve --storm`` beside the supervisor: ``bench._stormberth``). Results: a table, JSON in bench/out/storm-<time>.json (``--json``: on stdout
-only), and with ``--out DIR`` bench-storm.md (the table) and bench-storm.png there.
+``berth serve --storm`` beside the supervisor: ``bench._stormberth``). Results: a table, JSON in
+bench/out/storm-<time>.json (``--json``: on stdout only), and with ``--out DIR`` bench-storm.md
+(the table) and bench-storm.png there.
 """
 
 from __future__ import annotations
