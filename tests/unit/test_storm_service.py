@@ -347,3 +347,18 @@ def test_the_socket_must_be_reachable_by_storms_supervisor(open_dir: Path) -> No
     why = socket_unreachable(str(run / "api.sock"), 0o660, 0, 3900, {3900})
     assert why is not None and "mode 0660 and group 0" in why
     assert socket_unreachable(str(run / "api.sock"), 0o666, 0, 3900, {3900}) is None
+
+
+def test_closing_the_ledger_answers_the_waiting_polls_at_once(tmp_path: Path) -> None:
+    """``serve --storm`` stopping (SIGTERM, an upgrade) waited for every pending long poll to run
+    out (30 s: the plugin's calls all failed meanwhile); closing the ledger answers them now."""
+    led = ExitLedger(str(tmp_path))
+    led.load()
+    got: list[list[ExitRecord]] = []
+    t = threading.Thread(target=lambda: got.append(led.wait(3600, 10)), daemon=True)
+    t.start()
+    wait_until(lambda: led.waiting() == 1, "the poll waiting", 60)
+    led.close()
+    t.join(60)
+    assert not t.is_alive() and got == [[]]
+    assert led.wait(3600, 10) == []  # closed: no wait at all

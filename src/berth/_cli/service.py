@@ -232,6 +232,7 @@ def _serve_storm(ctx: click.Context, config: NodeConfig, socket: str) -> None:
     try:
         run_api(service, socket, None, None, socket_mode=int(config.api.socket_mode, 8),
                 socket_group=config.api.socket_group, announce=_announce,
-                app=create_storm_app(service, routers=storm_routers(service)), protocol=peer_protocol())
+                app=create_storm_app(service, routers=storm_routers(service)), protocol=peer_protocol(),
+                stopping=service.ledger.close)
     finally:
         service.stop()

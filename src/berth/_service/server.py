@@ -21,10 +21,12 @@ from .supervisor import Supervisor
 def serve(sup: Supervisor | StormService, socket_path: str | None, tcp: str | None, token: str | None,
           socket_mode: int = 0o660, socket_group: str | None = None, *, tenants: tuple[TenantToken, ...] = (),
           read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None,
-          protocol: type | None = None) -> None:
+          protocol: type | None = None, stopping: Callable[[], None] | None = None) -> None:
     """Serve until a signal; ``announce`` gets "unix:PATH" or "http://HOST:PORT" once bound;
     ``app`` is a prepared app (the cluster agent's, storm mode's), else the supervisor's own;
-    ``protocol``: uvicorn's HTTP protocol class on the unix socket (storm mode's knows its peer)."""
+    ``protocol``: uvicorn's HTTP protocol class on the unix socket (storm mode's knows its peer);
+    ``stopping`` runs when the stop signal comes, before uvicorn waits for the requests under way
+    (storm mode answers its long polls then)."""
     import uvicorn
 
     # Whoever answers on the node's socket holds the node's lock (the cluster agent may serve
@@ -69,6 +71,8 @@ def serve(sup: Supervisor | StormService, socket_path: str | None, tcp: str | No
             announce(f"unix:{socket_path}")
 
     _after_bind(server, bound)
+    if stopping is not None:
+        _on_stop(server, stopping)
     try:
         server.run()
     finally:
@@ -77,6 +81,17 @@ def serve(sup: Supervisor | StormService, socket_path: str | None, tcp: str | No
             st = os.stat(socket_path)
             if (st.st_dev, st.st_ino) in mine:
                 os.unlink(socket_path)
+
+
+def _on_stop(server: Any, then: Callable[[], None]) -> None:
+    """Run ``then`` when uvicorn is told to stop (its signal handler), before it drains."""
+    handle = server.handle_exit
+
+    def handle_then(sig: int, frame: Any) -> None:
+        then()
+        handle(sig, frame)
+
+    server.handle_exit = handle_then
 
 
 def _after_bind(server: Any, then: Callable[[], None]) -> None:

@@ -54,6 +54,7 @@ class ExitLedger:
         self._entries: dict[str, Entry] = {}
         self._seq = 0
         self._waiting = 0
+        self._closed = False
 
     def load(self) -> None:
         """Read what an earlier berth recorded; an unreadable file is logged and left aside."""
@@ -142,10 +143,18 @@ class ExitLedger:
         with self._cond:
             self._waiting += 1
             try:
-                self._cond.wait_for(lambda: any(not e.acked for e in self._entries.values()), timeout=timeout)
+                self._cond.wait_for(lambda: self._closed or any(not e.acked for e in self._entries.values()),
+                                    timeout=timeout)
             finally:
                 self._waiting -= 1
         return self.pending(limit)
+
+    def close(self) -> None:
+        """berth is stopping: every poll waiting is answered now (a server waits for its requests
+        to end before it exits), and none waits from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def waiting(self) -> int:
         """Callers in ``wait`` now."""
