@@ -362,3 +362,15 @@ def test_closing_the_ledger_answers_the_waiting_polls_at_once(tmp_path: Path) ->
     t.join(60)
     assert not t.is_alive() and got == [[]]
     assert led.wait(3600, 10) == []  # closed: no wait at all
+
+
+def test_a_node_whose_local_dir_moved_keeps_its_workers(storm: Storm) -> None:
+    """Every worker's directory gone at once, the ``workers`` dir with them (a storm.local.dir
+    changed in berth's config, a disk not mounted yet): that is not Storm forgetting its workers,
+    and the sweep stops none of them."""
+    import shutil
+
+    storm.launch("w1")
+    shutil.rmtree(Path(storm.svc.config.node.local_dir, "workers"))
+    storm.svc.sweep()
+    assert [w.worker_id for w in storm.svc.node.ps()] == ["w1"] and not storm.svc.all_dead("w1")

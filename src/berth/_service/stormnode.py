@@ -112,6 +112,12 @@ class StormService:
                         self.ledger.add(rec)
             for wid in self.ledger.acked_ids() - present:
                 self.ledger.drop(wid)  # removed (cleanup went through); nothing to keep it for
+            workers = os.path.join(self.config.node.local_dir, "workers")
+            if not os.path.isdir(workers):
+                if listed:  # a moved local dir, a disk not mounted yet: not Storm forgetting its workers
+                    log.warning("%s does not exist: is storm.local.dir Storm's? no worker is taken for forgotten",
+                                workers)
+                return
             for w in listed:
                 if w.state != WorkerStatus.CREATED and not os.path.isdir(worker_root(self.config, w.worker_id)):
                     self._forgotten(w.worker_id, w.running)
