@@ -374,3 +374,48 @@ def test_a_node_whose_local_dir_moved_keeps_its_workers(storm: Storm) -> None:
     shutil.rmtree(Path(storm.svc.config.node.local_dir, "workers"))
     storm.svc.sweep()
     assert [w.worker_id for w in storm.svc.node.ps()] == ["w1"] and not storm.svc.all_dead("w1")
+
+
+def test_one_workers_slow_cleanup_holds_up_no_other(storm: Storm) -> None:
+    """A worker can make its tree slow to remove (millions of files); another topology's cleanup,
+    and the sweep, go on meanwhile. An exit of a worker cleaned up meanwhile is never recorded again."""
+    storm.launch("w1")
+    storm.launch("w2", port=6701)
+    gate, entered = threading.Event(), threading.Event()
+    real = storm.svc.node.dirs
+
+    class Slow:
+        def prepare(self, plan: Any, made: Any) -> None:
+            real.prepare(plan, made)
+
+        def remove(self, config: Any, worker_id: str) -> None:
+            if worker_id == "w1":
+                entered.set()
+                gate.wait(60)
+            real.remove(config, worker_id)
+
+    storm.svc.node.dirs = Slow()
+    slow = threading.Thread(target=storm.svc.cleanup, args=("w1",), daemon=True)
+    slow.start()
+    assert entered.wait(60)
+    def cleanup_and_sweep() -> None:
+        storm.svc.cleanup("w2")
+        storm.svc.sweep()
+
+    other = threading.Thread(target=cleanup_and_sweep, daemon=True)
+    other.start()
+    other.join(60)
+    alive = other.is_alive()
+    gate.set()
+    slow.join(60)
+    assert not alive and storm.svc.node.ps() == []
+    assert not storm.svc.ledger.known("w1") and not storm.svc.ledger.known("w2")
+
+
+def test_the_end_a_cleanup_causes_is_not_kept(storm: Storm) -> None:
+    storm.launch("w1")
+    storm.svc.cleanup("w1")  # running: removed by force
+    rec = ExitRecord(worker_id="w1", container_id="fake000001", exit_code=137, signal=9, oom_killed=False,
+                     started_at=None, finished_at=None)
+    storm.svc._on_exit(rec)  # its die event, arriving after the cleanup
+    assert not storm.svc.ledger.known("w1")

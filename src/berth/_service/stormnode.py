@@ -38,6 +38,7 @@ from .stormexits import ExitLedger
 log = logging.getLogger("berth.storm")
 
 SWEEP_S = 30.0
+MAX_CLEANED = 4096
 MAX_KILLS = 16
 """SIGTERMs (each waits out the grace period, then SIGKILLs) in flight at once."""
 
@@ -59,7 +60,10 @@ class StormService:
         self._profiling: set[str] = set()
         self._mu = threading.Lock()
         self._sweep_lock = threading.Lock()
-        """Held by the sweep and by cleanup: a sweep never re-records an exit cleanup just forgot."""
+        """One sweep at a time."""
+        self._cleaned: dict[str, None] = {}
+        """Worker ids cleaned up (the latest ``MAX_CLEANED``): Storm launches an id once, so a sweep
+        that listed one of these before its cleanup never records its exit again."""
         self._quit = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -108,8 +112,9 @@ class StormService:
             for w in listed:
                 if w.state == WorkerStatus.EXITED and not self.ledger.known(w.worker_id):
                     rec = self.node.exit_record(w.worker_id)
-                    if rec is not None:
-                        self.ledger.add(rec)
+                    with self._mu:  # (the cleaned set and the add together: a cleanup may be under way)
+                        if rec is not None and w.worker_id not in self._cleaned:
+                            self.ledger.add(rec)
             for wid in self.ledger.acked_ids() - present:
                 self.ledger.drop(wid)  # removed (cleanup went through); nothing to keep it for
             workers = os.path.join(self.config.node.local_dir, "workers")
@@ -134,7 +139,9 @@ class StormService:
             log.warning("worker %s: %s", worker_id, exc)
 
     def _on_exit(self, rec: ExitRecord) -> None:
-        self.ledger.add(rec)
+        with self._mu:  # a cleanup's own removal of a running container ends it too: not news for Storm
+            if rec.worker_id not in self._cleaned:
+                self.ledger.add(rec)
 
     # -- what Storm's plugin asks --------------------------------------------------------------
 
@@ -204,9 +211,14 @@ class StormService:
         return avail, "MemAvailable"
 
     def cleanup(self, worker_id: str) -> None:
-        """The container, the worker's directory tree and its exit: Storm deletes the rest."""
-        with self._sweep_lock:
-            self.node.cleanup(worker_id)
+        """The container, the worker's directory tree and its exit: Storm deletes the rest. Holds
+        nothing another worker's call waits for (a worker can make its tree slow to remove)."""
+        with self._mu:
+            self._cleaned[worker_id] = None
+            while len(self._cleaned) > MAX_CLEANED:
+                self._cleaned.pop(next(iter(self._cleaned)))
+        self.node.cleanup(worker_id)
+        with self._mu:
             self.ledger.drop(worker_id)
 
     def profile(self, worker_id: str, command: Sequence[str]) -> ExecResult:
