@@ -419,3 +419,12 @@ def test_the_end_a_cleanup_causes_is_not_kept(storm: Storm) -> None:
                      started_at=None, finished_at=None)
     storm.svc._on_exit(rec)  # its die event, arriving after the cleanup
     assert not storm.svc.ledger.known("w1")
+
+
+def test_a_second_berth_for_the_same_node_is_refused(storm: Storm, base: Path) -> None:
+    from berth._exceptions import SupervisorLocked
+
+    second = StormService(storm_config(base), node=storm_node(base, storm.fake.restarted()), dirs=DIRS)
+    with pytest.raises(SupervisorLocked) as err:
+        second.start()
+    assert f"pid {os.getpid()}" in err.value.reason and err.value.field == "state_dir"
