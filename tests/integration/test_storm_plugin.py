@@ -247,6 +247,17 @@ def test_storms_supervisor_restarted_mid_run_keeps_its_workers(storm: BerthStorm
     acks_grow(storm, wordcount["name"])
     assert {w: v["started_at"] for w, v in running(storm, topo).items()} == before
     assert len(re.findall(r"Starting in state running", storm.supervisor_log())) >= len(before)
+    # The restarted supervisor holds no callback for them (nor would Storm's own managers): an exit
+    # is logged and acknowledged once, and Storm relaunches when the heartbeats stop.
+    victim = sorted(before)[0]
+    kill_from_outside(storm, victim)
+    said = re.compile(rf"berth: worker {re.escape(victim)} \(container \w+\) ended, killed by signal 9 \(exit code "
+                      r"137\); this supervisor holds no callback for it")
+    poll_until(lambda: len(said.findall(storm.supervisor_log())) == 1, f"the plugin's line for {victim}", WAIT)
+    poll_until(lambda: victim not in running(storm, topo) and len(running(storm, topo)) == 2,
+               "Storm to relaunch the slot", WAIT, every=2)
+    acks_grow(storm, wordcount["name"])
+    assert len(said.findall(storm.supervisor_log())) == 1 and exit_lines(storm, victim) == []
 
 
 def test_a_hostile_tenants_worker_is_refused_what_it_tries(storm: BerthStorm, wordcount: dict[str, Any]) -> None:

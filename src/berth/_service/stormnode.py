@@ -130,6 +130,7 @@ class StormService:
     def _forgotten(self, worker_id: str, running: bool) -> None:
         log.warning("worker %s: Storm's supervisor deleted its directory without reaching berth; %s", worker_id,
                     "stopping and removing it" if running else "removing it")
+        self._mark_cleaned(worker_id)
         try:
             if running:
                 self.node.force_kill(worker_id)
@@ -137,6 +138,12 @@ class StormService:
             self.ledger.drop(worker_id)
         except BerthError as exc:
             log.warning("worker %s: %s", worker_id, exc)
+
+    def _mark_cleaned(self, worker_id: str) -> None:
+        with self._mu:
+            self._cleaned[worker_id] = None
+            while len(self._cleaned) > MAX_CLEANED:
+                self._cleaned.pop(next(iter(self._cleaned)))
 
     def _on_exit(self, rec: ExitRecord) -> None:
         with self._mu:  # a cleanup's own removal of a running container ends it too: not news for Storm
@@ -213,10 +220,7 @@ class StormService:
     def cleanup(self, worker_id: str) -> None:
         """The container, the worker's directory tree and its exit: Storm deletes the rest. Holds
         nothing another worker's call waits for (a worker can make its tree slow to remove)."""
-        with self._mu:
-            self._cleaned[worker_id] = None
-            while len(self._cleaned) > MAX_CLEANED:
-                self._cleaned.pop(next(iter(self._cleaned)))
+        self._mark_cleaned(worker_id)
         self.node.cleanup(worker_id)
         with self._mu:
             self.ledger.drop(worker_id)
