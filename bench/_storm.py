@@ -118,16 +118,22 @@ class StormCluster:
         return parsed
 
 
-def worker_pids(topology_id: str) -> list[int]:
-    """The worker JVMs (and their LogWriters) of a topology on this machine, from /proc."""
-    want = f"-Dstorm.id={topology_id}".encode()
+def pids_with_arg(arg: str, prefix: bool = False) -> list[int]:
+    """Processes on this machine with the argument ``arg`` (or one starting with it), from /proc."""
+    want = arg.encode()
     found = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
-            if want in p.joinpath("cmdline").read_bytes().split(b"\0"):
-                found.append(int(p.name))
+            args = p.joinpath("cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        if any(a.startswith(want) for a in args) if prefix else want in args:
+            found.append(int(p.name))
     return found
+
+
+def worker_pids(topology_id: str) -> list[int]:
+    """The worker JVMs (and their LogWriters) of a topology on this machine."""
+    return pids_with_arg(f"-Dstorm.id={topology_id}")

@@ -210,7 +210,7 @@ def run_variant(v: Variant, rounds: int, settle_s: float) -> dict[str, Any]:
                 print(f"  {v.name} round {n + 1}/{rounds}: {results[-1]}", file=sys.stderr)
         finally:
             cluster.run("purge", check=False)
-    return summarize(v, start_s, results)
+    return {**summarize(v, start_s, results), "instance": cluster.instance}
 
 
 def summarize(v: Variant, start_s: float, results: list[Round]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ leaves no worker process and no worker dir behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench._storm import HOSTILE, SCRIPT, WORDCOUNT, StormCluster, worker_pids
+from bench._storm import HOSTILE, SCRIPT, WORDCOUNT, StormCluster, pids_with_arg, worker_pids
 
 from .conftest import poll_until
 
@@ -168,14 +167,7 @@ def test_the_storm_user_cannot_lead_a_restart_to_chown_or_write_elsewhere(zookee
 
 
 def _daemons_of(instance: str) -> list[int]:
-    want = f"-Dberth.storm.daemon={instance}/".encode()
-    found = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            with contextlib.suppress(OSError):
-                if any(a.startswith(want) for a in p.joinpath("cmdline").read_bytes().split(b"\0")):
-                    found.append(int(p.name))
-    return found
+    return pids_with_arg(f"-Dberth.storm.daemon={instance}/", prefix=True)
 
 
 def test_two_starts_at_once_make_one_cluster_and_a_cut_settings_file_still_stops(zookeeper: object,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[2] / "scripts" / "storm-lib.sh"
+PARTS = Path(__file__).resolve().parents[2] / "scripts" / "storm.d"
+LIB = "; ".join(f". {PARTS / p}.sh" for p in ("base", "config", "daemons", "commands"))
 
 
 def bash(code: str, **env: str) -> str:
     sets = "".join(f"{k}={v!r}\n" for k, v in env.items())
     done = subprocess.run(["bash", "-c", f"set -euo pipefail\ndie() {{ echo \"error: $*\" >&2; exit 1; }}\n"
-                           f"JAVA_HOME=/nonexistent\n. {LIB}\n{sets}{code}"], capture_output=True, text=True)
+                           f"JAVA_HOME=/nonexistent\n{LIB}\n{sets}{code}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -36,7 +37,7 @@ def test_servers_that_share_a_port_are_listed_as_storm_expects() -> None:
 
 @pytest.mark.parametrize("zk", ["", "zk1", "zk1:2181,,zk2:2181", "zk1:21a1", "a b:1"])
 def test_a_bad_zookeeper_address_is_an_error(zk: str) -> None:
-    done = subprocess.run(["bash", "-c", f"die() {{ echo \"error: $*\" >&2; exit 1; }}\nJAVA_HOME=/x\n. {LIB}\n"
+    done = subprocess.run(["bash", "-c", f"die() {{ echo \"error: $*\" >&2; exit 1; }}\nJAVA_HOME=/x\n{LIB}\n"
                            f"ZK={zk!r} ZK_ROOT=/r NAME=n zk_yaml"], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("error: ")
 
