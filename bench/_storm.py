@@ -68,6 +68,11 @@ class StormCluster:
         """``start``, ``stop`` or ``kill`` one daemon (``nimbus``, ``supervisor-1``, ...)."""
         self.run(f"{action}-daemon", name)
 
+    def pid(self, daemon: str) -> int | None:
+        """The pid of ``nimbus`` or ``supervisor-N``; None if it does not run."""
+        done = self.run("pid", daemon, check=False)
+        return int(done.stdout) if done.returncode == 0 else None
+
     def environment(self) -> dict[str, str]:
         """What ``scripts/storm env`` exports (STORM_HOME, STORM_SUPERVISOR_LOCAL_DIRS, ports, ...)."""
         out = self.run("env").stdout

@@ -8,6 +8,11 @@ DAEMON_CLASSES=(nimbus:org.apache.storm.daemon.nimbus.Nimbus supervisor:org.apac
 # with a fraction of the CPU and the daemons are not where the work is.
 JVM_LEAN=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1)
 
+nimbus_port() { echo "$BASE"; }
+sup_port() { echo $((BASE + 10 + $1)); }
+slot_ports() { local n=$1 j out=(); for ((j = 0; j < SLOTS; j++)); do out+=($((BASE + 20 + (n - 1) * SLOTS + j))); done; echo "${out[*]}"; }
+daemons() { local n; echo nimbus; for ((n = 1; n <= SUPERVISORS; n++)); do echo "supervisor-$n"; done; }
+
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (it creates the storm user, chowns dirs, switches user)"; }
 
 pid_alive() {
@@ -131,7 +136,7 @@ cmd_install() {
     mkdir -p "$ROOT/dist" "$JARS"
     chmod 0755 "$ROOT" "$ROOT/dist" "$JARS"
     exec 8>"$ROOT/.install.lock"
-    flock 8  # two starts at once: one Maven run
+    flock 8  # two starts at once: one Maven run, one ZooKeeper identity
     install_dist
     install_jar
     if [[ ! -s $ZK_AUTH ]]; then
@@ -141,10 +146,23 @@ cmd_install() {
     exec 8>&-
 }
 
+# The topologies' jar of these sources, built if they changed since (and Storm's jars, the first time).
+ensure_jar() {
+    [[ -f $TOOL_JAR && -f $DIST/stamp ]] && return 0
+    need_root
+    mkdir -p "$ROOT"
+    exec 8>"$ROOT/.install.lock"
+    flock 8
+    install_dist
+    install_jar
+    exec 8>&-
+}
+
 tool() {  # the client tool, on the workers' classpath: tool CLIENT_CONF ARGS...
     local conf=$1; shift
+    ensure_jar
     "$JAVA" -client "${JVM_LEAN[@]}" -Xshare:auto -Dstorm.conf.file="$conf" -Dstorm.options= \
-        "-Dlog4j.configurationFile=$REPO/storm/home/log4j2/client.xml" \
+        "-Dlog4j.configurationFile=$REPO/storm/home/log4j2/client.xml" -Dberth.client.level=error \
         -cp "$DIST/lib-worker/*:$TOOL_JAR" dev.berth.storm.Tool "$@"
 }
 
@@ -196,15 +214,15 @@ YAML
 
 # What only the daemons read (root:storm 0640): ZooKeeper's identity, the Thrift users.
 daemon_yaml() {
-    local local_dir=$1 auth digest
+    local local_dir=$1 auth
     auth=$(<"$ZK_AUTH")
-    digest=$(printf '%s' "$auth" | openssl dgst -binary -sha1 | base64)
+    [[ -n ${ZK_DIGEST:-} ]] || ZK_DIGEST=$(tool "" zk-digest "$ZK_AUTH") || die "cannot read $ZK_AUTH"
     common_yaml
     cat <<YAML
 storm.local.dir: "$local_dir"
 storm.zookeeper.auth.scheme: "digest"
 storm.zookeeper.auth.payload: "$auth"
-storm.zookeeper.superACL: "digest:${auth%%:*}:$digest"
+storm.zookeeper.superACL: "digest:$ZK_DIGEST"
 YAML
     if [[ $AUTH == digest ]]; then echo "java.security.auth.login.config: \"$I/daemon/jaas.conf\""; fi
 }
@@ -247,26 +265,35 @@ write_jaas() {
 take_hooks() {
     local yaml=$1 extlib=$2
     mkdir -p "$I/hooks"
-    if [[ $yaml != - ]]; then
+    if [[ $yaml == "" ]]; then
         rm -f "$I/hooks/supervisor.yaml"
-        if [[ -n $yaml ]]; then
-            [[ -f $yaml ]] || die "--supervisor-yaml: no file $yaml"
-            (($(stat -c %s "$yaml") <= 1048576)) || die "--supervisor-yaml: $yaml is over 1 MiB"
-            cp -- "$yaml" "$I/hooks/supervisor.yaml"
+    elif [[ $yaml != - ]]; then
+        [[ -f $yaml ]] || die "--supervisor-yaml: no file $yaml"
+        (($(stat -c %s "$yaml") <= 1048576)) || die "--supervisor-yaml: $yaml is over 1 MiB"
+        cp -- "$yaml" "$I/hooks/.supervisor.yaml"
+        # a file that is no mapping of keys is refused now (the saved one stays), not at every later start
+        if ! tool "" merge-yaml "$I/hooks/.check.yaml" "$I/hooks/.supervisor.yaml" >/dev/null; then
+            rm -f "$I/hooks/.supervisor.yaml" "$I/hooks/.check.yaml"
+            die "--supervisor-yaml: $yaml is not a YAML mapping of storm.yaml keys"
         fi
+        rm -f "$I/hooks/.check.yaml"
+        mv -f "$I/hooks/.supervisor.yaml" "$I/hooks/supervisor.yaml"
     fi
     if [[ $extlib != - ]]; then
         rm -rf "$I/hooks/extlib-daemon"
         if [[ -n $extlib ]]; then
             [[ -d $extlib ]] || die "--extlib-daemon: no directory $extlib"
-            mkdir -p "$I/hooks/extlib-daemon"
-            local n=0 j
+            local n=0 bytes=0 j
             for j in "$extlib"/*.jar; do
                 [[ -f $j ]] || continue
-                cp -- "$j" "$I/hooks/extlib-daemon/"
                 n=$((n + 1))
+                bytes=$((bytes + $(stat -Lc %s "$j")))
             done
             ((n)) || die "--extlib-daemon: no *.jar in $extlib"
+            ((n <= 64 && bytes <= 512 * 1048576)) ||
+                die "--extlib-daemon: $n jars, $((bytes / 1048576)) MiB in $extlib (at most 64 jars, 512 MiB)"
+            mkdir -p "$I/hooks/extlib-daemon"
+            cp -L -- "$extlib"/*.jar "$I/hooks/extlib-daemon/"
         fi
     fi
 }
@@ -294,15 +321,26 @@ make_home() {
     chmod -R a+rX,go-w "$H"
 }
 
+# A dir of the storm user's, directly in a root-owned one (so the storm user, and a worker running
+# as it, cannot swap it for a link to where root's chown would land).
+storm_dir() {
+    local d=$1 mode=$2
+    [[ ! -L $d ]] || die "$d is a symbolic link: refusing to chown it (purge the instance)"
+    [[ $(stat -c %u "$(dirname "$d")") == 0 ]] || die "$(dirname "$d") is not root's"
+    mkdir -p "$d"
+    chown -h "$DAEMON_USER:$DAEMON_USER" "$d"
+    chmod "$mode" "$d"
+}
+
 write_config() {
     local n
     make_home
-    mkdir -p "$I/daemon" "$I/run" "$I/logs" "$I/nimbus"
+    mkdir -p "$I/daemon" "$I/run" "$I/logs"
     chown "root:$DAEMON_USER" "$I/daemon"
     chmod 0750 "$I/daemon"
-    chown "$DAEMON_USER:$DAEMON_USER" "$I/logs" "$I/nimbus"
-    chmod 0755 "$I/logs"
-    chmod 0700 "$I/nimbus"
+    chmod 0755 "$I/run" "$I/logs"
+    storm_dir "$I/nimbus" 0700
+    storm_dir "$I/logs/nimbus" 0755
     if [[ $AUTH == digest ]]; then write_jaas; else mkdir -p "$I/clients/$DAEMON_USER"; { common_yaml; } >"$I/clients/$DAEMON_USER/storm.yaml"; fi
     mkdir -p "$I/daemon/nimbus"
     {
@@ -311,9 +349,9 @@ write_config() {
         echo "storm.metricstore.rocksdb.location: \"$I/nimbus/storm_rocks\""
     } >"$I/daemon/nimbus/storm.yaml"
     for ((n = 1; n <= SUPERVISORS; n++)); do
-        mkdir -p "$I/daemon/supervisor-$n" "$I/supervisor-$n" "$I/logs/supervisor-$n"
-        chown "$DAEMON_USER:$DAEMON_USER" "$I/supervisor-$n" "$I/logs/supervisor-$n"
-        chmod 0755 "$I/supervisor-$n" "$I/logs/supervisor-$n"
+        mkdir -p "$I/daemon/supervisor-$n"
+        storm_dir "$I/supervisor-$n" 0755
+        storm_dir "$I/logs/supervisor-$n" 0755
         supervisor_yaml "$n" >"$I/daemon/supervisor-$n/base.yaml"
         local extra=()
         [[ -f $I/hooks/supervisor.yaml ]] && extra=("$I/hooks/supervisor.yaml")
@@ -326,17 +364,22 @@ write_config() {
 }
 
 # ---------------------------------------------------------------- daemons
-port_free() { [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
+# Nothing listens on TCP port $1, on any address (/proc/net/tcp*: state 0A is LISTEN; no ss needed).
+port_free() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    ! awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
 
 start_daemon() {  # start_daemon nimbus | supervisor-N
-    local d=$1 kind=${1%%-*} class="" heap opts=() logdir=$I/logs p c
+    local d=$1 kind=${1%%-*} class="" heap opts=() logdir=$I/logs/$1 p c
     if p=$(daemon_pid "$d"); then return 0; fi
     for c in "${DAEMON_CLASSES[@]}"; do [[ ${c%%:*} == "$kind" ]] && class=${c#*:}; done
     [[ -n $class ]] || die "unknown daemon $d"
     if [[ $kind == supervisor ]]; then
         local n=${d#supervisor-}
         heap=256m
-        logdir=$I/logs/$d
         # what the supervisor's workers must share with it: Storm hands them its storm.options
         opts=("storm.local.dir=$I/$d" "supervisor.thrift.port=$(sup_port "$n")"
               "supervisor.slots.ports=[$(slot_ports "$n" | tr ' ' ,)]")
@@ -344,8 +387,9 @@ start_daemon() {  # start_daemon nimbus | supervisor-N
         heap=512m
     fi
     mkdir -p "$I/run"
-    echo "=== $(date -Is) scripts/storm: start $d" >>"$logdir/$d.out"
-    chown "$DAEMON_USER:$DAEMON_USER" "$logdir/$d.out"
+    # the JVM's own stdout/stderr (a crash before log4j starts): root's file in root's dir, opened
+    # here and inherited (never a file in the storm user's dirs, which root would follow)
+    echo "=== $(date -Is) scripts/storm: start $d" >>"$I/run/$d.out"
     # bin/storm.py's java line, without bin/storm.py; its config from the classpath (daemon/<d>/)
     setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/nonexistent JAVA_HOME="$JAVA_HOME" \
         setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_USER" --init-groups -- \
@@ -354,18 +398,16 @@ start_daemon() {  # start_daemon nimbus | supervisor-N
         -Dstorm.conf.file= -cp "$H/*:$H/lib/*:$H/extlib/*:$H/extlib-daemon/*:$I/daemon/$d" \
         "-Xmx$heap" "${JVM_LEAN[@]}" -Djava.deserialization.disabled=true "-Dlogfile.name=$kind.log" \
         "-Dlog4j.configurationFile=$H/log4j2/cluster.xml" "-Dberth.storm.daemon=$NAME/$d" "$class" \
-        </dev/null >>"$logdir/$d.out" 2>&1 &
+        </dev/null >>"$I/run/$d.out" 2>&1 7>&- 8>&- 9>&- &  # never the instance's lock
     echo $! >"$I/run/$d.pid"
 }
 
-log_of() {  # the log of daemon $1
-    if [[ $1 == nimbus ]]; then echo "$I/logs/nimbus.log"; else echo "$I/logs/$1/supervisor.log"; fi
-}
+log_of() { echo "$I/logs/$1/${1%%-*}.log"; }  # the log of daemon $1
 
 show_tail() {
     local d=$1 n=${2:-30} f
-    for f in "$(log_of "$d")" "$(dirname "$(log_of "$d")")/$d.out"; do
-        [[ -s $f ]] || continue
+    for f in "$(log_of "$d")" "$I/run/$d.out"; do
+        [[ -s $f && -f $f && ! -L $f ]] || continue  # the storm user's file: read it only if plainly one
         echo "----- $d: last $n lines of $f"
         tail -n "$n" "$f"
     done
@@ -384,14 +426,16 @@ wait_ready() {
             # the pid file's process, still on its way through setsid/env/setpriv to java maybe
             if ! pid_alive "$(cat "$I/run/$d.pid" 2>/dev/null)"; then
                 show_tail "$d" 40 >&2
-                die "$d exited during start-up (logs: $I/logs)"
+                say "$d exited during start-up (logs: $I/logs)"
+                return 1
             fi
         done
         n=$(registered) || n=""
         [[ -n $n ]] && ((n >= SUPERVISORS)) && return 0
         if ((SECONDS - t0 >= TIMEOUT)); then
             for d in $(daemons); do show_tail "$d" 20 >&2; done
-            die "not ready after ${TIMEOUT}s: ${n:-Nimbus not answering}, $SUPERVISORS supervisor(s) expected"
+            say "not ready after ${TIMEOUT}s: ${n:-Nimbus not answering}, $SUPERVISORS supervisor(s) expected"
+            return 1
         fi
         if ((SECONDS - t0 >= next)); then
             say "waiting for Nimbus and $SUPERVISORS supervisor(s) (${n:-no answer yet}; $((SECONDS - t0))s/${TIMEOUT}s)"
@@ -412,13 +456,24 @@ stop_daemon() {  # stop_daemon NAME [SIGNAL]
     rm -f "$I/run/$d.pid"
 }
 
+# Storm's chroot: Storm's identity creates it; where ZooKeeper's top is locked (berth cluster init
+# --lock-ensemble), BERTH_STORM_ZK_ADMIN_AUTH (a user:password file of an identity that may create
+# there, e.g. the coordinator's) makes $ZK_ROOT once, owned by Storm's identity.
 zk_prepare() {
-    local out
-    if ! out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" 2>&1); then
-        die "ZooKeeper ($ZK) will not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
-  If ZooKeeper's top is locked (berth cluster init --lock-ensemble), create $ZK_ROOT once as an identity
-  that may, with ACL digest:$(cut -d: -f1 "$ZK_AUTH"):<digest of $ZK_AUTH>:cdrwa (docs/storm.md)."
+    local out admin=()
+    if [[ -n ${BERTH_STORM_ZK_ADMIN_AUTH:-} ]]; then
+        [[ -f $BERTH_STORM_ZK_ADMIN_AUTH ]] || die "BERTH_STORM_ZK_ADMIN_AUTH: no file $BERTH_STORM_ZK_ADMIN_AUTH"
+        admin=("$BERTH_STORM_ZK_ADMIN_AUTH")
     fi
+    local rc=0
+    out=$(tool "" zk-prepare "$ZK" "$ZK_AUTH" "$ZK_ROOT/$NAME" "${admin[@]}" 2>&1) || rc=$?
+    case $rc in
+        0) ;;
+        4) die "ZooKeeper ($ZK) does not let Storm's identity ($(cut -d: -f1 "$ZK_AUTH")) create $ZK_ROOT/$NAME: $out
+  Where ZooKeeper's top is locked (berth cluster init --lock-ensemble), give an identity that may create
+  $ZK_ROOT once: BERTH_STORM_ZK_ADMIN_AUTH=<its user:password file> scripts/storm start (docs/storm.md)" ;;
+        *) die "cannot prepare Storm's chroot $ZK_ROOT/$NAME on ZooKeeper ($ZK): $out" ;;
+    esac
 }
 
 # ---------------------------------------------------------------- ports
@@ -514,8 +569,15 @@ cmd_start() {
     "$REPO/scripts/zookeeper" status >/dev/null 2>&1 || [[ -n ${BERTH_STORM_ZK:-} ]] ||
         die "ZooKeeper is not running: scripts/zookeeper start"
     zk_prepare
-    for d in $(daemons); do start_daemon "$d"; done
-    wait_ready
+    local started=()
+    for d in $(daemons); do
+        daemon_pid "$d" >/dev/null || started+=("$d")
+        start_daemon "$d"
+    done
+    if ! wait_ready; then  # a failed start leaves nothing of its own running
+        for d in "${started[@]}"; do stop_daemon "$d"; done
+        die "instance $NAME did not start${started[*]:+; stopped what this start had started (${started[*]})}"
+    fi
     say "ready ($NAME, Storm $VERSION, $SECONDS s): Nimbus localhost:$(nimbus_port), $SUPERVISORS supervisor(s); eval \"\$($0 env)\""
 }
 
@@ -579,6 +641,8 @@ export STORM_SUPERVISOR_CONFS="${sconf[*]}"
 export STORM_SUPERVISOR_LOCAL_DIRS="${sdirs[*]}"
 export STORM_SUPERVISOR_LOG_DIRS="${slogs[*]}"
 export STORM_LOG_DIR=$I/logs
+export STORM_NIMBUS_LOG_DIR=$I/logs/nimbus
+export STORM_RUN_DIR=$I/run
 export STORM_NIMBUS_PORT=$(nimbus_port)
 export STORM_SUPERVISOR_PORTS="${sports[*]}"
 export STORM_SLOTS="${slots[*]}"
@@ -661,8 +725,28 @@ cmd_daemon() {  # start-daemon | stop-daemon | kill-daemon NAME: one daemon (a s
     local d=${2:-}
     daemons | grep -qxF -- "$d" || die "$1: give one of $(daemons | xargs)"
     case $1 in
-        start-daemon) start_daemon "$d"; wait_ready; say "$d running: pid $(daemon_pid "$d")" ;;
+        start-daemon)
+            start_daemon "$d"
+            wait_ready || { stop_daemon "$d"; die "$d did not start"; }
+            say "$d running: pid $(daemon_pid "$d")"
+            ;;
         stop-daemon) stop_daemon "$d"; say "$d stopped" ;;
         kill-daemon) stop_daemon "$d" KILL; say "$d killed" ;;
     esac
+}
+
+cmd_zk_prepare() {  # the chroot alone (start does it too)
+    need_root
+    load_settings fresh
+    [[ -n $ZK ]] || ZK=$("$REPO/scripts/zookeeper" env | sed -n 's/^export BERTH_ZK=//p')
+    cmd_install
+    zk_prepare
+    say "ZooKeeper $ZK: $ZK_ROOT/$NAME is Storm's ($(cut -d: -f1 "$ZK_AUTH"))"
+}
+
+cmd_pid() {
+    [[ -f $I/settings ]] || die "instance $NAME was never started"
+    load_settings
+    daemons | grep -qxF -- "${1:-}" || die "pid: give one of $(daemons | xargs)"
+    daemon_pid "$1"
 }

@@ -288,3 +288,21 @@ def test_a_socket_storm_cannot_reach_is_refused_before_anything_starts(users: di
     assert out.stderr.startswith(f"error: berth.api.socket: {base}/state/api.sock: Storm's supervisor (user storm) "
                                  f"could not connect: {base}/state (mode 0700"), out.stderr
     assert not (base / "state" / "api.sock").exists()
+
+
+def test_storms_profiler_command_runs_in_the_workers_container_as_its_user(serve: Serve) -> None:
+    """Storm's profiler command is ``[${storm.home}/bin/flight.bash, pid, action, dir]``; a STORM_HOME
+    made from Maven's jars has no flight.bash: the plugin is told so, and Storm then logs a failure."""
+    with serve.client() as c:
+        assert serve.launch(c, "w-prof").status_code == 201
+        poll_until((serve.base / "local/workers/w-prof/heartbeats/hb").exists, "the heartbeat")
+        r = c.post("/storm/v1/workers/w-prof/profile", json={"command": ["sh", "-c", "id -u; pwd"]})
+        assert r.json() == {"exit_code": 0, "output": f"2101\n{serve.base}/local/workers/w-prof\n"}
+        flight = str(serve.base / "home" / "bin" / "flight.bash")
+        r = c.post("/storm/v1/workers/w-prof/profile", json={"command": [flight, "1", "jstack", "/tmp"]})
+        assert r.status_code == 409, r.text
+        [item] = r.json()["detail"]
+        assert item["loc"] == ["command"] and item["msg"].startswith(f"{flight} does not exist in STORM_HOME")
+        r = c.post("/storm/v1/workers/w-prof/profile", json={"command": ["/usr/bin/jstack-nowhere", "1"]})
+        assert r.json()["exit_code"] != 0  # not in STORM_HOME: the runtime says it could not run it
+        assert c.post("/storm/v1/workers/nope/profile", json={"command": ["true"]}).status_code == 404

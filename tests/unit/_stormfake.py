@@ -62,12 +62,16 @@ def storm_setup(config: NodeConfig, worker_id: str, topology: str = TOPO, port: 
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
     ufile = local / "workers-users" / worker_id
     ufile.write_text("alice")
+    code = shared.parent
+    (code / "stormjar.jar").write_text("the topology's code")
+    (code / "resources").mkdir(exist_ok=True)
+    made += [code / "stormjar.jar", code / "resources"]
     (artifacts / "worker.yaml").write_text("worker-id: x\n")
     os.symlink(artifacts, root / "artifacts")
     for p in [*made, ufile, artifacts / "worker.yaml", root / "artifacts"]:
         os.lchown(p, STORM_UID, STORM_GID)
     for p in made:
-        os.chmod(p, 0o755)
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
     return root
 
 

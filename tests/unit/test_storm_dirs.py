@@ -72,6 +72,25 @@ def test_a_launch_gives_storms_dirs_to_the_worker_as_the_launcher_does(node: Nod
     assert Path(handle.plan.cid_file).read_text() == handle.container_id + "\n"
 
 
+def test_the_topologys_code_is_its_users_and_storms_alone(node: Node) -> None:
+    """Storm's launcher (``code-dir``) gives ``stormdist/<topology>`` to the topology's user and
+    Storm's group, with nothing for others: without it (run-as-user off), Storm leaves the jar and
+    the serialized conf (with the topology's ZooKeeper digest) readable by every other tenant's
+    workers, which all see the supervisor dir."""
+    storm_setup(node.config, "w1")
+    code = Path(node.config.node.local_dir) / "supervisor" / "stormdist" / TOPO
+    node.launch(spec("w1"))
+    assert (owner(code), mode(code)) == ((3101, STORM_GID), 0o2570)
+    assert (owner(code / "stormjar.jar"), mode(code / "stormjar.jar")) == ((3101, STORM_GID), 0o460)
+    assert (owner(code / "resources"), mode(code / "resources")) == ((3101, STORM_GID), 0o2570)
+    assert mode(code / "shared_by_topology") == 0o2770  # the one dir of it the topology writes
+    (code / "stormconf.ser").write_text("a blob update, as Storm writes it")
+    os.chown(code / "stormconf.ser", STORM_UID, STORM_GID)
+    storm_setup(node.config, "w2", port=6701)
+    node.launch(spec("w2", port=6701))  # every launch: what Storm added since is given too
+    assert (owner(code / "stormconf.ser"), mode(code / "stormconf.ser")) == ((3101, STORM_GID), 0o460)
+
+
 def test_without_storms_dirs_nothing_is_launched_and_nothing_made(node: Node, base: Path) -> None:
     with pytest.raises(LaunchError) as err:
         node.launch(spec())
@@ -191,3 +210,34 @@ berth.storm.launcher.group: storm
             config_from_storm({**data, key: value})
         assert err.value.field == key and said in err.value.reason
     assert config_from_storm({k: v for k, v in data.items() if k != "berth.runtime"}).node.runtime == "docker"
+    named = config_from_storm({**data, "storm.local.hostname": "localhost", "berth.node.name": "sup-1"})
+    assert named.node.name == "sup-1"  # several supervisors of one engine all call themselves localhost
+
+
+def test_a_hard_link_to_anothers_file_is_never_given_to_the_worker(node: Node, base: Path) -> None:
+    """A worker writes its topology's shared dir; with fs.protected_hardlinks off it could link a
+    file of root's there, and a walk that chowns whatever it finds would hand that file over."""
+    storm_setup(node.config, "w1")
+    shared = Path(node.config.node.local_dir) / "supervisor" / "stormdist" / TOPO / "shared_by_topology"
+    secret = base / "shadow"
+    secret.write_text("root's")
+    os.chmod(secret, 0o600)
+    os.link(secret, shared / "planted")
+    node.launch(spec("w1"))  # the code-dir and artifacts-dir walks over the shared dir leave it alone
+    assert (owner(secret), mode(secret)) == ((0, 0), 0o600)
+
+
+def test_storms_own_state_is_closed_to_workers(node: Node) -> None:
+    """Every worker sees the supervisor dir (read-only, as DockerManager mounts it) for its own
+    topology's code; Storm's own state beside it (localstate: every slot's assignment, owner and
+    worker id; isupervisor; tmp: blobs being downloaded) is Storm's supervisor's alone."""
+    storm_setup(node.config, "w1")
+    sup = Path(node.config.node.local_dir) / "supervisor"
+    for name in ("localstate", "isupervisor", "tmp"):
+        (sup / name).mkdir(mode=0o755)
+        os.chown(sup / name, STORM_UID, STORM_GID)
+    (sup / "localstate" / "123.version").write_text("assignments")
+    node.launch(spec("w1"))
+    for name in ("localstate", "isupervisor", "tmp"):
+        assert (owner(sup / name), mode(sup / name)) == ((STORM_UID, STORM_GID), 0o750), name
+    assert mode(sup / "stormdist") == 0o755  # the way to the topology's own code stays open

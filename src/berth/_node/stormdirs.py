@@ -8,9 +8,12 @@ they are Storm's (plain directories of root, of the supervisor's user or already
 user, never reached through a link), and sets the ownership and modes that the launcher's
 ``worker`` and ``artifacts-dir`` commands set (``setup_dir_permissions`` in Storm's
 worker-launcher.c): ``user:<launcher group>``, the user keeps read and execute and may write, the
-group reads and writes, directories get group execute and setgid (not ``tmp``, the worker's
-``/tmp``, where setgid would break the JVM's attach files). The supervisor (in the launcher group)
-then reads the worker's heartbeats and can delete what the worker made.
+group reads and writes, others get nothing, directories get group execute and setgid (not ``tmp``,
+the worker's ``/tmp``, where setgid would break the JVM's attach files); and what its ``code-dir``
+sets on the topology's code (``stormdist/<topology>``: the same, not writable by the user), so that
+no other tenant's worker, which sees the whole supervisor dir, reads another topology's jar or conf.
+The supervisor (in the launcher group) then reads the worker's heartbeats and can delete what the
+worker made.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ MAX_ENTRIES = 65536
 """Entries given to the worker in one directory tree. At a launch, Storm has just made the worker's
 root (a handful of entries) and the artifacts dir is reused only by this topology's own workers;
 past this the launch is refused rather than spend the launch on a walk."""
+STORM_STATE = ("localstate", "isupervisor", "tmp")
+"""What Storm's supervisor keeps in its ``supervisor/`` dir beside ``stormdist``: its own alone."""
 
 
 @dataclass(frozen=True)
@@ -88,19 +93,49 @@ class StormDirs:
         self.check_identity(ident)
         lay = plan.layout
         owners = {0, self.supervisor_uid, ident.uid}
+        code = os.path.dirname(lay.shared_by_topology)
         for path, what in ((lay.worker_root, "the worker's root"), (lay.worker_tmp, "its tmp"),
                            (lay.supervisor_dir, "the supervisor dir"), (lay.artifacts, "its artifacts dir"),
-                           (lay.shared_by_topology, "the topology's shared dir")):
+                           (code, "the topology's code dir"), (lay.shared_by_topology, "the topology's shared dir")):
             _check_dir(path, what, owners if path != lay.supervisor_dir else {0, self.supervisor_uid})
         _check_file(lay.user_file, owners)
         # The launcher's `worker` command: the whole root user-writable with setgid dirs, then tmp without.
+        self._close_storm_state(lay.supervisor_dir)
         give(lay.worker_root, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
         give(lay.worker_tmp, ident.uid, self.launcher_gid, setgid=False, max_entries=MAX_ENTRIES)
-        for path in (lay.artifacts, lay.shared_by_topology):  # its `artifacts-dir`, once per directory
-            st = os.stat(path, follow_symlinks=False)
-            if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or not st.st_mode & stat.S_ISGID:
-                give(path, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
+        # `code-dir` on the topology's code (every launch: Storm may have updated a blob since), then
+        # `artifacts-dir` on its shared dir, as Storm's localizer runs them; `artifacts-dir` on the
+        # artifacts dir once (it holds every earlier worker's logs of this topology and port).
+        give(code, ident.uid, self.launcher_gid, setgid=True, user_write=False, max_entries=MAX_ENTRIES)
+        give(lay.shared_by_topology, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
+        st = os.stat(lay.artifacts, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (ident.uid, self.launcher_gid) or st.st_mode & 0o2777 != 0o2770:
+            give(lay.artifacts, ident.uid, self.launcher_gid, setgid=True, max_entries=MAX_ENTRIES)
         workdirs.write(Path(plan.script_path), plan.script.encode("utf-8"), made, mode=0o550, owner=(0, ident.gid))
+
+    def _close_storm_state(self, supervisor: str) -> None:
+        """Every worker sees the supervisor dir (read-only, as DockerManager mounts it) for its
+        topology's code in ``stormdist``; Storm's own state beside it (``localstate``: every slot's
+        assignment, owner and worker id; ``isupervisor``; ``tmp``: blobs on their way) loses what
+        others may do. Only the supervisor's own directories, never through a link."""
+        pfd = os.open(supervisor, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for name in STORM_STATE:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as exc:
+                    raise PolicyError("directories", f"{supervisor}/{name} is not a plain directory of Storm's "
+                                      f"({exc.strerror})") from exc
+                try:
+                    st = os.fstat(fd)
+                    if st.st_uid == self.supervisor_uid and st.st_mode & 0o007:
+                        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o007)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
 
     def remove(self, config: NodeConfig, worker_id: str) -> None:
         """The worker's root, all of it: Storm's supervisor deletes it next, and as its own user it

@@ -241,7 +241,8 @@ def give_at(pfd: int, name: str, st: os.stat_result, shown: str, owner: tuple[in
     return perms.notes + ([f"… and {perms.untold} more left alone"] if perms.untold else [])
 
 
-def give(path: str, uid: int, gid: int, setgid: bool, max_entries: int = MAX_ENTRIES) -> list[str]:
+def give(path: str, uid: int, gid: int, setgid: bool, user_write: bool = True,
+         max_entries: int = MAX_ENTRIES) -> list[str]:
     """``give_at`` for a path whose parent is trusted (Storm's supervisor made it; checked by the
     caller): ``path`` itself must be a plain directory or file, never a link."""
     parent, name = os.path.split(os.path.normpath(path))
@@ -250,7 +251,8 @@ def give(path: str, uid: int, gid: int, setgid: bool, max_entries: int = MAX_ENT
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             raise PolicyError("directories", f"{path} is a link; not followed")
-        return give_at(pfd, name, st, path, (uid, gid), setgid=setgid, max_entries=max_entries)
+        return give_at(pfd, name, st, path, (uid, gid), setgid=setgid, user_write=user_write,
+                       max_entries=max_entries)
     finally:
         os.close(pfd)
 

@@ -30,6 +30,7 @@ from .._exceptions import BerthError, PolicyError, WorkerNotFound, WorkerNotRunn
 from .._linux import cgroup as _cgroup
 from .._node.node import Node, WorkerHandle
 from .._node.stormdirs import StormDirs
+from .._paths import is_under
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerStatus
 from .lock import SupervisorLock, check_claim, foreign_owners
 from .stormexits import ExitLedger
@@ -203,7 +204,16 @@ class StormService:
             self.ledger.drop(worker_id)
 
     def profile(self, worker_id: str, command: Sequence[str]) -> ExecResult:
-        """Storm's profiler command inside the worker's container, as its user; one at a time."""
+        """Storm's profiler command inside the worker's container, as its user; one at a time.
+
+        Storm's command is ``${storm.home}/bin/<worker.profiler.command>``: STORM_HOME is mounted at
+        the same path, so a script missing there is said plainly (a STORM_HOME made from Maven's
+        jars has no ``flight.bash``) rather than as the runtime's exec error."""
+        home = self.config.node.install_dir
+        if command and home and is_under(os.path.normpath(command[0]), home) and not os.path.isfile(command[0]):
+            raise PolicyError("command", f"{command[0]} does not exist in STORM_HOME ({home}), which the worker sees "
+                              "read-only: install the profiler script there (Storm's bin/flight.bash), or leave "
+                              "worker.profiler.enabled off")
         with self._mu:
             if worker_id in self._profiling:
                 raise PolicyError("worker_id", f"a profiling command of {worker_id!r} is already running")

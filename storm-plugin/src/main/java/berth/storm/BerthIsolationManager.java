@@ -276,7 +276,20 @@ public class BerthIsolationManager implements ResourceIsolationInterface {
         }
     }
 
+    /** berth answered, but not what this plugin understands (a version mismatch, a bug). */
+    static final class BadAnswer extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        BadAnswer(String message) {
+            super(message);
+        }
+    }
+
     void unreachable(String what, IOException e) {
+        if (e instanceof BadAnswer) {
+            LOG.error("berth: {} failed: {}", what, e.getMessage());
+            return;
+        }
         if (reachable.getAndSet(false)) {
             LOG.error("berth at {} does not answer ({}): {} failed. Workers keep running; berth's calls fail "
                 + "until `berth serve --storm` answers again", client.socket(), e, what);
@@ -318,10 +331,10 @@ public class BerthIsolationManager implements ResourceIsolationInterface {
         try {
             v = Json.parse(body);
         } catch (IllegalArgumentException e) {
-            throw new IOException("berth answered something that is not JSON: " + e.getMessage());
+            throw new BadAnswer("berth answered something that is not JSON: " + e.getMessage());
         }
         if (!(v instanceof Map)) {
-            throw new IOException("berth answered " + body + " where an object was expected");
+            throw new BadAnswer("berth answered " + body + " where an object was expected");
         }
         return (Map<String, Object>) v;
     }
@@ -330,7 +343,7 @@ public class BerthIsolationManager implements ResourceIsolationInterface {
         if (v instanceof Number n) {
             return n.longValue();
         }
-        throw new IOException("berth answered " + v + " where a number was expected");
+        throw new BadAnswer("berth answered " + v + " where a number was expected");
     }
 
     private static String enc(String id) {

@@ -17,6 +17,7 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.apache.storm.Config;
 import org.apache.storm.StormSubmitter;
+import org.apache.storm.shade.org.apache.curator.framework.CuratorFramework;
 import org.apache.storm.shade.net.minidev.json.JSONValue;
 import org.apache.storm.spout.SpoutOutputCollector;
 import org.apache.storm.task.TopologyContext;
@@ -24,6 +25,8 @@ import org.apache.storm.topology.OutputFieldsDeclarer;
 import org.apache.storm.topology.TopologyBuilder;
 import org.apache.storm.topology.base.BaseRichSpout;
 import org.apache.storm.tuple.Fields;
+import org.apache.storm.utils.CuratorUtils;
+import org.apache.storm.utils.ZookeeperAuthInfo;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -40,7 +43,11 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Probed by default: every other worker's dir under {@code storm.local.dir/workers} (list,
  * read its files, create a file), every other topology's {@code supervisor/stormdist} dir (the
- * same), {@code supervisor/localstate} (list and read), and every process it can see in /proc.
+ * same), {@code supervisor/localstate} (list and read), processes it can see in /proc (up to 64
+ * not root's), and Storm's own leak: the cluster's ZooKeeper payload in its topology conf
+ * ({@code secret in own conf}) and, with it, other topologies' worker-token keys in ZooKeeper
+ * ({@code zookeeper read}). Those two are Storm's, not a container's: isolation cannot refuse
+ * them (docs/storm.md).
  *
  * <p>Each attempt is one JSON object {@code {"probe", "target", "ok", "detail"}} ({@code ok}
  * true: the attempt succeeded, which isolation should prevent), logged as
@@ -78,7 +85,10 @@ public final class HostileTopology {
 
         @Override
         public void open(Map<String, Object> conf, TopologyContext context, SpoutOutputCollector collector) {
-            String local = String.valueOf(conf.get(Config.STORM_LOCAL_DIR));
+            // the supervisor's storm.local.dir (the worker's command line has it): the topology
+            // conf holds Nimbus's, which Nimbus copies into every topology's conf with the rest of
+            // its own config
+            String local = System.getProperty("storm.local.dir", String.valueOf(conf.get(Config.STORM_LOCAL_DIR)));
             String me = System.getProperty("worker.id", "");
             String topo = context.getStormId();
             probeSocket(str(conf.get(SOCKET)));
@@ -104,7 +114,49 @@ public final class HostileTopology {
                 probeWrite(Paths.get(d));
             }
             probeSignals(conf);
+            probeClusterSecret(conf, topo);
             writeReport();
+        }
+
+        /**
+         * Storm 2.8's Nimbus saves its own config into each topology's conf (Nimbus.java 3321-3322:
+         * with no supervisor.worker.version.classpath.map, getConfigFromClasspath returns Nimbus's
+         * conf), so a worker finds the cluster's ZooKeeper payload in its own conf; with it, it
+         * reads the worker-token keys of every other topology. Reported, not used further.
+         */
+        @SuppressWarnings("unchecked")
+        private void probeClusterSecret(Map<String, Object> conf, String topo) {
+            Object payload = conf.get(Config.STORM_ZOOKEEPER_AUTH_PAYLOAD);
+            record("secret in own conf", Config.STORM_ZOOKEEPER_AUTH_PAYLOAD, () -> {
+                if (payload == null) {
+                    throw new IOException("not in the topology's conf");
+                }
+                return "found the cluster's ZooKeeper payload";
+            });
+            if (payload == null) {
+                return;
+            }
+            String root = String.valueOf(conf.get(Config.STORM_ZOOKEEPER_ROOT));
+            record("zookeeper read", root + "/secretkeys/NIMBUS", () -> {
+                try (CuratorFramework zk = CuratorUtils.newCurator(conf, (List<String>) conf.get(Config.STORM_ZOOKEEPER_SERVERS),
+                        conf.get(Config.STORM_ZOOKEEPER_PORT), root,
+                        new ZookeeperAuthInfo("digest", payload.toString().getBytes(StandardCharsets.UTF_8)), null)) {
+                    zk.start();
+                    if (!zk.blockUntilConnected(20, TimeUnit.SECONDS)) {
+                        throw new IOException("ZooKeeper did not answer in 20 s");
+                    }
+                    for (String other : zk.getChildren().forPath("/secretkeys/NIMBUS")) {
+                        if (!other.equals(topo)) {
+                            String dir = "/secretkeys/NIMBUS/" + other;
+                            for (String version : zk.getChildren().forPath(dir)) {
+                                byte[] key = zk.getData().forPath(dir + "/" + version);
+                                return "read " + other + "'s worker-token key (" + key.length + " bytes)";
+                            }
+                        }
+                    }
+                    return "listed the worker-token keys (no other topology's)";
+                }
+            });
         }
 
         private void probeSocket(String path) {
@@ -150,9 +202,16 @@ public final class HostileTopology {
             long self = ProcessHandle.current().pid();
             long parent = ProcessHandle.current().parent().map(ProcessHandle::pid).orElse(-1L);
             List<String> pids = new ArrayList<>(split(conf.get(PIDS)));
-            for (File f : list(new File("/proc"))) {
-                if (f.getName().matches("[0-9]+")) {
-                    pids.add(f.getName());
+            File[] procs = new File("/proc").listFiles((d, n) -> n.matches("[0-9]+"));
+            int others = 0;
+            for (File f : procs == null ? new File[0] : procs) {
+                try {  // root's processes are refused anyway: those of other users are the question
+                    if (others < MAX_ENTRIES && !Files.getOwner(f.toPath()).getName().equals("root")) {
+                        pids.add(f.getName());
+                        others++;
+                    }
+                } catch (IOException e) {
+                    // gone meanwhile
                 }
             }
             if (!sig.matches("[0-9]{1,2}")) {

@@ -17,6 +17,7 @@ import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import org.apache.storm.Config;
 import org.apache.storm.generated.ClusterSummary;
 import org.apache.storm.generated.ExecutorSpecificStats;
 import org.apache.storm.generated.ExecutorSummary;
@@ -32,11 +33,15 @@ import org.apache.storm.shade.org.apache.zookeeper.Watcher;
 import org.apache.storm.shade.org.apache.zookeeper.ZKUtil;
 import org.apache.storm.shade.org.apache.zookeeper.ZooDefs;
 import org.apache.storm.shade.org.apache.zookeeper.ZooKeeper;
+import org.apache.storm.shade.org.apache.zookeeper.data.ACL;
+import org.apache.storm.shade.org.apache.zookeeper.data.Id;
+import org.apache.storm.shade.org.apache.zookeeper.server.auth.DigestAuthenticationProvider;
 import org.apache.storm.shade.org.yaml.snakeyaml.DumperOptions;
 import org.apache.storm.shade.org.yaml.snakeyaml.LoaderOptions;
 import org.apache.storm.shade.org.yaml.snakeyaml.Yaml;
 import org.apache.storm.shade.org.yaml.snakeyaml.constructor.SafeConstructor;
 import org.apache.storm.utils.NimbusClient;
+import org.apache.storm.utils.NimbusLeaderNotFoundException;
 import org.apache.storm.utils.Utils;
 
 /**
@@ -51,12 +56,17 @@ import org.apache.storm.utils.Utils;
  *   acked NAME                the spouts' acked tuples since the topology started (a number)
  *   kill NAME [WAIT_SECS]     kill it (Storm waits WAIT_SECS, default 0, before removing it)
  *   merge-yaml OUT BASE [EXTRA...]   OUT = BASE with every top-level key of each EXTRA set over it
- *   zk-prepare HOSTS AUTH PATH       make PATH (and parents) exist, as the digest identity in AUTH
+ *   zk-prepare HOSTS AUTH PATH [ADMIN_AUTH]
+ *                             make PATH (and parents) exist, as the digest identity in AUTH; a
+ *                             parent it may not create (a locked top) is made by ADMIN_AUTH's
+ *                             identity, giving AUTH's all rights on it
  *   zk-purge HOSTS AUTH PATH         delete PATH and everything under it
+ *   zk-digest AUTH                   the digest ACL id of AUTH's identity (user:base64(sha1))
  * </pre>
  *
- * <p>Exit status: 0 done, 2 usage, 3 no such topology, 4 ZooKeeper refused (a message says why),
- * 1 anything else.
+ * <p>Exit status: 0 done, 2 usage, 3 no such topology, 4 ZooKeeper refused this identity, 5 ZooKeeper
+ * or a file could not be reached or read (a message says which), 6 Nimbus does not answer, 1 anything
+ * else.
  */
 public final class Tool {
     private static final long MAX_YAML_BYTES = 1 << 20;
@@ -69,15 +79,21 @@ public final class Tool {
         int code;
         try {
             code = run(args);
+        } catch (NimbusLeaderNotFoundException e) {
+            System.err.println("Nimbus does not answer: " + e.getMessage());
+            code = 6;
         } catch (NotAliveException e) {
             System.err.println("no such topology: " + e.get_msg());
             code = 3;
         } catch (UsageException e) {
             System.err.println(e.getMessage());
             code = 2;
-        } catch (KeeperException e) {
+        } catch (KeeperException.NoAuthException e) {
             System.err.println("ZooKeeper refused: " + e.getMessage());
             code = 4;
+        } catch (KeeperException | IOException e) {
+            System.err.println(e.getClass().getSimpleName() + ": " + e.getMessage());
+            code = 5;
         }
         System.exit(code);
     }
@@ -106,13 +122,17 @@ public final class Tool {
                 need(a, 3, 64, "merge-yaml OUT BASE [EXTRA...]");
                 mergeYaml(a);
                 return 0;
+            case "zk-digest":
+                need(a, 2, 2, "zk-digest AUTH_FILE");
+                System.out.println(DigestAuthenticationProvider.generateDigest(readAuth(a[1])));
+                return 0;
             case "zk-prepare":
             case "zk-purge":
-                need(a, 4, 4, cmd + " HOSTS AUTH_FILE PATH");
-                zk(cmd, a[1], a[2], a[3]);
+                need(a, 4, cmd.equals("zk-prepare") ? 5 : 4, cmd + " HOSTS AUTH_FILE PATH [ADMIN_AUTH_FILE]");
+                zk(cmd, a[1], a[2], a[3], a.length > 4 ? a[4] : null);
                 return 0;
             default:
-                throw new UsageException("usage: Tool cluster|list|info|acked|kill|merge-yaml|zk-prepare|zk-purge ...");
+                throw new UsageException("usage: Tool cluster|list|info|acked|kill|merge-yaml|zk-prepare|zk-purge|zk-digest ...");
         }
     }
 
@@ -122,6 +142,10 @@ public final class Tool {
 
     private static int withNimbus(WithClient body) throws Exception {
         Map<String, Object> conf = Utils.readStormConfig();
+        // one quick try: callers poll (scripts/storm start waits for Nimbus), Storm's client would
+        // retry five times with a growing backoff first
+        conf.put(Config.STORM_NIMBUS_RETRY_TIMES, 1);
+        conf.put(Config.STORM_NIMBUS_RETRY_INTERVAL, 500);
         try (NimbusClient client = NimbusClient.getConfiguredClient(conf, 30_000)) {
             body.run(client);
         }
@@ -250,19 +274,33 @@ public final class Tool {
         Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
     }
 
-    private static void zk(String cmd, String hosts, String authFile, String path) throws Exception {
-        String auth = new String(Files.readAllBytes(new File(authFile).toPath()), StandardCharsets.UTF_8).trim();
+    private static ZooKeeper login(String hosts, String auth) throws Exception {
         CountDownLatch connected = new CountDownLatch(1);
         ZooKeeper zk = new ZooKeeper(hosts, 15_000, ev -> {
             if (ev.getState() == Watcher.Event.KeeperState.SyncConnected) {
                 connected.countDown();
             }
         });
+        zk.addAuthInfo("digest", auth.getBytes(StandardCharsets.UTF_8));
+        if (!connected.await(30, TimeUnit.SECONDS)) {
+            zk.close();
+            throw new IOException("no ZooKeeper server of " + hosts + " answered in 30 s");
+        }
+        return zk;
+    }
+
+    private static String readAuth(String file) throws IOException {
+        String auth = new String(Files.readAllBytes(new File(file).toPath()), StandardCharsets.UTF_8).trim();
+        if (!auth.matches("[^:\\s]+:\\S+")) {
+            throw new UsageException(file + ": not one line user:password");
+        }
+        return auth;
+    }
+
+    private static void zk(String cmd, String hosts, String authFile, String path, String adminFile) throws Exception {
+        String auth = readAuth(authFile);
+        ZooKeeper zk = login(hosts, auth);
         try {
-            zk.addAuthInfo("digest", auth.getBytes(StandardCharsets.UTF_8));
-            if (!connected.await(30, TimeUnit.SECONDS)) {
-                throw new IOException("no ZooKeeper server of " + hosts + " answered in 30 s");
-            }
             if (cmd.equals("zk-purge")) {
                 if (zk.exists(path, false) != null) {
                     ZKUtil.deleteRecursive(zk, path);
@@ -272,18 +310,40 @@ public final class Tool {
             StringBuilder sofar = new StringBuilder();
             for (String part : path.substring(1).split("/")) {
                 sofar.append('/').append(part);
-                if (zk.exists(sofar.toString(), false) == null) {
-                    try {
-                        zk.create(sofar.toString(), new byte[0], ZooDefs.Ids.CREATOR_ALL_ACL, CreateMode.PERSISTENT);
-                    } catch (KeeperException.NodeExistsException e) {
-                        // made meanwhile by another instance: as good
+                if (zk.exists(sofar.toString(), false) != null) {
+                    continue;
+                }
+                try {
+                    zk.create(sofar.toString(), new byte[0], ZooDefs.Ids.CREATOR_ALL_ACL, CreateMode.PERSISTENT);
+                } catch (KeeperException.NodeExistsException e) {
+                    // made meanwhile by another instance: as good
+                } catch (KeeperException.NoAuthException e) {
+                    if (adminFile == null) {
+                        throw e;
                     }
+                    createAsAdmin(hosts, readAuth(adminFile), sofar.toString(), auth);
                 }
             }
             // Storm creates its znodes under PATH as this identity: prove it may.
             String probe = zk.create(path + "/berth-probe-", new byte[0], ZooDefs.Ids.CREATOR_ALL_ACL,
                                      CreateMode.EPHEMERAL_SEQUENTIAL);
             zk.delete(probe, -1);
+        } finally {
+            zk.close();
+        }
+    }
+
+    /** Where ZooKeeper's top is locked to an administrator: that identity makes the node, owned by
+     * Storm's (all rights), readable by everyone, as an open top would have let Storm make it. */
+    private static void createAsAdmin(String hosts, String admin, String node, String auth) throws Exception {
+        ZooKeeper zk = login(hosts, admin);
+        try {
+            List<ACL> acl = new ArrayList<>();
+            acl.add(new ACL(ZooDefs.Perms.ALL, new Id("digest", DigestAuthenticationProvider.generateDigest(auth))));
+            acl.add(new ACL(ZooDefs.Perms.READ, ZooDefs.Ids.ANYONE_ID_UNSAFE));
+            zk.create(node, new byte[0], acl, CreateMode.PERSISTENT);
+        } catch (KeeperException.NodeExistsException e) {
+            // made meanwhile
         } finally {
             zk.close();
         }
