@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from bench import _stormberth as stormberth
 from berth._cli.storm_demo import run_storm_demo, setuid_files
 from berth._cli.storm_stack import StormStack
 
@@ -37,13 +37,7 @@ WORK = Path("/var/lib/berth-dev/storm-launcher-test")
 @pytest.fixture(scope="session")
 def plugin_jar() -> str:
     """berth's plugin, as ``scripts/test`` builds it (built here if missing)."""
-    target = ROOT / "storm-plugin" / "target"
-    jars = sorted(target.glob("berth-storm-plugin-*.jar"))
-    if not jars:
-        subprocess.run(["mvn", "-B", "-q", "-f", str(ROOT / "storm-plugin" / "pom.xml"), "package", "-DskipTests"],
-                       check=True, capture_output=True, timeout=900)
-        jars = sorted(target.glob("berth-storm-plugin-*.jar"))
-    return str(jars[-1])
+    return str(stormberth.plugin_jar())
 
 
 @pytest.fixture
