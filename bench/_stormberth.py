@@ -23,13 +23,13 @@ from typing import Any
 
 import yaml
 
+from berth._cli.storm_stack import IMAGE as IMAGE  # re-exported: the Storm tests take it from here
+from berth._cli.storm_stack import berth_lines
+
 from ._storm import REPO, StormCluster, StormError
 
-PLUGIN = "berth.storm.BerthIsolationManager"
 JAR = REPO / "storm-plugin" / "target" / "berth-storm-plugin.jar"
-IMAGE = "berth/storm:latest"
 STORM_ROOT = Path(os.environ.get("BERTH_STORM_ROOT", "/var/lib/berth-dev/storm"))
-ROOTFS = Path(os.environ.get("BERTH_DEV_ROOT", "/var/lib/berth-dev"), "rootfs")
 DOCKER = os.environ.get("BERTH_TEST_DOCKER_HOST", "unix:///run/berth-dev/docker.sock")
 
 
@@ -87,17 +87,7 @@ class BerthStorm:
         return self.base / "berth.log"
 
     def lines(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {
-            "storm.resource.isolation.plugin.enable": True, "storm.resource.isolation.plugin": PLUGIN,
-            "storm.oci.image": IMAGE, "storm.oci.allowed.images": [IMAGE], "storm.oci.nscd.dir": "",
-            "storm.oci.cgroup.parent": f"/berth-{self.cluster.instance}", "storm.log.dir": str(self.log_dir),
-            "berth.runtime": self.runtime, "berth.node.name": self.node_name,
-            "berth.state.dir": str(self.base / "state"), "berth.api.socket": str(self.socket),
-            "berth.api.socket.group": "storm", "berth.storm.supervisor.user": "storm",
-        }
-        if self.runtime == "runc":
-            conf["berth.runc.images"] = {IMAGE: str(ROOTFS / "storm")}
-        return {**conf, **self.extra}
+        return {**berth_lines(self.cluster.instance, self.runtime, self.base, str(self.log_dir)), **self.extra}
 
     def prepare(self) -> tuple[Path, Path]:
         """What ``scripts/storm start`` is given: the supervisor's storm.yaml lines and the

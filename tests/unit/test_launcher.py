@@ -7,7 +7,9 @@ supervisor user (the ``storm`` user is scripts/storm's)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -390,3 +392,41 @@ def test_a_command_stops_when_its_time_is_up(base: Path, policy: LauncherPolicy,
     assert out.code == 255 and "not set up in the time allowed" in out.output[-1]
     out = call(policy, "berth-alice", "rmr", str(top))
     assert out.code == 255 and "not removed in the time allowed" in out.output[-1] and top.exists()
+
+
+def test_a_mount_point_in_a_tree_is_not_crossed(base: Path, policy: LauncherPolicy) -> None:
+    """A tree can hold another filesystem (an operator's mount, a bind mount): neither its files
+    are given away nor deleted; code-dir says so, rmr stops there with an error."""
+    top = stormdist(base)
+    inner = top / "resources" / "mnt"
+    inner.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inner)], capture_output=True).returncode:
+        pytest.skip("cannot mount here")
+    try:
+        (inner / "kept").write_text("x")
+        out = call(policy, "berth-alice", "code-dir", str(top))
+        assert out.code == 0 and f"NOOP: {top}/…/mnt (a mount point: not crossed)" in out.output
+        assert ids(inner)[0] == 0 and ids(inner / "kept")[0] == 0
+        out = call(policy, "berth-alice", "rmr", str(top))
+        assert out.code == 255 and "a mount point" in out.output[-1]
+        assert (inner / "kept").read_text() == "x"
+    finally:
+        subprocess.run(["umount", "-l", str(inner)], check=True)
+
+
+def test_rmr_of_a_tree_deleted_meanwhile_is_done(base: Path, policy: LauncherPolicy,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storm's supervisor can delete one tree from two threads at once: the one that finds it gone
+    part way has done its job (exit 0, as Storm's rmr of a missing path), not failed."""
+    from berth._exceptions import CleanupError
+    from berth._node import stormtrees
+
+    worker = base / "local" / "workers" / "w9"
+    (worker / "tmp").mkdir(parents=True)
+
+    def racing(pfd: int, name: str, shown: str, deadline: float | None = None) -> None:
+        shutil.rmtree(worker)
+        raise CleanupError("directories", f"cannot remove {shown}: No such file or directory")
+
+    monkeypatch.setattr(stormtrees, "remove_at", racing)
+    assert call(policy, "berth-alice", "rmr", str(worker)).code == 0

@@ -190,8 +190,12 @@ class _Demo:
                 "it itself; the worker dirs were gone already: the plugin's cleanup removes them as root)")
 
 
-def run_storm_demo(console: Console, runtime: str, script: str, jar: str, workdir: Path) -> int:
-    stack = StormStack(script, jar, instance=f"demo-{runtime}", runtime=runtime, workdir=workdir / runtime)
+def run_storm_demo(console: Console, runtime: str, script: str, jar: str, workdir: Path,
+                   instance: str | None = None) -> int:
+    """The demo on ``runtime``, with Storm's instance ``instance`` (default ``demo-<runtime>``) and
+    berth's files under ``workdir``; everything it started is stopped and removed at the end."""
+    instance = instance or f"demo-{runtime}"
+    stack = StormStack(script, jar, instance=instance, runtime=runtime, workdir=workdir / instance)
     demo = _Demo(stack, console)
     try:
         return demo.run()

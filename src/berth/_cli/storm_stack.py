@@ -30,8 +30,28 @@ from .demo import wait_until
 from .launcher import install_program
 
 IMAGE = "berth/storm:latest"
-ROOTFS = "/var/lib/berth-dev/rootfs"
+ROOTFS = os.path.join(os.environ.get("BERTH_DEV_ROOT", "/var/lib/berth-dev"), "rootfs")
 WORDCOUNT = "dev.berth.storm.WordCountTopology"
+
+
+def berth_lines(instance: str, runtime: str, base: Path, log_dir: str, launcher: str | None = None) -> dict[str, Any]:
+    """What berth adds to the storm.yaml of a ``scripts/storm`` instance's supervisor: its plugin,
+    its keys (berth's files under ``base``, the socket outside its state dir where Storm's
+    supervisor reaches it, a node name of the instance's own: every such supervisor is
+    ``localhost``), and with ``launcher`` the topologies' own users through berth-worker-launcher."""
+    conf: dict[str, Any] = {
+        "storm.resource.isolation.plugin.enable": True, "storm.resource.isolation.plugin": BERTH_PLUGIN,
+        "storm.oci.image": IMAGE, "storm.oci.allowed.images": [IMAGE], "storm.oci.nscd.dir": "",
+        "storm.oci.cgroup.parent": f"/berth-{instance}", "storm.log.dir": log_dir,
+        "berth.runtime": runtime, "berth.node.name": f"storm-{instance}", "berth.state.dir": str(base / "state"),
+        "berth.api.socket": str(base / "run" / "api.sock"), "berth.api.socket.group": "storm",
+        "berth.storm.supervisor.user": "storm",
+    }
+    if runtime == "runc":
+        conf["berth.runc.images"] = {IMAGE: os.path.join(ROOTFS, "storm")}
+    if launcher:
+        conf.update({"supervisor.run.worker.as.user": True, "supervisor.worker.launcher": launcher})
+    return conf
 
 
 class StormScript:
@@ -88,18 +108,7 @@ class StormStack:
 
     def supervisor_yaml(self, log_dir: str) -> dict[str, Any]:
         """What berth adds to Storm's supervisor config: its plugin, its keys, the launcher."""
-        conf: dict[str, Any] = {
-            "storm.resource.isolation.plugin.enable": True, "storm.resource.isolation.plugin": BERTH_PLUGIN,
-            "storm.oci.image": IMAGE, "storm.oci.allowed.images": [IMAGE], "storm.oci.nscd.dir": "",
-            "storm.oci.cgroup.parent": f"/berth-storm-{self.instance}", "storm.log.dir": log_dir,
-            "supervisor.run.worker.as.user": True, "supervisor.worker.launcher": self.launcher,
-            "berth.runtime": self.runtime, "berth.state.dir": str(self.dir / "state"),
-            "berth.node.name": f"storm-{self.instance}",  # every scripts/storm supervisor is "localhost"
-            "berth.api.socket": self.socket, "berth.api.socket.group": "storm", "berth.storm.supervisor.user": "storm",
-        }
-        if self.runtime == "runc":
-            conf["berth.runc.image.root"] = ROOTFS
-        return conf
+        return berth_lines(self.instance, self.runtime, self.dir, log_dir, self.launcher)
 
     def start(self) -> None:
         """Storm first (its supervisor makes the storm.yaml berth reads), then berth."""

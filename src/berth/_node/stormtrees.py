@@ -290,5 +290,12 @@ def remove(where: Located, allowed: tuple[int, ...], deadline: float) -> bool:
             raise LauncherRefused("path", f"Failed to delete {where.path}: {exc.strerror}", UNABLE_TO_STAT_FILE) \
                 from exc
         check_owner(where, st, allowed)
-        remove_at(pfd, name, where.path, deadline)
+        try:
+            remove_at(pfd, name, where.path, deadline)
+        except CleanupError:
+            try:
+                os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return True  # deleted meanwhile (Storm deletes some trees twice at once): done, as Storm's rmr says
+            raise
     return True
