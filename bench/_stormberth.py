@@ -26,7 +26,7 @@ import yaml
 from berth._cli.storm_stack import IMAGE as IMAGE  # re-exported: the Storm tests take it from here
 from berth._cli.storm_stack import berth_lines
 
-from ._storm import REPO, StormCluster, StormError
+from ._storm import REPO, StormCluster, StormError, pids_with_arg
 
 JAR = REPO / "storm-plugin" / "target" / "berth-storm-plugin.jar"
 STORM_ROOT = Path(os.environ.get("BERTH_STORM_ROOT", "/var/lib/berth-dev/storm"))
@@ -145,19 +145,12 @@ class BerthStorm:
         found: dict[str, int] = {}
         if self.proc is not None and self.proc.poll() is None:
             found["berth serve"] = self.proc.pid
-        runc_dir = str(self.base / "state" / "runc").encode()
-        ours = {c.encode() for c in _engine_containers(self.node_name)} if self.runtime == "docker" else set()
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                args = p.joinpath("cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"shim.daemon" in b" ".join(args) and runc_dir in args:
-                found["berth-shim"] = int(p.name)
-            elif args[0].endswith(b"containerd-shim-runc-v2") and ours.intersection(args):
-                found[f"containerd-shim {sum(k.startswith('containerd') for k in found) + 1}"] = int(p.name)
+        for pid in pids_with_arg(str(self.base / "state" / "runc")):  # berth-shim's --dir
+            found["berth-shim"] = pid
+        if self.runtime == "docker":
+            for n, cid in enumerate(_engine_containers(self.node_name), 1):
+                for pid in pids_with_arg(cid):  # the engine's containerd-shim ... -id <cid>
+                    found[f"containerd-shim {n}"] = pid
         return found
 
     def supervisor_log(self) -> str:
