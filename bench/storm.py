@@ -18,9 +18,11 @@ purged at the end. Per round, on a fresh word count of two workers:
 
 A variant is a name, a title, and a context manager that yields the ``Hooks`` it starts Storm
 with (``scripts/storm start``'s --supervisor-yaml and --extlib-daemon, the submitting user, the
-processes whose memory is its overhead): berth on docker and berth on runc add theirs to
-``VARIANTS``. Results: a table, JSON in bench/out/storm-<time>.json (``--json``: on stdout
-only), and with ``--out DIR`` bench-storm.md (the table) and bench-storm.png there.
+processes whose memory is its overhead, what to start once Storm runs): ``default`` (Storm's own
+``DefaultResourceIsolationManager``), ``berth_docker`` and ``berth_runc`` (berth's plugin and
+``berth serve --storm`` beside the supervisor: ``bench._stormberth``). Results: a table, JSON in
+bench/out/storm-<time>.json (``--json``: on stdout only), and with ``--out DIR`` bench-storm.md
+(the table) and bench-storm.png there.
 """
 
 from __future__ import annotations
@@ -58,23 +60,47 @@ class Hooks:
     """Who submits; None: the daemons' own user (Storm's default isolation needs that)."""
     overhead: Callable[[], dict[str, int]] = dict
     """Label -> pid of the processes the variant adds (their RSS is its overhead)."""
+    started: Callable[[], None] = lambda: None
+    """Run once the cluster runs (berth reads the storm.yaml its supervisor was started with)."""
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     title: str
-    hooks: Callable[[Path], contextlib.AbstractContextManager[Hooks]]
-    """Given a work dir of its own, sets the variant up and yields its hooks; tears down on exit."""
+    hooks: Callable[[Path, StormCluster], contextlib.AbstractContextManager[Hooks]]
+    """Given a work dir of its own and the cluster (not started yet), sets the variant up and yields
+    its hooks; tears down on exit (the cluster is purged by the bench)."""
 
 
 @contextlib.contextmanager
-def _no_hooks(work: Path) -> Iterator[Hooks]:
+def _no_hooks(work: Path, cluster: StormCluster) -> Iterator[Hooks]:
     yield Hooks()
+
+
+def _berth(runtime: str) -> Callable[[Path, StormCluster], contextlib.AbstractContextManager[Hooks]]:
+    """Storm's supervisor with berth's plugin, ``berth serve --storm`` beside it on ``runtime``;
+    its overhead: berth's processes (``BerthStorm.processes``)."""
+    @contextlib.contextmanager
+    def hooks(work: Path, cluster: StormCluster) -> Iterator[Hooks]:
+        from ._stormberth import BerthStorm
+
+        bs = BerthStorm(runtime=runtime, base=work, cluster=cluster)
+        sup, ext = bs.prepare()
+        try:
+            yield Hooks(supervisor_yaml=sup, extlib_daemon=ext, user="berth-alice", overhead=bs.processes,
+                        started=bs.start_berth)
+        finally:
+            bs.stop_berth()
+            bs.remove_containers()
+
+    return hooks
 
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant("default", "Storm's default (no isolation)", _no_hooks),
+    "berth_docker": Variant("berth_docker", "berth on docker", _berth("docker")),
+    "berth_runc": Variant("berth_runc", "berth on runc", _berth("runc")),
 }
 
 
@@ -168,10 +194,11 @@ def run_variant(v: Variant, rounds: int, settle_s: float) -> dict[str, Any]:
     work.mkdir(parents=True, mode=0o755)
     cluster = StormCluster(instance="b" + os.urandom(5).hex())
     results: list[Round] = []
-    with v.hooks(work) as hooks:
+    with v.hooks(work, cluster) as hooks:
         try:
             t0 = time.monotonic()
             cluster.start(supervisor_yaml=hooks.supervisor_yaml, extlib_daemon=hooks.extlib_daemon)
+            hooks.started()
             start_s = round(time.monotonic() - t0, 1)
             env = cluster.environment()
             logs = Path(env["STORM_SUPERVISOR_LOG_DIRS"].split()[0])

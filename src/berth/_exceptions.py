@@ -93,3 +93,13 @@ class StateError(BerthError):
 class SupervisorLocked(BerthError):
     """Another supervisor already serves this node (the same state dir, or the same node name
     on the same engine); two would fight over the workers."""
+
+
+class LauncherRefused(BerthError):
+    """A command of berth's worker-launcher (the program Storm's ``supervisor.worker.launcher``
+    names) that berth refused or could not carry out. ``code`` is the exit code Storm's own
+    ``worker-launcher`` gives for the same failure, so Storm's supervisor sees what it knows."""
+
+    def __init__(self, field: str, reason: str, code: int) -> None:
+        self.code = code
+        super().__init__(field, reason)

@@ -11,10 +11,8 @@ import os
 import pwd
 import shutil
 import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ import pytest
 from berth import BerthError, Node, NodeConfig
 from berth._core.config import config_from_mapping
 from berth._node.workdirs import remove_tree
+
+from ..polling import poll_until as poll_until  # re-exported: the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET = os.environ.get("BERTH_TEST_DOCKER_HOST", "unix:///run/berth-dev/docker.sock")
@@ -195,19 +195,6 @@ def tmpfs(path: Path, size_mb: int, mode: str = "0755") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def poll_until(pred: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.05) -> None:
-    """For state owned by *another process* (a worker, a berth child): check, wait a tick, repeat.
-
-    Bounded by ``timeout``; in-process state is waited for on events instead.
-    """
-    tick = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        tick.wait(every)
 
 
 # -- a private engine, for the tests that stop, restart or kill dockerd --------------------------------

@@ -124,7 +124,8 @@ def test_two_users_own_their_topologies_and_storm_passes_the_user_on(storm_clust
         for user, name in names.items():
             info = c.info(name)
             assert info is not None
-            (meta,) = logs.glob(f"workers-artifacts/{info['id']}/*/worker.yaml")  # Container.setup's
+            [slot] = info["workers"]  # where it runs now (Nimbus may have moved it on a loaded machine)
+            meta = logs / "workers-artifacts" / info["id"] / str(slot["port"]) / "worker.yaml"  # Container.setup's
             worker_id = yaml.safe_load(meta.read_text())["worker-id"]
             assert (local / "workers-users" / worker_id).read_text().strip() == user
     finally:

@@ -44,7 +44,8 @@ def test_every_error_a_public_call_raises_on_purpose_is_exported() -> None:
     from berth import _exceptions
 
     errors = {n for n, v in vars(_exceptions).items() if inspect.isclass(v) and issubclass(v, berth.BerthError)}
-    internal = {"ClusterError", "ShimError"}  # the cluster has no Python API; berth-shim's is an EngineError
+    # the cluster has no Python API; berth-shim's is an EngineError; the worker-launcher's callers get exit codes
+    internal = {"ClusterError", "ShimError", "LauncherRefused"}
     assert errors - internal <= set(berth.__all__)
 
 

@@ -168,3 +168,11 @@ def test_docs_list_every_storm_key() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "storm.md").read_text()
     missing = [k for k in sorted(storm_keys()) if f"`{k}`" not in doc]
     assert not missing, f"docs/storm.md does not list {missing[:5]}…"
+
+
+def test_a_secured_clusters_jaas_key_loads() -> None:
+    """Storm reads ``java.security.auth.login.config`` from its config by name (ClientAuthUtils
+    .getJaasConf, ConfigUtils.readStormConfig copies the system property there), not from a Config
+    constant: a supervisor's storm.yaml with SASL digest or Kerberos sets it."""
+    c = config_from_storm({"java.security.auth.login.config": "/etc/storm/jaas.conf"}, env=HOME)
+    assert c.storm is not None and c.storm.unused_keys == ("java.security.auth.login.config",)

@@ -78,9 +78,10 @@ def test_a_wide_tree_is_removed_in_batches(tmp_path: Path, monkeypatch: pytest.M
     scans: list[int] = []
     real = workdirs._scan
 
-    def counting(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+    def counting(fd: int, dev: int, shown: str, depth: int, limit: int,
+                 deadline: float | None = None) -> list[tuple[str, os.stat_result]]:
         scans.append(depth)
-        return real(fd, dev, shown, depth, limit)
+        return real(fd, dev, shown, depth, limit, deadline)
 
     monkeypatch.setattr(workdirs, "_BATCH", 16)
     monkeypatch.setattr(workdirs, "_scan", counting)
@@ -102,10 +103,11 @@ def test_a_directory_moved_out_during_the_walk_stops_it(tmp_path: Path, monkeypa
     (elsewhere / "precious").write_text("keep")
     real = workdirs._scan
 
-    def move_while_inside(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+    def move_while_inside(fd: int, dev: int, shown: str, depth: int, limit: int,
+                          deadline: float | None = None) -> list[tuple[str, os.stat_result]]:
         if depth == 4 and (top / "a" / "b").exists():  # inside c: move b (and c with it) away
             os.rename(top / "a" / "b", elsewhere / "b")
-        return real(fd, dev, shown, depth, limit)
+        return real(fd, dev, shown, depth, limit, deadline)
 
     monkeypatch.setattr(workdirs, "_scan", move_while_inside)
     with pytest.raises(CleanupError) as info:

@@ -6,6 +6,7 @@ Importing the command modules registers their commands on the group ``app.main``
 
 from . import cluster as _cluster_commands  # noqa: F401 - agent, schedule, cluster
 from . import commands as _node_commands  # noqa: F401 - explain, launch, ps, kill, rm, logs, audit, demo, …
+from . import launcher as _launcher_commands  # noqa: F401 - worker-launcher install
 from . import service as _service_commands  # noqa: F401 - supervise, serve
 from . import shim as _shim_commands  # noqa: F401 - shim
 from .app import main

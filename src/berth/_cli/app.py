@@ -18,6 +18,7 @@ from .._exceptions import BerthError
 
 if TYPE_CHECKING:
     from .._node.node import Node
+    from .._node.stormdirs import StormDirs
 
 EXIT_BERTH_ERROR = 125
 
@@ -50,12 +51,24 @@ def get_config(ctx: click.Context) -> NodeConfig:
     return config
 
 
+def storm_dirs(config: NodeConfig) -> StormDirs | None:
+    """Storm's supervisor makes the workers' dirs on a node whose storm.yaml names berth's plugin
+    (and says who the supervisor is): ``berth rm`` and the rest then leave Storm's files to it."""
+    from .._core.storm import BERTH_PLUGIN
+    from .._node.stormdirs import StormDirs
+
+    s = config.storm
+    if s is None or s.plugin != BERTH_PLUGIN or not s.plugin_enabled or s.supervisor_user is None:
+        return None
+    return StormDirs.from_config(config)
+
+
 def get_node(ctx: click.Context) -> Node:
     from .._node.node import Node
 
     obj = ctx.find_root().obj
     if "node" not in obj:
-        obj["node"] = Node(get_config(ctx))
+        obj["node"] = Node(get_config(ctx), dirs=storm_dirs(get_config(ctx)))
         ctx.find_root().call_on_close(obj["node"].close)
     node: Node = obj["node"]
     return node

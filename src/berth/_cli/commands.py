@@ -8,6 +8,7 @@ failed", so ``berth launch --wait`` can pass the worker's own exit codes through
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -259,13 +260,26 @@ def recover(ctx: click.Context, /) -> None:
 @click.option("--cluster", "cluster_mode", is_flag=True,
               help="Three agents and a coordinator on ZooKeeper ($BERTH_ZK): see docs/cluster.md.")
 @click.option("--zk", envvar="BERTH_ZK", help="ZooKeeper hosts for --cluster.")
+@click.option("--storm", "storm_mode", is_flag=True, help="A real Storm cluster whose workers berth isolates "
+              "($BERTH_STORM_SCRIPT: scripts/storm; $BERTH_STORM_PLUGIN_JAR: berth's plugin): see docs/storm.md.")
 @click.option("--runtime", type=click.Choice(["docker", "runc"]), help="Run the demo on this runtime "
-              "(default: the config's node.runtime).")
+              "(default: the config's node.runtime; docker for --storm).")
 @click.pass_context
-def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None, runtime: str | None) -> None:
+def demo(ctx: click.Context, /, cluster_mode: bool, zk: str | None, storm_mode: bool, runtime: str | None) -> None:
     """Run a small topology end to end: limits, OOM, graceful kill, exit codes, cleanup."""
     from rich.console import Console
 
+    if storm_mode:
+        from pathlib import Path
+
+        from .storm_demo import run_storm_demo
+
+        script, jar = os.environ.get("BERTH_STORM_SCRIPT"), os.environ.get("BERTH_STORM_PLUGIN_JAR")
+        if not script or not jar:
+            raise ConfigError("storm", "the Storm demo needs $BERTH_STORM_SCRIPT (scripts/storm) and "
+                              "$BERTH_STORM_PLUGIN_JAR (storm-plugin/target/*.jar): run ./scripts/demo --storm")
+        console = Console(width=None if sys.stdout.isatty() else 132)
+        ctx.exit(run_storm_demo(console, runtime or "docker", script, jar, Path("/var/lib/berth-dev/storm-demo")))
     if runtime:
         config = get_config(ctx)
         ctx.find_root().obj["config"] = config.model_copy(

@@ -45,10 +45,21 @@ def supervisor_view(config: NodeConfig) -> dict[str, Any] | None:
 def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
     from .._service.supervisor import Supervisor
 
+    refuse_storm_node(get_config(ctx))
     setup_logging()
     node = get_node(ctx)
     node.check_state()  # berth's own state: usable, and apart from what workers write
     return Supervisor(node, assignments_path=assignments)
+
+
+def refuse_storm_node(config: NodeConfig) -> None:
+    """berth's supervisor stops every worker not assigned to it, and Storm's supervisor assigns
+    a node whose storm.yaml names berth's plugin: that node's workers are Storm's."""
+    from .._core.storm import BERTH_PLUGIN
+
+    if config.storm is not None and config.storm.plugin == BERTH_PLUGIN and config.storm.plugin_enabled:
+        raise ConfigError("storm.resource.isolation.plugin", "names berth's plugin: Storm's supervisor runs this "
+                          "node's workers; serve them with `berth serve --storm`")
 
 
 def check_socket_group(config: NodeConfig) -> None:
@@ -139,13 +150,22 @@ def supervise(ctx: click.Context, /, assignments: str, drain: bool, no_api: bool
 @click.option("--socket", "socket_path", help="Unix socket path (default: api.socket, or <state_dir>/api.sock).")
 @click.option("--tcp", help="Listen on HOST:PORT instead (needs api.token in the config).")
 @click.option("--drain", is_flag=True, help="On exit, stop every worker (default: leave them running).")
+@click.option("--storm", is_flag=True, help="Serve Storm's supervisor through berth's plugin: no assignments, no "
+              "restarts, exits kept until the plugin has them (docs/storm.md).")
 @click.pass_context
 def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | None, tcp: str | None,
-          drain: bool) -> None:
+          drain: bool, storm: bool) -> None:
     """Run the supervisor with its HTTP API (and /metrics)."""
     from .._service.server import serve as run_api
 
     config = get_config(ctx)
+    if storm:
+        for given, name in ((assignments, "--assignments"), (tcp, "--tcp"), (drain, "--drain")):
+            if given:
+                raise ConfigError(name, "not with --storm: Storm's supervisor decides what runs, and talks to berth "
+                                  "on the unix socket only")
+        _serve_storm(ctx, config, socket_path or config.api_socket)
+        return
     tcp = tcp or config.api.tcp
     if tcp:
         try:
@@ -165,3 +185,56 @@ def serve(ctx: click.Context, /, assignments: str | None, socket_path: str | Non
                 tenants=config.api.tenants, announce=_announce)
     finally:
         sup.stop(drain=drain, progress=_progress)
+
+
+def check_storm_reaches(config: NodeConfig, socket: str, dirs: Any) -> None:
+    """Storm's supervisor must be able to connect (the state dir, the default place of the
+    socket, is root's alone): refused before anything starts, rather than every plugin call
+    failing with EACCES."""
+    import grp
+    import pwd
+
+    from .._core.plan import key_of
+    from .._service.stormnode import socket_unreachable
+
+    user = pwd.getpwuid(dirs.supervisor_uid)
+    group = grp.getgrnam(config.api.socket_group).gr_gid if config.api.socket_group else os.getegid()
+    why = socket_unreachable(socket, int(config.api.socket_mode, 8), group, user.pw_uid,
+                             set(os.getgrouplist(user.pw_name, user.pw_gid)))
+    if why:
+        raise ConfigError(key_of(config, "api.socket"), f"{socket}: Storm's supervisor (user {user.pw_name}) could "
+                          f"not connect: {why}; put it where it can, e.g. berth.api.socket: /run/berth/storm.sock "
+                          f"with berth.api.socket.group: {grp.getgrgid(user.pw_gid).gr_name}")
+
+
+def storm_routers(service: Any) -> list[Any]:
+    """Routers served beside the plugin's under ``serve --storm``: the worker-launcher's
+    (``berth-worker-launcher``, Storm's launcher without setuid)."""
+    from .._service.launcher_api import launcher_router
+
+    return [launcher_router(service)]
+
+
+def _serve_storm(ctx: click.Context, config: NodeConfig, socket: str) -> None:
+    import logging
+
+    from .._node.stormdirs import StormDirs
+    from .._service.server import serve as run_api
+    from .._service.storm_api import create_storm_app, peer_protocol
+    from .._service.stormnode import StormService
+
+    check_socket_group(config)
+    check_apart(config, None, socket)
+    dirs = StormDirs.from_config(config)
+    get_node(ctx).check_state()  # the state dir, made 0700 if missing: the default place of the socket
+    check_storm_reaches(config, socket, dirs)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = StormService(config, node=get_node(ctx), dirs=dirs)
+    service.start()
+    try:
+        run_api(service, socket, None, None, socket_mode=int(config.api.socket_mode, 8),
+                socket_group=config.api.socket_group, announce=_announce,
+                app=create_storm_app(service, routers=storm_routers(service)), protocol=peer_protocol(),
+                stopping=service.ledger.close)
+    finally:
+        service.stop()

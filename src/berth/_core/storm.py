@@ -27,6 +27,9 @@ from .stormconf import BERTH_TO_STORM, NumaZone
 
 DOCKER_PLUGIN = "org.apache.storm.container.docker.DockerManager"
 RUNC_PLUGIN = "org.apache.storm.container.oci.RuncLibContainerManager"
+BERTH_PLUGIN = "berth.storm.BerthIsolationManager"
+"""berth's own plugin (``storm-plugin/``): Storm's supervisor asks ``berth serve --storm`` for
+every step; its containers are DockerManager's, on the runtime ``berth.runtime`` names."""
 CGROUP_FS = "/sys/fs/cgroup"
 
 DEFAULTS: dict[str, Any] = {
@@ -45,11 +48,33 @@ STORM_CAPACITY = {"supervisor.memory.capacity.mb": 4096, "supervisor.cpu.capacit
 """conf/defaults.yaml: what Nimbus assumes a supervisor offers when its storm.yaml does not say
 (``SupervisorHeartbeat.mkSupervisorCapacities``); berth's default never goes above the machine's."""
 USED = frozenset({*BERTH_TO_STORM.values(), "storm.resource.isolation.plugin.enable"})
-BERTH_ONLY = frozenset({"storm.home", "berth.runc.images", "berth.runc.image.root"})
+BERTH_KEYS = {
+    "berth.runtime": ("node", "runtime"),
+    "berth.node.name": ("node", "name"),
+    "berth.state.dir": ("node", "state_dir"),
+    "berth.api.socket": ("api", "socket"),
+    "berth.api.socket.group": ("api", "socket_group"),
+    "berth.api.socket.mode": ("api", "socket_mode"),
+    "berth.container.max.memory.mb": ("container", "max_memory_mb"),
+    "berth.storm.supervisor.user": ("storm", "supervisor_user"),
+    "berth.storm.launcher.group": ("storm", "launcher_group"),
+    "berth.min.user.id": ("node", "min_uid"),
+    "berth.banned.users": ("node", "banned_users"),
+    "berth.runc.images": ("runc", "images"),
+    "berth.runc.image.root": ("runc", "image_root"),
+}
+"""berth's own keys in a storm.yaml (Storm ignores keys it does not know), as (table, key) of the
+berth.toml: so that the one storm.yaml of a node configures both Storm's supervisor and the
+``berth serve --storm`` beside it (the plugin reads ``berth.api.socket`` and ``berth.state.dir``
+too). ``berth.runc.*``: where the runc runtime finds each image's root filesystem directory
+(Storm's runc manager reads HDFS image layers instead). ``berth.min.user.id`` and
+``berth.banned.users`` are what Storm's worker-launcher.cfg calls ``min.user.id`` and
+``banned.users``: berth's launches and its worker-launcher both follow them. ``berth.node.name``
+(default ``storm.local.hostname``, else the host name) tells apart the berths of several Storm
+supervisors on one machine."""
+BERTH_ONLY = frozenset({"storm.home", *BERTH_KEYS})
 """Read from a storm.yaml by berth although Storm does not: ``storm.home`` (Storm takes it from its
-launcher, ``-Dstorm.home``), and where the runc runtime finds each image's root filesystem
-directory (Storm's runc manager reads HDFS image layers instead; Storm ignores keys it does not
-know)."""
+launcher, ``-Dstorm.home``) and berth's own keys."""
 NUMA_KEYS = {"numa.cores": "cores", "numa.memory.mb": "memory_mb", "numa.ports": "ports"}
 NUMA_IGNORED = frozenset({"numa.generic.resources.map"})
 
@@ -158,7 +183,12 @@ def _runtime(conf: Mapping[str, Any], notes: list[str]) -> str:
     # A disabled plugin is not Storm's choice (its supervisor takes the default isolation manager), so
     # not berth's either: the runtime follows only an enabled RuncLibContainerManager.
     runtime = "runc" if plugin == RUNC_PLUGIN and enabled else "docker"
-    if plugin not in (DOCKER_PLUGIN, RUNC_PLUGIN):
+    chosen = conf.get("berth.runtime")
+    if chosen is not None:
+        if chosen not in ("docker", "runc"):
+            raise ConfigError("berth.runtime", f"must be docker or runc, got {chosen!r}")
+        runtime = chosen
+    if plugin not in (DOCKER_PLUGIN, RUNC_PLUGIN, BERTH_PLUGIN):
         notes.append(f"storm.resource.isolation.plugin is {plugin}: Storm would run workers without containers; "
                      f"berth runs them in {runtime} containers")
     elif not enabled:
@@ -225,12 +255,14 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
     if hint:
         notes.append(f"storm.oci.cgroup.root {container['cgroup_root']} does not exist on this node{hint}")
     storm["notes"] = tuple(notes)
-    runc = {mine: conf[theirs] for theirs, mine in (("berth.runc.images", "images"),
-                                                     ("berth.runc.image.root", "image_root")) if theirs in conf}
+    tables: dict[str, dict[str, Any]] = {"node": node, "container": container, "storm": storm, "runc": {}, "api": {}}
+    for key, (table, name) in BERTH_KEYS.items():
+        if key in conf and key != "berth.runtime":  # (the runtime is _runtime's)
+            tables[table][name] = _strings(key, conf[key]) if name == "banned_users" else conf[key]
+    runc = tables["runc"]
     if isinstance(runc.get("images"), dict):
         runc["images"] = {str(k): v for k, v in runc["images"].items()}
-    return config_from_mapping({"node": node, "images": images, "container": container, "storm": storm,
-                                "runc": runc, "capacity": capacity},
+    return config_from_mapping({"images": images, "capacity": capacity, **tables},
                                rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
 
 

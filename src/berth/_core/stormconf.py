@@ -14,6 +14,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .trust import account_names
+
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 BERTH_TO_STORM = {
@@ -39,6 +41,15 @@ BERTH_TO_STORM = {
     "capacity.memory_mb": "supervisor.memory.capacity.mb",
     "capacity.cpu_percent": "supervisor.cpu.capacity",
     "storm.memory_margin_mb": "storm.supervisor.memory.limit.tolerance.margin.mb",
+    "node.state_dir": "berth.state.dir",
+    "api.socket": "berth.api.socket",
+    "api.socket_group": "berth.api.socket.group",
+    "api.socket_mode": "berth.api.socket.mode",
+    "container.max_memory_mb": "berth.container.max.memory.mb",
+    "storm.supervisor_user": "berth.storm.supervisor.user",
+    "storm.launcher_group": "berth.storm.launcher.group",
+    "node.min_uid": "berth.min.user.id",
+    "node.banned_users": "berth.banned.users",
 }
 """berth's key -> the storm.yaml key it comes from; errors name the key the operator wrote."""
 
@@ -103,6 +114,14 @@ class StormSection(BaseModel):
     ``supervisor.memory.capacity.mb`` (DaemonConfig), so admission leaves it out of the sum too."""
     plugin: str = "org.apache.storm.container.docker.DockerManager"
     plugin_enabled: bool = True
+    supervisor_user: str | None = None
+    """The user Storm's supervisor runs as (``berth.storm.supervisor.user``): under ``berth serve
+    --storm`` the only one, besides root, whose calls the Storm routes answer (the socket peer's
+    uid, SO_PEERCRED), and the group owner of the worker dirs (below)."""
+    launcher_group: str | None = None
+    """Storm's launcher group (``storm.worker-launcher.group`` of worker-launcher.cfg): the group
+    of a Storm-launched worker's dirs, so that the supervisor can read its heartbeats and delete
+    them; default: the supervisor user's primary group. No worker's user may be in it."""
 
     # How Storm's string joins spell these paths (None: as berth's normalised value).
     local_dir: str | None = None
@@ -118,6 +137,11 @@ class StormSection(BaseModel):
     """Storm keys the storm.yaml set that berth accepts and does not use (``explain --format text``)."""
     notes: tuple[str, ...] = ()
     """What loading the storm.yaml found worth a warning (a likely mistake, a behaviour berth does not copy)."""
+
+    @field_validator("supervisor_user", "launcher_group")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        return None if v is None else account_names((v,))[0]
 
     @field_validator("local_dir", "artifacts_root", "cgroup_root", "cgroup_parent", "nscd_dir", "seccomp_profile")
     @classmethod

@@ -31,7 +31,7 @@ def state_apart(state: str, worker_trees: Mapping[str, str]) -> None:
             raise ValueError(f"node.state_dir ({state}) must not contain node.{key} ({path})")
 
 
-def check_root_owned(path: str) -> None:
+def check_root_owned(path: str, field: str = "config", what: str = "the node config") -> None:
     """Refuse a config that anyone but root could have written, when berth runs as root.
 
     The config decides who may run what on the node (users, images, mounts, maxima); a tenant who
@@ -41,7 +41,7 @@ def check_root_owned(path: str) -> None:
     """
     if os.geteuid() != 0 or not os.path.exists(path):
         return  # reading it reports a missing file
-    check_trusted(path, "config", "the node config must be root's alone to write", sticky_ok=True)
+    check_trusted(path, field, f"{what} must be root's alone to write", sticky_ok=True)
 
 
 def check_trusted(path: str, field: str, why: str, *, sticky_ok: bool = False) -> None:

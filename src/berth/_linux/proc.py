@@ -26,3 +26,16 @@ def rss_bytes(pid: int | str, proc: str = "/proc") -> int:
     """Resident memory of one process (``VmRSS``), 0 for a process that has none (a zombie)."""
     value = read_status(pid, proc).get("VmRSS", "0 kB").split()
     return int(value[0]) * 1024 if value else 0
+
+
+def parent_and_group(pid: int | str, proc: str = "/proc") -> tuple[int, int]:
+    """The parent pid and the process group of a process (``/proc/<pid>/stat``); OSError when it
+    is gone. The command name may hold spaces and parentheses: the fields follow its last ')'."""
+    with open(os.path.join(proc, str(pid), "stat"), encoding="ascii", errors="replace") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return int(fields[1]), int(fields[2])
+
+
+def real_uid(pid: int | str, proc: str = "/proc") -> int:
+    """The process's real uid (the first of ``Uid:``), the one a signal's permission is checked on."""
+    return int(read_status(pid, proc)["Uid"].split()[0])

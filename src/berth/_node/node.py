@@ -5,7 +5,8 @@ Storm's names are kept where they are the domain's (``launch``, ``kill``, ``forc
 consumes the runtime's exit stream for every worker; on each (re)connect it reconciles with a
 listing, so an exit that happened while the stream was down is still found. Each exit is
 journalled (``journal``) before its callback runs, which is how a restarted berth knows which
-exits it has already reported. Directories are ``workdirs``' business.
+exits it has already reported. Directories are ``workdirs``' business (``stormdirs``' where Storm's
+supervisor makes them).
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ class Node:
 
     def __init__(self, config: NodeConfig, runtime: Runtime | None = None,
                  on_exit: ExitCallback | None = None, host: HostFacts | None = None,
-                 identities: Callable[[str], Identity] | None = None) -> None:
+                 identities: Callable[[str], Identity] | None = None, dirs: workdirs.WorkerDirs | None = None) -> None:
         """``identities`` resolves a user name (default: the node's user database, with the
-        node's min_uid and banned users); tests give made-up users this way."""
+        node's min_uid and banned users); tests give made-up users this way. ``dirs``: who makes
+        the workers' directories (default berth; ``StormDirs`` when Storm's supervisor does)."""
         self.config = config
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
         n = config.node
         self._identities = identities or (lambda user: resolve_identity(
             user, n.min_uid, n.banned_users, allowed_users=n.allowed_users, allowed_groups=n.allowed_groups))
+        self.dirs: workdirs.WorkerDirs = dirs or workdirs.BerthDirs()
         self._default_cb = on_exit
         self._lock = threading.RLock()
         self._callbacks: dict[str, ExitCallback] = {}
@@ -152,10 +155,7 @@ class Node:
         step = "directories"
         container_id: str | None = None
         try:
-            # No container of this worker exists (checked): its old root and user file are
-            # leftovers, and the root was the worker's to tamper with (links), so it is not reused.
-            workdirs.remove(self.config, plan.worker_id)
-            workdirs.prepare(plan, made)
+            self.dirs.prepare(plan, made)
             step = "create"
             container_id = self.runtime.create(plan)
             with self._lock:
@@ -276,7 +276,7 @@ class Node:
                     self._reported.discard(state.container_id)
             if state is not None:
                 self._journal.forget(state.container_id)
-            workdirs.remove(self.config, worker_id)
+            self.dirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""

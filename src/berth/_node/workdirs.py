@@ -11,7 +11,11 @@ import contextlib
 import errno
 import os
 import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .._core.config import NodeConfig
 from .._core.layout import user_file, worker_root
@@ -26,6 +30,49 @@ it) before removal gives up with an error instead of looping."""
 _BATCH = 512
 _KEPT = 65536
 """Subdirectories remembered per level (``_BATCH``) and in all (``_KEPT``) between scans."""
+
+Entry = tuple[str, os.stat_result]
+Scan = Callable[[int, int, str, int, int], tuple[list[Entry], bool]]
+"""What ``walk`` asks of each directory: given its descriptor, the tree's device, the path shown
+in errors, its depth and how many more subdirectories may be remembered, deal with its other
+entries and return the subdirectories to visit, and whether it is done once they are (else it is
+scanned again: a scan that removes what it lists can list in batches)."""
+
+
+@dataclass
+class _Level:
+    name: str
+    dev: int
+    ino: int
+    pending: list[Entry] = field(default_factory=list)
+    done: bool = False
+
+
+class WorkerDirs(Protocol):
+    """Who makes a worker's directories, and what a launch and a cleanup do with them: berth
+    (``BerthDirs``, the default) or Storm's supervisor (``stormdirs.StormDirs``)."""
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        """Everything the plan mounts, and the worker script, ready for the container; what did
+        not exist before goes into ``made`` (removed again if the launch fails)."""
+        ...
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        """What ``cleanup`` removes of a worker's directories (``CleanupError`` if it cannot)."""
+        ...
+
+
+class BerthDirs:
+    """berth makes the worker's directories at launch and removes them at cleanup."""
+
+    def prepare(self, plan: Plan, made: list[Path]) -> None:
+        # No container of this worker exists (checked): its old root and user file are leftovers,
+        # and the root was the worker's to tamper with (links), so it is not reused.
+        _remove(plan.layout.worker_root, plan.layout.user_file)
+        prepare(plan, made)
+
+    def remove(self, config: NodeConfig, worker_id: str) -> None:
+        remove(config, worker_id)
 
 
 def prepare(plan: Plan, made: list[Path]) -> None:
@@ -115,13 +162,17 @@ def remove(config: NodeConfig, worker_id: str) -> None:
     """
     if not ID_PATTERN.fullmatch(worker_id):  # the id is a path component here: never '..' or '/'
         raise SpecError("worker_id", f"{worker_id!r} is not a worker id")
-    remove_tree(worker_root(config, worker_id))
+    _remove(worker_root(config, worker_id), user_file(config, worker_id))
+
+
+def _remove(root: str, ufile: str) -> None:
+    remove_tree(root)
     try:
-        os.unlink(user_file(config, worker_id))
+        os.unlink(ufile)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise CleanupError("directories", f"cannot remove {user_file(config, worker_id)}: {exc.strerror}") from exc
+        raise CleanupError("directories", f"cannot remove {ufile}: {exc.strerror}") from exc
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
@@ -139,14 +190,22 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise CleanupError("directories", f"cannot open {parent}: {exc.strerror}") from exc
     try:
-        _remove_entry(pfd, name, os.fspath(path))
-    except OSError as exc:
-        raise CleanupError("directories", f"cannot remove {path}: {exc.strerror or exc}") from exc
+        remove_at(pfd, name, os.fspath(path))
     finally:
         os.close(pfd)
 
 
-def _remove_entry(pfd: int, name: str, shown: str) -> None:
+def remove_at(pfd: int, name: str, shown: str, deadline: float | None = None) -> None:
+    """``remove_tree`` for entry ``name`` of an open directory, which the caller reached without
+    following links (so its parent need not be trusted either); ``shown`` names it in errors, and
+    past ``deadline`` (``time.monotonic``) the removal stops with an error."""
+    try:
+        _remove_entry(pfd, name, shown, deadline)
+    except OSError as exc:
+        raise CleanupError("directories", f"cannot remove {shown}: {exc.strerror or exc}") from exc
+
+
+def _remove_entry(pfd: int, name: str, shown: str, deadline: float | None) -> None:
     try:
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -154,22 +213,57 @@ def _remove_entry(pfd: int, name: str, shown: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=pfd)
         return
+    retries = 0
+
+    def rmdir(fd: int, child: str) -> None:
+        nonlocal retries
+        try:
+            os.rmdir(child, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or retries >= _RETRIES:
+                raise
+            retries += 1  # written to meanwhile: a later scan of this level finds it again
+
+    def scan(fd: int, dev: int, shown: str, depth: int, room: int) -> tuple[list[Entry], bool]:
+        found = _scan(fd, dev, shown, depth, max(1, min(_BATCH, room)), deadline)
+        return found, not found  # a directory is done once a scan finds nothing left in it
+
+    walk(pfd, name, st, shown, scan, leave=rmdir, deadline=deadline)
+    os.rmdir(name, dir_fd=pfd)
+
+
+def walk(pfd: int, name: str, st: os.stat_result, shown: str, scan: Scan, *,
+         enter: Callable[[int], None] | None = None, leave: Callable[[int, str], None] | None = None,
+         deadline: float | None = None, doing: str = "removed") -> None:
+    """Visit directory ``name`` of ``pfd`` (just seen as ``st``) and every directory below it,
+    depth first, never following a link: ``enter`` gets each one's descriptor as it is reached
+    (the top's too), ``leave`` the parent's descriptor and the name once all below it is done.
+
+    No recursion and one descriptor open at a time, whatever the depth: a worker can make a
+    tree deeper than the stack or the descriptor limit. Going back up, each parent is checked to
+    be the directory that was come down from, so a directory moved away meanwhile (to make the
+    walk continue somewhere else) stops the walk with an error.
+    """
     cur = _open_dir(pfd, name, st, shown)
-    # levels[i]: the name, device and inode of the i-th directory of the path from the top down to
-    # the one ``cur`` holds, and subdirectories of it seen by a scan and not yet visited: all that is
-    # kept per level, so depth costs memory, not descriptors. Keeping a batch of those (not just one)
-    # spares rescanning a wide directory from its start after each subdirectory (quadratic in its
+    # levels[i]: the i-th directory of the path from the top down to the one ``cur`` holds, and
+    # subdirectories of it seen by a scan and not yet visited: all that is kept per level, so
+    # depth costs memory, not descriptors. Keeping a batch of those (not just one) spares
+    # rescanning a wide directory from its start after each subdirectory (quadratic in its
     # width); the total kept is bounded, so a tree both deep and wide cannot make it large either.
-    levels: list[tuple[str, int, int, list[tuple[str, os.stat_result]]]] = [(name, st.st_dev, st.st_ino, [])]
-    kept = retries = 0
+    levels = [_Level(name, st.st_dev, st.st_ino)]
+    kept = 0
     try:
+        if enter is not None:
+            enter(cur)
         while True:
-            pending = levels[-1][3]
-            if not pending:
-                pending += _scan(cur, st.st_dev, shown, len(levels), max(1, min(_BATCH, _KEPT - kept)))
-                kept += len(pending)
-            if pending:
-                cname, cst = pending.pop()
+            top = levels[-1]
+            if not top.pending and not top.done:
+                past_deadline(deadline, shown, doing)
+                found, top.done = scan(cur, st.st_dev, shown, len(levels), _KEPT - kept)
+                top.pending += found
+                kept += len(found)
+            if top.pending:
+                cname, cst = top.pending.pop()
                 kept -= 1
                 try:
                     nfd = _open_dir(cur, cname, cst, shown)
@@ -177,47 +271,59 @@ def _remove_entry(pfd: int, name: str, shown: str) -> None:
                     continue
                 os.close(cur)
                 cur = nfd
-                levels.append((cname, cst.st_dev, cst.st_ino, []))
+                levels.append(_Level(cname, cst.st_dev, cst.st_ino))
+                if enter is not None:
+                    enter(cur)
                 continue
             if len(levels) == 1:
                 break
-            done = levels.pop()[0]
-            _, pdev, pino, _ = levels[-1]
+            done = levels.pop().name
             up = os.open("..", _DIR, dir_fd=cur)
             ust = os.fstat(up)
-            if (ust.st_dev, ust.st_ino) != (pdev, pino):
+            if (ust.st_dev, ust.st_ino) != (levels[-1].dev, levels[-1].ino):
                 os.close(up)
-                raise CleanupError("directories", f"{shown}: a directory was moved while it was being "
-                                   f"removed ({len(levels)} levels down); stopped there")
+                raise CleanupError("directories", f"{shown}: a directory was moved while it was being {doing} "
+                                   f"({len(levels)} levels down); stopped there")
             os.close(cur)
             cur = up
-            try:
-                os.rmdir(done, dir_fd=cur)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or retries >= _RETRIES:
-                    raise
-                retries += 1  # written to meanwhile: a later scan of this level finds it again
+            if leave is not None:
+                leave(cur, done)
     finally:
         os.close(cur)
-    os.rmdir(name, dir_fd=pfd)
+
+
+def past_deadline(deadline: float | None, shown: str, doing: str = "removed") -> None:
+    """Stop a walk whose time is up (what it did stays done: running it again goes on from there)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise CleanupError("directories", f"{shown}: not {doing} in the time allowed (a tree this large is stopped "
+                           "part way); try again")
 
 
 def _open_dir(dfd: int, name: str, expected: os.stat_result, shown: str) -> int:
     """Open a directory entry that was just seen to be a directory; fail if it is no longer it."""
-    fd = os.open(name, _DIR, dir_fd=dfd)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
-        os.close(fd)
-        raise CleanupError("directories", f"{shown}: an entry was replaced while it was being removed")
+    try:
+        fd = os.open(name, _DIR, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        fd = -1  # a link or a file now, where a directory was seen
+    st = os.fstat(fd) if fd >= 0 else None
+    if st is None or (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        if fd >= 0:
+            os.close(fd)
+        raise CleanupError("directories", f"{shown}: an entry was replaced while the tree was walked")
     return fd
 
 
-def _scan(fd: int, dev: int, shown: str, depth: int, limit: int) -> list[tuple[str, os.stat_result]]:
+def _scan(fd: int, dev: int, shown: str, depth: int, limit: int,
+          deadline: float | None = None) -> list[tuple[str, os.stat_result]]:
     """Unlink every non-directory in ``fd`` until ``limit`` subdirectories have turned up, and
     return those (none: the directory is empty). A later scan lists only what is left."""
     found: list[tuple[str, os.stat_result]] = []
     with os.scandir(fd) as entries:
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            if i % 4096 == 4095:  # a directory of millions of files is one scan
+                past_deadline(deadline, shown)
             try:
                 st = entry.stat(follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):

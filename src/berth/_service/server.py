@@ -14,14 +14,19 @@ from typing import Any
 
 from .._core.serviceconfig import TenantToken
 from .api import create_app
+from .stormnode import StormService
 from .supervisor import Supervisor
 
 
-def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str | None,
+def serve(sup: Supervisor | StormService, socket_path: str | None, tcp: str | None, token: str | None,
           socket_mode: int = 0o660, socket_group: str | None = None, *, tenants: tuple[TenantToken, ...] = (),
-          read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None) -> None:
+          read_only: bool = False, announce: Callable[[str], None] | None = None, app: Any = None,
+          protocol: type | None = None, stopping: Callable[[], None] | None = None) -> None:
     """Serve until a signal; ``announce`` gets "unix:PATH" or "http://HOST:PORT" once bound;
-    ``app`` is a prepared app (the cluster agent's), else the supervisor's own."""
+    ``app`` is a prepared app (the cluster agent's, storm mode's), else the supervisor's own;
+    ``protocol``: uvicorn's HTTP protocol class on the unix socket (storm mode's knows its peer);
+    ``stopping`` runs when the stop signal comes, before uvicorn waits for the requests under way
+    (storm mode answers its long polls then)."""
     import uvicorn
 
     # Whoever answers on the node's socket holds the node's lock (the cluster agent may serve
@@ -34,6 +39,7 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     if tcp:
         host, _, port = tcp.rpartition(":")
         host = host or "127.0.0.1"
+        assert isinstance(sup, Supervisor)
         app = app or create_app(sup, token=token, tenants=tenants, read_only=read_only)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning"))
         _after_bind(server, lambda: announce(f"http://{host}:{port}") if announce else None)
@@ -43,8 +49,10 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     if os.path.lexists(socket_path):
         os.unlink(socket_path)  # a dead supervisor's: the lock says no live one uses it
-    server = uvicorn.Server(uvicorn.Config(app or create_app(sup, read_only=read_only), uds=socket_path,
-                                           log_level="warning"))
+    if app is None:
+        assert isinstance(sup, Supervisor)
+        app = create_app(sup, read_only=read_only)
+    server = uvicorn.Server(uvicorn.Config(app, uds=socket_path, log_level="warning", http=protocol or "auto"))
     mine: list[tuple[int, int]] = []
     previous = os.umask(0o177)  # the socket is born owner-only, then opened up to its mode
 
@@ -63,6 +71,8 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
             announce(f"unix:{socket_path}")
 
     _after_bind(server, bound)
+    if stopping is not None:
+        _on_stop(server, stopping)
     try:
         server.run()
     finally:
@@ -71,6 +81,17 @@ def serve(sup: Supervisor, socket_path: str | None, tcp: str | None, token: str 
             st = os.stat(socket_path)
             if (st.st_dev, st.st_ino) in mine:
                 os.unlink(socket_path)
+
+
+def _on_stop(server: Any, then: Callable[[], None]) -> None:
+    """Run ``then`` when uvicorn is told to stop (its signal handler), before it drains."""
+    handle = server.handle_exit
+
+    def handle_then(sig: int, frame: Any) -> None:
+        then()
+        handle(sig, frame)
+
+    server.handle_exit = handle_then
 
 
 def _after_bind(server: Any, then: Callable[[], None]) -> None:

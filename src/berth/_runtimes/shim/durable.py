@@ -12,6 +12,8 @@ has crashed, since every container dies with it):
 - the exit journal (``_node/journal.py``, append-only: each record flushed before it returns):
   what makes an exit reported exactly once;
 - the supervisor's desired state and counters, its event log, the cluster agent's cache;
+- ``berth serve --storm``'s exit ledger (``_service/stormexits.py``): an exit is kept until Storm's
+  plugin acknowledges it, and removed for good once it has;
 - the shim's ``exit.json`` (how a worker ended: an exit the shim has recorded may be acknowledged
   and its container deleted, and then this file is all that is left of it).
 
@@ -73,6 +75,15 @@ def replace_file(path: str, data: bytes, mode: int = 0o600, *, durable: bool = T
         raise
     if durable:
         sync_dir(directory, fsync)
+
+
+def unlink_durably(path: str) -> None:
+    """Remove ``path`` (a missing one is fine) so that a crash does not bring it back."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    sync_dir(os.path.dirname(path))
 
 
 def append_record(fd: int, data: bytes, fsync: Callable[[int], None] = os.fsync) -> None:
