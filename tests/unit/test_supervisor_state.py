@@ -246,3 +246,32 @@ def test_a_state_dir_from_before_the_binding_is_bound_to_the_node_that_starts_on
     second = restart(h, base, stop_all, name="n2").start()
     assert json.loads(ident.read_text())["node"] == "n2"
     assert second.sup.lock.held
+
+
+def test_a_state_file_written_before_the_worker_slots_still_loads(base: Path, stop_all: list[Harness]) -> None:
+    """A node upgraded in place keeps its desired state and counters: ``data/supervisor-format1.json``
+    was written by the supervisor as it was before issue 20 (one worker crash-looping, one rejected
+    at launch, one waiting for capacity, a tenant's source, a rejected entry, a planned stop)."""
+    h = Harness(base, capacity={"cpu_percent": 300}, crashloop_after=3)
+    stop_all.append(h)
+    h.fake.missing_images.add("img:2")
+    state = Path(h.config.state_dir)
+    state.mkdir(parents=True, mode=0o700)
+    (state / STATE_FILE).write_bytes((Path(__file__).parent / "data" / "supervisor-format1.json").read_bytes())
+    h.start()
+    assert list(h.sup.desired()) == ["crash", "gone", "run", "wait"] and h.sup.version == "v42"
+    h.running("run")
+    crash = h.sup.status("crash")
+    # 48 s of its backoff were left when it was saved; never more than the cap (16 s) after a restart
+    assert (crash["state"], crash["failures"], crash["restarts"], crash["next_start_in_s"]) == (
+        "crash-looping", 3, 2, 16.0)
+    assert crash["last_exit"]["exit_code"] == 3 and crash["assignment_version"] == "v41"
+    assert (h.sup.status("run")["restarts"], h.sup.status("gone")["state"]) == (1, "rejected")
+    h.running("wait")  # no-capacity was saved, but this engine runs nothing else: it fits now
+    assert [(r.source, r.index, r.worker_id, r.field) for r in h.sup.rejections()] == [
+        ("api:team-a", 4, "w7", "port"), ("api:team-a", None, "gone", None)]
+    assert not any(op == "create" and wid in ("gone", "crash") for op, wid in h.fake.calls)
+    h.clock.advance(16)
+    h.sup.poke()
+    h.running("crash")
+    assert h.sup.status("crash")["restarts"] == 3
