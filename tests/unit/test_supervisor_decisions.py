@@ -327,3 +327,56 @@ def test_a_failed_look_at_a_running_worker_is_no_failure_of_it(h: Harness) -> No
     st = h.sup.status("w1")
     assert (st["state"], st["failures"], st["last_error"]) == ("running", 0, None)
     assert not any(x["to"] == "failed" for x in h.watch.lines)
+
+
+def test_an_exit_reported_before_its_launch_returned_waits_for_the_launch(base: Path) -> None:
+    """A worker that ends at once can be reported while its launch is still returning. Its exit was
+    handled at once, against a slot still ``starting`` (starting -> backoff); the launch then said
+    ``running``, and the next pass started it again at once, its backoff ignored. An exit now waits
+    for the action in flight for its worker, then is handled: running -> backoff, one launch."""
+    from berth._runtimes.fake import FakeRuntime
+
+    from ._supfake import WAIT, Clock
+
+    clock = Clock()
+
+    class EndsAtOnce(FakeRuntime):
+        def start(self, worker_id: str) -> None:
+            super().start(worker_id)
+            if not taken.is_set():
+                self.finish(worker_id, exit_code=3)
+                assert taken.wait(WAIT)  # the supervisor has the exit: let its loop run two passes
+                n = h.watch.passes
+                h.sup.poke()
+                h.watch.until(lambda: h.watch.passes > n, "a pass")
+                h.sup.poke()
+                h.watch.until(lambda: h.watch.passes > n + 1, "another pass")
+
+    import threading
+
+    taken = threading.Event()
+    h = Harness(base, fake=EndsAtOnce(clock=clock), clock=clock)
+    inner = h.sup._on_exit
+
+    def on_exit(rec: ExitRecord) -> None:
+        inner(rec)
+        taken.set()
+
+    h.node.set_default_callback(on_exit)
+    h.start()
+    try:
+        h.sup.set_assignments(doc(spec("w1", 6700)))
+        h.watch.until(lambda: any(x["to"] == "backoff" for x in h.watch.lines)
+                      and h.sup.status("w1")["busy"] is None, "w1's exit handled and its launch over")
+        h.watch.settle()
+        h.watch.settle()
+        assert [(x["from"], x["to"]) for x in h.watch.lines if x["worker_id"] == "w1"] == [
+            ("pending", "starting"), ("starting", "running"), ("running", "backoff")]
+        assert sum(op == "create" for op, _ in h.fake.calls) == 1
+        assert [(k, d["worker_id"]) for k, d in h.watch.events if k == "exit"] == [("exit", "w1")]
+        h.clock.advance(1.0)
+        h.sup.poke()
+        h.running("w1")
+        assert h.sup.status("w1")["restarts"] == 1
+    finally:
+        h.sup.stop()

@@ -52,6 +52,9 @@ class Reconciler:
         self._exits: list[ExitRecord] = []
         self._busy: dict[str, str] = {}
         """Worker id -> the action in flight for it (at most one per worker)."""
+        self._held: dict[str, list[ExitRecord]] = {}
+        """Exits of workers with an action in flight: handled once it is over (a launch not yet
+        returned has not said which container is the worker's)."""
         self._touched: dict[str, int] = {}
         self._epoch = 0
         self._planned: dict[str, None] = {}
@@ -131,6 +134,9 @@ class Reconciler:
         with self._lock:
             exits, self._exits = self._exits, []
             epoch = self._epoch
+            for ex in [x for x in exits if x.worker_id in self._busy]:
+                self._held.setdefault(ex.worker_id, []).append(ex)
+                exits.remove(ex)
         for ex in exits:
             self._guard(ex.worker_id, "exit handling", self._handle_exit, ex)
         listed = self.node.ps()
@@ -230,6 +236,7 @@ class Reconciler:
         finally:
             with self._lock:
                 self._busy.pop(wid, None)
+                self._exits += self._held.pop(wid, [])
                 self._epoch += 1
                 self._touched[wid] = self._epoch
                 self._wake.notify_all()
