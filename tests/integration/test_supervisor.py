@@ -16,6 +16,7 @@ import yaml
 
 from berth import Node, NodeConfig, Supervisor
 from berth._core.spec import spec_digest, spec_from_mapping
+from berth._service.bus import Event, Exited, PassDone, Transition
 
 from ._helpers import release
 from .conftest import ROOT, config_toml, make_config, poll_until
@@ -59,12 +60,18 @@ class Watch:
         self.sup = sup
         self.cond = threading.Condition()
         self.lines: list[Mapping[str, Any]] = []
-        sup.listeners.append(self._on)
+        self.exits: list[Exited] = []
+        self.passes = 0
+        sup.subscribe(self._on)
 
-    def _on(self, kind: str, data: Mapping[str, Any]) -> None:
+    def _on(self, event: Event) -> None:
         with self.cond:
-            if kind == "transition":
-                self.lines.append(data)
+            if isinstance(event, Transition):
+                self.lines.append(event.line)
+            elif isinstance(event, Exited):
+                self.exits.append(event)
+            elif isinstance(event, PassDone):
+                self.passes += 1
             self.cond.notify_all()
 
     def until(self, pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

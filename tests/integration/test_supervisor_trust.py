@@ -122,15 +122,13 @@ def test_an_empty_assignments_file_changes_nothing(config: NodeConfig, base: Pat
     try:
         watch.until(lambda: watch.states() == {"e0": "running", "e1": "running"}, "both running")
         before = containers(config)
-        passes: list[int] = []
-        sup.listeners.insert(0, lambda kind, _: passes.append(1) if kind == "pass" else None)
         path.write_text("")  # what `: > assign.yaml` leaves, before (or instead of) the new content
         sup.poke()
         watch.until(lambda: any("empty document" in str(x.get("reason")) for x in watch.lines), "the rejection")
         for _ in range(3):  # three more passes: had the empty file emptied the desired state, stops were under way
-            want = len(passes) + 1
+            want = watch.passes + 1
             sup.poke()
-            watch.until(lambda: len(passes) >= want, "a pass")  # noqa: B023 - used at once
+            watch.until(lambda: watch.passes >= want, "a pass")  # noqa: B023 - used at once
         assert containers(config) == before and sorted(sup.desired()) == ["e0", "e1"]
         assert not any(x["to"] in ("stopping", "stopped") for x in watch.lines)
         assert [r.field for r in sup.rejections()] == ["workers"]

@@ -142,8 +142,7 @@ def test_an_operator_kill_restarts_at_once_and_is_no_failure(h: Harness) -> None
     h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 restarted")
     st = h.sup.status("w1")
     assert (st["failures"], st["restarts"], st["last_exit"]["exit_code"]) == (0, 1, 143)
-    exits = [d for k, d in h.watch.events if k == "exit"]
-    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+    assert h.watch.exits() == [("w1", "stop")]
 
 
 def test_a_changed_assignment_applies_at_once_to_a_crash_looping_worker(h: Harness) -> None:
@@ -231,7 +230,7 @@ def test_metrics_label_exits_by_worker_and_cause(h: Harness) -> None:
     h.watch.until(lambda: h.sup.status("w1")["restarts"] == 1, "w1 restarted")
     h.running("w1")
     h.sup.set_assignments(doc(spec("w1", 6700)))  # w2: a planned stop, not a crash
-    h.watch.until(lambda: ("forget", "w2") in [(k, d.get("worker_id")) for k, d in h.watch.events], "w2 gone")
+    h.watch.until(lambda: "w2" in h.watch.forgotten(), "w2 gone")
     text = m.render().decode()
     assert "_created" not in text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
@@ -302,8 +301,7 @@ def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path
         h.sup.poke()
         h.watch.until(lambda: ("force_kill", "w1") in h.fake.calls, "w1 killed")
         h.watch.until(lambda: h.watch.state("w1") in ("backoff", "exited", "starting", "running"), "w1 ended")
-        exits = [d for k, d in h.watch.events if k == "exit"]
-        assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stalled")]
+        assert h.watch.exits() == [("w1", "stalled")]
         h.clock.advance(h.config.supervisor.backoff_cap_s)
         h.sup.poke()
         h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 started again")
@@ -373,7 +371,7 @@ def test_an_exit_reported_before_its_launch_returned_waits_for_the_launch(base: 
         assert [(x["from"], x["to"]) for x in h.watch.lines if x["worker_id"] == "w1"] == [
             ("pending", "starting"), ("starting", "running"), ("running", "backoff")]
         assert sum(op == "create" for op, _ in h.fake.calls) == 1
-        assert [(k, d["worker_id"]) for k, d in h.watch.events if k == "exit"] == [("exit", "w1")]
+        assert h.watch.exits() == [("w1", "crash")]
         h.clock.advance(1.0)
         h.sup.poke()
         h.running("w1")

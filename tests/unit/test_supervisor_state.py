@@ -197,8 +197,7 @@ def test_a_stop_cut_short_by_a_crash_of_berth_is_still_a_planned_stop(base: Path
     again.running("w1")
     st = again.sup.status("w1")
     assert (st["failures"], st["last_exit"]["signal"]) == (0, 15)
-    exits = [d for k, d in again.watch.events if k == "exit"]
-    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+    assert again.watch.exits() == [("w1", "stop")]
 
 
 def test_another_node_name_on_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:

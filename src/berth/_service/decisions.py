@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from .._core.serviceconfig import SupervisorSection
 from .._core.timefmt import seconds_between
@@ -46,22 +47,34 @@ def backoff_delay(failures: int, s: SupervisorSection) -> float:
     return float(min(s.backoff_base_s * (2 ** (failures - 1)), s.backoff_cap_s))
 
 
+class ExitCause(StrEnum):
+    """Why a worker ended, for metrics and people."""
+
+    STOP = "stop"
+    """Planned: berth stopped it (no longer assigned, replaced, drained) or an operator did."""
+    OOM = "oom"
+    CRASH = "crash"
+    """A non-zero exit code, a signal, or a lost status."""
+    STALLED = "stalled"
+    """Killed because its PID 1 stayed stopped."""
+    EXIT = "exit"
+    """Exit code 0."""
+
+
 @dataclass(frozen=True)
 class ExitDecision:
     failures: int
     delay: float
     phase: Phase
-    cause: str
-    """For metrics and people: ``stop`` (planned), ``oom``, ``crash`` (non-zero, signal, lost
-    status), ``stalled`` (killed because its PID 1 stayed stopped) or ``exit`` (exit code 0)."""
+    cause: ExitCause
 
 
-def exit_cause(ex: ExitRecord, planned: bool) -> str:
+def exit_cause(ex: ExitRecord, planned: bool) -> ExitCause:
     if planned:
-        return "stop"
+        return ExitCause.STOP
     if ex.oom_killed:
-        return "oom"
-    return "exit" if ex.exit_code == 0 else "crash"
+        return ExitCause.OOM
+    return ExitCause.EXIT if ex.exit_code == 0 else ExitCause.CRASH
 
 
 def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSection,
@@ -73,7 +86,7 @@ def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSecti
     that crashes once a day never ends up crash-looping); if it also exited 0 it is no failure.
     A worker killed because its PID 1 stayed stopped (``stalled``) failed, however long it ran.
     """
-    cause = "stalled" if stalled and not planned else exit_cause(ex, planned)
+    cause = ExitCause.STALLED if stalled and not planned else exit_cause(ex, planned)
     if planned:
         return ExitDecision(failures, 0.0, Phase.EXITED, cause)
     ran = seconds_between(ex.started_at, ex.finished_at)

@@ -23,7 +23,16 @@ from .._exceptions import BerthError, WorkerNotFound
 from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
 from .assignments import Rejection
-from .decisions import backoff_delay, decide_exit, decide_launch_error, exit_cause, next_wait, pass_retry_wait
+from .bus import Bus, Exited, Forgotten, Launched, LaunchFailed, PassDone, PassFailed, Transition
+from .decisions import (
+    ExitCause,
+    backoff_delay,
+    decide_exit,
+    decide_launch_error,
+    exit_cause,
+    next_wait,
+    pass_retry_wait,
+)
 from .desired import DesiredStore, Saved
 from .events import EventLog
 from .lock import conflicts
@@ -81,8 +90,8 @@ class Reconciler:
         self._stall_sweep_at = 0.0
         self.poll_s = 1.0
         """How often the assignments source is checked when nothing notifies a change."""
-        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
-        """Called with (kind, data) for launches, exits, restarts, transitions: metrics hook in here."""
+        self.bus = Bus()  # launches, exits, transitions, passes: metrics and the cluster agent listen
+        self.subscribe = self.bus.subscribe
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -106,7 +115,7 @@ class Reconciler:
             if self._pass_failures == 1:  # one line per change of state, not one per attempt
                 log.warning("reconcile failed (retrying with backoff): %s", exc,
                             exc_info=not isinstance(exc, BerthError))
-            self._notify("pass_failed", {"failures": self._pass_failures})
+            self.bus.publish(PassFailed(self._pass_failures))
             return False
         if self._pass_failures:
             log.info("reconcile works again after %d failed attempts", self._pass_failures)
@@ -119,15 +128,11 @@ class Reconciler:
         return next_wait(self._clock(), min(self.settings.resync_s, self.poll_s), self._workers.values(), self._busy,
                          self._retry_at, self._stall_sweep_at)
 
-    def _holds_lock(self) -> bool:
-        """Whether this supervisor holds the node's lock (overridden by the supervisor)."""
+    def _holds_lock(self) -> bool:  # the hooks below are the supervisor's (overridden)
         return True
 
-    def _check_source(self) -> None:
-        """File mode re-reads its assignments here; overridden by the supervisor."""
-
-    def _check_stalled(self, actual: Mapping[str, WorkerState]) -> None:
-        """Running workers whose PID 1 is stopped; overridden by the supervisor."""
+    def _check_source(self) -> None: ...
+    def _check_stalled(self, actual: Mapping[str, WorkerState]) -> None: ...
 
     def _pass(self) -> None:
         self._check_source()
@@ -169,9 +174,9 @@ class Reconciler:
             for wid in gone:
                 del self._workers[wid]
         for wid in gone:
-            self._notify("forget", {"worker_id": wid})
+            self.bus.publish(Forgotten(wid))
         self.last_pass = self._clock()
-        self._notify("pass", {})
+        self.bus.publish(PassDone())
 
     def _decide(self, wid: str, spec: WorkerSpec, actual: WorkerState | None, epoch: int,
                 room: Room | None = None) -> None:
@@ -287,9 +292,7 @@ class Reconciler:
             self._refused(rec, exc)
             return
         restarts = rec.restarts + (why == "restart")
-        if why == "restart":
-            self._notify("restart", {"worker_id": wid})
-        self._notify("launch", {"worker_id": wid, "seconds": time.perf_counter() - t0})
+        self.bus.publish(Launched(wid, time.perf_counter() - t0, restart=why == "restart"))
         self._set(rec, Phase.RUNNING, "started", container_id=handle.container_id,
                   fields={"container_id": handle.container_id, "last_error": None, "version": self._version,
                           "restarts": restarts, "want": None, "refused": None})
@@ -299,7 +302,7 @@ class Reconciler:
         """A launch refused (``decide_launch_error``): waiting for capacity is no failure."""
         d = decide_launch_error(exc, rec.failures, self.settings)
         if d.phase != Phase.NO_CAPACITY:
-            self._notify("launch_failed", {"worker_id": rec.worker_id, "error": str(exc)})
+            self.bus.publish(LaunchFailed(rec.worker_id, str(exc)))
         fields: dict[str, Any] = {"last_error": str(exc), "failures": d.failures,
                                   "refused": exc.field if d.phase == Phase.NO_CAPACITY else None}
         extra: dict[str, Any] = {"field": exc.field} if d.delay is None else {"retry_in_s": round(d.delay, 3)}
@@ -324,7 +327,7 @@ class Reconciler:
             self._set(rec, Phase.STOPPED, "stopped and removed")
         else:
             self._event(wid, None, Phase.STOPPED, f"{why}: stopped and removed")
-            self._notify("forget", {"worker_id": wid})
+            self.bus.publish(Forgotten(wid))
 
     def _replace_action(self, rec: Assigned, spec: WorkerSpec, old: str) -> None:
         with self._lock:
@@ -337,9 +340,6 @@ class Reconciler:
         with self._lock:
             rec.spec, rec.failures = spec, 0
         self._launch_action(rec, "replacement")
-
-    def _operator_stop_action(self, rec: Assigned, grace_s: float) -> None:
-        self.node.kill(rec.worker_id, grace_s)
 
     # -- exits -------------------------------------------------------------------------------
 
@@ -359,8 +359,7 @@ class Reconciler:
             if rec is not None and desired and planned and rec.container_id in (None, ex.container_id):
                 with self._lock:  # berth's own stop of this worker: seen, and never taken for a crash later
                     rec.handled_exit, rec.last_exit = ex.container_id, ex
-            self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code,
-                                  "oom_killed": ex.oom_killed, "cause": exit_cause(ex, planned or not desired)})
+            self.bus.publish(Exited(ex.worker_id, ex, exit_cause(ex, planned or not desired)))
             if planned:
                 self._persist()  # the planned stop is over: supervisor.json no longer names it
             return
@@ -369,13 +368,13 @@ class Reconciler:
         by_operator = rec.operator_stop == ex.container_id
         stalled = rec.stalled == ex.container_id
         d = decide_exit(ex, rec.failures, by_operator, self.settings, stalled=stalled)
-        self._notify("exit", {"worker_id": ex.worker_id, "exit_code": ex.exit_code, "oom_killed": ex.oom_killed,
-                              "cause": d.cause})
+        self.bus.publish(Exited(ex.worker_id, ex, d.cause))
         what = "stopped by the operator" if by_operator else \
             "killed: its PID 1 stayed stopped" if stalled else f"exited: {ex.how}"
         if d.phase == Phase.CRASH_LOOPING:
             what += "; crash-looping"
-        self._set(rec, d.phase, what, level=logging.INFO if d.cause in ("stop", "exit") else logging.WARNING,
+        quiet = d.cause in (ExitCause.STOP, ExitCause.EXIT)
+        self._set(rec, d.phase, what, level=logging.INFO if quiet else logging.WARNING,
                   exit_code=ex.exit_code, signal=ex.signal, oom_killed=ex.oom_killed, cause=d.cause,
                   restart_in_s=round(d.delay, 3), failures=d.failures,
                   fields={"handled_exit": ex.container_id, "last_exit": ex, "failures": d.failures,
@@ -407,20 +406,15 @@ class Reconciler:
         Journal first, then change, then tell: whoever sees the new phase finds its line written;
         listeners are told outside the lock (they may call back into the supervisor)."""
         with self._lock:
-            line = self._events.write(rec.worker_id, rec.phase, phase, reason, level=level, **extra)
+            old = rec.phase
+            line = self._events.write(rec.worker_id, old, phase, reason, level=level, **extra)
             for name, value in (fields or {}).items():
                 setattr(rec, name, value)
             rec.phase = phase
             rec.since = time.time()
-        self._notify("transition", line)
+        self.bus.publish(Transition(rec.worker_id, old, phase, reason, line))
 
     def _event(self, wid: str, old: Phase | None, new: Phase | None, reason: str, level: int = logging.INFO,
                **extra: Any) -> None:
-        self._notify("transition", self._events.write(wid, old, new, reason, level=level, **extra))
-
-    def _notify(self, kind: str, data: Mapping[str, Any]) -> None:
-        for fn in self.listeners:
-            try:
-                fn(kind, data)
-            except Exception:
-                log.exception("listener failed")
+        self.bus.publish(Transition(wid, old, new, reason, self._events.write(wid, old, new, reason, level=level,
+                                                                               **extra)))

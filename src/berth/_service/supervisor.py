@@ -307,7 +307,7 @@ class Supervisor(Reconciler):
             rec.operator_stop = rec.container_id
         grace = self.settings.grace_s if grace_s is None else grace_s
         # Not held back by a launch that is just finishing (the worker runs already).
-        self._stops.submit(self._guard, worker_id, "kill", self._operator_stop_action, rec, grace)
+        self._stops.submit(self._guard, worker_id, "kill", self.node.kill, worker_id, grace)
 
     # -- a worker whose PID 1 is stopped ----------------------------------------------------
 
