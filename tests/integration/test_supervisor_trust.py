@@ -183,8 +183,8 @@ def test_a_crash_loop_survives_sigkill_of_the_supervisor(config: NodeConfig, bas
     sup.start()
     try:
         st = sup.status("c0")
-        assert (st["state"], st["failures"], st["last_exit"]["exit_code"]) == ("crash-looping", 2, 3)
-        assert 0 < st["next_start_in_s"] <= 300.0 and st["restarts"] == 1
+        assert st.last_exit is not None and (st.phase, st.failures, st.last_exit.exit_code) == ("crash-looping", 2, 3)
+        assert st.next_start_in_s is not None and 0 < st.next_start_in_s <= 300.0 and st.restarts == 1
         starts = sum(e["worker_id"] == "c0" and e["to"] == "starting" for e in events(config))
         assert starts == 2  # nothing relaunched it early
     finally:
@@ -233,7 +233,7 @@ def test_a_worker_whose_directory_cannot_be_removed_does_not_stop_the_others(con
         sup.poke()
         watch.until(lambda: watch.states().get("r0") == "failed" and watch.states().get("r2") == "running"
                     and "r1" not in watch.states(), "r0 failed, r1 removed, r2 running")
-        assert "cannot remove" in (sup.status("r0")["last_error"] or "")
+        assert "cannot remove" in (sup.status("r0").last_error or "")
         assert any(e["worker_id"] == "r0" and "stop failed" in e["reason"] for e in events(config))
         subprocess.run(["chattr", "-i", str(pinned)], check=True)
         watch.until(lambda: "r0" not in watch.states(), "r0 removed on a retry")

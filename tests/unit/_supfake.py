@@ -99,10 +99,10 @@ class Watch:
             assert self.cond.wait_for(pred, WAIT), f"timed out waiting for {what}: {self.sup.statuses()}"
 
     def state(self, wid: str) -> str | None:
-        return next((s["state"] for s in self.sup.statuses() if s["worker_id"] == wid), None)
+        return next((s.phase for s in self.sup.statuses() if s.worker_id == wid), None)
 
     def states(self) -> dict[str, str]:
-        return {s["worker_id"]: s["state"] for s in self.sup.statuses()}
+        return {s.worker_id: s.phase for s in self.sup.statuses()}
 
     def settle(self) -> None:
         """Poke and wait for one more complete pass (after whatever the test just changed)."""

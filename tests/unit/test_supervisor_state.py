@@ -72,24 +72,24 @@ def test_counters_and_handled_exits_survive_a_restart(base: Path, stop_all: list
     for n in range(1, 4):  # crashloop_after = 3
         h.running("bad")
         h.fake.finish("bad", exit_code=1)
-        h.watch.until(lambda: h.sup.status("bad")["failures"] == n, f"failure {n}")  # noqa: B023
+        h.watch.until(lambda: h.sup.status("bad").failures == n, f"failure {n}")  # noqa: B023
         if n < 3:
             h.clock.advance(16)
             h.sup.poke()
     st = h.sup.status("bad")
-    assert (st["state"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 2, 16.0)
+    assert (st.phase, st.restarts, st.next_start_in_s) == ("crash-looping", 2, 16.0)
     h.clock.advance(5)
 
     again = restart(h, base, stop_all).start()
     again.watch.settle()
     st = again.sup.status("bad")
     # the exit already handled is not handled again: still 3 failures, 2 restarts, the cap's rest
-    assert (st["state"], st["failures"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 3, 2, 11.0)
-    assert st["last_exit"]["exit_code"] == 1
+    assert (st.phase, st.failures, st.restarts, st.next_start_in_s) == ("crash-looping", 3, 2, 11.0)
+    assert st.last_exit is not None and st.last_exit.exit_code == 1
     assert not any(op == "create" for op, _ in again.fake.calls)
     again.clock.advance(11)
     again.running("bad")
-    assert again.sup.status("bad")["restarts"] == 3
+    assert again.sup.status("bad").restarts == 3
 
 
 def test_a_second_supervisor_with_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:
@@ -196,7 +196,7 @@ def test_a_stop_cut_short_by_a_crash_of_berth_is_still_a_planned_stop(base: Path
     again = restart(h, base, stop_all).start()
     again.running("w1")
     st = again.sup.status("w1")
-    assert (st["failures"], st["last_exit"]["signal"]) == (0, 15)
+    assert st.last_exit is not None and (st.failures, st.last_exit.signal) == (0, 15)
     assert again.watch.exits() == [("w1", "stop")]
 
 
@@ -262,10 +262,10 @@ def test_a_state_file_written_before_the_worker_slots_still_loads(base: Path, st
     h.running("run")
     crash = h.sup.status("crash")
     # 48 s of its backoff were left when it was saved; never more than the cap (16 s) after a restart
-    assert (crash["state"], crash["failures"], crash["restarts"], crash["next_start_in_s"]) == (
+    assert (crash.phase, crash.failures, crash.restarts, crash.next_start_in_s) == (
         "crash-looping", 3, 2, 16.0)
-    assert crash["last_exit"]["exit_code"] == 3 and crash["assignment_version"] == "v41"
-    assert (h.sup.status("run")["restarts"], h.sup.status("gone")["state"]) == (1, "rejected")
+    assert crash.last_exit is not None and crash.last_exit.exit_code == 3 and crash.version == "v41"
+    assert (h.sup.status("run").restarts, h.sup.status("gone").phase) == (1, "rejected")
     h.running("wait")  # no-capacity was saved, but this engine runs nothing else: it fits now
     assert [(r.source, r.index, r.worker_id, r.field) for r in h.sup.rejections()] == [
         ("api:team-a", 4, "w7", "port"), ("api:team-a", None, "gone", None)]
@@ -273,4 +273,4 @@ def test_a_state_file_written_before_the_worker_slots_still_loads(base: Path, st
     h.clock.advance(16)
     h.sup.poke()
     h.running("crash")
-    assert h.sup.status("crash")["restarts"] == 3
+    assert h.sup.status("crash").restarts == 3
