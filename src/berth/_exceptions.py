@@ -95,6 +95,11 @@ class SupervisorLocked(BerthError):
     on the same engine); two would fight over the workers."""
 
 
+class IllegalTransition(BerthError):
+    """A worker's phase was to move where the supervisor's phase table allows no move: a bug of
+    berth's, not anyone's input. Raised only where bugs must be loud (tests); logged elsewhere."""
+
+
 class LauncherRefused(BerthError):
     """A command of berth's worker-launcher (the program Storm's ``supervisor.worker.launcher``
     names) that berth refused or could not carry out. ``code`` is the exit code Storm's own

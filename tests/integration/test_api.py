@@ -68,7 +68,7 @@ def test_endpoints(sup: Supervisor) -> None:
     cid = one["container_id"]
     r = client.post("/workers/a0/kill", params={"grace": 1})
     assert r.status_code == 202 and r.json()["worker_id"] == "a0"
-    watch.until(lambda: sup.status("a0")["restarts"] == 1 and watch.states()["a0"] == "running", "a0 restarted")
+    watch.until(lambda: sup.status("a0").restarts == 1 and watch.states()["a0"] == "running", "a0 restarted")
     assert client.get("/workers/a0").json()["container_id"] != cid
     assert client.post("/workers/nope/kill").status_code == 404
 

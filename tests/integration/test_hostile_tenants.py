@@ -454,19 +454,17 @@ def test_a_supervised_worker_that_stops_its_pid_1_is_stalled_then_replaced(node:
     path = base / "assign.yaml"
     write(path, [entry("w-stall", 6960, STOP_PID1), entry("w-calm", 6961, FOREVER)])
     sup = Supervisor(Node(cfg), assignments_path=str(path))
-    sup.stall_sweep_s = 0.2
+    sup.loop.stall_sweep_s = 0.2
     watch = Watch(sup)
-    exits: list[dict[str, Any]] = []
-    sup.listeners.append(lambda kind, data: exits.append(dict(data)) if kind == "exit" else None)
     sup.start()
     try:
         watch.until(lambda: any(x["worker_id"] == "w-stall" and x["to"] == "stalled" for x in watch.lines),
                     "w-stall stalled")
-        watch.until(lambda: sup.status("w-stall")["restarts"] >= 1, "w-stall killed and started again")
-        first = next(e for e in exits if e["worker_id"] == "w-stall")
-        assert (first["cause"], first["exit_code"]) == ("stalled", 137)
+        watch.until(lambda: sup.status("w-stall").restarts >= 1, "w-stall killed and started again")
+        first = next(e for e in watch.exits if e.worker_id == "w-stall")
+        assert (first.cause, first.record.exit_code) == ("stalled", 137)
         assert any(x["worker_id"] == "w-stall" and "its PID 1 stayed stopped" in x["reason"] for x in watch.lines)
-        assert sup.status("w-stall")["failures"] >= 1
-        assert sup.status("w-calm")["state"] == "running" and sup.status("w-calm")["restarts"] == 0
+        assert sup.status("w-stall").failures >= 1
+        assert sup.status("w-calm").phase == "running" and sup.status("w-calm").restarts == 0
     finally:
         sup.stop(drain=True)

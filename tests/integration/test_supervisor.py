@@ -16,6 +16,7 @@ import yaml
 
 from berth import Node, NodeConfig, Supervisor
 from berth._core.spec import spec_digest, spec_from_mapping
+from berth._service.bus import Event, Exited, PassDone, Transition
 
 from ._helpers import release
 from .conftest import ROOT, config_toml, make_config, poll_until
@@ -59,12 +60,18 @@ class Watch:
         self.sup = sup
         self.cond = threading.Condition()
         self.lines: list[Mapping[str, Any]] = []
-        sup.listeners.append(self._on)
+        self.exits: list[Exited] = []
+        self.passes = 0
+        sup.subscribe(self._on)
 
-    def _on(self, kind: str, data: Mapping[str, Any]) -> None:
+    def _on(self, event: Event) -> None:
         with self.cond:
-            if kind == "transition":
-                self.lines.append(data)
+            if isinstance(event, Transition):
+                self.lines.append(event.line)
+            elif isinstance(event, Exited):
+                self.exits.append(event)
+            elif isinstance(event, PassDone):
+                self.passes += 1
             self.cond.notify_all()
 
     def until(self, pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -72,7 +79,7 @@ class Watch:
             assert self.cond.wait_for(pred, timeout), f"timed out waiting for {what}: {self.sup.statuses()}"
 
     def states(self) -> dict[str, str]:
-        return {s["worker_id"]: s["state"] for s in self.sup.statuses()}
+        return {s.worker_id: s.phase for s in self.sup.statuses()}
 
 
 @pytest.fixture
@@ -121,12 +128,12 @@ def test_a_failing_worker_backs_off_and_is_marked_crash_looping(supervised: tupl
     write(path, [worker("bad", 6750, "raise SystemExit(1)")])
     sup.poke()
     watch.until(lambda: watch.states().get("bad") == "crash-looping", "crash-looping")
-    watch.until(lambda: sup.status("bad")["restarts"] >= 3, "restarts go on while crash-looping")
+    watch.until(lambda: sup.status("bad").restarts >= 3, "restarts go on while crash-looping")
     delays = [e["restart_in_s"] for e in watch.lines if e["worker_id"] == "bad" and "restart_in_s" in e]
     assert delays[:3] == [0.2, 0.4, 1.6]  # doubling, then the cap once crash-looping
     assert all(d == 1.6 for d in delays[3:])
     st = sup.status("bad")
-    assert st["last_exit"]["exit_code"] == 1 and st["failures"] >= 3
+    assert st.last_exit is not None and st.last_exit.exit_code == 1 and st.failures >= 3
 
 
 def test_a_rejected_entry_does_not_disturb_the_others(supervised: tuple[Supervisor, Watch, Path]) -> None:
@@ -181,19 +188,20 @@ def test_supervisor_sigkilled_and_restarted_adopts_and_restarts_once(config: Nod
     watch = Watch(sup)
     sup.start()
     try:
-        watch.until(lambda: watch.states().get("k1") == "running" and sup.status("k1")["restarts"] == 1,
+        watch.until(lambda: watch.states().get("k1") == "running" and sup.status("k1").restarts == 1,
                     "k1 restarted")
         after = {w.worker_id: (w.container_id, w.started_at) for w in sup.node.ps(detail=True)}
         assert after["k0"] == before["k0"] and after["k2"] == before["k2"]  # adopted, not restarted
         assert after["k1"][0] != before["k1"][0]
         assert len(after) == 3  # nothing duplicated
-        assert sup.status("k1")["last_exit"]["exit_code"] == 5
+        last = sup.status("k1").last_exit
+        assert last is not None and last.exit_code == 5
         # one more reconcile pass settles nothing new: still exactly one restart
         sup.poke()
         watch.until(lambda: len(watch.lines) > 0, "a transition")
         starts = [e for e in _events(config)[n_events:] if e["worker_id"] == "k1" and e["to"] == "starting"]
         assert len(starts) == 1
-        assert sup.status("k1")["restarts"] == 1
+        assert sup.status("k1").restarts == 1
     finally:
         sup.stop(drain=True)
 

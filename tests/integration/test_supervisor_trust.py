@@ -122,15 +122,13 @@ def test_an_empty_assignments_file_changes_nothing(config: NodeConfig, base: Pat
     try:
         watch.until(lambda: watch.states() == {"e0": "running", "e1": "running"}, "both running")
         before = containers(config)
-        passes: list[int] = []
-        sup.listeners.insert(0, lambda kind, _: passes.append(1) if kind == "pass" else None)
         path.write_text("")  # what `: > assign.yaml` leaves, before (or instead of) the new content
         sup.poke()
         watch.until(lambda: any("empty document" in str(x.get("reason")) for x in watch.lines), "the rejection")
         for _ in range(3):  # three more passes: had the empty file emptied the desired state, stops were under way
-            want = len(passes) + 1
+            want = watch.passes + 1
             sup.poke()
-            watch.until(lambda: len(passes) >= want, "a pass")  # noqa: B023 - used at once
+            watch.until(lambda: watch.passes >= want, "a pass")  # noqa: B023 - used at once
         assert containers(config) == before and sorted(sup.desired()) == ["e0", "e1"]
         assert not any(x["to"] in ("stopping", "stopped") for x in watch.lines)
         assert [r.field for r in sup.rejections()] == ["workers"]
@@ -185,8 +183,8 @@ def test_a_crash_loop_survives_sigkill_of_the_supervisor(config: NodeConfig, bas
     sup.start()
     try:
         st = sup.status("c0")
-        assert (st["state"], st["failures"], st["last_exit"]["exit_code"]) == ("crash-looping", 2, 3)
-        assert 0 < st["next_start_in_s"] <= 300.0 and st["restarts"] == 1
+        assert st.last_exit is not None and (st.phase, st.failures, st.last_exit.exit_code) == ("crash-looping", 2, 3)
+        assert st.next_start_in_s is not None and 0 < st.next_start_in_s <= 300.0 and st.restarts == 1
         starts = sum(e["worker_id"] == "c0" and e["to"] == "starting" for e in events(config))
         assert starts == 2  # nothing relaunched it early
     finally:
@@ -235,7 +233,7 @@ def test_a_worker_whose_directory_cannot_be_removed_does_not_stop_the_others(con
         sup.poke()
         watch.until(lambda: watch.states().get("r0") == "failed" and watch.states().get("r2") == "running"
                     and "r1" not in watch.states(), "r0 failed, r1 removed, r2 running")
-        assert "cannot remove" in (sup.status("r0")["last_error"] or "")
+        assert "cannot remove" in (sup.status("r0").last_error or "")
         assert any(e["worker_id"] == "r0" and "stop failed" in e["reason"] for e in events(config))
         subprocess.run(["chattr", "-i", str(pinned)], check=True)
         watch.until(lambda: "r0" not in watch.states(), "r0 removed on a retry")

@@ -1,7 +1,7 @@
 """A supervisor on the in-memory runtime, with a clock the test moves and waits driven by events.
 
 The loop thread is real; the test waits for what it expects (a transition, a completed pass)
-on a condition the supervisor's listener hook signals, never for a length of time.
+on a condition the supervisor's events signal, never for a length of time.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from berth import Identity, Node, WorkerSpec
 from berth._core.config import config_from_mapping
 from berth._runtimes.fake import FakeRuntime
 from berth._service.assignments import Assignments, parse_document
+from berth._service.bus import Event, Exited, Forgotten, PassDone, PassFailed, Transition
 from berth._service.supervisor import Supervisor
 
 from .conftest import FOUR_CPUS
@@ -64,32 +65,44 @@ class Watch:
         self.sup = sup
         self.cond = threading.Condition()
         self.lines: list[Mapping[str, Any]] = []
-        self.events: list[tuple[str, Mapping[str, Any]]] = []
+        """The events.jsonl line of each transition."""
+        self.events: list[Event] = []
+        """Every other event but the passes (launches, exits, forgotten workers)."""
         self.passes = 0
         self.failed_passes = 0
-        sup.listeners.append(self._on)
+        sup.subscribe(self._on)
 
-    def _on(self, kind: str, data: Mapping[str, Any]) -> None:
+    def _on(self, event: Event) -> None:
         with self.cond:
-            if kind == "transition":
-                self.lines.append(data)
-            elif kind == "pass":
-                self.passes += 1
-            elif kind == "pass_failed":
-                self.failed_passes += 1
-            else:
-                self.events.append((kind, data))
+            match event:
+                case Transition(line=line):
+                    self.lines.append(line)
+                case PassDone():
+                    self.passes += 1
+                case PassFailed():
+                    self.failed_passes += 1
+                case _:
+                    self.events.append(event)
             self.cond.notify_all()
+
+    def exits(self) -> list[tuple[str, str]]:
+        """(worker id, cause) of each exit so far."""
+        with self.cond:
+            return [(e.worker_id, e.cause.value) for e in self.events if isinstance(e, Exited)]
+
+    def forgotten(self) -> list[str]:
+        with self.cond:
+            return [e.worker_id for e in self.events if isinstance(e, Forgotten)]
 
     def until(self, pred: Callable[[], bool], what: str) -> None:
         with self.cond:
             assert self.cond.wait_for(pred, WAIT), f"timed out waiting for {what}: {self.sup.statuses()}"
 
     def state(self, wid: str) -> str | None:
-        return next((s["state"] for s in self.sup.statuses() if s["worker_id"] == wid), None)
+        return next((s.phase for s in self.sup.statuses() if s.worker_id == wid), None)
 
     def states(self) -> dict[str, str]:
-        return {s["worker_id"]: s["state"] for s in self.sup.statuses()}
+        return {s.worker_id: s.phase for s in self.sup.statuses()}
 
     def settle(self) -> None:
         """Poke and wait for one more complete pass (after whatever the test just changed)."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from berth._cli.views import _empty_row, ps_notes, ps_table
+from berth._cli.views import _empty_row, ps_notes, ps_table, rejection_line
+from berth._service.assignments import Rejection
 
 ERR = ("launch failed: image: image 'registry.example.com:5000/team/wordcount:2.8.8-build17' is not in the "
        "engine; berth never pulls (build or load it on the node)")
@@ -34,3 +35,12 @@ def test_ps_shows_whole_ids_and_the_last_errors_in_full_under_the_table() -> Non
     assert "last error" not in out and "never pulls" not in out
     assert ps_notes(rows) == [f"wordcount-production-2024-07-{i}: last error: {ERR}" for i in range(3)]
     assert ps_notes([{**rows[0], "last_error": None}]) == []
+
+
+def test_a_rejection_reads_the_same_in_ps_as_in_the_supervisors_log() -> None:
+    """One wording of a rejection (``Rejection.__str__``): ``ps`` only says whether it waits."""
+    full = Rejection("api:ta", 2, "w3", "cpu_percent", "50% more would exceed", retried=True)
+    bad = Rejection("/etc/berth/a.yaml", None, None, None, "not a mapping")
+    assert str(full) == "api:ta[2] (w3): cpu_percent: 50% more would exceed"
+    assert rejection_line(full.to_dict()) == "waiting for capacity: api:ta[2] (w3): cpu_percent: 50% more would exceed"
+    assert rejection_line(bad.to_dict()) == "rejected: /etc/berth/a.yaml: not a mapping"

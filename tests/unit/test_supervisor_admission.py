@@ -34,7 +34,7 @@ def test_a_worker_past_the_capacity_waits_and_is_launched_when_capacity_frees(ba
     h.running("w0", "w1")
     h.watch.until(lambda: h.watch.state("w2") == "no-capacity", "w2 waiting for capacity")
     st = h.sup.status("w2")
-    assert (st["last_error"], st["failures"], st["container_id"]) == (FULL, 0, None)
+    assert (st.last_error, st.failures, st.container_id) == (FULL, 0, None)
     assert [(r.worker_id, r.field, r.retried) for r in h.sup.rejections()] == [("w2", "cpu_percent", True)]
     assert h.sup.applied_version() == "v1"  # as far as it can be: w2 waits
     before = h.containers()
@@ -44,7 +44,7 @@ def test_a_worker_past_the_capacity_waits_and_is_launched_when_capacity_frees(ba
     h.sup.set_assignments(doc(spec("w1", 6701), spec("w2", 6702)), version="v2")
     h.running("w2")
     assert h.containers()["w1"] == before["w1"]  # untouched
-    assert h.sup.rejections() == [] and h.sup.status("w2")["last_error"] is None
+    assert h.sup.rejections() == [] and h.sup.status("w2").last_error is None
 
 
 def test_a_worker_between_two_runs_keeps_its_place(base: Path, stop_all: list[Harness]) -> None:

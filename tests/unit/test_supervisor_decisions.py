@@ -53,15 +53,18 @@ def test_a_refused_launch_waits_for_capacity_is_rejected_or_backs_off() -> None:
 
 def test_the_loop_sleeps_until_the_first_thing_due() -> None:
     from berth._service.decisions import next_wait
-    from berth._service.phase import Assigned
+    from berth._service.slot import Entry, WorkerSlot
 
-    a, b, c = (Assigned(w, spec(w, 6700 + i)) for i, w in enumerate(("wa", "wb", "wc")))
+    a, b, c = (WorkerSlot.for_entry(Entry(spec(w, 6700 + i), "test")) for i, w in enumerate(("wa", "wb", "wc")))
     a.phase, a.next_start = Phase.BACKOFF, 107.0
     b.phase, b.next_start = Phase.STALLED, 104.0
     c.phase, c.next_start = Phase.NO_CAPACITY, 101.0  # waits for room, not for a time
-    assert next_wait(100.0, 10.0, [a, b, c], set(), {}, 150.0) == 4.0
-    assert next_wait(100.0, 10.0, [a, b, c], {"wb"}, {"x": (103.0, 1)}, 150.0) == 3.0
-    assert next_wait(100.0, 10.0, [], set(), {"x": (90.0, 1)}, 150.0) == 0.05
+    x = WorkerSlot("x", stop_retry_at=103.0)  # a removal that failed, tried again then
+    assert next_wait(100.0, 10.0, [a, b, c], 150.0) == 4.0
+    b.busy = "stalled"
+    assert next_wait(100.0, 10.0, [a, b, c, x], 150.0) == 3.0
+    x.stop_retry_at = 90.0
+    assert next_wait(100.0, 10.0, [x], 150.0) == 0.05
 
 
 def test_a_long_run_resets_the_failures_whatever_its_exit_code() -> None:
@@ -89,12 +92,12 @@ def test_reconcile_failures_back_off_and_log_once_per_change(h: Harness, caplog:
     h.fake.finish("w1", exit_code=1)
     h.watch.until(lambda: h.watch.state("w1") == "backoff", "w1 in backoff")
     h.clock.advance(100)  # its restart is due: the old code then waited 0 s between failing passes
-    h.sup.retry_base_s = 0.001
+    h.sup.loop.retry_base_s = 0.001
     caplog.set_level(logging.INFO, "berth.supervisor")
     h.fake.down = True
     h.sup.poke()
     h.watch.until(lambda: h.watch.failed_passes >= 6, "six failed passes")
-    assert h.sup._next_wait(False) > 0
+    assert h.sup.loop.next_wait(ok=False) > 0
     h.fake.down = False
     h.clock.advance(100)  # whatever failed meanwhile is due again
     h.sup.poke()
@@ -106,9 +109,9 @@ def test_reconcile_failures_back_off_and_log_once_per_change(h: Harness, caplog:
 
 def test_the_retry_wait_grows_and_is_bounded(h: Harness) -> None:
     for n, want in ((1, 0.25), (2, 0.5), (3, 1.0), (6, 8.0), (7, 10.0), (50, 10.0)):
-        h.sup._pass_failures = n
-        assert h.sup._next_wait(False) == want
-    h.sup._pass_failures = 0
+        h.sup.loop.pass_failures = n
+        assert h.sup.loop.next_wait(ok=False) == want
+    h.sup.loop.pass_failures = 0
 
 
 def test_a_slow_stop_does_not_hold_up_the_others(h: Harness) -> None:
@@ -121,8 +124,8 @@ def test_a_slow_stop_does_not_hold_up_the_others(h: Harness) -> None:
     h.sup.set_assignments(doc(spec("w3", 6702)))  # while slow's stop is held
     h.running("w3")
     h.watch.until(lambda: "w2" not in h.containers(), "w2 removed")
-    assert "slow" in h.containers() and h.sup.status("slow")["busy"] == "stop"
-    h.sup.last_pass = h.clock() - h.config.supervisor.stale_after_s - 1
+    assert "slow" in h.containers() and h.sup.status("slow").busy == "stop"
+    h.sup.loop.last_pass = h.clock() - h.config.supervisor.stale_after_s - 1
     assert h.sup.stale()  # no pass for stale_after_s: /healthz says degraded
     h.watch.settle()
     assert not h.sup.stale()  # passes go on while the stop is held
@@ -141,9 +144,8 @@ def test_an_operator_kill_restarts_at_once_and_is_no_failure(h: Harness) -> None
     gate.set()
     h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 restarted")
     st = h.sup.status("w1")
-    assert (st["failures"], st["restarts"], st["last_exit"]["exit_code"]) == (0, 1, 143)
-    exits = [d for k, d in h.watch.events if k == "exit"]
-    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+    assert st.last_exit is not None and (st.failures, st.restarts, st.last_exit.exit_code) == (0, 1, 143)
+    assert h.watch.exits() == [("w1", "stop")]
 
 
 def test_a_changed_assignment_applies_at_once_to_a_crash_looping_worker(h: Harness) -> None:
@@ -152,14 +154,14 @@ def test_a_changed_assignment_applies_at_once_to_a_crash_looping_worker(h: Harne
     for n in range(1, 4):
         h.running("w1")
         h.fake.finish("w1", exit_code=2)
-        h.watch.until(lambda: h.sup.status("w1")["failures"] == n, f"failure {n}")  # noqa: B023
+        h.watch.until(lambda: h.sup.status("w1").failures == n, f"failure {n}")  # noqa: B023
         h.clock.advance(2 if n < 3 else 0)
         h.sup.poke()
-    assert h.sup.status("w1")["state"] == "crash-looping"
+    assert h.sup.status("w1").phase == "crash-looping"
     h.sup.set_assignments(doc(spec("w1", 6700, memory_mb=64)))  # the fix, 16 s before the next try
     h.running("w1")
     st = h.sup.status("w1")
-    assert st["spec"]["memory_mb"] == 64 and st["failures"] == 0
+    assert st.spec.memory_mb == 64 and st.failures == 0
 
 
 def test_an_assignment_that_can_never_launch_is_rejected_not_retried(h: Harness) -> None:
@@ -175,7 +177,7 @@ def test_an_assignment_that_can_never_launch_is_rejected_not_retried(h: Harness)
         h.watch.settle()
     assert sum(op == "image_present" and w == "img:2" for op, w in h.fake.calls) == 1
     assert {r.worker_id: r.field for r in h.sup.rejections()} == {"other": "user", "noimg": None}
-    assert "berth never pulls" in (h.sup.status("noimg")["last_error"] or "")
+    assert "berth never pulls" in (h.sup.status("noimg").last_error or "")
     h.fake.missing_images.clear()  # the operator loads the image, then assigns the worker again
     h.sup.set_assignments(doc(spec("ok", 6700), spec("noimg", 6701, image="img:2")))
     h.running("noimg")
@@ -201,9 +203,9 @@ def test_a_failing_worker_never_stops_the_others(h: Harness, monkeypatch: pytest
     h.running("w4")
     h.watch.until(lambda: h.watch.state("boom") == h.watch.state("flaky") == h.watch.state("gone") == "failed",
                   "boom, flaky and gone failed")
-    assert "RecursionError" in (h.sup.status("boom")["last_error"] or "")
-    assert "inspect: 500" in (h.sup.status("flaky")["last_error"] or "")
-    assert "remove: device or resource busy" in (h.sup.status("gone")["last_error"] or "")
+    assert "RecursionError" in (h.sup.status("boom").last_error or "")
+    assert "inspect: 500" in (h.sup.status("flaky").last_error or "")
+    assert "remove: device or resource busy" in (h.sup.status("gone").last_error or "")
     warned = {r.getMessage().split(":")[0] for r in caplog.records if r.levelno == logging.WARNING}
     assert {"boom", "flaky", "gone"} <= warned
     h.clock.advance(100)  # each is retried: the stop of 'gone' and the launch of 'flaky' now work
@@ -211,7 +213,7 @@ def test_a_failing_worker_never_stops_the_others(h: Harness, monkeypatch: pytest
     h.running("flaky")
     h.watch.until(lambda: "gone" not in h.containers() and "gone" not in h.watch.states(), "gone removed")
     # boom is retried too (and fails again): its launch runs in the pool, so wait for it, not for a pass
-    h.watch.until(lambda: h.sup.status("boom")["failures"] >= 2, "boom retried")
+    h.watch.until(lambda: h.sup.status("boom").failures >= 2, "boom retried")
     assert h.watch.state("w1") == "running"
 
 
@@ -228,10 +230,10 @@ def test_metrics_label_exits_by_worker_and_cause(h: Harness) -> None:
     h.watch.until(lambda: h.watch.state("w1") == "backoff", "w1 in backoff")
     h.clock.advance(2)
     h.sup.poke()
-    h.watch.until(lambda: h.sup.status("w1")["restarts"] == 1, "w1 restarted")
+    h.watch.until(lambda: h.sup.status("w1").restarts == 1, "w1 restarted")
     h.running("w1")
     h.sup.set_assignments(doc(spec("w1", 6700)))  # w2: a planned stop, not a crash
-    h.watch.until(lambda: ("forget", "w2") in [(k, d.get("worker_id")) for k, d in h.watch.events], "w2 gone")
+    h.watch.until(lambda: "w2" in h.watch.forgotten(), "w2 gone")
     text = m.render().decode()
     assert "_created" not in text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
@@ -261,7 +263,7 @@ def test_launches_never_queue_behind_stops(tmp_path: Path) -> None:
         gate = h.fake.hold_stops("slow")
         h.sup.set_assignments(doc(spec("new", 6701)))
         h.running("new")
-        assert "slow" in h.containers() and h.sup.status("slow")["busy"] == "stop"
+        assert "slow" in h.containers() and h.sup.status("slow").busy == "stop"
         gate.set()
         h.watch.until(lambda: "slow" not in h.containers(), "slow removed")
     finally:
@@ -279,21 +281,21 @@ def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path
         h.sup.set_assignments(doc(spec("w1", 6700), spec("w2", 6701)))
         h.running("w1", "w2")
         # Their launches must be over: a sweep skips a worker with an action in flight.
-        h.watch.until(lambda: all(s["busy"] is None for s in h.sup.statuses()), "launches done")
+        h.watch.until(lambda: all(s.busy is None for s in h.sup.statuses()), "launches done")
         first = h.containers()["w1"]
         h.fake.worker("w1").main_stopped = True
-        h.clock.advance(h.sup.stall_sweep_s)
+        h.clock.advance(h.sup.loop.stall_sweep_s)
         h.watch.until(lambda: h.watch.state("w1") == "stalled", "w1 stalled")
         line = next(x for x in h.watch.lines if x["to"] == "stalled")
         assert "PID 1" in line["reason"] and "30" in line["reason"]
-        assert "PID 1" in (h.sup.status("w1")["last_error"] or "")
+        assert "PID 1" in (h.sup.status("w1").last_error or "")
         h.fake.worker("w1").main_stopped = False  # resumed (SIGCONT from inside): nothing to do
-        h.clock.advance(h.sup.stall_sweep_s)
+        h.clock.advance(h.sup.loop.stall_sweep_s)
         h.watch.until(lambda: h.watch.state("w1") == "running", "w1 running again")
         assert h.containers()["w1"] == first and not any(op == "force_kill" for op, _ in h.fake.calls)
 
         h.fake.worker("w1").main_stopped = True
-        h.clock.advance(h.sup.stall_sweep_s)
+        h.clock.advance(h.sup.loop.stall_sweep_s)
         h.watch.until(lambda: h.watch.state("w1") == "stalled", "w1 stalled again")
         h.clock.advance(29)
         h.watch.settle()
@@ -302,14 +304,13 @@ def test_a_worker_whose_pid_1_is_stopped_is_stalled_then_replaced(tmp_path: Path
         h.sup.poke()
         h.watch.until(lambda: ("force_kill", "w1") in h.fake.calls, "w1 killed")
         h.watch.until(lambda: h.watch.state("w1") in ("backoff", "exited", "starting", "running"), "w1 ended")
-        exits = [d for k, d in h.watch.events if k == "exit"]
-        assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stalled")]
+        assert h.watch.exits() == [("w1", "stalled")]
         h.clock.advance(h.config.supervisor.backoff_cap_s)
         h.sup.poke()
         h.watch.until(lambda: h.containers().get("w1") not in (None, first), "w1 started again")
         st = h.sup.status("w1")
-        assert (st["state"], st["failures"], st["restarts"]) == ("running", 1, 1)
-        assert st["last_exit"]["signal"] == 9 and h.watch.state("w2") == "running"
+        assert (st.phase, st.failures, st.restarts) == ("running", 1, 1)
+        assert st.last_exit is not None and st.last_exit.signal == 9 and h.watch.state("w2") == "running"
     finally:
         h.sup.stop()
 
@@ -318,12 +319,65 @@ def test_a_failed_look_at_a_running_worker_is_no_failure_of_it(h: Harness) -> No
     """The stall check's inspect failing (the engine errs for that one id) says nothing of the worker."""
     h.sup.set_assignments(doc(spec("w1", 6700)))
     h.running("w1")
-    h.watch.until(lambda: h.sup.status("w1")["busy"] is None, "the launch done")
+    h.watch.until(lambda: h.sup.status("w1").busy is None, "the launch done")
     h.fake.fail_next("inspect", EngineError("engine", "inspect: 500 server error"), worker_id="w1")
-    h.clock.advance(h.sup.stall_sweep_s)
+    h.clock.advance(h.sup.loop.stall_sweep_s)
     h.watch.settle()
     h.watch.settle()
     assert ("inspect", "w1") in h.fake.calls
     st = h.sup.status("w1")
-    assert (st["state"], st["failures"], st["last_error"]) == ("running", 0, None)
+    assert (st.phase, st.failures, st.last_error) == ("running", 0, None)
     assert not any(x["to"] == "failed" for x in h.watch.lines)
+
+
+def test_an_exit_reported_before_its_launch_returned_waits_for_the_launch(base: Path) -> None:
+    """A worker that ends at once can be reported while its launch is still returning. Its exit was
+    handled at once, against a slot still ``starting`` (starting -> backoff); the launch then said
+    ``running``, and the next pass started it again at once, its backoff ignored. An exit now waits
+    for the action in flight for its worker, then is handled: running -> backoff, one launch."""
+    from berth._runtimes.fake import FakeRuntime
+
+    from ._supfake import WAIT, Clock
+
+    clock = Clock()
+
+    class EndsAtOnce(FakeRuntime):
+        def start(self, worker_id: str) -> None:
+            super().start(worker_id)
+            if not taken.is_set():
+                self.finish(worker_id, exit_code=3)
+                assert taken.wait(WAIT)  # the supervisor has the exit: let its loop run two passes
+                n = h.watch.passes
+                h.sup.poke()
+                h.watch.until(lambda: h.watch.passes > n, "a pass")
+                h.sup.poke()
+                h.watch.until(lambda: h.watch.passes > n + 1, "another pass")
+
+    import threading
+
+    taken = threading.Event()
+    h = Harness(base, fake=EndsAtOnce(clock=clock), clock=clock)
+    inner = h.sup.loop.exited
+
+    def on_exit(rec: ExitRecord) -> None:
+        inner(rec)
+        taken.set()
+
+    h.node.set_default_callback(on_exit)
+    h.start()
+    try:
+        h.sup.set_assignments(doc(spec("w1", 6700)))
+        h.watch.until(lambda: any(x["to"] == "backoff" for x in h.watch.lines)
+                      and h.sup.status("w1").busy is None, "w1's exit handled and its launch over")
+        h.watch.settle()
+        h.watch.settle()
+        assert [(x["from"], x["to"]) for x in h.watch.lines if x["worker_id"] == "w1"] == [
+            ("pending", "starting"), ("starting", "running"), ("running", "backoff")]
+        assert sum(op == "create" for op, _ in h.fake.calls) == 1
+        assert h.watch.exits() == [("w1", "crash")]
+        h.clock.advance(1.0)
+        h.sup.poke()
+        h.running("w1")
+        assert h.sup.status("w1").restarts == 1
+    finally:
+        h.sup.stop()

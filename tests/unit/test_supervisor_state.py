@@ -72,24 +72,24 @@ def test_counters_and_handled_exits_survive_a_restart(base: Path, stop_all: list
     for n in range(1, 4):  # crashloop_after = 3
         h.running("bad")
         h.fake.finish("bad", exit_code=1)
-        h.watch.until(lambda: h.sup.status("bad")["failures"] == n, f"failure {n}")  # noqa: B023
+        h.watch.until(lambda: h.sup.status("bad").failures == n, f"failure {n}")  # noqa: B023
         if n < 3:
             h.clock.advance(16)
             h.sup.poke()
     st = h.sup.status("bad")
-    assert (st["state"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 2, 16.0)
+    assert (st.phase, st.restarts, st.next_start_in_s) == ("crash-looping", 2, 16.0)
     h.clock.advance(5)
 
     again = restart(h, base, stop_all).start()
     again.watch.settle()
     st = again.sup.status("bad")
     # the exit already handled is not handled again: still 3 failures, 2 restarts, the cap's rest
-    assert (st["state"], st["failures"], st["restarts"], st["next_start_in_s"]) == ("crash-looping", 3, 2, 11.0)
-    assert st["last_exit"]["exit_code"] == 1
+    assert (st.phase, st.failures, st.restarts, st.next_start_in_s) == ("crash-looping", 3, 2, 11.0)
+    assert st.last_exit is not None and st.last_exit.exit_code == 1
     assert not any(op == "create" for op, _ in again.fake.calls)
     again.clock.advance(11)
     again.running("bad")
-    assert again.sup.status("bad")["restarts"] == 3
+    assert again.sup.status("bad").restarts == 3
 
 
 def test_a_second_supervisor_with_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:
@@ -196,9 +196,8 @@ def test_a_stop_cut_short_by_a_crash_of_berth_is_still_a_planned_stop(base: Path
     again = restart(h, base, stop_all).start()
     again.running("w1")
     st = again.sup.status("w1")
-    assert (st["failures"], st["last_exit"]["signal"]) == (0, 15)
-    exits = [d for k, d in again.watch.events if k == "exit"]
-    assert [(d["worker_id"], d["cause"]) for d in exits] == [("w1", "stop")]
+    assert st.last_exit is not None and (st.failures, st.last_exit.signal) == (0, 15)
+    assert again.watch.exits() == [("w1", "stop")]
 
 
 def test_another_node_name_on_the_same_state_dir_refuses_to_start(base: Path, stop_all: list[Harness]) -> None:
@@ -246,3 +245,32 @@ def test_a_state_dir_from_before_the_binding_is_bound_to_the_node_that_starts_on
     second = restart(h, base, stop_all, name="n2").start()
     assert json.loads(ident.read_text())["node"] == "n2"
     assert second.sup.lock.held
+
+
+def test_a_state_file_written_before_the_worker_slots_still_loads(base: Path, stop_all: list[Harness]) -> None:
+    """A node upgraded in place keeps its desired state and counters: ``data/supervisor-format1.json``
+    was written by the supervisor as it was before issue 20 (one worker crash-looping, one rejected
+    at launch, one waiting for capacity, a tenant's source, a rejected entry, a planned stop)."""
+    h = Harness(base, capacity={"cpu_percent": 300}, crashloop_after=3)
+    stop_all.append(h)
+    h.fake.missing_images.add("img:2")
+    state = Path(h.config.state_dir)
+    state.mkdir(parents=True, mode=0o700)
+    (state / STATE_FILE).write_bytes((Path(__file__).parent / "data" / "supervisor-format1.json").read_bytes())
+    h.start()
+    assert list(h.sup.desired()) == ["crash", "gone", "run", "wait"] and h.sup.version == "v42"
+    h.running("run")
+    crash = h.sup.status("crash")
+    # 48 s of its backoff were left when it was saved; never more than the cap (16 s) after a restart
+    assert (crash.phase, crash.failures, crash.restarts, crash.next_start_in_s) == (
+        "crash-looping", 3, 2, 16.0)
+    assert crash.last_exit is not None and crash.last_exit.exit_code == 3 and crash.version == "v41"
+    assert (h.sup.status("run").restarts, h.sup.status("gone").phase) == (1, "rejected")
+    h.running("wait")  # no-capacity was saved, but this engine runs nothing else: it fits now
+    assert [(r.source, r.index, r.worker_id, r.field) for r in h.sup.rejections()] == [
+        ("api:team-a", 4, "w7", "port"), ("api:team-a", None, "gone", None)]
+    assert not any(op == "create" and wid in ("gone", "crash") for op, wid in h.fake.calls)
+    h.clock.advance(16)
+    h.sup.poke()
+    h.running("crash")
+    assert h.sup.status("crash").restarts == 3

@@ -11,6 +11,7 @@ from .._core.printable import printable
 from .._core.timefmt import parse_time
 from .._exceptions import BerthError
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
+from .._service.assignments import Rejection
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -112,10 +113,9 @@ def with_supervisor(rows: list[dict[str, Any]], workers: dict[str, dict[str, Any
 def rejection_line(r: dict[str, Any]) -> str:
     """One line, escaped: sources are file names, reasons quote what the entry said. A worker
     waiting for the node's capacity is not rejected for ever: ``waiting for capacity:``."""
-    where = r["source"] + ("" if r.get("index") is None else f"[{r['index']}]")
-    who = f" ({r['worker_id']})" if r.get("worker_id") else ""
-    what = "waiting for capacity" if r.get("retried") else "rejected"
-    return printable(f"{what}: {where}{who}: {r['field'] + ': ' if r.get('field') else ''}{r['reason']}")
+    rej = Rejection(r["source"], r.get("index"), r.get("worker_id"), r.get("field"), r["reason"],
+                    bool(r.get("retried")))
+    return printable(f"{'waiting for capacity' if rej.retried else 'rejected'}: {rej}")
 
 
 def _last(r: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 from .._core.clusterconfig import ClusterSection
 from .._exceptions import ClusterError
 from .._service.assignments import parse_document
+from .._service.bus import Event, PassDone, Transition
 from .._service.supervisor import Supervisor
 from .._version import __version__
 from .cache import DocumentCache
@@ -96,7 +97,7 @@ class Agent(Reporting, Fencing):
         self.conn = Connection(hosts, cred, self.settings.session_timeout_s, self.settings.reconnect_max_delay_s,
                                on_change=self._poke)
         self._thread: threading.Thread | None = None
-        supervisor.listeners.append(self._on_supervisor)
+        supervisor.subscribe(self._on_supervisor)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,8 +142,8 @@ class Agent(Reporting, Fencing):
         with self._cond:
             self._cond.notify_all()
 
-    def _on_supervisor(self, kind: str, _data: Mapping[str, Any]) -> None:
-        if kind == "transition" or (kind == "pass" and self._report_due()):
+    def _on_supervisor(self, event: Event) -> None:
+        if isinstance(event, Transition) or (isinstance(event, PassDone) and self._report_due()):
             with self._cond:
                 self._state_dirty = True
                 self._cond.notify_all()

@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._core.spec import ID_PATTERN, spec_digest, spec_from_mapping
+from .._core.spec import ID_PATTERN, spec_digest
 from .._core.validation import raise_validation
 from .._exceptions import ClusterError
+from .._service.slot import SlotView
 from .capacity import MODEL, Capacity
 
 FORMAT = 1
@@ -221,17 +222,13 @@ class WorkerReport(BaseModel):
     was launched from), so the coordinator sees which workers run their document's spec."""
 
 
-def worker_reports(statuses: Sequence[Mapping[str, Any]]) -> list[WorkerReport]:
+def worker_reports(views: Sequence[SlotView]) -> list[WorkerReport]:
     """The supervisor's view of each worker, as much of it as the coordinator needs."""
-    out = []
-    for s in statuses:
-        last = s.get("last_exit") or {}
-        out.append(WorkerReport(worker_id=s["worker_id"], state=s["state"], restarts=s["restarts"],
-                                failures=s["failures"], exit_code=last.get("exit_code"),
-                                oom_killed=bool(last.get("oom_killed")),
-                                container_id=(s.get("container_id") or "")[:12] or None,
-                                digest=spec_digest(spec_from_mapping(s["spec"]))))
-    return out
+    return [WorkerReport(worker_id=v.worker_id, state=v.phase.value, restarts=v.restarts, failures=v.failures,
+                         exit_code=v.last_exit.exit_code if v.last_exit else None,
+                         oom_killed=bool(v.last_exit and v.last_exit.oom_killed),
+                         container_id=(v.container_id or "")[:12] or None, digest=spec_digest(v.spec))
+            for v in views]
 
 
 class EngineReport(BaseModel):

@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._exceptions import BerthError, WorkerNotFound
-from .assignments import MAX_ASSIGNMENTS_BYTES
+from .._runtimes.base import ExitRecord
+from .assignments import MAX_ASSIGNMENTS_BYTES, Rejection
+from .phase import iso
+from .slot import SlotView
 
 
 class ErrorItem(BaseModel):
@@ -123,6 +126,22 @@ class Health(HealthBrief):
     state_problem: str | None = Field(None, description="Not shown to a tenant's token.")
     workers: dict[str, int] = Field(description="By phase; a tenant's token counts only its own workers.")
     cluster: dict[str, Any] | None = Field(None, description="The cluster agent's report, under berth agent.")
+
+
+def exit_out(rec: ExitRecord) -> ExitOut:
+    return ExitOut(**rec.to_dict())
+
+
+def worker_out(v: SlotView) -> WorkerOut:
+    """The wire shape of what the supervisor says of a worker (times as ISO 8601)."""
+    return WorkerOut(worker_id=v.worker_id, state=v.phase.value, container_id=v.container_id, restarts=v.restarts,
+                     failures=v.failures, next_start_in_s=v.next_start_in_s, next_start_at=iso(v.next_start_at),
+                     last_exit=exit_out(v.last_exit) if v.last_exit else None, last_error=v.last_error,
+                     since=iso(v.since), assignment_version=v.version, busy=v.busy, spec=v.spec.model_dump(mode="json"))
+
+
+def rejection_out(r: Rejection) -> RejectionOut:
+    return RejectionOut(**r.to_dict())
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

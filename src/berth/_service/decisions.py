@@ -7,8 +7,10 @@ unit-tested with exact values, without threads or an engine.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from .._core.serviceconfig import SupervisorSection
 from .._core.timefmt import seconds_between
@@ -22,7 +24,10 @@ from .._exceptions import (
     SpecError,
 )
 from .._runtimes.base import ExitRecord
-from .phase import WAITING, Assigned, Phase
+from .phase import WAITING, Phase
+
+if TYPE_CHECKING:
+    from .slot import WorkerSlot
 
 PERMANENT = (PolicyError, IdentityError, SpecError, ConfigError)
 """Errors that say the request can never launch as given on this node: retrying cannot help."""
@@ -46,22 +51,34 @@ def backoff_delay(failures: int, s: SupervisorSection) -> float:
     return float(min(s.backoff_base_s * (2 ** (failures - 1)), s.backoff_cap_s))
 
 
+class ExitCause(StrEnum):
+    """Why a worker ended, for metrics and people."""
+
+    STOP = "stop"
+    """Planned: berth stopped it (no longer assigned, replaced, drained) or an operator did."""
+    OOM = "oom"
+    CRASH = "crash"
+    """A non-zero exit code, a signal, or a lost status."""
+    STALLED = "stalled"
+    """Killed because its PID 1 stayed stopped."""
+    EXIT = "exit"
+    """Exit code 0."""
+
+
 @dataclass(frozen=True)
 class ExitDecision:
     failures: int
     delay: float
     phase: Phase
-    cause: str
-    """For metrics and people: ``stop`` (planned), ``oom``, ``crash`` (non-zero, signal, lost
-    status), ``stalled`` (killed because its PID 1 stayed stopped) or ``exit`` (exit code 0)."""
+    cause: ExitCause
 
 
-def exit_cause(ex: ExitRecord, planned: bool) -> str:
+def exit_cause(ex: ExitRecord, planned: bool) -> ExitCause:
     if planned:
-        return "stop"
+        return ExitCause.STOP
     if ex.oom_killed:
-        return "oom"
-    return "exit" if ex.exit_code == 0 else "crash"
+        return ExitCause.OOM
+    return ExitCause.EXIT if ex.exit_code == 0 else ExitCause.CRASH
 
 
 def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSection,
@@ -73,7 +90,7 @@ def decide_exit(ex: ExitRecord, failures: int, planned: bool, s: SupervisorSecti
     that crashes once a day never ends up crash-looping); if it also exited 0 it is no failure.
     A worker killed because its PID 1 stayed stopped (``stalled``) failed, however long it ran.
     """
-    cause = "stalled" if stalled and not planned else exit_cause(ex, planned)
+    cause = ExitCause.STALLED if stalled and not planned else exit_cause(ex, planned)
     if planned:
         return ExitDecision(failures, 0.0, Phase.EXITED, cause)
     ran = seconds_between(ex.started_at, ex.finished_at)
@@ -115,17 +132,18 @@ def decide_launch_error(exc: BerthError, failures: int, s: SupervisorSection) ->
     return LaunchDecision(Phase.FAILED, f"launch failed: {exc}", failures + 1, backoff_delay(failures + 1, s))
 
 
-def next_wait(now: float, most: float, records: Iterable[Assigned], busy: Container[str],
-              retry_at: Mapping[str, tuple[float, int]], stall_sweep_at: float) -> float:
+def next_wait(now: float, most: float, slots: Iterable[WorkerSlot], stall_sweep_at: float) -> float:
     """How long the loop may sleep (at most ``most``, at least 50 ms): until a backoff ends, a
-    stalled worker is due or looked at again, or a failed stop is tried again."""
+    stalled worker is due or looked at again, or a failed removal is tried again (slots with an
+    action in flight wake the loop when it ends)."""
     wait = most
-    for r in records:
-        if r.phase in WAITING and r.worker_id not in busy:
-            wait = min(wait, r.next_start - now)
-        elif r.phase == Phase.STALLED and r.worker_id not in busy:
-            wait = min(wait, r.next_start - now, stall_sweep_at - now)
-    for wid, (at, _) in retry_at.items():
-        if wid not in busy:
-            wait = min(wait, at - now)
+    for s in slots:
+        if s.busy is not None:
+            continue
+        if s.phase in WAITING:
+            wait = min(wait, s.next_start - now)
+        elif s.phase == Phase.STALLED:
+            wait = min(wait, s.next_start - now, stall_sweep_at - now)
+        if s.stop_retry_at is not None:
+            wait = min(wait, s.stop_retry_at - now)
     return max(wait, 0.05)

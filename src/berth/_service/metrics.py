@@ -1,14 +1,13 @@
 """Prometheus metrics for a supervised node.
 
-Counters are fed by the supervisor's listener hook; gauges that describe *now* (workers by
+Counters are fed by the supervisor's events (``bus``); gauges that describe *now* (workers by
 state, memory per worker) are computed at scrape time, so they can never drift from the truth.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,6 +15,8 @@ from prometheus_client.registry import Collector
 
 from .._exceptions import BerthError
 from .._runtimes.base import WorkerState
+from .bus import Event, Exited, Forgotten, Launched, LaunchFailed
+from .decisions import ExitCause
 from .probe import OK, EngineProbe
 from .supervisor import Supervisor
 
@@ -88,36 +89,41 @@ class Metrics:
         self._labels: dict[str, set[tuple[str, ...]]] = {}
         self._gone: dict[str, None] = {}
         r.register(_LiveCollector(sup, self.probe))
-        sup.listeners.append(self.on_event)
+        sup.subscribe(self.on_event)
 
-    def on_event(self, kind: str, data: Mapping[str, Any]) -> None:
-        if kind == "launch":
-            self._gone.pop(str(data["worker_id"]), None)
-            self.launches.inc()
-            self.launch_seconds.observe(float(data["seconds"]))
-        elif kind == "launch_failed":
-            self.launch_failures.inc()
-        elif kind == "exit":
-            wid, cause = str(data["worker_id"]), str(data.get("cause") or "crash")
-            if wid not in self._gone:  # the last exit of a removed worker can come after its removal
-                self.exits.labels(worker=wid, cause=cause).inc()
-                self._labels.setdefault(wid, set()).add((cause,))
-            if cause != "stop":
-                self.exit_codes.labels(code=str(data["exit_code"])).inc()
-            if data.get("oom_killed"):
-                self.oom_kills.inc()
-        elif kind == "restart":
-            self.restarts.labels(worker=str(data["worker_id"])).inc()
-        elif kind == "forget":
-            wid = str(data["worker_id"])
-            self._gone[wid] = None
-            while len(self._gone) > 4096:
-                self._gone.pop(next(iter(self._gone)))
-            for (cause,) in self._labels.pop(wid, set()):
-                with contextlib.suppress(KeyError):
-                    self.exits.remove(wid, cause)
+    def on_event(self, event: Event) -> None:
+        match event:
+            case Launched(worker_id=wid, seconds=seconds, restart=restart):
+                self._gone.pop(wid, None)
+                if restart:
+                    self.restarts.labels(worker=wid).inc()
+                self.launches.inc()
+                self.launch_seconds.observe(seconds)
+            case LaunchFailed():
+                self.launch_failures.inc()
+            case Exited(worker_id=wid, record=rec, cause=cause):
+                self._exited(wid, rec.exit_code, rec.oom_killed, cause)
+            case Forgotten(worker_id=wid):
+                self._forget(wid)
+
+    def _exited(self, wid: str, code: int | None, oom: bool, cause: ExitCause) -> None:
+        if wid not in self._gone:  # the last exit of a removed worker can come after its removal
+            self.exits.labels(worker=wid, cause=cause.value).inc()
+            self._labels.setdefault(wid, set()).add((cause.value,))
+        if cause != ExitCause.STOP:
+            self.exit_codes.labels(code=str(code)).inc()
+        if oom:
+            self.oom_kills.inc()
+
+    def _forget(self, wid: str) -> None:
+        self._gone[wid] = None
+        while len(self._gone) > 4096:
+            self._gone.pop(next(iter(self._gone)))
+        for (cause,) in self._labels.pop(wid, set()):
             with contextlib.suppress(KeyError):
-                self.restarts.remove(wid)
+                self.exits.remove(wid, cause)
+        with contextlib.suppress(KeyError):
+            self.restarts.remove(wid)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,21 +1,27 @@
-"""The supervisor's view of an assigned worker: its ``Phase`` and its ``Assigned`` record.
+"""The supervisor's phases of an assigned worker, and the one table of the moves between them.
 
 Not to be confused with the runtime's values (``_runtimes.base``): ``WorkerStatus`` is where a
 *container* is in its life (created, running, exited), ``WorkerState`` what the runtime reports
 about one container now, ``ExitRecord`` how one container ended. A ``Phase`` is where an
 *assignment* is in the supervisor's cycle (pending, running, backoff, …); it outlives any one
 container of the worker.
+
+Like supervisord's process states, a phase moves only along ``TRANSITIONS``: anything else is a
+bug of the supervisor's. Tests run with ``STRICT`` on, where such a move raises and is recorded in
+``VIOLATIONS``; in production it is logged and the move is made (one worker's slot must never stop
+the loop that serves the others).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from collections import deque
 from enum import StrEnum
-from typing import Any
 
-from .._core.spec import WorkerSpec
-from .._runtimes.base import ExitRecord
+from .._exceptions import IllegalTransition
+
+log = logging.getLogger("berth.supervisor")
 
 
 def iso(t: float | None) -> str | None:
@@ -36,7 +42,7 @@ class Phase(StrEnum):
     BACKOFF = "backoff"
     CRASH_LOOPING = "crash-looping"
     FAILED = "failed"
-    """The launch itself failed for a reason that may pass (engine error); retried with backoff."""
+    """The launch (or a stop) failed for a reason that may pass (engine error); retried with backoff."""
     REJECTED = "rejected"
     """It can never launch as given (policy, identity, missing image): not retried until changed."""
     NO_CAPACITY = "no-capacity"
@@ -49,65 +55,54 @@ class Phase(StrEnum):
     STOPPED = "stopped"
 
 
-WAITING = (Phase.BACKOFF, Phase.CRASH_LOOPING, Phase.FAILED)
+P = Phase
+WAITING = (P.BACKOFF, P.CRASH_LOOPING, P.FAILED)
 """Phases that end when the worker's backoff is due."""
+SETTLED = (P.REJECTED, P.NO_CAPACITY)
+"""An assigned worker in these phases has its version applied as far as it can be."""
+ENDED = (P.EXITED, P.BACKOFF, P.CRASH_LOOPING)
+"""Where an exit of the worker's container leads (``decisions.decide_exit``)."""
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    P.PENDING: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED, P.STOPPING, *ENDED}),
+    P.STARTING: frozenset({P.RUNNING, P.NO_CAPACITY, P.REJECTED, P.FAILED}),
+    P.RUNNING: frozenset({*ENDED, P.STALLED, P.STOPPING, P.FAILED, P.STARTING, P.NO_CAPACITY}),
+    P.STALLED: frozenset({P.RUNNING, *ENDED, P.STOPPING, P.FAILED, P.STARTING, P.NO_CAPACITY}),
+    P.EXITED: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED, P.STOPPING}),
+    P.BACKOFF: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED, P.STOPPING, P.PENDING}),
+    P.CRASH_LOOPING: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED, P.STOPPING, P.PENDING}),
+    P.FAILED: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED, P.STOPPING, P.PENDING, *ENDED}),
+    P.REJECTED: frozenset({P.PENDING, P.RUNNING, P.STOPPING}),
+    P.NO_CAPACITY: frozenset({P.STARTING, P.RUNNING, P.PENDING, P.FAILED, P.STOPPING}),
+    P.STOPPING: frozenset({P.STOPPED, P.FAILED, P.STARTING}),
+    P.STOPPED: frozenset({P.STARTING, P.RUNNING, P.NO_CAPACITY, P.FAILED}),
+}
+"""Each phase and the phases it may move to (docs/supervisor.md has it as a table):
+
+- pending: launched, found running (adopted), waiting for capacity, failed, stopped (no longer
+  assigned, drained), or ended (an exit that happened while berth was down, found at its start);
+- starting: the launch's outcome (running, no room, rejected, failed);
+- running and stalled: ended, stalled or running again, stopped, failed (an action for it raised),
+  launched again or waiting for room (its container was removed behind berth's back);
+- exited, backoff, crash-looping, failed, no-capacity: due (launched, or no room), found running,
+  failed, stopped; a new assignment makes those that wait ``pending`` at once; a failed worker
+  (an action raised while its container ran) may still end;
+- rejected: assigned again (pending), found running (adopted), stopped;
+- stopping: stopped, failed, or launched (a replacement, once the old container is gone);
+- stopped: assigned again before it was forgotten.
+"""
+
+STRICT = False
+"""True in tests: an illegal transition raises ``IllegalTransition`` (and is kept in ``VIOLATIONS``)."""
+VIOLATIONS: deque[str] = deque(maxlen=100)
 
 
-@dataclass
-class Assigned:
-    """The supervisor's record of one assigned worker: its spec, phase and restart counters.
-
-    The counters (``restarts``, ``failures``, ``handled_exit``, ``last_exit``) are persisted with
-    the desired state, so a restarted supervisor neither reports an exit twice nor forgets a
-    crash loop.
-    """
-
-    worker_id: str
-    spec: WorkerSpec
-    phase: Phase = Phase.PENDING
-    container_id: str | None = None
-    restarts: int = 0
-    failures: int = 0
-    """Consecutive failed runs; reset by a run that lasted ``healthy_after_s``."""
-    next_start: float = 0.0
-    """When a waiting worker may start again, on the supervisor's clock."""
-    last_exit: ExitRecord | None = None
-    last_error: str | None = None
-    since: float = field(default_factory=time.time)
-    """Wall-clock time of the last phase change."""
-    handled_exit: str | None = None
-    """Container id whose exit was already turned into a restart decision."""
-    operator_stop: str | None = None
-    """Container id an operator asked to stop: its exit is not a failure."""
-    stalled: str | None = None
-    """Container id killed because its PID 1 stayed stopped: its exit is a failure, cause ``stalled``."""
-    version: str | None = None
-    """The assignment version its running container was launched (or adopted) for."""
-    want: Any = None
-    """While ``no-capacity``: what it takes of the node's capacity (a ``Usage``), to see when it fits."""
-    refused: str | None = None
-    """While ``no-capacity``: the field its admission was refused on."""
-
-    def to_dict(self, now: float, wall: float) -> dict[str, Any]:
-        wait = max(0.0, self.next_start - now) if self.phase in (*WAITING, Phase.STALLED) else None
-        return {
-            "worker_id": self.worker_id,
-            "state": self.phase.value,
-            "container_id": self.container_id,
-            "restarts": self.restarts,
-            "failures": self.failures,
-            "next_start_in_s": None if wait is None else round(wait, 3),
-            "next_start_at": None if wait is None else iso(wall + wait),
-            "last_exit": self.last_exit.to_dict() if self.last_exit else None,
-            "last_error": self.last_error,
-            "since": iso(self.since),
-            "spec": self.spec.model_dump(mode="json"),
-        }
-
-    def counters(self, now: float, wall: float) -> dict[str, Any]:
-        """What is persisted of the record (the spec is persisted with the desired state); the
-        next start as a wall-clock time, so the time berth was down counts towards it."""
-        return {"restarts": self.restarts, "failures": self.failures, "handled_exit": self.handled_exit,
-                "last_exit": self.last_exit.to_dict() if self.last_exit else None,
-                "last_error": self.last_error, "phase": self.phase.value, "version": self.version,
-                "next_start_wall": round(wall + self.next_start - now, 3) if self.phase in WAITING else None}
+def check_transition(worker_id: str, old: Phase, new: Phase) -> None:
+    """Raise (``STRICT``) or log when ``old`` may not move to ``new``; the caller goes on either way."""
+    if new in TRANSITIONS[old]:
+        return
+    what = f"{worker_id}: {old.value} -> {new.value} is not a move of the supervisor's phase table"
+    if STRICT:
+        VIOLATIONS.append(what)
+        raise IllegalTransition("phase", what)
+    log.error("%s (a bug of berth's: made anyway)", what)

@@ -12,13 +12,14 @@ place against one that waits for capacity.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from .._core.limits import NodeCapacity, Usage, check_admission
+from .._core.plan import Plan
 from .._exceptions import BerthError, CapacityError
 from .._node.node import Node
 from .._runtimes.base import WorkerState
-from .phase import Assigned
+from .slot import WorkerSlot
 
 
 class Room:
@@ -27,13 +28,14 @@ class Room:
     lock, which another berth process may hold (stopped, say): the loop must not wait for it."""
 
     def __init__(self, node: Node, listed: Sequence[WorkerState], assigned: Collection[str],
-                 launching: Iterable[Usage] = ()) -> None:
+                 launching: Iterable[Usage] = (), plan: Callable[[WorkerSlot], Plan] | None = None) -> None:
+        """``plan`` gives a slot's plan (the one its assignment was validated with, kept)."""
         self._node, self._listed, self._assigned = node, listed, assigned
-        self._launching = launching
+        self._launching, self._plan = launching, plan
         self._left: tuple[NodeCapacity, Usage] | None = None
         self._unknown = False
 
-    def take(self, rec: Assigned) -> CapacityError | None:
+    def take(self, rec: WorkerSlot) -> CapacityError | None:
         """Take what ``rec`` needs, or say why it does not fit (its ``want`` is kept on it). None
         too when it cannot be known this pass: then the launch's own admission decides."""
         if self._left is None and not self._unknown:
@@ -46,7 +48,8 @@ class Room:
             return None
         if rec.want is None:
             try:
-                rec.want = self._node.demand(rec.spec)
+                assert rec.spec is not None and self._plan is not None
+                rec.want = self._node.usage_of(self._plan(rec))
             except BerthError:
                 return None  # its launch says why it cannot run
         capacity, used = self._left
@@ -60,7 +63,7 @@ class Room:
         return None
 
 
-def in_flight(records: Mapping[str, Assigned], busy: Mapping[str, str], listed: Sequence[WorkerState]) -> list[Usage]:
+def in_flight(slots: Iterable[WorkerSlot], listed: Sequence[WorkerState]) -> list[Usage]:
     """What the supervisor's own launches in flight take, while the engine does not list them yet."""
     ids = {w.worker_id for w in listed}
-    return [r.want for w, r in records.items() if busy.get(w) == "launch" and w not in ids and r.want is not None]
+    return [s.want for s in slots if s.busy == "launch" and s.worker_id not in ids and s.want is not None]
