@@ -6,6 +6,7 @@ import pytest
 
 from berth._cluster.agentstate import (
     TRANSITIONS,
+    ActionFailed,
     AgentMachine,
     AgentPhase,
     Connected,
@@ -223,6 +224,38 @@ def test_a_cut_drops_the_timed_retries() -> None:
     machine.handle(Disconnected(since=1.5), 1.5)
     assert (machine.state.register_at, machine.due()) == (None, None)
     assert machine.handle(Tick(), 5.0) == []
+
+
+def test_a_registration_that_raised_is_tried_again_not_left_hanging() -> None:
+    machine = AgentMachine()
+    machine.handle(Started(since=0.0, version=None), 0.0)
+    machine.handle(Connected(7), 1.0)
+    assert (machine.state.phase, machine.due()) == (P.REGISTERING, None)  # waits for the attempt's outcome
+    assert machine.handle(ActionFailed(Do.REGISTER, retry_at=2.0), 1.0) == []
+    assert (machine.state.phase, machine.state.register_at, machine.due()) == (P.REGISTERING, 2.0, 2.0)
+    assert machine.handle(Tick(), 2.0) == [Do.REGISTER]
+
+
+def test_a_check_of_the_registration_that_raised_registers_again() -> None:
+    machine = registered()
+    machine.handle(ActionFailed(Do.REGISTER, retry_at=5.0), 2.0)
+    st = machine.state
+    assert (st.phase, st.lease, st.register_at, st.registered) == (P.REGISTERING, None, 5.0, False)
+
+
+@pytest.mark.parametrize("action", [Do.READ_DOCUMENT, Do.APPLY_DELIVERED])
+def test_a_read_that_raised_is_tried_again(action: Do) -> None:
+    machine = registered()
+    assert machine.handle(ActionFailed(action, retry_at=3.0), 2.0) == []
+    assert (machine.state.phase, machine.state.read_at, machine.due()) == (P.APPLYING, 3.0, 3.0)
+    assert machine.handle(Tick(), 3.0) == [Do.READ_DOCUMENT]
+
+
+def test_other_actions_that_raised_change_nothing() -> None:
+    machine = registered()
+    before = machine.state
+    assert machine.handle(ActionFailed(Do.WRITE_STATUS, retry_at=3.0), 2.0) == []
+    assert machine.state == before
 
 
 def test_stopped_ignores_everything() -> None:

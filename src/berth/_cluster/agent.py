@@ -35,6 +35,7 @@ from .._exceptions import ClusterError
 from .._service.assignments import Assignments, parse_document
 from .._service.supervisor import Supervisor
 from .agentstate import (
+    ActionFailed,
     AgentMachine,
     Connected,
     Disconnected,
@@ -240,7 +241,11 @@ class Agent:
             if self.machine.state.phase is not before.phase:
                 log.info("agent %s -> %s", before.phase, self.machine.state.phase)
             for action in actions:
-                pending.extend(self._do(action))
+                try:
+                    pending.extend(self._do(action))
+                except Exception:
+                    log.exception("agent: %s failed; trying again in %.0fs", action, RETRY_S)
+                    pending.append(ActionFailed(action, time.monotonic() + RETRY_S))
 
     def _do(self, action: Do) -> list[Event]:
         st = self.machine.state

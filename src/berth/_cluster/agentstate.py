@@ -130,6 +130,15 @@ class ReadPostponed:
 
 
 @dataclass(frozen=True)
+class ActionFailed:
+    """Carrying ``action`` out raised what nobody foresaw (an unexpected answer, a defect): one whose
+    outcome the machine waits for (a registration, a read) is tried again then, never left hanging."""
+
+    action: Do
+    retry_at: float
+
+
+@dataclass(frozen=True)
 class RegistrationChanged:
     """The registration znode (watched) now belongs to this session (None: there is none)."""
 
@@ -168,8 +177,8 @@ class Stop:
 
 
 Event = (Started | Connected | Disconnected | Registered | Refused | RegisterPostponed | ReadPostponed
-         | RegistrationChanged | EnrolmentChanged | DocumentDelivered | DocumentApplied | SupervisorProgress
-         | Tick | Stop)
+         | ActionFailed | RegistrationChanged | EnrolmentChanged | DocumentDelivered | DocumentApplied
+         | SupervisorProgress | Tick | Stop)
 
 
 # -- the state -----------------------------------------------------------------------------------
@@ -266,6 +275,12 @@ class AgentMachine:
             case ReadPostponed(retry_at=retry_at):
                 self._go(st.phase, read_at=retry_at)
                 return []
+            case ActionFailed(action=Do.REGISTER, retry_at=retry_at):
+                return self.handle(RegisterPostponed(retry_at), now) if st.session is not None else []
+            case ActionFailed(action=Do.READ_DOCUMENT | Do.APPLY_DELIVERED, retry_at=retry_at):
+                return self.handle(ReadPostponed(retry_at), now)
+            case ActionFailed():
+                return []  # the others wait for nothing: the next event does what is due
             case RegistrationChanged(owner=owner):
                 return self._registration_changed(owner)
             case EnrolmentChanged():

@@ -35,8 +35,12 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.retry import KazooRetry
 
 log = logging.getLogger("berth.cluster")
+
+RETRY_MAX_S = 1.0
+"""The longest a recipe sleeps between two tries of a read (kazoo's default grows to 60 s)."""
 
 Deliver = Callable[[bytes | None, ZnodeStat | None], None]
 """Called from kazoo's callback thread with a znode's data and stat (both None: no znode); it
@@ -118,7 +122,9 @@ class Watches:
 
     def _start_data(self, path: str, watch: _Watch) -> None:
         try:
-            DataWatch(self._client, path, lambda data, stat: self._on_data(path, watch, data, stat))
+            recipe = DataWatch(self._client, path)
+            recipe._retry = self._retry()  # (kazoo's own backs off to 60 s between reads)
+            recipe(lambda data, stat: self._on_data(path, watch, data, stat))
         except KazooException as exc:  # the first read refused (ACL): kazoo tries again on reconnection
             log.warning("watching %s: %s", path, type(exc).__name__)
 
@@ -132,6 +138,12 @@ class Watches:
             watch.deliver(data, stat)
         self._wake()
         return None
+
+    def _retry(self) -> KazooRetry:
+        """A recipe's read after a lost connection holds kazoo's one callback thread until it is
+        answered, and ``client.stop`` waits for that thread: between two tries it sleeps at most
+        ``RETRY_MAX_S``, so no watch sleeps long past the reconnection and closing never waits long."""
+        return KazooRetry(max_tries=None, max_delay=RETRY_MAX_S, sleep_func=self._client.handler.sleep_func)
 
     def _start_children(self, path: str, deliver: Callable[[list[str]], None] | None) -> None:
         def on_children(children: list[str]) -> None:
