@@ -49,12 +49,12 @@ def test_three_agents_two_topologies_then_a_dead_node_moves_without_duplicates(c
     assert {w.worker_id for v in c.views().values() for w in v.workers} == set(where)
 
     # node c's agent dies; its workers do not
-    co = c.coordinator(dead_after_s=SESSION_S)
+    coordinator = c.coordinator(dead_after_s=SESSION_S)
     stop = threading.Event()
 
     def coordinate() -> None:
-        co.acquire(blocking=True)
-        co.follow(stop)
+        coordinator.acquire(blocking=True)
+        coordinator.follow(stop)
 
     follower = threading.Thread(target=coordinate, daemon=True)
     follower.start()
@@ -70,7 +70,7 @@ def test_three_agents_two_topologies_then_a_dead_node_moves_without_duplicates(c
 
     poll_until(c_document_empty, "c's workers to be moved off it", 120, every=0.2)
     views = c.views()
-    c.converge({n: v.doc_version for n, v in views.items() if v.doc_version and n != c.node("c")}, co)
+    c.converge({n: v.doc_version for n, v in views.items() if v.doc_version and n != c.node("c")}, coordinator)
     moved = {w.worker_id for n in ("a", "b") for w in views[c.node(n)].workers}
     assert not moved & set(old_c), "a moved worker kept its id"
     assert Counter(c.topology_of(w) for w in moved) == {"wc": 4, "sess": 2}
@@ -83,7 +83,7 @@ def test_three_agents_two_topologies_then_a_dead_node_moves_without_duplicates(c
     c.until_state("c", lambda st: st["applied_version"] == views[c.node("c")].doc_version and
                   all(w["state"] == "stopped" for w in st["workers"]), "c to apply its empty document")
     stop.set()
-    co._poke()
+    coordinator.wake()
     follower.join(30)
 
 

@@ -65,12 +65,12 @@ def test_a_returning_node_keeps_the_workers_nobody_could_replace(cluster: Cluste
     c.until_znode(c.layout.live(a.name), True, "the agent to register")
     c.converge(c.schedule({"wc": worker_topology(3)}).versions)
     before = c.running("a")
-    co = c.coordinator(dead_after_s=4.0)
+    coordinator = c.coordinator(dead_after_s=4.0)
     stop = threading.Event()
 
     def coordinate() -> None:
-        co.acquire(blocking=True)
-        co.follow(stop)
+        coordinator.acquire(blocking=True)
+        coordinator.follow(stop)
 
     follower = threading.Thread(target=coordinate, daemon=True)
     follower.start()
@@ -78,9 +78,9 @@ def test_a_returning_node_keeps_the_workers_nobody_could_replace(cluster: Cluste
         a.stop(signal.SIGKILL)
         c.until_znode(c.layout.live(a.name), False, "a's registration to expire")
         # no other node: nothing can be moved; the pass after dead_after says so and keeps them
-        poll_until(lambda: a.name in co._dead_handled, "a pass past dead_after", 120, every=0.2)
+        poll_until(lambda: a.name in coordinator.liveness.handled, "a pass past dead_after", 120, every=0.2)
         assert sorted(w.worker_id for w in c.views()[a.name].workers) == sorted(before)
-        assert co.schedule_state()["stranded"] == {f"{c.prefix}-wc": 3}
+        assert coordinator.schedule_state()["stranded"] == {f"{c.prefix}-wc": 3}
         c.start_agent("a")
         c.until_znode(c.layout.live(a.name), True, "the agent to register again")
         st = c.until_state("a", lambda st: st["applied_version"] is not None and st["session"] is not None
@@ -90,7 +90,7 @@ def test_a_returning_node_keeps_the_workers_nobody_could_replace(cluster: Cluste
         assert all(w["restarts"] == 0 for w in st["workers"])
     finally:
         stop.set()
-        co._poke()
+        coordinator.wake()
         follower.join(30)
 
 
@@ -108,8 +108,8 @@ def test_a_standby_coordinator_takes_over_and_moves_a_dead_nodes_workers(cluster
     poll_until(lambda: active(c, "co1"), "the first coordinator to be active", 60, every=0.1)
     second = c.start_coordinator("co2", "--dead-after", "4")
     poll_until(lambda: "waiting for the active coordinator" in c.output("co2"), "the standby to wait", 60, every=0.1)
-    co = c.coordinator()
-    versions, unplaced = co.wait_for_pass(c.store({"wc": worker_topology(4)}, co), 60)
+    coordinator = c.coordinator()
+    versions, unplaced = coordinator.wait_for_pass(c.store({"wc": worker_topology(4)}, coordinator), 60)
     assert unplaced == {}
     c.converge(versions)
     assert second.poll() is None, c.output("co2")

@@ -57,12 +57,12 @@ def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -
     assert result.placement.rolling == {}
 
     # the same under an active coordinator (schedule --follow): a pass whenever a node reports
-    co = c.coordinator()
+    coordinator = c.coordinator()
     stop = threading.Event()
 
     def coordinate() -> None:
-        co.acquire(blocking=True)
-        co.follow(stop)
+        coordinator.acquire(blocking=True)
+        coordinator.follow(stop)
 
     follower = threading.Thread(target=coordinate, daemon=True)
     follower.start()
@@ -76,5 +76,5 @@ def test_a_changed_topology_is_replaced_one_worker_at_a_time(cluster: Cluster) -
         assert started == len(old) and worst == 2
     finally:
         stop.set()
-        co._poke()
+        coordinator.wake()
         follower.join(30)

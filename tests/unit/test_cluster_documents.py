@@ -203,13 +203,6 @@ def test_a_nodes_engine_report_is_printable_or_refused(entry: dict[str, str]) ->
 ])
 def test_fencing_stops_the_workers_before_the_coordinator_may_move_them(
         fence: float | None, dead_after: float | None, grace: float, want: float | None) -> None:
-    from types import SimpleNamespace
+    from berth._cluster.fencing import fence_after
 
-    from berth._cluster.fencing import Fencing
-    from berth._core.clusterconfig import ClusterSection
-
-    f = Fencing()
-    f.settings = ClusterSection(fence_after_s=fence)
-    f.sup = SimpleNamespace(settings=SimpleNamespace(grace_s=grace))  # type: ignore[assignment]
-    f._dead_after_s = dead_after
-    assert f.fence_after() == want
+    assert fence_after(fence, dead_after, grace) == want

@@ -100,10 +100,10 @@ def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: st
     _logging()
     cred = _credential(auth)
     sup = Supervisor(get_node(ctx))
-    ag = Agent(sup, hosts, cred, settings)
-    ag.start()
-    click.echo(f"agent {config.node.name}: ZooKeeper {hosts}, document {ag.layout.assignment(config.node.name)}, "
-               f"status {ag.dir}/status.json", err=True)
+    node_agent = Agent(sup, hosts, cred, settings)
+    node_agent.start()
+    click.echo(f"agent {config.node.name}: ZooKeeper {hosts}, document {node_agent.source.removeprefix('zk:')}, "
+               f"status {node_agent.dir}/status.json", err=True)
     try:
         if no_api:
             from .service import wait_for_stop_signal
@@ -112,9 +112,9 @@ def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: st
         else:
             from .._cluster.health import serve_agent
 
-            serve_agent(ag, socket_path or config.api_socket, config)
+            serve_agent(node_agent, socket_path or config.api_socket, config)
     finally:
-        ag.stop(drain=drain)
+        node_agent.stop(drain=drain)
 
 
 def _coordinator(ctx: click.Context, zk: str | None, auth_file: str | None, root: str | None,
@@ -122,11 +122,11 @@ def _coordinator(ctx: click.Context, zk: str | None, auth_file: str | None, root
     from .._cluster.scheduler import Coordinator
 
     settings, hosts, auth = _settings(ctx, zk, auth_file, root)
-    co = Coordinator(hosts, _credential(auth), settings, dead_after if dead_after is not None
+    coordinator = Coordinator(hosts, _credential(auth), settings, dead_after if dead_after is not None
                      else max(30.0, 3 * settings.session_timeout_s))
-    co.connect()
-    ctx.call_on_close(co.close)
-    return co
+    coordinator.connect()
+    ctx.call_on_close(coordinator.close)
+    return coordinator
 
 
 @main.command()
@@ -145,31 +145,31 @@ def schedule(ctx: click.Context, /, zk: str | None, auth_file: str | None, root:
     """Place the workers of TOPOLOGIES (YAML: topologies: {id: {user, command, workers, …}}) on live nodes."""
     from .._cluster.placement import read_topologies
 
-    co = _coordinator(ctx, zk, auth_file, root, dead_after)
+    coordinator = _coordinator(ctx, zk, auth_file, root, dead_after)
     if topologies:
-        co.store_topologies(read_topologies(topologies))
+        coordinator.store_topologies(read_topologies(topologies))
     elif not follow:
         raise click.UsageError("give a TOPOLOGIES file, or --follow to coordinate the stored ones")
     if follow:
-        _follow(co)
+        _follow(coordinator)
         return
     rolling: dict[str, int] = {}
-    if co.acquire(blocking=False):
+    if coordinator.acquire(blocking=False):
         try:  # no active coordinator: this command drives a rolling replacement to its end itself
-            result = co.roll_out(wait_s)
+            result = coordinator.roll_out(wait_s)
         finally:
-            co.lock.release()
+            coordinator.lock.release()
         versions, unplaced, rolling = result.versions, result.placement.unplaced, result.placement.rolling
     else:
-        click.echo(f"coordinator {co.active_coordinator()} is active: it applies the topologies", err=True)
-        versions, unplaced = co.wait_for_pass(co.read_topologies()[1], max(wait_s, 60.0))
-    conv = co.converge(versions, wait_s) if wait_s > 0 else None
+        click.echo(f"coordinator {coordinator.active_coordinator()} is active: it applies the topologies", err=True)
+        versions, unplaced = coordinator.wait_for_pass(coordinator.read_topologies()[1], max(wait_s, 60.0))
+    conv = coordinator.converge(versions, wait_s) if wait_s > 0 else None
     _report(versions, unplaced, conv, as_json, rolling)
     if unplaced or rolling or (conv is not None and not conv.done):
         ctx.exit(EXIT_NOT_CONVERGED)
 
 
-def _follow(co: Coordinator) -> None:
+def _follow(coordinator: Coordinator) -> None:
     import signal
 
     _logging()
@@ -177,17 +177,17 @@ def _follow(co: Coordinator) -> None:
 
     def on_signal(*_: Any) -> None:
         stop.set()
-        co.cancel_wait()
-        co._poke()
+        coordinator.cancel_wait()
+        coordinator.wake()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    if not co.acquire(blocking=False):
-        click.echo(f"waiting for the active coordinator ({co.active_coordinator()}) to go", err=True)
-        if not co.wait_for_lock(stop):
+    if not coordinator.acquire(blocking=False):
+        click.echo(f"waiting for the active coordinator ({coordinator.active_coordinator()}) to go", err=True)
+        if not coordinator.wait_for_lock(stop):
             return
-    click.echo(f"active coordinator {co.identifier}", err=True)
-    co.follow(stop)
+    click.echo(f"active coordinator {coordinator.identifier}", err=True)
+    coordinator.follow(stop)
 
 
 def _report(versions: dict[str, str], unplaced: dict[str, int], conv: Convergence | None, as_json: bool,
@@ -322,8 +322,8 @@ def cluster_remove_node(ctx: click.Context, /, zk: str | None, auth_file: str | 
     """Remove node NAME's znodes (its identity stops working). A live node is refused unless --drain."""
     from .._cluster.removal import remove
 
-    co = _coordinator(ctx, zk, auth_file, root)
-    remove(co, name, drain, wait_s, lambda line: click.echo(line, err=True))
+    coordinator = _coordinator(ctx, zk, auth_file, root)
+    remove(coordinator, name, drain, wait_s, lambda line: click.echo(line, err=True))
     click.echo(f"node {name} removed")
 
 
@@ -340,8 +340,9 @@ def cluster_ps(ctx: click.Context, /, zk: str | None, auth_file: str | None, roo
     from .._cluster.drains import read_drains
     from .cluster_views import cluster_rows, cluster_tables
 
-    co = _coordinator(ctx, zk, auth_file, root)
-    nodes, workers = cluster_rows(read_cluster(co.conn, co.layout), co.settings, read_drains(co.conn, co.layout)[0])
+    coordinator = _coordinator(ctx, zk, auth_file, root)
+    conn, layout = coordinator.conn, coordinator.layout
+    nodes, workers = cluster_rows(read_cluster(conn, layout), coordinator.settings, read_drains(conn, layout)[0])
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "workers": workers}, indent=2))
         return

@@ -77,7 +77,7 @@ class _Demo:
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.cred = new_credential("berth-coordinator")
         self.admin = Connection(hosts, self.cred, SESSION_S, 0.5, patient=True)
-        self.co: Coordinator | None = None
+        self.coordinator: Coordinator | None = None
 
     def docker(self) -> Any:
         import docker
@@ -128,10 +128,10 @@ class _Demo:
             self.console.print(t)
 
     def converge(self, what: str) -> bool:
-        assert self.co is not None
+        assert self.coordinator is not None
         views = read_cluster(self.admin, self.layout)
         versions = {n: v.doc_version for n, v in views.items() if v.doc_version and v.live}
-        conv = self.co.converge(versions, 120)
+        conv = self.coordinator.converge(versions, 120)
         self.console.print(f"{what}: " + ("[green]converged[/]" if conv.done else "[red]NOT converged[/]") + " — " +
                            ", ".join(f"{n} {r.get('running', 0)}/{r.get('workers', 0)} running"
                                      for n, r in sorted(conv.nodes.items())))
@@ -155,8 +155,8 @@ class _Demo:
             client = self.docker()
             for c in client.containers(all=True, filters={"label": f"berth.node={name}"}):
                 client.remove_container(c["Id"], force=True)
-        if self.co is not None:
-            self.co.close()
+        if self.coordinator is not None:
+            self.coordinator.close()
         try:
             remove_cluster(self.admin, self.layout)
         except Exception as exc:
@@ -175,73 +175,74 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
     workdir = workdir or Path(base.node.local_dir).parent / "cluster"
     console.rule("[bold]berth demo --cluster")
     console.print(f"ZooKeeper {hosts}, root {root}, engine {base.node.docker_host}, dirs under {workdir}")
-    d = _Demo(base, hosts, workdir, root, prefix, console)
+    demo = _Demo(base, hosts, workdir, root, prefix, console)
     checks: list[bool] = []
     stop = threading.Event()
     follower: threading.Thread | None = None
     try:
-        d.setup()
-        d.co = co = Coordinator(hosts, d.cred, d.settings, DEAD_AFTER_S)
-        co.connect()
-        mine = co.store_topologies(parse_topologies(topologies(4, topology_prefix)))
-        assert co.acquire(blocking=True, timeout_s=30)
+        demo.setup()
+        demo.coordinator = coordinator = Coordinator(hosts, demo.cred, demo.settings, DEAD_AFTER_S)
+        coordinator.connect()
+        mine = coordinator.store_topologies(parse_topologies(topologies(4, topology_prefix)))
+        assert coordinator.acquire(blocking=True, timeout_s=30)
 
         def coordinate() -> None:
-            co.follow(stop)
+            coordinator.follow(stop)
 
         follower = threading.Thread(target=coordinate, name="demo-coordinator", daemon=True)
         follower.start()
         console.rule("two topologies on three nodes")
-        co.wait_for_pass(mine, 120)
-        checks.append(d.converge("wordcount (4 workers, berth-alice) and sessions (2, berth-bob)"))
-        d.ps()
-        where = d.where()
+        coordinator.wait_for_pass(mine, 120)
+        checks.append(demo.converge("wordcount (4 workers, berth-alice) and sessions (2, berth-bob)"))
+        demo.ps()
+        where = demo.where()
         checks.append(len(where) == 6 and all(len(v) == 1 for v in where.values()))
         console.print(f"every worker on exactly one node: {'yes' if checks[-1] else 'NO'}")
 
         console.rule("an agent dies")
-        victim = d.names[2]
-        before = d.running(victim)
-        d.agents[victim].send_signal(signal.SIGKILL)
-        d.agents[victim].wait()
-        console.print(f"SIGKILLed agent {victim}; its workers {before} keep running: {d.running(victim) == before}")
-        _until(lambda: d.admin.client.exists(d.layout.live(victim)) is None, "its session to expire")
+        victim = demo.names[2]
+        before = demo.running(victim)
+        demo.agents[victim].send_signal(signal.SIGKILL)
+        demo.agents[victim].wait()
+        console.print(f"SIGKILLed agent {victim}; its workers {before} keep running: {demo.running(victim) == before}")
+        _until(lambda: demo.admin.client.exists(demo.layout.live(victim)) is None, "its session to expire")
         console.print(f"{victim}'s session expired ({SESSION_S:g}s): registration gone; workers still running: "
-                      f"{d.running(victim) == before}")
-        checks.append(d.running(victim) == before)
-        _until(lambda: not read_cluster(d.admin, d.layout)[victim].workers, "the coordinator to move them")
+                      f"{demo.running(victim) == before}")
+        checks.append(demo.running(victim) == before)
+        _until(lambda: not read_cluster(demo.admin, demo.layout)[victim].workers, "the coordinator to move them")
         console.print(f"{DEAD_AFTER_S:g}s later the coordinator moved them to the other nodes under new ids")
-        checks.append(d.converge("the two remaining nodes"))
-        d.start_agent(victim)
-        _until(lambda: not d.running(victim), "the old copies to stop")
-        where = d.where()
+        checks.append(demo.converge("the two remaining nodes"))
+        demo.start_agent(victim)
+        _until(lambda: not demo.running(victim), "the old copies to stop")
+        where = demo.where()
         checks.append(len(where) == 6 and all(len(v) == 1 for v in where.values()) and not set(before) & set(where))
         console.print(f"{victim}'s agent is back: it read its new (empty) document and stopped the old copies; "
                       f"duplicates: {'none' if checks[-1] else 'YES'}")
 
         if zk is not None:
             console.rule("a ZooKeeper server dies")
-            running = {n: d.running(n) for n in d.names}
+            running = {n: demo.running(n) for n in demo.names}
             leader = zk.leader()
             zk.kill(leader)
             console.print(f"killed ZooKeeper server {leader}, the leader")
-            co.wait_for_pass(co.store_topologies(parse_topologies(topologies(5, topology_prefix))), 120)
-            checks.append(d.converge("wordcount scaled to 5 after the leader died"))
-            checks.append(all(set(running[n]) <= set(d.running(n)) for n in d.names))
+            scaled = coordinator.store_topologies(parse_topologies(topologies(5, topology_prefix)))
+            coordinator.wait_for_pass(scaled, 120)
+            checks.append(demo.converge("wordcount scaled to 5 after the leader died"))
+            checks.append(all(set(running[n]) <= set(demo.running(n)) for n in demo.names))
             console.print(f"no worker stopped: {'yes' if checks[-1] else 'NO'}")
             zk.start(leader)
             console.print(f"server {leader} restarted and rejoined")
-        d.ps()
+        demo.ps()
     except BerthError as exc:
         console.print(f"[red]demo failed: {exc}")
         checks.append(False)
     finally:
         stop.set()
-        if d.co is not None:
-            d.co._poke()
+        if demo.coordinator is not None:
+            demo.coordinator.wake()
         if follower is not None:
             follower.join(30)
-        d.close()
+        demo.close()
     console.print(f"cleaned up: agents stopped, workers removed, {root} deleted")
     return 0 if checks and all(checks) else 1
 

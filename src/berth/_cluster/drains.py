@@ -10,9 +10,6 @@ marker is kept in ZooKeeper, not in the remove-node process, so that the active 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from .._exceptions import ClusterError
@@ -24,15 +21,12 @@ MOVING, STOPPING = "moving", "stopping"
 TRIES = 10
 
 
-def read_drains(conn: Connection, layout: ZkLayout, watch: Callable[..., Any] | None = None
-                ) -> tuple[dict[str, str], str | None]:
+def read_drains(conn: Connection, layout: ZkLayout) -> tuple[dict[str, str], str | None]:
     """The nodes being drained, with their phase, and the version of the marker (None: no marker)."""
-    c, path = conn, layout.drains
+    path = layout.drains
     try:
-        data, stat = c.call(c.client.get_async, path, watch=watch)
+        data, stat = conn.call(conn.client.get_async, path)
     except NoNodeError:
-        if watch is not None:
-            c.call(c.client.exists_async, path, watch=watch)
         return {}, None
     return _parse(data, path), version_of(stat.mzxid)
 
@@ -47,11 +41,11 @@ def _parse(data: bytes, path: str) -> dict[str, str]:
 
 def set_drain(conn: Connection, layout: ZkLayout, node: str, phase: str | None) -> str:
     """Set (or with None clear) one node's phase, against concurrent writers; the new version."""
-    c, path = conn, layout.drains
+    path = layout.drains
     for _ in range(TRIES):
         try:
             try:
-                data, stat = c.call(c.client.get_async, path)
+                data, stat = conn.call(conn.client.get_async, path)
                 nodes = _parse(data, path)
                 version: int | None = stat.version
             except NoNodeError:
@@ -62,10 +56,10 @@ def set_drain(conn: Connection, layout: ZkLayout, node: str, phase: str | None) 
                 nodes[node] = phase
             raw = dump_json({"format": FORMAT, "nodes": nodes})
             if version is None:
-                c.call(c.client.create_async, path, raw)  # the client's default ACL: coordinator only
-                stat = c.call(c.client.exists_async, path)
+                conn.call(conn.client.create_async, path, raw)  # the client's default ACL: coordinator only
+                stat = conn.call(conn.client.exists_async, path)
             else:
-                stat = c.call(c.client.set_async, path, raw, version=version)
+                stat = conn.call(conn.client.set_async, path, raw, version=version)
             return version_of(stat.mzxid)
         except (BadVersionError, NodeExistsError):
             continue  # written meanwhile: read it again

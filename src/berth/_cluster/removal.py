@@ -23,77 +23,85 @@ from .drains import MOVING, STOPPING, read_drains, set_drain
 from .scheduler import Coordinator
 
 
-def remove(co: Coordinator, node: str, drain: bool, timeout_s: float, say: Callable[[str], None]) -> None:
-    views = read_cluster(co.conn, co.layout)
+def remove(coordinator: Coordinator, node: str, drain: bool, timeout_s: float, say: Callable[[str], None]) -> None:
+    views = read_cluster(coordinator.conn, coordinator.layout)
     v = views.get(node)
     if v is None:
         raise ClusterError("node", f"{node!r} is not enrolled")
-    removal_paths(co.conn, co.layout, node)  # everything can be deleted: else the reason, and nothing changed
+    removal_paths(coordinator.conn, coordinator.layout, node)  # all can be deleted: else the reason, nothing changed
     if v.live is not None and not drain:
         raise ClusterError("node", f"{node} is live (agent pid {v.live.pid} on {v.live.host}): removed, it would "
                                    f"run its {len(v.workers)} worker(s) on with nobody to account for them; "
                                    "--drain moves them to other nodes first (or stop its agent)")
     if v.live is not None:
-        _drain(co, node, v, time.monotonic() + timeout_s, timeout_s, say)
-    remove_node(co.conn, co.layout, node)
-    if node in read_drains(co.conn, co.layout)[0]:
-        set_drain(co.conn, co.layout, node, None)
+        _drain(coordinator, node, v, time.monotonic() + timeout_s, timeout_s, say)
+    remove_node(coordinator.conn, coordinator.layout, node)
+    if node in read_drains(coordinator.conn, coordinator.layout)[0]:
+        set_drain(coordinator.conn, coordinator.layout, node, None)
     if v.live is None and v.workers:
         say(f"{len(v.workers)} worker(s) of {node}'s document go to other nodes with the next pass")
 
 
-def _drain(co: Coordinator, node: str, v: NodeView, deadline: float, timeout_s: float,
+def _drain(coordinator: Coordinator, node: str, v: NodeView, deadline: float, timeout_s: float,
            say: Callable[[str], None]) -> None:
-    drains, _ = read_drains(co.conn, co.layout)
-    before = co.plan(drains).unplaced
-    after = co.plan({**drains, node: MOVING}).unplaced
+    drains, _ = read_drains(coordinator.conn, coordinator.layout)
+    before = coordinator.plan(drains).unplaced
+    after = coordinator.plan({**drains, node: MOVING}).unplaced
     short = {tid: n - before.get(tid, 0) for tid, n in after.items() if n > before.get(tid, 0)}
     if short:
         what = ", ".join(f"{n} of {tid}" for tid, n in sorted(short.items()))
         raise ClusterError("node", f"the other nodes have no room for {node}'s workers ({what}); nothing changed")
     try:
         say(f"draining {node}: placing replacements for its {len(v.workers)} worker(s) on other nodes")
-        ids = {n: {w.worker_id for w in x.workers} for n, x in read_cluster(co.conn, co.layout).items()}
-        versions = _passed(co, set_drain(co.conn, co.layout, node, MOVING), deadline)
-        views = read_cluster(co.conn, co.layout)
+        placed = read_cluster(coordinator.conn, coordinator.layout)
+        ids = {n: {w.worker_id for w in x.workers} for n, x in placed.items()}
+        versions = _passed(coordinator, set_drain(coordinator.conn, coordinator.layout, node, MOVING), deadline)
+        views = read_cluster(coordinator.conn, coordinator.layout)
         fresh = {n: {w.worker_id for w in x.workers} - ids.get(n, set()) for n, x in views.items() if n != node}
-        _until_running(co, {n: w for n, w in fresh.items() if w}, deadline, timeout_s)
+        _until_running(coordinator, {n: w for n, w in fresh.items() if w}, deadline, timeout_s)
         say(f"the replacements run; stopping {node}'s own workers")
-        versions = _passed(co, set_drain(co.conn, co.layout, node, STOPPING), deadline)
+        versions = _passed(coordinator, set_drain(coordinator.conn, coordinator.layout, node, STOPPING), deadline)
         if node not in versions:
             raise ClusterError("node", f"{node} was removed meanwhile (by another remove-node?)")
-        conv = co.converge({node: versions[node]}, max(0.0, deadline - time.monotonic()))
+        conv = coordinator.converge({node: versions[node]}, max(0.0, deadline - time.monotonic()))
         if not conv.done:
             raise ClusterError("node", f"{node} did not stop its workers within {timeout_s:g}s: {conv.nodes[node]}")
     except BaseException:
         with contextlib.suppress(ClusterError):
-            set_drain(co.conn, co.layout, node, None)
+            set_drain(coordinator.conn, coordinator.layout, node, None)
         say(f"the drain of {node} was undone: it stays enrolled")
         raise
 
 
-def _passed(co: Coordinator, version: str, deadline: float) -> dict[str, str]:
+def _passed(coordinator: Coordinator, version: str, deadline: float) -> dict[str, str]:
     """A pass that sees the drain marker at ``version``: this command's own if no coordinator is
     active, else the active one's. Every node's document version after it."""
-    if co.acquire(blocking=False):
+    if coordinator.acquire(blocking=False):
         try:
-            return co.run_pass().versions
+            return coordinator.run_pass().versions
         finally:
-            co.lock.release()
-            co.lock = None
-    versions, _ = co.wait_for_pass(version, max(0.0, deadline - time.monotonic()), key="drain_version")
+            coordinator.lock.release()
+            coordinator.lock = None
+    versions, _ = coordinator.wait_for_pass(version, max(0.0, deadline - time.monotonic()), key="drain_version")
     return versions
 
 
-def _until_running(co: Coordinator, ids: Mapping[str, set[str]], deadline: float, timeout_s: float) -> None:
+def _until_running(coordinator: Coordinator, ids: Mapping[str, set[str]], deadline: float, timeout_s: float) -> None:
     """Until every worker of ``ids`` runs (its node, live, reports it running from its document's spec)."""
+    try:
+        _until_reported(coordinator, ids, deadline, timeout_s)
+    finally:
+        coordinator.unwatch_reports()
+
+
+def _until_reported(coordinator: Coordinator, ids: Mapping[str, set[str]], deadline: float, timeout_s: float) -> None:
     while True:
-        seen = co._mark()
-        views = read_cluster(co.conn, co.layout)
+        seen = coordinator.wakeup.mark()
+        views = read_cluster(coordinator.conn, coordinator.layout)
         missing = {n: sorted(w - views[n].ready()) for n, w in ids.items() if n in views and w - views[n].ready()}
         if not missing:
             return
         if time.monotonic() >= deadline:
             raise ClusterError("node", f"the replacements did not all run within {timeout_s:g}s: {missing}")
-        co._watch_states(missing)
-        co._wait_change(seen, min(1.0, deadline - time.monotonic()))
+        coordinator.watch_reports(missing)
+        coordinator.wakeup.wait(seen, min(1.0, deadline - time.monotonic()))

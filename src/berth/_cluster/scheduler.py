@@ -10,6 +10,10 @@ A node whose registration disappeared is left alone at first (its agent may be r
 cut off while its workers still run); only once it has been gone for ``dead_after_s`` (well past
 the session timeout that removed its registration) are its workers placed elsewhere, under new
 ids, and its document emptied, so that its agent stops the old copies when it comes back.
+
+Whether it is the active coordinator, and when it runs a pass, is ``coordstate``'s table; what it
+watches (the nodes, their registrations, the topologies, the drains and, during a rolling
+replacement, the nodes' reports) are kazoo's recipes (``watches``), which only wake it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +34,9 @@ from .._core.clusterconfig import ClusterSection
 from .._core.spec import WorkerSpec
 from .._exceptions import ClusterError
 from .admin import NodeView, read_cluster
+from .agentstate import Connected, Disconnected, Stop, Tick
 from .capacity import Capacity, capped
+from .coordstate import Changed, CoDo, CoEvent, CoordinatorMachine, Liveness, LockAcquired, PassDone, PassFailed
 from .documents import (
     FORMAT,
     dump_json,
@@ -41,12 +48,17 @@ from .documents import (
 from .drains import STOPPING, read_drains
 from .layout import Credential, ZkLayout, coordinator_only
 from .placement import NodeInput, Placement, Topology, parse_topologies, place
-from .waiting import Waiting
+from .waiting import Convergence, Waiting
+from .watches import Wakeup, Watches
 from .zk import UNAVAILABLE, Connection, explain
 
 log = logging.getLogger("berth.schedule")
 
 PASS_TRIES = 5
+IDLE_S = 30.0
+"""The longest a follower sleeps with nothing due (every change it waits for wakes it)."""
+REPORTS = "reports"
+"""The watches of the nodes' reports, wanted only during a rolling replacement."""
 
 
 @dataclass
@@ -63,7 +75,7 @@ def _dump(spec: WorkerSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"worker_id": spec.worker_id}
 
 
-class Coordinator(Waiting):
+class Coordinator:
     def __init__(self, hosts: str, cred: Credential, settings: ClusterSection, dead_after_s: float) -> None:
         if dead_after_s < settings.session_timeout_s:
             raise ClusterError("dead_after", f"must be at least the session timeout ({settings.session_timeout_s:g}s)")
@@ -71,18 +83,20 @@ class Coordinator(Waiting):
         self.settings = settings
         self.dead_after_s = dead_after_s
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
-        self._cond = threading.Condition()
-        self._dirty = True
-        self._seq = 0
-        self._gone_since: dict[str, float] = {}
-        self._dead_handled: set[str] = set()
+        self.wakeup = Wakeup()
+        """Poked by every watch and connection change: what a follower and the waits wait on."""
+        self.liveness = Liveness(dead_after_s)
+        self.machine = CoordinatorMachine(self.liveness)
         self._capacity: dict[str, Capacity] = {}
+        self._seen_nodes: list[str] = []
+        """The nodes the last pass of ``follow`` read (whose reports a rolling replacement watches)."""
         self.lock: Any = None
-        self._rolling = False
         self._waiting: Any = None
         """The lock a standby is waiting for (``cancel_wait`` ends the wait)."""
         self.conn = Connection(hosts, cred, settings.session_timeout_s, settings.reconnect_max_delay_s,
-                               on_change=self._poke, default_acl=coordinator_only(cred.digest_id), patient=True)
+                               on_change=self.wakeup.poke, default_acl=coordinator_only(cred.digest_id), patient=True)
+        self.watches = Watches(self.conn.client, self.wakeup.poke)
+        self.waiting = Waiting(self.conn, self.layout, self.watches, self.wakeup)
 
     def connect(self, timeout_s: float = 15.0) -> None:
         self.conn.start_and_wait(timeout_s)
@@ -95,34 +109,50 @@ class Coordinator(Waiting):
                 log.info("releasing the lock: %s", exc)
         self.conn.close()
 
-    def _poke(self, *_: Any) -> None:
-        with self._cond:
-            self._dirty = True
-            self._seq += 1
-            self._cond.notify_all()
+    def wake(self) -> None:
+        """From a signal handler or another thread: have a follower look again (at its stop flag)."""
+        self.wakeup.poke()
+
+    def watch_reports(self, names: Iterable[str]) -> None:
+        """Wake on every report of these nodes (until ``unwatch_reports``)."""
+        for name in names:
+            self.watches.data(self.layout.state(name), group=REPORTS)
+
+    def unwatch_reports(self) -> None:
+        self.watches.release(REPORTS)
+
+    # -- what the one-shot commands wait for (``waiting``) ----------------------------------------
+
+    def schedule_state(self) -> dict[str, Any]:
+        return self.waiting.schedule_state()
+
+    def wait_for_pass(self, version: str | None, timeout_s: float, key: str = "topologies_version"
+                      ) -> tuple[dict[str, str], dict[str, int]]:
+        return self.waiting.wait_for_pass(version, timeout_s, key)
+
+    def converge(self, versions: Mapping[str, str], timeout_s: float, running: bool = True) -> Convergence:
+        return self.waiting.converge(versions, timeout_s, running)
 
     # -- topologies ----------------------------------------------------------------------------
 
     def store_topologies(self, topologies: Mapping[str, Topology]) -> str:
         raw = dump_json({"format": FORMAT, "topologies": {k: v.model_dump(mode="json") for k, v in topologies.items()}})
-        c, path = self.conn, self.layout.topologies
+        conn, path = self.conn, self.layout.topologies
         try:
             try:
-                stat = c.call(c.client.set_async, path, raw)
+                stat = conn.call(conn.client.set_async, path, raw)
             except NoNodeError:
-                c.call(c.client.create_async, path, raw)  # the client's default ACL: coordinator only
-                stat = c.call(c.client.exists_async, path)
+                conn.call(conn.client.create_async, path, raw)  # the client's default ACL: coordinator only
+                stat = conn.call(conn.client.exists_async, path)
         except UNAVAILABLE as exc:
             raise ClusterError("zk", f"storing the topologies: {explain(exc, path)}") from exc
         return version_of(stat.mzxid)
 
-    def read_topologies(self, watch: bool = False) -> tuple[dict[str, Topology], str | None]:
-        c, path = self.conn, self.layout.topologies
+    def read_topologies(self) -> tuple[dict[str, Topology], str | None]:
+        conn, path = self.conn, self.layout.topologies
         try:
-            data, stat = c.call(c.client.get_async, path, watch=self._poke if watch else None)
+            data, stat = conn.call(conn.client.get_async, path)
         except NoNodeError:
-            if watch:
-                c.call(c.client.exists_async, path, watch=self._poke)
             return {}, None
         doc = load_json(data, "topologies")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -142,17 +172,16 @@ class Coordinator(Waiting):
         """Passes until no rolling replacement is left (each waits for the workers being replaced
         to run their new spec, as the nodes' reports say), or until ``timeout_s``; the last pass."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            seen = self._mark()
-            result = self.run_pass()
-            if not result.placement.rolling or time.monotonic() >= deadline:
-                return result
-            self._watch_states(result.views)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
-
-    def _watch_states(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
+        try:
+            while True:
+                seen = self.wakeup.mark()
+                result = self.run_pass()
+                if not result.placement.rolling or time.monotonic() >= deadline:
+                    return result
+                self.watch_reports(result.views)
+                self.wakeup.wait(seen, min(1.0, deadline - time.monotonic()))
+        finally:
+            self.unwatch_reports()
 
     def _inputs(self, views: Mapping[str, NodeView], drains: Mapping[str, str]) -> list[NodeInput]:
         """What placement is told of each node. A node without a document gets nothing (nobody could
@@ -162,11 +191,7 @@ class Coordinator(Waiting):
         for name, v in views.items():
             if v.live is not None:  # what the node says it offers, within this coordinator's own limits
                 self._capacity[name] = capped(v.live.capacity, self.settings)
-                self._gone_since.pop(name, None)
-                self._dead_handled.discard(name)
-            else:
-                self._gone_since.setdefault(name, t)
-            dead = v.live is None and t - self._gone_since[name] >= self.dead_after_s
+            dead = self.liveness.see(name, v.live is not None, t)
             capacity = self._capacity.get(name) if v.doc_stat_version is not None else None
             workers = [] if drains.get(name) == STOPPING else v.workers
             inputs.append(NodeInput(name, capacity, v.live is not None, dead, workers, v.ready(),
@@ -180,14 +205,14 @@ class Coordinator(Waiting):
         return place(topologies, self._inputs(read_cluster(self.conn, self.layout), drains), counters)
 
     def _try_pass(self) -> PassResult | None:
-        c = self.conn
+        conn = self.conn
         topologies, topo_version = self.read_topologies()
         counters, state_version = self._read_schedule_state()
-        drains, drain_version = read_drains(c, self.layout)
-        views = read_cluster(c, self.layout)
+        drains, drain_version = read_drains(conn, self.layout)
+        views = read_cluster(conn, self.layout)
         inputs = self._inputs(views, drains)
         placement = place(topologies, inputs, counters)
-        txn = c.client.transaction()
+        txn = conn.client.transaction()
         if self.lock is not None and self.lock.node:
             txn.check(f"{self.layout.lock}/{self.lock.node}", 0)  # fencing: only while we hold the lock
         written = []
@@ -210,7 +235,7 @@ class Coordinator(Waiting):
         else:
             txn.set_data(self.layout.schedule_state, body, version=state_version)
         try:
-            results = txn.commit_async().get(timeout=c.timeout_s)
+            results = txn.commit_async().get(timeout=conn.timeout_s)
         except UNAVAILABLE as exc:
             raise ClusterError("zk", f"writing the assignments: {explain(exc, self.layout.assignments)}") from exc
         failed = [r for r in results if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
@@ -228,13 +253,13 @@ class Coordinator(Waiting):
             log.warning("moved %s off %s (gone for more than %.0fs)", wid, node, self.dead_after_s)
         for tid, n in placement.stranded.items():
             log.warning("%d worker(s) of %s stay on a dead node: no live node has room for them", n, tid)
-        self._dead_handled.update(n.name for n in inputs if n.dead)
+        self.liveness.dealt_with(n.name for n in inputs if n.dead)
         return PassResult({k: v for k, v in versions.items() if v}, written, placement, views, topo_version)
 
     def _read_schedule_state(self) -> tuple[dict[str, int], int | None]:
-        c = self.conn
+        conn = self.conn
         try:
-            data, stat = c.call(c.client.get_async, self.layout.schedule_state)
+            data, stat = conn.call(conn.client.get_async, self.layout.schedule_state)
         except NoNodeError:
             return {}, None
         doc = load_json(data, "schedule state")
@@ -291,61 +316,64 @@ class Coordinator(Waiting):
         return str(names[0]) if names else None
 
     def follow(self, stop: threading.Event) -> None:
-        """Stay the active coordinator: a pass whenever nodes come or go, the topologies change,
-        or a node that left passes ``dead_after_s``."""
-        session = self.conn.state.session_id
+        """Stay the active coordinator (the caller holds the lock) until ``stop``: a pass whenever
+        nodes come or go, the topologies or drains change, or a node that left passes
+        ``dead_after_s``; back to standby (waiting for the lock) when the session is lost."""
+        self.watches.children(self.layout.nodes, self._watch_nodes)
+        self.watches.data(self.layout.topologies)
+        self.watches.data(self.layout.drains)
+        pending: deque[CoDo] = deque(self.machine.handle(LockAcquired(self.conn.state.session_id), time.monotonic()))
         while not stop.is_set():
-            conn = self.conn.state
-            if not conn.connected:
-                self._wait(stop, 1.0)
-                continue
-            if conn.session_id != session:
-                log.warning("new ZooKeeper session: the lock went with the old one; waiting to be the active "
-                            "coordinator again")
-                self.lock = None
-                if not self.wait_for_lock(stop):
-                    return
-                log.warning("active coordinator again")
-                session, self._dirty = self.conn.state.session_id, True
+            seen = self.wakeup.mark()
+            while pending and not stop.is_set():
+                for event in self._carry_out(pending.popleft(), stop):
+                    pending.extend(self.machine.handle(event, time.monotonic()))
+            if stop.is_set():
+                break
+            due = self.machine.due(time.monotonic())
+            self.wakeup.wait(seen, IDLE_S if due is None else min(IDLE_S, due - time.monotonic()))
+            events: list[CoEvent] = [*self._link_events(), Tick()]
+            if self.wakeup.mark() != seen:
+                events.append(Changed())
+            for event in events:
+                pending.extend(self.machine.handle(event, time.monotonic()))
+        self.machine.handle(Stop(), time.monotonic())
+
+    def _watch_nodes(self, names: list[str]) -> None:
+        # kazoo's callback thread: only start recipes (each on a thread of its own), never wait
+        for name in names:
+            self.watches.data(self.layout.live(name))
+
+    def _link_events(self) -> list[CoEvent]:
+        conn, st = self.conn.state, self.machine.state
+        if not conn.connected:
+            return [Disconnected(time.monotonic())] if st.connected else []
+        if conn.session_id is not None and (not st.connected or conn.session_id != st.session):
+            return [Connected(conn.session_id)]
+        return []
+
+    def _carry_out(self, action: CoDo, stop: threading.Event) -> list[CoEvent]:
+        if action is CoDo.PASS:
             try:
-                self._arm_watches()
-                with self._cond:
-                    dirty, self._dirty = self._dirty, False
-                if dirty or self._someone_died():
-                    result = self.run_pass()
-                    was, self._rolling = self._rolling, bool(result.placement.rolling)
-                    if self._rolling and not was:  # watch the nodes' reports first, then read them again
-                        self._poke()
-                    if result.written:
-                        log.info("pass: wrote %s; unplaced %s; rolling %s", ", ".join(result.written),
-                                 result.placement.unplaced or "none", result.placement.rolling or "none")
+                result = self.run_pass()
             except ClusterError as exc:
                 log.error("%s", exc)
-                self._wait(stop, 1.0)
-            self._wait(stop, self._next_death())
-
-    def _wait(self, stop: threading.Event, seconds: float) -> None:
-        with self._cond:
-            if not self._dirty and not stop.is_set():
-                self._cond.wait(timeout=max(0.0, seconds))
-
-    def _arm_watches(self) -> None:
-        c = self.conn
-        names = c.call(c.client.get_children_async, self.layout.nodes, watch=self._poke)
-        for name in names:
-            c.client.exists_async(self.layout.live(name), watch=self._poke)
-        if self._rolling:
-            self._watch_states(names)
-        self.read_topologies(watch=True)
-        read_drains(c, self.layout, watch=self._poke)
-
-    def _someone_died(self) -> bool:
-        t = time.monotonic()
-        return any(t - since >= self.dead_after_s and name not in self._dead_handled
-                   for name, since in self._gone_since.items())
-
-    def _next_death(self) -> float:
-        t = time.monotonic()
-        ahead = [since + self.dead_after_s - t for since in self._gone_since.values()
-                 if since + self.dead_after_s > t]
-        return min([30.0, *ahead])
+                stop.wait(1.0)  # whatever failed, not again at once
+                return [PassFailed()]
+            self._seen_nodes = list(result.views)
+            if result.written:
+                log.info("pass: wrote %s; unplaced %s; rolling %s", ", ".join(result.written),
+                         result.placement.unplaced or "none", result.placement.rolling or "none")
+            return [PassDone(bool(result.placement.rolling))]
+        if action is CoDo.WATCH_REPORTS:
+            self.watch_reports(self._seen_nodes)
+        elif action is CoDo.UNWATCH_REPORTS:
+            self.unwatch_reports()
+        elif action is CoDo.WAIT_FOR_LOCK:
+            log.warning("new ZooKeeper session: the lock went with the old one; waiting to be the active "
+                        "coordinator again")
+            self.lock = None
+            if self.wait_for_lock(stop):
+                log.warning("active coordinator again")
+                return [LockAcquired(self.conn.state.session_id)]
+        return []

@@ -1,14 +1,14 @@
 """What the coordinator's one-shot commands wait for: the active coordinator's pass over their
 topologies (and the end of a rolling replacement), then every live node running its document.
 
-Waiting is on ZooKeeper watches (a node's state znode, the schedule state), each wait bounded by
-a deadline; a watch only wakes the waiter, who then reads what changed.
+Waiting is on ZooKeeper watches (kazoo's recipes on the nodes' state znodes and the schedule
+state), each wait bounded by a deadline; a watch only wakes the waiter, who then reads what
+changed. The watches are released when the wait ends.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,9 +20,13 @@ from .._exceptions import ClusterError
 from .admin import read_cluster
 from .documents import load_json, version_number
 from .layout import ZkLayout
+from .watches import Wakeup, Watches
 from .zk import Connection
 
 log = logging.getLogger("berth.schedule")
+
+WAITS = "waits"
+"""The group of the watches a wait starts (released when it ends)."""
 
 
 @dataclass
@@ -32,28 +36,16 @@ class Convergence:
 
 
 class Waiting:
-    conn: Connection
-    layout: ZkLayout
-    _cond: threading.Condition
-    _seq: int
-
-    def _poke(self, *_: Any) -> None:
-        """The owner's: wakes whoever waits on ``_cond`` (given to ZooKeeper as a watch)."""
-        raise NotImplementedError
-
-    def _mark(self) -> int:
-        with self._cond:
-            return self._seq
-
-    def _wait_change(self, seen: int, seconds: float) -> None:
-        """For the waiting commands: wake on any watch, without taking the follower's work away."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq != seen, timeout=max(0.0, seconds))
+    def __init__(self, conn: Connection, layout: ZkLayout, watches: Watches, wakeup: Wakeup) -> None:
+        self.conn = conn
+        self.layout = layout
+        self.watches = watches
+        self.wakeup = wakeup
 
     def schedule_state(self) -> dict[str, Any]:
-        c = self.conn
+        conn = self.conn
         try:
-            data, _ = c.call(c.client.get_async, self.layout.schedule_state)
+            data, _ = conn.call(conn.client.get_async, self.layout.schedule_state)
         except NoNodeError:
             return {}
         doc = load_json(data, "schedule state")
@@ -65,8 +57,16 @@ class Waiting:
         state names their ``version`` under ``key``) and for the end of any rolling replacement;
         return every node's document version and what could not be placed."""
         deadline = time.monotonic() + timeout_s
+        self.watches.data(self.layout.schedule_state, group=WAITS)
+        try:
+            return self._until_passed(version, deadline, timeout_s, key)
+        finally:
+            self.watches.release(WAITS)
+
+    def _until_passed(self, version: str | None, deadline: float, timeout_s: float, key: str
+                      ) -> tuple[dict[str, str], dict[str, int]]:
         while True:
-            seen = self._mark()
+            seen = self.wakeup.mark()
             st = self.schedule_state()
             if version_number(st.get(key)) >= version_number(version) and not st.get("rolling"):
                 views = read_cluster(self.conn, self.layout)
@@ -76,23 +76,29 @@ class Waiting:
                     raise ClusterError("schedule", f"the rolling replacement is still going on after {timeout_s:g}s "
                                                    f"(workers on their old spec: {st.get('rolling')})")
                 raise ClusterError("schedule", f"the active coordinator did not place the topologies in {timeout_s:g}s")
-            self.conn.client.exists_async(self.layout.schedule_state, watch=self._poke)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
+            self.wakeup.wait(seen, min(1.0, deadline - time.monotonic()))
 
     # -- convergence ---------------------------------------------------------------------------
 
     def converge(self, versions: Mapping[str, str], timeout_s: float, running: bool = True) -> Convergence:
         """Wait (on watches of the nodes' state znodes) until every live node applied its version."""
-        deadline = time.monotonic() + timeout_s
+        for name in versions:
+            self.watches.data(self.layout.state(name), group=WAITS)
+        try:
+            return self._until_converged(versions, time.monotonic() + timeout_s, running)
+        finally:
+            self.watches.release(WAITS)
+
+    def _until_converged(self, versions: Mapping[str, str], deadline: float, running: bool) -> Convergence:
         while True:
-            seen = self._mark()
+            seen = self.wakeup.mark()
             try:
                 views = read_cluster(self.conn, self.layout)
             except ClusterError as exc:  # ZooKeeper away for a moment: the deadline still holds
                 if time.monotonic() >= deadline:
                     raise
                 log.info("waiting for convergence: %s", exc)
-                self.conn._up.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                self.conn.wait_connected(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
             report, done = {}, True
             for name, want in sorted(versions.items()):
@@ -114,8 +120,7 @@ class Waiting:
                                 "running": v.running(), "rejected": st.document.reason if rejected and st and
                                 st.document else None, "rejections": rejections if applied_ok else []}
                 done = done and (ok or rejected)
-                self.conn.client.exists_async(self.layout.state(name), watch=self._poke)
             if done or time.monotonic() >= deadline:
                 return Convergence(done, report)
-            self._wait_change(seen, min(1.0, deadline - time.monotonic()))
+            self.wakeup.wait(seen, min(1.0, deadline - time.monotonic()))
 

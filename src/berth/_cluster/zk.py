@@ -10,9 +10,10 @@ kazoo traps this module exists to avoid:
 - kazoo sends a ping only when it has sent nothing for a while, and notices a silently cut link
   only by an unanswered ping: a client that sends requests all the time may never notice. Callers
   keep requests event-driven (watches) and sparse (state writes rate-limited).
-- kazoo does not re-create ephemeral znodes after a session expires, and drops every watch when
-  the connection is lost (it re-sends none): the owner re-registers on a new session and re-reads
-  (which sets the watch again) after every reconnection.
+- kazoo does not re-create ephemeral znodes after a session expires: the agent registers again on
+  a new session. kazoo drops every watch set by hand when the connection is lost (it hands each a
+  ``NONE`` event and re-sends none): berth watches only through kazoo's recipes, which read again
+  and watch again by themselves (``watches``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ class Connection:
             self.client.close()
             raise ClusterError("zk", f"no ZooKeeper server of {self.hosts} answered within {timeout_s:g}s") from None
 
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Until the connection is up, at most ``timeout_s``; whether it is."""
+        return self._up.wait(timeout=max(0.0, timeout_s))
+
     def close(self) -> None:
         try:
             self.client.stop()
@@ -151,7 +156,7 @@ class Connection:
             except UNAVAILABLE:
                 if not self.patient or time.monotonic() >= deadline:
                     raise
-                self._up.wait(timeout=max(0.0, deadline - time.monotonic()))
+                self.wait_connected(deadline - time.monotonic())
 
 
 def explain(exc: BaseException, path: str) -> str:
