@@ -381,3 +381,32 @@ def test_an_exit_reported_before_its_launch_returned_waits_for_the_launch(base: 
         assert h.sup.status("w1").restarts == 1
     finally:
         h.sup.stop()
+
+
+def test_one_exit_reported_twice_at_once_counts_once(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's exit event and a pass's listing can hand the same exit over at the same moment
+    (two threads). It is one exit: one Exited event, one failure towards the backoff. The second
+    report arrives here while the first is being decided, the widest window there is."""
+    from berth._service import reconcile
+    from berth._service.bus import Event, Exited
+
+    h.sup.set_assignments(doc(spec("w1", 6700)))
+    h.running("w1")
+    cid = h.containers()["w1"]
+    ex = ExitRecord(worker_id="w1", container_id=cid, exit_code=3, signal=None, oom_killed=False,
+                    started_at=None, finished_at=None, exact=True)
+    seen: list[Event] = []
+    h.sup.subscribe(lambda e: seen.append(e) if isinstance(e, Exited) else None)
+    real = reconcile.decide_exit  # type: ignore[attr-defined]
+    inner: list[bool] = []
+
+    def deciding(*args: Any, **kwargs: Any) -> Any:
+        if not inner:
+            inner.append(True)
+            h.sup.loop.handle_exit(ex)  # the other thread's report, in the middle of this one
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "decide_exit", deciding)
+    h.sup.loop.handle_exit(ex)
+    assert len(seen) == 1
+    assert h.sup.status("w1").failures == 1

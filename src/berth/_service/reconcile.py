@@ -209,33 +209,42 @@ class Reconciler:
     # -- exits ---------------------------------------------------------------------------------
 
     def handle_exit(self, ex: ExitRecord) -> None:
+        """One exit, decided and moved to under the lock in one step: the exit event and a pass's
+        listing may hand the same exit over at once (two threads), and it counts once: one failure
+        towards the backoff, one Exited, and never a restart before its backoff is set."""
         t, cid = self.table, ex.container_id
         with t.lock:
             slot = t.get(ex.worker_id)
+            if slot is not None and slot.handled_exit == cid:
+                return  # told twice (the event and a listing), maybe after its successor started
             assigned = slot is not None and slot.entry is not None
             planned = t.unplan(slot, cid)
             ours = slot is not None and slot.container_id in (None, cid)
-            if slot is not None and assigned and planned and ours:
-                slot.handled_exit, slot.last_exit = cid, ex  # berth's own stop: never taken for a crash later
-        if slot is None or not assigned or planned or not ours:
+            if slot is None or not assigned or planned or not ours:
+                if slot is not None and assigned and planned and ours:
+                    slot.handled_exit, slot.last_exit = cid, ex  # berth's own stop: never taken for a crash later
+                moved = None
+            else:
+                slot.handled_exit = cid  # claimed before anything else may look
+                by_operator, stalled = slot.operator_stop == cid, slot.stalled == cid
+                d = decide_exit(ex, slot.failures, by_operator, self.settings, stalled=stalled)
+                what = "stopped by the operator" if by_operator else \
+                    "killed: its PID 1 stayed stopped" if stalled else f"exited: {ex.how}"
+                if d.phase == Phase.CRASH_LOOPING:
+                    what += "; crash-looping"
+                quiet = d.cause in (ExitCause.STOP, ExitCause.EXIT)
+                moved = t.move(slot, what, lambda: slot.ended(ex, d, t.clock()),
+                               logging.INFO if quiet else logging.WARNING, exit_code=ex.exit_code,
+                               signal=ex.signal, oom_killed=ex.oom_killed, cause=d.cause,
+                               restart_in_s=round(d.delay, 3), failures=d.failures)
+        if moved is None:
             # not (or no longer) assigned, stopped by berth, or an older container of this worker
             t.bus.publish(Exited(ex.worker_id, ex, exit_cause(ex, planned or not assigned)))
             if planned:
                 t.persist()  # the planned stop is over: supervisor.json no longer names it
             return
-        if slot.handled_exit == cid:
-            return
-        by_operator, stalled = slot.operator_stop == cid, slot.stalled == cid
-        d = decide_exit(ex, slot.failures, by_operator, self.settings, stalled=stalled)
         t.bus.publish(Exited(ex.worker_id, ex, d.cause))
-        what = "stopped by the operator" if by_operator else \
-            "killed: its PID 1 stayed stopped" if stalled else f"exited: {ex.how}"
-        if d.phase == Phase.CRASH_LOOPING:
-            what += "; crash-looping"
-        quiet = d.cause in (ExitCause.STOP, ExitCause.EXIT)
-        t.change(slot, what, lambda: slot.ended(ex, d, t.clock()), logging.INFO if quiet else logging.WARNING,
-                 exit_code=ex.exit_code, signal=ex.signal, oom_killed=ex.oom_killed, cause=d.cause,
-                 restart_in_s=round(d.delay, 3), failures=d.failures)
+        t.bus.publish(moved)  # after the lock: listeners may call back
         t.persist()
 
     # -- a worker whose PID 1 is stopped -------------------------------------------------------

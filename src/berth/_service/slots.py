@@ -135,11 +135,17 @@ class SlotTable:
                **facts: Any) -> None:
         """Make ``move`` (one of the slot's moves: its phase and the fields that go with it) under
         the lock, journal it, then tell (outside the lock: listeners may call back)."""
+        self.bus.publish(self.move(slot, reason, move, level, **facts))
+
+    def move(self, slot: WorkerSlot, reason: str, move: Callable[[], None], level: int = logging.INFO,
+             **facts: Any) -> Transition:
+        """``change`` without the telling, for a caller that holds the lock across a decision and
+        its move and tells once it has let go."""
         with self.lock:
             old = slot.phase
             move()
             line = self._events.write(slot.worker_id, old, slot.phase, reason, level=level, **facts)
-        self.bus.publish(Transition(slot.worker_id, old, slot.phase, reason, line))
+            return Transition(slot.worker_id, old, slot.phase, reason, line)
 
     def note(self, worker_id: str, new: Phase | None, reason: str, level: int = logging.INFO, **facts: Any) -> None:
         """An event of a worker without a phase change of its own (a rejection, a container berth
