@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from berth import ConfigError, WorkerSpec, build_plan
-from berth._core.oci import LABEL_IMAGE, oci_config, oci_mounts
+from berth._core.labels import LABEL_IMAGE
+from berth._core.oci import oci_config, oci_mounts
 from berth._core.seccomp import load_oci_seccomp, oci_seccomp
 from berth._linux.mountinfo import parse_mountinfo
 

@@ -15,10 +15,8 @@ from typing import Any
 
 from .._linux.mountinfo import MountEntry, submounts
 from .._paths import is_under
+from .labels import LABEL_IMAGE
 from .plan import Plan
-
-LABEL_IMAGE = "berth.image"
-"""The annotation naming the image a runc worker runs (the engine keeps it as Config.Image)."""
 
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
           "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"]

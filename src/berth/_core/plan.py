@@ -19,6 +19,18 @@ from .config import ImagesSection, NodeConfig
 from .fields import valid_image
 from .hostfacts import HostFacts, format_cpu_list
 from .identity import Identity, check_identity, resolve_identity
+from .labels import (
+    LABEL_CPU,
+    LABEL_MEMORY,
+    LABEL_NODE,
+    LABEL_OWNER,
+    LABEL_PIDS,
+    LABEL_PORT,
+    LABEL_SPEC,
+    LABEL_TOPOLOGY,
+    LABEL_USER,
+    LABEL_WORKER,
+)
 from .layout import Layout, layout
 from .script import render_script
 from .spec import WorkerSpec, spec_digest
@@ -26,21 +38,6 @@ from .storm import swap_hint
 from .stormconf import BERTH_TO_STORM
 from .stormline import StormLine, storm_line
 
-LABEL_PREFIX = "berth."
-LABEL_WORKER = "berth.worker"
-LABEL_TOPOLOGY = "berth.topology"
-LABEL_PORT = "berth.port"
-LABEL_USER = "berth.user"
-LABEL_NODE = "berth.node"
-LABEL_SPEC = "berth.spec"
-LABEL_OWNER = "berth.owner"
-"""The state dir of the berth that launched the container: two supervisors that share a node name
-on one engine see whose each worker is (and refuse to start instead of fighting)."""
-LABEL_MEMORY = "berth.memory_mb"
-LABEL_CPU = "berth.cpu_percent"
-LABEL_PIDS = "berth.pids_limit"
-"""What the container was given: admission counts what the node's workers hold from one listing,
-whoever launched them, without an inspect per container."""
 TMP_TARGET = "/tmp"
 
 

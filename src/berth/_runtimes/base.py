@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .._core.labels import WorkerLabels
 from .._core.plan import LogLimits, Plan
 
 
@@ -68,6 +69,20 @@ class WorkerState:
     @property
     def running(self) -> bool:
         return self.state.running
+
+    @property
+    def decoded(self) -> WorkerLabels:
+        """berth's labels on the container, decoded (``_core.labels``)."""
+        return WorkerLabels.decode(self.labels)
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str], **fields: Any) -> WorkerState:
+        """A state whose ids, user and digest come from berth's labels (``fields`` win), decoded by
+        the one decoder every runtime uses."""
+        d = WorkerLabels.decode(labels)
+        known = {"worker_id": d.worker_id, "topology_id": d.topology_id, "port": d.port, "user": d.user,
+                 "spec_digest": d.spec_digest, "labels": dict(labels)}
+        return cls(**{**known, **fields})
 
 
 @dataclass(frozen=True)

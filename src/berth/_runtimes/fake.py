@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .._core.config import NodeConfig
-from .._core.plan import LABEL_SPEC, Plan
+from .._core.plan import Plan
 from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
 from .base import (
     Capabilities,
@@ -160,14 +160,12 @@ class FakeRuntime:
 
     def _state(self, w: FakeWorker) -> WorkerState:
         plan = w.plan
-        return WorkerState(worker_id=plan.worker_id, container_id=w.container_id, topology_id=plan.topology_id,
-                           port=plan.port, user=plan.identity.user, image=plan.image, state=w.state,
-                           spec_digest=plan.label_map.get(LABEL_SPEC),
+        return WorkerState.from_labels(plan.label_map, container_id=w.container_id, image=plan.image, state=w.state,
                            exit_code=w.exit.exit_code if w.exit else None,
                            oom_killed=bool(w.exit and w.exit.oom_killed),
                            oom_victim=w.exit.oom_victim if w.exit else None, started_at=w.started_at,
                            finished_at=w.finished_at,
-                           pid=4242 if w.state.running else None, labels=plan.label_map,
+                           pid=4242 if w.state.running else None,
                            main_stopped=w.main_stopped and w.state.running)
 
     # -- the Runtime interface ---------------------------------------------------------------

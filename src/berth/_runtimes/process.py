@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .._core.config import NodeConfig
-from .._core.plan import LABEL_SPEC, Plan
+from .._core.plan import Plan
 from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from .._linux.proc import rss_bytes
 from .base import (
@@ -124,12 +124,10 @@ class ProcessRuntime:
         if p.popen is not None and p.state == WorkerStatus.RUNNING and p.popen.poll() is not None:
             self._finish(p)
         plan = p.plan
-        return WorkerState(worker_id=plan.worker_id, container_id=p.container_id, topology_id=plan.topology_id,
-                           port=plan.port, user=plan.identity.user, image="(process)", state=p.state,
-                           spec_digest=plan.label_map.get(LABEL_SPEC), exit_code=p.exit_code,
-                           started_at=p.started_at, finished_at=p.finished_at,
-                           pid=p.popen.pid if p.popen and p.state == WorkerStatus.RUNNING else None,
-                           labels=plan.label_map)
+        return WorkerState.from_labels(plan.label_map, container_id=p.container_id, image="(process)",
+                                       state=p.state, exit_code=p.exit_code, started_at=p.started_at,
+                                       finished_at=p.finished_at,
+                                       pid=p.popen.pid if p.popen and p.state == WorkerStatus.RUNNING else None)
 
     def _finish(self, p: _Proc) -> None:
         assert p.popen is not None

@@ -24,8 +24,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._core.config import NodeConfig
+from .._core.labels import WorkerLabels
 from .._core.oci import oci_config
-from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
+from .._core.plan import LogLimits, Plan
 from .._core.seccomp import Filters
 from .._exceptions import BerthError, EngineError, WaitTimeout, WorkerNotFound, WorkerNotRunning
 from .._linux import cgroup as _cgroup
@@ -235,14 +236,12 @@ class RuncRuntime:
             elif st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
                 status, pid = WorkerStatus.MISSING, None  # ended, and no shim has its status: recovered as lost
         rec = record_from_exit(ended) if ended is not None else None
-        return WorkerState(
-            worker_id=worker_id, container_id=str(meta["id"]), topology_id=labels.get(LABEL_TOPOLOGY, ""),
-            port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""),
-            image=str(meta.get("image", "")), state=status, spec_digest=labels.get(LABEL_SPEC),
+        return WorkerState.from_labels(
+            labels, worker_id=worker_id, container_id=str(meta["id"]), image=str(meta.get("image", "")), state=status,
             exit_code=rec.exit_code if rec else None,
             oom_killed=bool(rec and rec.oom_killed), oom_victim=rec.oom_victim if rec else None,
             started_at=(started or {}).get("started_at"),
-            finished_at=rec.finished_at if rec else None, pid=pid, labels=labels)
+            finished_at=rec.finished_at if rec else None, pid=pid)
 
     def _by_hand(self) -> dict[str, dict[str, Any]]:
         """Containers in this node's runc root that berth did not make but that carry this node's
@@ -262,9 +261,9 @@ class RuncRuntime:
             return {}
         mine: dict[str, dict[str, Any]] = {}
         for c in found:
-            ann = c.get("annotations") or {}
-            wid = ann.get(LABEL_WORKER)
-            if ann.get(LABEL_NODE) == self._node and wid and not os.path.exists(
+            ann = WorkerLabels.decode(c.get("annotations") or {})
+            wid = ann.worker_id
+            if ann.node == self._node and wid and not os.path.exists(
                     os.path.join(self._workers, wid, "meta.json")):
                 mine[wid] = c
         return mine
@@ -273,12 +272,10 @@ class RuncRuntime:
         ann = c.get("annotations") or {}
         config = rb.read_json(os.path.join(c.get("bundle") or "/nonexistent", "config.json")) or {}
         status = _RUNC_STATUS.get(c.get("status", ""), WorkerStatus.UNKNOWN)
-        return WorkerState(
-            worker_id=ann.get(LABEL_WORKER, ""), container_id=str(c["id"]), topology_id=ann.get(LABEL_TOPOLOGY, ""),
-            port=int(ann.get(LABEL_PORT, "0")) if str(ann.get(LABEL_PORT, "0")).isdigit() else 0,
-            user=ann.get(LABEL_USER, ""), image=str(rb.request_from_oci(config).get("image", "")), state=status,
-            spec_digest=ann.get(LABEL_SPEC), started_at=c.get("created"),
-            pid=int(c["pid"]) if status.running and c.get("pid") else None, labels=rb.labels_of(config) or dict(ann))
+        return WorkerState.from_labels(
+            rb.labels_of(config) or dict(ann), container_id=str(c["id"]),
+            image=str(rb.request_from_oci(config).get("image", "")), state=status, started_at=c.get("created"),
+            pid=int(c["pid"]) if status.running and c.get("pid") else None)
 
     def inspect(self, worker_id: str) -> WorkerState:
         try:
