@@ -11,9 +11,8 @@ scheduler), ``_cli``.
 from ._core.config import NodeConfig
 from ._core.hostfacts import HostFacts
 from ._core.identity import Identity, resolve_identity
-from ._core.loading import load_config
 from ._core.plan import Mount, Plan, Resources, Security, build_plan, plan_for
-from ._core.render import docker_run_argv, docker_run_line, engine_create_body, text_summary
+from ._core.render import text_summary
 from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
 from ._exceptions import (
     BerthError,
@@ -45,8 +44,10 @@ from ._runtimes.base import (
     WorkerState,
     WorkerStatus,
 )
+from ._runtimes.docker.render import docker_run_argv, docker_run_line, engine_create_body
 from ._service.assignments import Assignments, Rejection, load_assignments
 from ._service.supervisor import Supervisor
+from ._storm.loading import load_config
 from ._version import __version__
 
 __all__ = [

@@ -21,8 +21,8 @@ from berth import CapacityError, ConfigError, HostFacts, Identity, Node, PolicyE
 from berth._core.config import config_from_mapping
 from berth._core.limits import NodeCapacity, Usage, check_admission, node_capacity
 from berth._core.plan import Plan
-from berth._core.storm import config_from_storm
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
+from berth._storm.yaml import config_from_storm
 
 RAM = 10000
 HOST = HostFacts(cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}), memory_mb=RAM, pid_max=32768,

@@ -9,7 +9,7 @@ import pytest
 
 from berth._core.plan import LogLimits
 from berth._linux.proc import is_stopped
-from berth._runtimes.docker_inspect import log_limits, oom_victim
+from berth._runtimes.docker.inspect import log_limits, oom_victim
 
 
 @pytest.mark.parametrize(("config", "limits"), [
@@ -45,7 +45,7 @@ def test_a_container_made_by_hand_with_odd_labels_is_listed_not_a_crash() -> Non
     """Anyone with the engine's socket can label a container as this node's; a port label that is not
     a number made the whole listing (``ps``, every reconcile) raise. The labels are decoded by the
     one helper every runtime uses: a bad value reads as absent."""
-    from berth._runtimes.docker import DockerRuntime
+    from berth._runtimes.docker.runtime import DockerRuntime
 
     listed = {"Id": "c1", "State": "running", "Status": "Up 1 second", "Image": "x",
               "Labels": {"berth.worker": "w1", "berth.port": "sixty-seven", "berth.node": "n"}}

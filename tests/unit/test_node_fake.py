@@ -25,7 +25,7 @@ from berth import (
     WorkerStatus,
 )
 from berth._core.config import config_from_mapping
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
 
 from ..exits import Exits
 from .conftest import FOUR_CPUS

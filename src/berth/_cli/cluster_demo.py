@@ -28,6 +28,8 @@ from .._cluster.zk import Connection
 from .._core.clusterconfig import ClusterSection
 from .._core.config import NodeConfig
 from .._exceptions import BerthError
+from .._runtimes.base import Runtime
+from .._runtimes.registry import make_runtime
 from .cluster_views import cluster_rows, cluster_tables
 from .demo import wait_until as _until
 
@@ -78,15 +80,19 @@ class _Demo:
         self.cred = new_credential("berth-coordinator")
         self.admin = Connection(hosts, self.cred, SESSION_S, 0.5, patient=True)
         self.co: Coordinator | None = None
+        self._runtimes: dict[str, Runtime] = {}
 
-    def docker(self) -> Any:
-        import docker
-
-        return docker.APIClient(base_url=self.base.node.docker_host or "unix:///var/run/docker.sock", version="auto")
+    def runtime(self, name: str) -> Runtime:
+        """The runtime of agent ``name``'s node, as its own berth.toml makes it (any runtime)."""
+        if name not in self._runtimes:
+            d, n = self.dir / name, self.base.node
+            node = n.model_copy(update={"name": name, "local_dir": f"{d}/local", "log_dir": f"{d}/log",
+                                        "state_dir": f"{d}/state"})
+            self._runtimes[name] = make_runtime(self.base.model_copy(update={"node": node}))
+        return self._runtimes[name]
 
     def running(self, name: str) -> list[str]:
-        return sorted(c["Labels"]["berth.worker"] for c in self.docker().containers(
-            filters={"label": f"berth.node={name}"}) if c["State"] == "running")
+        return sorted(w.worker_id for w in self.runtime(name).list_workers() if w.running)
 
     def setup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -152,9 +158,10 @@ class _Demo:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            client = self.docker()
-            for c in client.containers(all=True, filters={"label": f"berth.node={name}"}):
-                client.remove_container(c["Id"], force=True)
+            runtime = self.runtime(name)
+            for w in runtime.list_workers():
+                runtime.remove(w.worker_id)
+            runtime.close()
         if self.co is not None:
             self.co.close()
         try:

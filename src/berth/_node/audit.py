@@ -367,6 +367,10 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
     if not desc.state.running or pid <= 0:
         checks.append(Check("running", False, "running", desc.state.state.value))
         return AuditReport(worker_id, cid, (), tuple(checks))
+    if not node.runtime.capabilities.isolated:  # nothing of what the checks below read was applied
+        checks.append(Check("isolation", False, "namespaces, limits, no capabilities, seccomp",
+                            f"none: the {node.runtime.name} runtime declares no isolation"))
+        return AuditReport(worker_id, cid, (pid,), tuple(checks))
     pids = worker_pids(pid)
     checks += audit_processes(pids, plan, security, node.host, config.node.min_uid)
     from .audit_limits import maxima_checks

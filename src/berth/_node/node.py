@@ -27,7 +27,7 @@ from .._core.plan import Plan, build_plan
 from .._core.spec import ID_PATTERN, WorkerSpec
 from .._exceptions import BerthError, LaunchError, PolicyError, SpecError, WaitTimeout, WorkerNotFound
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerDescription, WorkerState, WorkerStatus
-from .._runtimes.registry import make_runtime
+from .._runtimes.registry import check_config, make_runtime
 from . import workdirs
 from .admission import Admission
 from .journal import ExitJournal
@@ -68,7 +68,7 @@ class Node:
         """``identities`` resolves a user name (default: the node's user database, with the
         node's min_uid and banned users); tests give made-up users this way. ``dirs``: who makes
         the workers' directories (default berth; ``StormDirs`` when Storm's supervisor does)."""
-        self.config = config
+        self.config = config = check_config(config)  # the runtime's reserved paths are never a mount
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
         n = config.node
@@ -154,14 +154,17 @@ class Node:
         made: list[Path] = []
         step = "directories"
         container_id: str | None = None
+        caps = self.runtime.capabilities
         try:
-            self.dirs.prepare(plan, made)
+            if caps.host_dirs:  # else the runtime's workers run elsewhere and make their own
+                self.dirs.prepare(plan, made)
             step = "create"
             container_id = self.runtime.create(plan)
             with self._lock:
                 self._watched.add(container_id)
-            step = "cidfile"
-            workdirs.write(Path(plan.cid_file), container_id.encode() + b"\n", made, mode=0o644)
+            if caps.cidfile:
+                step = "cidfile"
+                workdirs.write(Path(plan.cid_file), container_id.encode() + b"\n", made, mode=0o644)
             step = "start"
             self.runtime.start(plan.worker_id)
         except (BerthError, OSError) as exc:
@@ -276,7 +279,8 @@ class Node:
                     self._reported.discard(state.container_id)
             if state is not None:
                 self._journal.forget(state.container_id)
-            self.dirs.remove(self.config, worker_id)
+            if self.runtime.capabilities.host_dirs:
+                self.dirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""

@@ -193,6 +193,15 @@ class Capabilities:
     """Workers outlive berth; a new berth finds them again (``list_workers``)."""
     oom_reported: bool
     """OOM kills are reported as such."""
+    host_dirs: bool = True
+    """The worker's directories are on this host: the node makes them (and removes them) and the
+    runtime mounts them. False for a runtime whose workers run elsewhere and make their own."""
+    cidfile: bool = True
+    """The node writes the container's id to ``<worker root>/container.cid`` (Storm's layout)."""
+    starters: tuple[str, ...] = ()
+    """Name prefixes of the runtime's own short-lived processes that run, unboxed, under the
+    node's cgroup parent while a container starts (runc's ``runc:[2:INIT]``): the audit of the
+    parent does not count them as strangers."""
 
 
 class Runtime(Protocol):

@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .._core.config import NodeConfig
-from .._core.plan import Plan
-from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.plan import Plan
+from ..._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
     WorkerState,
     WorkerStatus,
 )
+from . import CAPABILITIES
 
 
 def _iso(t: float) -> str:
@@ -61,7 +61,7 @@ class FakeRuntime:
     """Implements ``base.Runtime`` in memory. Thread-safe; one thread may iterate exits."""
 
     name = "fake"
-    capabilities = Capabilities(isolated=False, exact_status=True, survives_restart=True, oom_reported=True)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config

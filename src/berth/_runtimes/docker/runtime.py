@@ -23,18 +23,15 @@ import requests
 from docker import errors as derr
 from docker.constants import DEFAULT_UNIX_SOCKET
 
-from .._core.config import NodeConfig
-from .._core.hostfacts import parse_cpu_list
-from .._core.labels import LABEL_NODE, LABEL_WORKER, WorkerLabels
-from .._core.plan import Plan
-from .._core.render import engine_create_body, read_seccomp
-from .._core.seccomp import Filters
-from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
-from .._linux import cgroup as _cgroup
-from .._linux.mountinfo import read_only_all_the_way_down
-from .._linux.proc import is_stopped
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.hostfacts import parse_cpu_list
+from ..._core.labels import LABEL_NODE, LABEL_WORKER, WorkerLabels
+from ..._core.plan import Plan
+from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from ..._linux import cgroup as _cgroup
+from ..._linux.mountinfo import read_only_all_the_way_down
+from ..._linux.proc import is_stopped
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
@@ -42,7 +39,10 @@ from .base import (
     WorkerStatus,
     split_status,
 )
-from .docker_inspect import log_limits, oom_victim
+from ..seccomp import Filters
+from . import CAPABILITIES
+from .inspect import log_limits, oom_victim
+from .render import engine_create_body, read_seccomp
 
 log = logging.getLogger("berth.docker")
 
@@ -106,7 +106,7 @@ class DockerRuntime:
     """Runs plans as Docker containers. Thread-safe for calls; one thread may iterate exits."""
 
     name = "docker"
-    capabilities = Capabilities(isolated=True, exact_status=False, survives_restart=True, oom_reported=True)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig, base_url: str | None = None) -> None:
         self._config = config

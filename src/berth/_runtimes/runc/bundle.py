@@ -17,9 +17,9 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from .._core.hostfacts import parse_cpu_list
-from .._core.labels import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, WorkerLabels
-from .._exceptions import EngineError
+from ..._core.hostfacts import parse_cpu_list
+from ..._core.labels import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, WorkerLabels
+from ..._exceptions import EngineError
 from .shim import files
 from .shim.files import read_json as read_json  # the runc runtime reads its files with the shim's reader
 

@@ -13,10 +13,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._linux.mountinfo import MountEntry, submounts
-from .._paths import is_under
-from .labels import LABEL_IMAGE
-from .plan import Plan
+from ..._core.labels import LABEL_IMAGE
+from ..._core.plan import Plan
+from ..._linux.mountinfo import MountEntry, submounts
+from ..._paths import is_under
 
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
           "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"]

@@ -19,12 +19,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .._core.config import NodeConfig
-from .._core.plan import Plan
-from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
-from .._linux.proc import rss_bytes
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.plan import Plan
+from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from ..._linux.proc import rss_bytes
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
@@ -32,7 +31,8 @@ from .base import (
     WorkerStatus,
     code_from_returncode,
 )
-from .logfile import read_log
+from ..logfile import read_log
+from . import CAPABILITIES
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -59,7 +59,7 @@ class _Proc:
 
 class ProcessRuntime:
     name = "process"
-    capabilities = Capabilities(isolated=False, exact_status=True, survives_restart=False, oom_reported=False)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig) -> None:
         if config.node.runtime != "process":
