@@ -45,6 +45,8 @@ from ._runtimes.base import (
     WorkerStatus,
 )
 from ._runtimes.docker.render import docker_run_argv, docker_run_line, engine_create_body
+from ._runtimes.registry import RuntimePlugin
+from ._runtimes.registry import register as register_runtime
 from ._service.assignments import Assignments, Rejection, load_assignments
 from ._service.supervisor import Supervisor
 from ._storm.loading import load_config
@@ -75,6 +77,7 @@ __all__ = [
     "Rejection",
     "Resources",
     "Runtime",
+    "RuntimePlugin",
     "Security",
     "SpecError",
     "StateError",
@@ -100,6 +103,7 @@ __all__ = [
     "load_spec",
     "plan_for",
     "prepare_worker_dirs",
+    "register_runtime",
     "remove_worker_dirs",
     "resolve_identity",
     "spec_from_mapping",

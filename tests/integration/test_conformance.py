@@ -48,8 +48,10 @@ class Program:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.fake = None if node.runtime.capabilities.runs_programs else node.runtime
-        assert self.fake is None or isinstance(self.fake, FakeRuntime)
+        self.fake: FakeRuntime | None = None
+        if not node.runtime.capabilities.runs_programs:
+            assert isinstance(node.runtime, FakeRuntime)
+            self.fake = node.runtime
 
     def ready(self, wid: str) -> None:
         """The program has started (READY_THEN_GO wrote ``ready``)."""
@@ -88,6 +90,17 @@ def _needs(node: Node, what: str) -> None:
 
 def _ready(node: Node, wid: str) -> None:
     Program(node).ready(wid)
+
+
+def test_the_runtime_is_the_one_the_config_names(rt: Node) -> None:
+    """Chosen by name through the registry, whoever registered it; its state is its own."""
+    assert rt.runtime.name == rt.config.node.runtime
+    if rt.runtime.name == oci.NAME:
+        handle = rt.launch(spec("c-own", READY_THEN_GO), on_exit=lambda r: None)
+        assert Path(rt.config.runtime_dir(oci.NAME), "workers", "c-own", "meta.json").is_file()
+        assert not Path(rt.config.runtime_dir("runc")).exists()  # not runc's directory, not runc's shim
+        Program(rt).go("c-own", "0")
+        assert rt.wait("c-own", WAIT).container_id == handle.container_id
 
 
 def test_launch_and_exit_code_3(rt: Node) -> None:

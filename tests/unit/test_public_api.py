@@ -16,7 +16,8 @@ PUBLIC = {
     "docker_run_argv", "docker_run_line", "engine_create_body", "text_summary",
     "prepare_worker_dirs", "remove_worker_dirs",
     # what runtimes report
-    "Runtime", "Capabilities", "ExecResult", "ExitRecord", "WorkerDescription", "WorkerState", "WorkerStatus",
+    "Runtime", "RuntimePlugin", "register_runtime",
+    "Capabilities", "ExecResult", "ExitRecord", "WorkerDescription", "WorkerState", "WorkerStatus",
     # audit
     "AuditReport", "Check", "audit_all", "audit_worker",
     # errors

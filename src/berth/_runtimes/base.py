@@ -198,6 +198,9 @@ class Capabilities:
     runtime mounts them. False for a runtime whose workers run elsewhere and make their own."""
     cidfile: bool = True
     """The node writes the container's id to ``<worker root>/container.cid`` (Storm's layout)."""
+    runs_programs: bool = True
+    """The worker's command really runs: its output, memory and ``exec`` are a program's (False:
+    the in-memory fake, whose workers end when a test says)."""
     starters: tuple[str, ...] = ()
     """Name prefixes of the runtime's own short-lived processes that run, unboxed, under the
     node's cgroup parent while a container starts (runc's ``runc:[2:INIT]``): the audit of the

@@ -45,6 +45,8 @@ class FakeWorker:
     memory: int = 1 << 20
     log: bytearray = field(default_factory=bytearray)
     ignores_sigterm: bool = False
+    on_term: int | None = None
+    """The exit code of a worker that handles SIGTERM by exiting (None: SIGTERM's default action)."""
     main_stopped: bool = False
     """As if a process of the worker had ptrace-stopped its PID 1 (reported while it runs)."""
 
@@ -201,7 +203,9 @@ class FakeRuntime:
             gate = self._holds.get(worker_id)
         if gate is not None:
             gate.wait()
-        if w.state == WorkerStatus.RUNNING:
+        if w.state == WorkerStatus.RUNNING and w.on_term is not None and not w.ignores_sigterm:
+            self.finish(worker_id, w.on_term)
+        elif w.state == WorkerStatus.RUNNING:
             self.finish(worker_id, signal=9 if w.ignores_sigterm else 15)
 
     def force_kill(self, worker_id: str) -> None:

@@ -82,16 +82,19 @@ class RuncRuntime:
     name = "runc"
     capabilities = CAPABILITIES
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, section: RuncSection | None = None, name: str = "runc") -> None:
+        """``section`` and ``name``: another OCI runtime with runc's command line (crun, youki) runs
+        through this class with its own table and its own state directory (``<state_dir>/<name>``)."""
+        self.name = name
         self._config = config
         self._node = config.node.name
-        self._section = RuncSection.of(config)
-        self._base = config.runtime_dir("runc")
+        self._section = section or RuncSection.of(config)
+        self._base = config.runtime_dir(name)
         self._workers = os.path.join(self._base, "workers")
         self._root = self._section.root or os.path.join(self._base, "root")
         self._runc: str | None = None
         self._shim: ShimClient | None = None
-        self._filters = Filters.of(config)
+        self._filters = Filters(self._section.default_seccomp, self._section.seccomp_compat_arches)
         self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
         self._shim_quiet_until = 0.0
