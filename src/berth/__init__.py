@@ -32,7 +32,7 @@ from ._exceptions import (
 )
 from ._node.audit import AuditReport, audit_all, audit_worker
 from ._node.check import Check
-from ._node.node import Node, RecoveryReport, WorkerHandle
+from ._node.node import Launched, Node, RecoveryReport, WorkerHandle
 from ._node.workdirs import prepare as prepare_worker_dirs
 from ._node.workdirs import remove as remove_worker_dirs
 from ._runtimes.base import (
@@ -68,6 +68,7 @@ __all__ = [
     "Identity",
     "IdentityError",
     "LaunchError",
+    "Launched",
     "Mount",
     "Node",
     "NodeConfig",

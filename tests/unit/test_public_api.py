@@ -9,7 +9,7 @@ import berth
 
 PUBLIC = {
     # node and supervisor
-    "Node", "WorkerHandle", "RecoveryReport", "Supervisor", "Assignments", "Rejection", "load_assignments",
+    "Node", "Launched", "WorkerHandle", "RecoveryReport", "Supervisor", "Assignments", "Rejection", "load_assignments",
     # request, config, plan and its renderers
     "WorkerSpec", "load_spec", "spec_from_mapping", "NodeConfig", "load_config", "HostFacts", "Identity",
     "resolve_identity", "Plan", "Mount", "Resources", "Security", "build_plan", "plan_for",

@@ -41,12 +41,17 @@ STALL_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
-class WorkerHandle:
-    """What a launch returns: enough to find the worker again and to explain it."""
+class Launched:
+    """What a launch returns: enough to find the worker again and to explain it (not a handle:
+    nothing is held; the worker is found again by its id)."""
 
     worker_id: str
     container_id: str
     plan: Plan
+
+
+WorkerHandle = Launched
+"""The name ``Launched`` had before: exported (``berth.WorkerHandle``), so kept for callers."""
 
 
 @dataclass
@@ -120,7 +125,7 @@ class Node:
         return self._admission.usage(listed, held, launching)
 
     def launch(self, spec: WorkerSpec, on_exit: ExitCallback | None = None,
-               held: Collection[str] = ()) -> WorkerHandle:
+               held: Collection[str] = ()) -> Launched:
         """Create the worker's directories, script and container, and start it.
 
         Either the worker runs, or a ``BerthError`` is raised and nothing the launch made is
@@ -134,7 +139,7 @@ class Node:
             self._admission.admit(plan, claim, held)
             return self._launch(plan, on_exit)
 
-    def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> WorkerHandle:
+    def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> Launched:
         try:
             existing = self.runtime.inspect(plan.worker_id)
         except WorkerNotFound:
@@ -171,7 +176,7 @@ class Node:
             self._rollback(plan.worker_id, container_id, made)
             reason = exc.reason if isinstance(exc, BerthError) else f"{exc.strerror or exc}"
             raise LaunchError(step, reason) from exc
-        return WorkerHandle(plan.worker_id, container_id, plan)
+        return Launched(plan.worker_id, container_id, plan)
 
     def _rollback(self, worker_id: str, container_id: str | None, made: list[Path]) -> None:
         if container_id is not None:

@@ -173,7 +173,7 @@ class WorkerDescription:
     numa_node from its configuration), so the audit can re-plan it and compare.
     """
 
-    state: WorkerState
+    worker: WorkerState
     request: Mapping[str, Any]
     pid: int | None
     logs: LogLimits | None = None

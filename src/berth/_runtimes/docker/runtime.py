@@ -258,7 +258,7 @@ class DockerRuntime:
     def describe(self, worker_id: str) -> WorkerDescription:
         data = self._inspect_raw(worker_id)
         state = self._state(data)
-        return WorkerDescription(state=state, request=request_from_inspect(data),
+        return WorkerDescription(worker=state, request=request_from_inspect(data),
                                  pid=state.pid if state.running else None,
                                  logs=log_limits((data.get("HostConfig") or {}).get("LogConfig")))
 

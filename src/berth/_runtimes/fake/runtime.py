@@ -232,7 +232,7 @@ class FakeRuntime:
                        "user": plan.identity.user, "image": plan.image, "cpu_percent": r.cpu_percent,
                        "memory_mb": r.memory_mb, "pids_limit": r.pids_limit}
             state = self._state(w)
-        return WorkerDescription(state=state, request=request, pid=state.pid)
+        return WorkerDescription(worker=state, request=request, pid=state.pid)
 
     def memory_usage(self, worker_id: str) -> int:
         self._enter("memory_usage", worker_id)

@@ -144,7 +144,7 @@ class ProcessRuntime:
         request = {"worker_id": plan.worker_id, "topology_id": plan.topology_id, "port": plan.port,
                    "user": plan.identity.user, "image": plan.image, "cpu_percent": r.cpu_percent,
                    "memory_mb": r.memory_mb, "pids_limit": r.pids_limit}
-        return WorkerDescription(state=state, request=request, pid=state.pid)
+        return WorkerDescription(worker=state, request=request, pid=state.pid)
 
     def memory_usage(self, worker_id: str) -> int:
         st = self.inspect(worker_id)

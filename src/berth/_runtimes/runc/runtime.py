@@ -300,7 +300,7 @@ class RuncRuntime:
         else:  # started by hand: runc passes its stdio through, with no bound berth can state
             bundle, logs = str(self._by_hand()[worker_id].get("bundle") or "/nonexistent"), None
         config = bundles.read_json(os.path.join(bundle, "config.json")) or {}
-        return WorkerDescription(state=state, request=bundles.request_from_oci(config),
+        return WorkerDescription(worker=state, request=bundles.request_from_oci(config),
                                  pid=state.pid if state.running else None, logs=logs)
 
     def memory_usage(self, worker_id: str) -> int:
