@@ -77,6 +77,12 @@ def running(storm: BerthStorm, topology: str) -> dict[str, dict[str, Any]]:
             and w["state"] == "running"}
 
 
+def heartbeating(storm: BerthStorm, wid: str) -> bool:
+    """Whether the worker has written a heartbeat Storm's supervisor can read (LocalState's version marker)."""
+    beats = storm.local_dir / "workers" / wid / "heartbeats"
+    return beats.is_dir() and any(p.name.endswith(".version") for p in beats.iterdir())
+
+
 def acks_grow(storm: BerthStorm, name: str) -> None:
     first = storm.cluster.acked(name)
     poll_until(lambda: storm.cluster.acked(name) > first, f"{name}'s acked count to grow", WAIT, every=3)
@@ -241,7 +247,13 @@ def kill_from_outside_while_berth_is_down(storm: BerthStorm, wid: str) -> None:
 
 def test_storms_supervisor_restarted_mid_run_keeps_its_workers(storm: BerthStorm, wordcount: dict[str, Any]) -> None:
     topo = wordcount["id"]
+    # Both workers must be up as Storm counts it before the restart: a restarted supervisor kills a
+    # worker that has not written its first heartbeat yet (Storm's Slot, HB_NULL), and the previous
+    # test's relaunch may still be starting its JVM on a slow machine.
+    poll_until(lambda: len(running(storm, topo)) == 2 and all(heartbeating(storm, w) for w in running(storm, topo)),
+               "both workers running in berth's containers and heartbeating", WAIT, every=1)
     before = {w: v["started_at"] for w, v in running(storm, topo).items()}
+    assert len(before) == 2
     storm.cluster.daemon("kill", "supervisor-1")
     storm.cluster.daemon("start", "supervisor-1")
     acks_grow(storm, wordcount["name"])

@@ -171,3 +171,23 @@ def test_explain_text_shows_the_nodes_capacity_and_what_it_holds(tmp_path: Path)
     assert "capacity  memory 2048 MiB, cpu 300%, pids 5000" in lines
     assert any(x.startswith("admitted  unknown: engine: cannot reach the container engine") for x in lines)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_serve_and_agent_refuse_a_node_whose_storm_yaml_names_berths_plugin(tmp_path: Path) -> None:
+    """Storm's supervisor runs such a node's workers; berth's own supervisor or agent would stop them
+    as unassigned. Both refuse before they start anything, naming the key."""
+    from berth._storm.yaml import BERTH_PLUGIN
+
+    for d in ("home", "nscd", "logs"):
+        (tmp_path / d).mkdir()
+    f = tmp_path / "storm.yaml"
+    f.write_text(f"storm.home: {tmp_path}/home\nstorm.local.dir: {tmp_path}/local\nstorm.log.dir: {tmp_path}/logs\n"
+                 f"storm.oci.nscd.dir: {tmp_path}/nscd\nstorm.oci.image: berth/busybox:latest\n"
+                 "storm.oci.allowed.images: berth/busybox:latest\n"
+                 f"storm.resource.isolation.plugin.enable: true\nstorm.resource.isolation.plugin: {BERTH_PLUGIN}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in (["serve"], ["agent", "--zk", "127.0.0.1:1", "--no-api"]):
+        r = CliRunner().invoke(main, ["--config", str(f), *command])
+        assert r.exit_code != 0, (command, r.output)
+        assert "storm.resource.isolation.plugin" in r.output and "berth serve --storm" in r.output, (command, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

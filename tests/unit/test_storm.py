@@ -364,7 +364,7 @@ def test_memory_above_the_nodes_maximum_shows_storms_line_but_never_launches(n: 
         view = storm_view_of(big, config, draft_plan(big, config, ALICE, host))
         assert list(view.argv) == [*expected(n)[:-4], "--cpus=2.6", *tail, *expected(n)[-3:]]
         assert view.refusals == ("memory_mb: 999999 MiB is above the node's maximum of 7168 MiB per worker "
-                                 "(container.max_memory_mb)",)
+                                 "(berth.container.max.memory.mb)",)
         with pytest.raises(PolicyError, match=r"^memory_mb: 999999 MiB is above the node's maximum"):
             build_plan(big, config, ALICE, host)
 

@@ -83,9 +83,11 @@ def agent(ctx: click.Context, /, zk: str | None, auth_file: str | None, root: st
 
     from .._cluster.agent import Agent
     from .._service.supervisor import Supervisor
+    from .service import refuse_storm_node
 
     obj = ctx.find_root().obj
     config: NodeConfig = get_config(ctx)
+    refuse_storm_node(config)  # before ZooKeeper: Storm's supervisor runs this node's workers
     if node_name:
         config = NodeConfig.model_validate({**config.model_dump(), "node": {**config.node.model_dump(),
                                                                             "name": node_name}})

@@ -194,7 +194,7 @@ def check_storm_reaches(config: NodeConfig, socket: str, dirs: Any) -> None:
     import grp
     import pwd
 
-    from .._core.plan import key_of
+    from .._core.limits import key_of
     from .._service.stormnode import socket_unreachable
 
     user = pwd.getpwuid(dirs.supervisor_uid)

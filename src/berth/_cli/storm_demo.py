@@ -133,14 +133,16 @@ class _Demo:
         alice_code = f"{local}/supervisor/stormdist/{self.ids['wc-alice']}"
         tried = node.exec(bob.worker_id, ["ls", alice_code])
         said = tried.output.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        c.print(f"inside bob's worker: [bold]ls {alice_code}[/] → exit {tried.exit_code}: {said[0]}")
+        # soft_wrap: long paths stay on one line whatever the terminal's width (to be copied, or grepped)
+        c.print(f"inside bob's worker: [bold]ls {alice_code}[/] → exit {tried.exit_code}: {said[0]}", soft_wrap=True)
         if tried.exit_code == 0:
             raise BerthError("demo", "bob's worker could list alice's topology code")
         env = s.env
         roots = [env["STORM_HOME"], local, env["STORM_SUPERVISOR_LOG_DIRS"], str(s.dir), sys.prefix,
                  str(Path(__file__).resolve().parents[1])]
         found = setuid_files(*roots)
-        c.print(f"[bold]find {' '.join(roots)} -xdev -perm /6000 -type f[/]: {len(found)} file(s) {found or ''}")
+        c.print(f"[bold]find {' '.join(roots)} -xdev -perm /6000 -type f[/]: {len(found)} file(s) {found or ''}",
+                soft_wrap=True)
         c.print(f"  {mode_line(s.launcher)}  {s.launcher}  (Storm's own worker-launcher would be setuid root)")
         if found or os.stat(s.launcher).st_mode & (stat.S_ISUID | stat.S_ISGID):
             raise BerthError("demo", "a setuid or setgid program was found")

@@ -76,16 +76,16 @@ def max_pids(config: NodeConfig, host: HostFacts) -> int:
 def memory_for(requested: int | None, config: NodeConfig, host: HostFacts) -> int:
     c = config.container
     if c.max_memory_mb is not None and host.memory_mb is not None and c.max_memory_mb > host.memory_mb:
-        raise ConfigError("container.max_memory_mb",
+        raise ConfigError(key_of(config, "container.max_memory_mb"),
                           f"{c.max_memory_mb} MiB is more than this host's {host.memory_mb} MiB of RAM")
     limit = max_memory_mb(config, host)
     memory = requested if requested is not None else c.memory_mb
     if limit is not None and memory > limit:
         if requested is None:
             raise ConfigError("container.memory_mb", f"the node's default {memory} MiB is above the node's "
-                              f"maximum of {limit} MiB per worker (container.max_memory_mb)")
+                              f"maximum of {limit} MiB per worker ({key_of(config, 'container.max_memory_mb')})")
         raise PolicyError("memory_mb", f"{memory} MiB is above the node's maximum of {limit} MiB per worker "
-                          "(container.max_memory_mb)")
+                          f"({key_of(config, 'container.max_memory_mb')})")
     return memory
 
 
@@ -203,7 +203,11 @@ def node_capacity(config: NodeConfig, host: HostFacts) -> NodeCapacity:
 def _capacity_key(config: NodeConfig, key: str) -> str:
     if getattr(config.capacity, key) is None and key != "pids" and getattr(config.cluster, key) is not None:
         return f"cluster.{key}"
-    name = f"capacity.{key}"
+    return key_of(config, f"capacity.{key}")
+
+
+def key_of(config: NodeConfig, name: str) -> str:
+    """The key the operator wrote: the storm.yaml's for a node configured by one."""
     return BERTH_TO_STORM.get(name, name) if config.storm is not None else name
 
 

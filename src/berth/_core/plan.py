@@ -33,9 +33,10 @@ from .labels import (
     LABEL_WORKER,
 )
 from .layout import Layout, layout
+from .limits import key_of
 from .script import render_script
 from .spec import WorkerSpec, spec_digest
-from .stormconf import BERTH_TO_STORM, swap_hint
+from .stormconf import swap_hint
 
 TMP_TARGET = "/tmp"
 
@@ -177,11 +178,6 @@ def forbidden_reason(source: str, forbidden: tuple[str, ...]) -> str | None:
                 if is_under(b, src):
                     return f"{source} contains the forbidden path {bad}"
     return None
-
-
-def key_of(config: NodeConfig, name: str) -> str:
-    """The key the operator wrote: the storm.yaml's for a node configured by one."""
-    return BERTH_TO_STORM.get(name, name) if config.storm is not None else name
 
 
 def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...], refused: list[PolicyError]) -> str:

@@ -27,7 +27,8 @@ from pathlib import Path
 from .._core.config import NodeConfig
 from .._core.identity import Identity
 from .._core.layout import worker_root
-from .._core.plan import Plan, key_of
+from .._core.limits import key_of
+from .._core.plan import Plan
 from .._core.spec import ID_PATTERN
 from .._exceptions import ConfigError, PolicyError, SpecError
 from . import workdirs
