@@ -143,6 +143,11 @@ class _Demo:
                                      for n, r in sorted(conv.nodes.items())))
         return conv.done
 
+    def settle(self) -> None:
+        assert self.co is not None
+        views = read_cluster(self.admin, self.layout)
+        self.co.converge({n: v.doc_version for n, v in views.items() if v.doc_version and v.live}, 120)
+
     def where(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for name in self.names:
@@ -221,6 +226,7 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
         checks.append(d.converge("the two remaining nodes"))
         d.start_agent(victim)
         _until(lambda: not d.running(victim), "the old copies to stop")
+        d.settle()  # and every live agent to have applied its document: nothing still on its way
         where = d.where()
         checks.append(len(where) == 6 and all(len(v) == 1 for v in where.values()) and not set(before) & set(where))
         console.print(f"{victim}'s agent is back: it read its new (empty) document and stopped the old copies; "
