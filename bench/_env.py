@@ -169,7 +169,7 @@ def _sweep_berth_runc(run_dir: Path) -> int:
                 subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
                 removed += 1
         if (runc_dir / "shim.sock").exists():
-            from berth._runtimes.shimclient import ShimClient
+            from berth._runtimes.runc.shimclient import ShimClient
 
             with contextlib.suppress(Exception):
                 ShimClient(str(runc_dir), "runc", str(root)).stop(force=True)

@@ -4,7 +4,7 @@
   event-stream watcher thread.
 - ``storm_style``: what Storm's ``DockerManager.launchWorkerProcess`` does: the worker's directories
   and script first (as Storm's supervisor does), then ``docker run`` with Storm's argv exactly
-  (``docker_run_argv(plan, storm=True)``) and waited for, then one thread per worker that runs
+  (``docker_run_argv(plan, berth_values(plan))``: Storm's flags) and waited for, then one thread per worker that runs
   ``docker wait <worker_id>`` and hands that process's exit code to the callback. (Storm runs the
   docker commands through its setuid worker-launcher; the bench is root and runs them directly.)
 - ``sdk``: the raw Docker SDK: ``create_container_from_config(engine_create_body(plan))`` then
@@ -47,6 +47,7 @@ from berth import (
 )
 from berth._core.config import config_from_mapping
 from berth._core.layout import worker_root
+from berth._runtimes.docker.render import berth_values
 
 from ._common import CGROUP_PARENT, IMAGE, RUNC_ROOT, USER, WORKER_CMD, BenchError, Stopping
 
@@ -148,8 +149,8 @@ class BerthRuncLauncher(BerthLauncher):
     name = "berth_runc"
 
     def __init__(self, config: NodeConfig, url: str, host: HostFacts, image_dir: str) -> None:
-        runc = config.runc.model_copy(update={"images": {IMAGE: image_dir}})
-        config = config.model_copy(update={"node": config.node.model_copy(update={"runtime": "runc"}), "runc": runc})
+        config = config.with_runtime_table("runc", images={IMAGE: image_dir})
+        config = config.model_copy(update={"node": config.node.model_copy(update={"runtime": "runc"})})
         super().__init__(config, url, host)
         self.shim = self.node.runtime.shim  # type: ignore[attr-defined]
         self.shim.ensure()
@@ -179,7 +180,8 @@ class StormLauncher(Launcher):
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
         plan = self._plan_and_dirs(spec)
-        run = subprocess.run([*self._docker, *docker_run_argv(plan, storm=True)], capture_output=True, text=True)
+        argv = docker_run_argv(plan, berth_values(plan))
+        run = subprocess.run([*self._docker, *argv], capture_output=True, text=True)
         if run.returncode != 0:
             raise BenchError(f"docker run {spec.worker_id}: exit {run.returncode}: {run.stderr.strip()}")
         # Storm: Utils.asyncLoop(... runDockerCommandWaitFor("docker wait <workerId>", processExitCallback))
@@ -287,7 +289,7 @@ class RuncLauncher(Launcher):
         self.rootfs = rootfs
         self.seccomp: dict[str, Any] | None = None
         if seccomp:  # the very filter berth's runc runtime gives its workers (converted once, as berth does)
-            from berth._core.seccomp import Filters
+            from berth._runtimes.seccomp import Filters
 
             self.seccomp = Filters.of(config).oci(None)
         if not seccomp:
@@ -307,8 +309,8 @@ class RuncLauncher(Launcher):
         self._watcher.start()
 
     def launch(self, spec: WorkerSpec, on_exit: ExitFn) -> None:
-        from berth._core.oci import oci_config
         from berth._linux.mountinfo import read_mountinfo
+        from berth._runtimes.runc.oci import oci_config
 
         plan = self._plan_and_dirs(spec)
         bundle = self.bundles / spec.worker_id

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth import ExitRecord, Node
-from berth._runtimes.docker import DockerRuntime
+from berth._runtimes.docker.runtime import DockerRuntime
 
 from ._common import now_ns, read_stamp, release
 from ._launchers import BerthLauncher, make_spec

@@ -233,8 +233,8 @@ class Bench:
         from berth._cluster.agent import Agent
         from berth._cluster.documents import encode_assignment
         from berth._cluster.layout import read_credential
-        from berth._core.loading import load_config
         from berth._service.supervisor import Supervisor
+        from berth._storm.loading import load_config
 
         me = self.names[-1]
         cfg = load_config(self.base / me / "berth.toml")

@@ -52,7 +52,7 @@ def _run_one(node: Any, config: Any, wid: str, args: list[str], shim_pid: int) -
     from ._common import USER
 
     root = Path(config.node.local_dir, "workers", wid)
-    out_dir = Path(config.runc_dir, "workers", wid)
+    out_dir = Path(config.runtime_dir("runc"), "workers", wid)
     spec = WorkerSpec(worker_id=wid, topology_id="bench-out", port=6900, user=USER,
                       command=("python3", "-c", PACED, *args), memory_mb=256)
     node.launch(spec, on_exit=lambda r: None)

@@ -11,9 +11,8 @@ scheduler), ``_cli``.
 from ._core.config import NodeConfig
 from ._core.hostfacts import HostFacts
 from ._core.identity import Identity, resolve_identity
-from ._core.loading import load_config
 from ._core.plan import Mount, Plan, Resources, Security, build_plan, plan_for
-from ._core.render import docker_run_argv, docker_run_line, engine_create_body, text_summary
+from ._core.render import text_summary
 from ._core.spec import WorkerSpec, load_spec, spec_from_mapping
 from ._exceptions import (
     BerthError,
@@ -33,7 +32,7 @@ from ._exceptions import (
 )
 from ._node.audit import AuditReport, audit_all, audit_worker
 from ._node.check import Check
-from ._node.node import Node, RecoveryReport, WorkerHandle
+from ._node.node import Launched, Node, RecoveryReport, WorkerHandle
 from ._node.workdirs import prepare as prepare_worker_dirs
 from ._node.workdirs import remove as remove_worker_dirs
 from ._runtimes.base import (
@@ -45,8 +44,12 @@ from ._runtimes.base import (
     WorkerState,
     WorkerStatus,
 )
+from ._runtimes.docker.render import docker_run_argv, docker_run_line, engine_create_body
+from ._runtimes.registry import RuntimePlugin
+from ._runtimes.registry import register as register_runtime
 from ._service.assignments import Assignments, Rejection, load_assignments
 from ._service.supervisor import Supervisor
+from ._storm.loading import load_config
 from ._version import __version__
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "Identity",
     "IdentityError",
     "LaunchError",
+    "Launched",
     "Mount",
     "Node",
     "NodeConfig",
@@ -74,6 +78,7 @@ __all__ = [
     "Rejection",
     "Resources",
     "Runtime",
+    "RuntimePlugin",
     "Security",
     "SpecError",
     "StateError",
@@ -99,6 +104,7 @@ __all__ = [
     "load_spec",
     "plan_for",
     "prepare_worker_dirs",
+    "register_runtime",
     "remove_worker_dirs",
     "resolve_identity",
     "spec_from_mapping",

@@ -22,6 +22,7 @@ import pytest
 from berth import BerthError, Node, NodeConfig
 from berth._core.config import config_from_mapping
 from berth._node.workdirs import remove_tree
+from berth._runtimes.runc.config import RuncSection
 
 from ..polling import poll_until as poll_until  # re-exported: the tests import it from here
 
@@ -100,7 +101,7 @@ def purge_runc(state_dir: Path) -> None:
         for cid in listed.stdout.split():
             subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
     if (runc_dir / "shim.sock").exists():
-        from berth._runtimes.shimclient import ShimClient, ShimError
+        from berth._runtimes.runc.shimclient import ShimClient, ShimError
 
         with contextlib.suppress(ShimError, OSError):
             ShimClient(str(runc_dir), "runc", str(root)).stop(force=True)
@@ -181,7 +182,7 @@ def config_toml(config: NodeConfig) -> str:
             f'backoff_cap_s = {s.backoff_cap_s}\ncrashloop_after = {s.crashloop_after}\nresync_s = {s.resync_s}\n'
             + "[capacity]\n" + "".join(f"{k} = {v}\n" for k, v in config.capacity.model_dump().items()
                                        if v is not None)
-            + "[runc.images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in config.runc.images.items()))
+            + "[runc.images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in RuncSection.of(config).images.items()))
 
 
 @contextlib.contextmanager

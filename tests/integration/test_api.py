@@ -201,7 +201,7 @@ def test_healthz_says_degraded_while_the_runc_monitor_does_not_answer_and_never_
     own, bounded, and keeps answering meanwhile; the engine's health on docker is asked the same way."""
     if sup.config.node.runtime != "runc":
         pytest.skip("the runc runtime's monitor")
-    from berth._runtimes.runc import RuncRuntime
+    from berth._runtimes.runc.runtime import RuncRuntime
 
     client = TestClient(create_app(sup, token=TOKEN))
     auth = {"Authorization": f"Bearer {TOKEN}"}

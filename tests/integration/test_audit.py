@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from berth import AuditReport, Node, NodeConfig, WorkerNotFound, audit_all, audit_worker
 from berth._cli import main
 from berth._cli.demo import DEMO_WORKERS, WORKER
-from berth._core.loading import load_config
 from berth._linux.cgroup import cgroup_dir
 from berth._linux.mountinfo import submounts
+from berth._storm.loading import load_config
 
 from ._helpers import WAIT, WAIT_FOR_GO, go, root_of, wait_file, worker
 from .conftest import ROOT, SOCKET, config_toml
@@ -190,9 +190,9 @@ def test_audit_catches_a_limit_changed_in_the_kernel_behind_berths_back(node: No
 def test_without_the_recursive_read_only_fix_the_audit_sees_a_writable_cgroupfs(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's own behaviour (ReadOnly applies to the top of a recursive bind only) is caught."""
-    import berth._runtimes.docker
+    import berth._runtimes.docker.runtime
 
-    monkeypatch.setattr(berth._runtimes.docker, "read_only_all_the_way_down", lambda mounts: mounts)
+    monkeypatch.setattr(berth._runtimes.docker.runtime, "read_only_all_the_way_down", lambda mounts: mounts)
     node.launch(worker("w-rw-cg", WAIT_FOR_GO), on_exit=lambda r: None)
     report = audit_worker(node, "w-rw-cg")
     assert _failed(report) == {"mounts.no_other_writable"}

@@ -202,7 +202,7 @@ def test_cluster_ps_shows_what_the_engines_run_orphans_included(cluster: Cluster
     import json
 
     from berth import Node, WorkerSpec
-    from berth._core.loading import load_config
+    from berth._storm.loading import load_config
 
     c = cluster
     a = c.add_node("a")

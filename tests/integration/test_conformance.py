@@ -1,7 +1,11 @@
-"""One suite every runtime passes: the real engine, real runc, and (where it applies) plain processes.
+"""One suite every runtime passes: the real engine, real runc, plain processes (where it applies),
+an OCI runtime registered from outside berth (``tests/plugins/oci``), and the in-memory fake the
+unit tests use, so that it cannot drift from the real ones.
 
-Each test goes through ``Node`` only, so it holds for any runtime behind ``base.Runtime``; what
-a runtime declares it cannot do (``Capabilities``) is skipped for it, never asserted loosely.
+Each test goes through ``Node`` only, so it holds for any runtime behind ``base.Runtime``, chosen
+by name through the registry; what a runtime declares it cannot do (``Capabilities``) is skipped
+for it, never asserted loosely. A runtime that runs no program (``runs_programs=False``: the fake)
+is told what the program would have done (``Program``).
 """
 
 from __future__ import annotations
@@ -13,24 +17,63 @@ from typing import Any
 
 import pytest
 
-from berth import Node, NodeConfig, WorkerNotFound
+from berth import Node, NodeConfig, WorkerNotFound, register_runtime
+from berth._runtimes import fake
 from berth._runtimes.base import WorkerState, WorkerStatus
+from berth._runtimes.fake.runtime import FakeRuntime
 
+from ..plugins import oci
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
-from .conftest import make_config, poll_until
+from .conftest import RUNC_IMAGES, make_config, poll_until
 
 pytestmark = pytest.mark.integration
 
-RUNTIMES = ("docker", "runc", "process")
+RUNTIMES = ("docker", "runc", "process", "oci", "fake")
+NEEDS = {"docker": "engine", "runc": "runc_ready", "oci": "runc_ready"}
 READY_THEN_GO = "open('ready', 'w').close()\n" + WAIT_FOR_GO + "import sys\nsys.exit(int(open('go').read() or 0))\n"
 
 
 @pytest.fixture(params=RUNTIMES)
 def rt_config(request: pytest.FixtureRequest, users: dict[str, Any], base: Path, node_name: str) -> NodeConfig:
     runtime = request.param
-    request.getfixturevalue("engine" if runtime == "docker" else "runc_ready" if runtime == "runc" else "users")
-    return make_config(base, node_name, runtime=runtime)
+    request.getfixturevalue(NEEDS.get(runtime, "users"))
+    register_runtime(oci.PLUGIN)  # from outside the package, as anyone's runtime would be
+    register_runtime(fake.PLUGIN)
+    return make_config(base, node_name, runtime=runtime).with_runtime_table(oci.NAME, images=RUNC_IMAGES)
+
+
+class Program:
+    """What a worker's program does by itself, said to a runtime that runs none (the fake)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.fake: FakeRuntime | None = None
+        if not node.runtime.capabilities.runs_programs:
+            assert isinstance(node.runtime, FakeRuntime)
+            self.fake = node.runtime
+
+    def ready(self, wid: str) -> None:
+        """The program has started (READY_THEN_GO wrote ``ready``)."""
+        if self.fake is None:
+            wait_file(root_of(self.node, wid) / "ready", self.node, wid)
+
+    def go(self, wid: str, code: str = "") -> None:
+        """Release READY_THEN_GO: it exits with ``code``."""
+        if self.fake is None:
+            go(self.node, wid, code)
+        else:
+            self.fake.finish(wid, int(code or 0))
+
+    def ended(self, wid: str, code: int = 0, **how: Any) -> None:
+        """The program ended by itself (its script says so), with ``code`` or as ``how`` says."""
+        if self.fake is not None:
+            self.fake.finish(wid, code, **how)
+
+    def on_sigterm(self, wid: str, code: int) -> None:
+        """The program handles SIGTERM by exiting with ``code`` (its script says so)."""
+        if self.fake is not None:
+            self.fake.worker(wid).on_term = code
 
 
 @pytest.fixture
@@ -46,11 +89,23 @@ def _needs(node: Node, what: str) -> None:
 
 
 def _ready(node: Node, wid: str) -> None:
-    wait_file(root_of(node, wid) / "ready", node, wid)
+    Program(node).ready(wid)
+
+
+def test_the_runtime_is_the_one_the_config_names(rt: Node) -> None:
+    """Chosen by name through the registry, whoever registered it; its state is its own."""
+    assert rt.runtime.name == rt.config.node.runtime
+    if rt.runtime.name == oci.NAME:
+        handle = rt.launch(spec("c-own", READY_THEN_GO), on_exit=lambda r: None)
+        assert Path(rt.config.runtime_dir(oci.NAME), "workers", "c-own", "meta.json").is_file()
+        assert not Path(rt.config.runtime_dir("runc")).exists()  # not runc's directory, not runc's shim
+        Program(rt).go("c-own", "0")
+        assert rt.wait("c-own", WAIT).container_id == handle.container_id
 
 
 def test_launch_and_exit_code_3(rt: Node) -> None:
     handle = rt.launch(spec("c-exit3", "print('started', flush=True)\nraise SystemExit(3)"), on_exit=lambda r: None)
+    Program(rt).ended("c-exit3", 3)
     rec = rt.wait("c-exit3", WAIT)
     assert (rec.worker_id, rec.container_id, rec.exit_code, rec.signal, rec.oom_killed) == \
         ("c-exit3", handle.container_id, 3, None, False)
@@ -70,6 +125,7 @@ def test_oom_kill_is_reported_as_oom(rt: Node) -> None:
     _needs(rt, "oom_reported")
     rt.launch(spec("c-oom", "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))\n", memory_mb=48),
               on_exit=lambda r: None)
+    Program(rt).ended("c-oom", signal=9, oom=True)
     rec = rt.wait("c-oom", WAIT)
     assert (rec.signal, rec.oom_killed, rec.oom_victim) == (9, True, "worker")
     assert rt.inspect("c-oom").oom_killed
@@ -79,6 +135,7 @@ def test_grace_kill_ends_with_the_workers_own_code(rt: Node) -> None:
     script = ("import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
               "open('ready', 'w').close()\nwhile True: signal.pause()\n")
     rt.launch(spec("c-term", script), on_exit=lambda r: None)
+    Program(rt).on_sigterm("c-term", 42)
     _ready(rt, "c-term")
     rt.kill("c-term", grace_s=60)
     rec = rt.wait("c-term", WAIT)
@@ -103,7 +160,7 @@ def test_list_shows_state_digest_and_exit_code(rt: Node) -> None:
     assert (w.state, w.port, w.user, w.container_id) == (WorkerStatus.RUNNING, 6701, "berth-alice",
                                                          handle.container_id)
     assert w.spec_digest == handle.plan.label_map["berth.spec"]
-    go(rt, "c-list", "9")
+    Program(rt).go("c-list", "9")
     rt.wait("c-list", WAIT)
 
     def listed() -> WorkerState:
@@ -122,7 +179,7 @@ def test_recover_after_a_restart_reports_each_exit_once(rt_config: NodeConfig) -
         first.launch(spec(wid, READY_THEN_GO), on_exit=lambda r: None)
         _ready(first, wid)
     first.close()
-    go(first, "c-r1", "11")  # ends while no berth watches
+    Program(first).go("c-r1", "11")  # ends while no berth watches
     observer = Node(rt_config)
     poll_until(lambda: observer.inspect("c-r1").state == WorkerStatus.EXITED, "c-r1 to end")
     got = Exits()
@@ -130,7 +187,7 @@ def test_recover_after_a_restart_reports_each_exit_once(rt_config: NodeConfig) -
     report = second.recover()
     assert [(r.worker_id, r.exit_code) for r in report.reported] == [("c-r1", 11)]
     assert report.adopted == ["c-r2"]
-    go(second, "c-r2", "12")
+    Program(second).go("c-r2", "12")
     recs = got.wait_for(2)
     assert sorted((r.worker_id, r.exit_code) for r in recs) == [("c-r1", 11), ("c-r2", 12)]
     with Node(rt_config) as third:
@@ -139,6 +196,7 @@ def test_recover_after_a_restart_reports_each_exit_once(rt_config: NodeConfig) -
 
 
 def test_memory_usage_exec_as_the_worker_and_logs(rt: Node, users: dict[str, Any]) -> None:
+    _needs(rt, "runs_programs")
     script = "print('line one')\nprint('line two', flush=True)\n" + READY_THEN_GO
     rt.launch(spec("c-mem", script, memory_mb=128), on_exit=lambda r: None)
     _ready(rt, "c-mem")

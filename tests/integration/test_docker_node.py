@@ -212,7 +212,7 @@ def test_fifty_concurrent_launches_each_exit_reported_once_with_flat_threads(nod
 
 RECOVER_CHILD = r"""
 import json, sys
-from berth._core.loading import load_config
+from berth._storm.loading import load_config
 from berth import Node
 from berth import WorkerSpec
 cfg = load_config(sys.argv[1])

@@ -108,7 +108,7 @@ def test_engine_unreachable_is_a_clear_error_naming_it_and_makes_nothing(base: P
 MID_LAUNCH = r"""
 import os, sys
 from berth import WorkerSpec, load_config
-from berth._runtimes.docker import DockerRuntime
+from berth._runtimes.docker.runtime import DockerRuntime
 from berth import Node
 
 config, when, script = sys.argv[1:4]

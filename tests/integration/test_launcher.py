@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from berth import Node, NodeConfig
 from berth._cli.launcher import install_program
 from berth._core.config import config_from_mapping
-from berth._core.storm import BERTH_PLUGIN
 from berth._node.stormdirs import StormDirs
 from berth._service.apimodels import install_error_handlers
 from berth._service.launcher_api import launcher_router
 from berth._service.storm_api import peer_protocol
+from berth._storm.yaml import BERTH_PLUGIN
 
 from ..polling import poll_until
 from ._helpers import WAIT, Exits, wait_file, worker

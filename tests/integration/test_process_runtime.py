@@ -10,7 +10,7 @@ import pytest
 
 from berth import EngineError, Node, WorkerSpec
 from berth._core.config import config_from_mapping
-from berth._runtimes.process import ProcessRuntime
+from berth._runtimes.process.runtime import ProcessRuntime
 
 
 def _config(base: Path, runtime: str = "process") -> Any:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from berth import LaunchError, Node, NodeConfig, audit_worker
 from berth._cli import main
-from berth._runtimes.runcbundle import mount_overlay
+from berth._runtimes.runc.bundle import mount_overlay
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, release, root_of, wait_file
 from ._helpers import worker as spec
@@ -93,7 +93,7 @@ def test_audit_fails_on_a_runc_container_started_by_hand(runc_node: Node, runc_c
               "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")],
                         "cgroupsPath": f"/berth-hand-{runc_config.node.name}/w-hand"}}
     (bundle / "config.json").write_text(json.dumps(config))
-    root = Path(runc_config.runc_dir, "root")
+    root = Path(runc_config.runtime_dir("runc"), "root")
     root.mkdir(parents=True, exist_ok=True)
     try:
         with open(base / "hand.err", "w") as err:  # not a pipe: the container would hold it open
@@ -139,7 +139,7 @@ def test_ps_tells_exit_137_from_sigkill_and_from_oom(runc_node: Node, runc_confi
 
 RECOVER_CHILD = r"""
 import sys
-from berth._core.loading import load_config
+from berth._storm.loading import load_config
 from berth import Node, WorkerSpec
 node = Node(load_config(sys.argv[1]))
 script = "import os,time,sys\nwhile not os.path.exists('go'): time.sleep(0.02)\nsys.exit(int(open('go').read() or 0))\n"
@@ -210,7 +210,7 @@ def test_an_image_without_a_directory_is_refused_and_leaves_nothing(runc_config:
     with pytest.raises(LaunchError) as err:
         node.launch(spec("w-noimg", "pass", image="berth/nope:latest"), on_exit=lambda r: None)
     assert err.value.step == "image" and "berth never pulls" in err.value.reason
-    assert not Path(runc_config.runc_dir, "workers", "w-noimg").exists()
+    assert not Path(runc_config.runtime_dir("runc"), "workers", "w-noimg").exists()
     assert not root_of(node, "w-noimg").exists()
     node.close()
 
@@ -232,7 +232,7 @@ def test_a_worker_flooding_its_output_is_kept_within_the_node_log_limits(runc_co
             "sys.stdout.flush()\nopen('ready', 'w').close()\n" + WAIT_FOR_GO
     node.launch(spec("w-flood", flood), on_exit=lambda r: None)
     wait_file(root_of(node, "w-flood") / "ready", node, "w-flood")  # 6 MiB written
-    out = Path(cfg.runc_dir, "workers", "w-flood", "output.log")
+    out = Path(cfg.runtime_dir("runc"), "workers", "w-flood", "output.log")
     poll_until(lambda: out.stat().st_size <= 2**20, "the shim to rotate the output")
     kept = sorted(p.name for p in out.parent.glob("output.log*"))
     assert kept == ["output.log", "output.log.1"]  # log_max_files = 2
@@ -247,13 +247,12 @@ def test_a_worker_flooding_its_output_is_kept_within_the_node_log_limits(runc_co
 
 def test_no_seccomp_profile_is_a_clear_launch_error_and_leaves_nothing(runc_config: NodeConfig,
                                                                        base: Path) -> None:
-    cfg = runc_config.model_copy(update={"runc": runc_config.runc.model_copy(
-        update={"default_seccomp": str(base / "missing.json")})})
+    cfg = runc_config.with_runtime_table("runc", default_seccomp=str(base / "missing.json"))
     node = Node(cfg)
     with pytest.raises(LaunchError) as err:
         node.launch(spec("w-nosc", "pass"), on_exit=lambda r: None)
     assert "runc.default_seccomp" in str(err.value) and "golang-github-containers-common" in str(err.value)
-    assert not Path(cfg.runc_dir, "workers", "w-nosc").exists() and not root_of(node, "w-nosc").exists()
+    assert not Path(cfg.runtime_dir("runc"), "workers", "w-nosc").exists() and not root_of(node, "w-nosc").exists()
     node.close()
 
 
@@ -266,7 +265,7 @@ def test_recover_removes_a_half_made_runc_worker(runc_node: Node, runc_config: N
     assert runc_node.inspect("w-half").state == "created"
     with Node(runc_config) as other:
         assert other.recover().removed == ["w-half"]
-    assert not Path(runc_config.runc_dir, "workers", "w-half").exists()
+    assert not Path(runc_config.runtime_dir("runc"), "workers", "w-half").exists()
     assert not any("w-half" in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 

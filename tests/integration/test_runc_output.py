@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from berth import Node, NodeConfig
-from berth._runtimes.runc import RuncRuntime
-from berth._runtimes.shimclient import ShimClient
+from berth._runtimes.runc.runtime import RuncRuntime
+from berth._runtimes.runc.shimclient import ShimClient
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
@@ -43,7 +43,7 @@ def _on_disk(cfg: NodeConfig, wid: str) -> int:
     """Bytes the worker's output takes on berth's filesystem: the larger of size and allocation of
     each file (a reservation past the end of a file has no size, only blocks)."""
     total = 0
-    for p in Path(cfg.runc_dir, "workers", wid).glob("output.log*"):
+    for p in Path(cfg.runtime_dir("runc"), "workers", wid).glob("output.log*"):
         try:
             st = p.stat()
         except FileNotFoundError:
@@ -119,7 +119,7 @@ def test_two_flooders_never_keep_more_than_the_log_limit_on_disk(runc_config: No
     for wid in ("w-fl1", "w-fl2"):
         poll_until(lambda w=wid: b"END" in b"".join(node.logs(w, tail=1)), "the last line to be drained")  # type: ignore[misc]
         assert b"".join(node.logs(wid, tail=1)) == f"END {wid}\n".encode()
-        assert sorted(p.name for p in Path(runc_config.runc_dir, "workers", wid).glob("output.log*")) == [
+        assert sorted(p.name for p in Path(runc_config.runtime_dir("runc"), "workers", wid).glob("output.log*")) == [
             "output.log", "output.log.1"]
         go(node, wid, "0")
         assert node.wait(wid, WAIT).exit_code == 0

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from berth import LaunchError, Node, NodeConfig
-from berth._runtimes.runc import RuncRuntime
-from berth._runtimes.shimclient import ShimClient
+from berth._runtimes.runc.runtime import RuncRuntime
+from berth._runtimes.runc.shimclient import ShimClient
 
 from ._helpers import WAIT, WAIT_FOR_GO, Exits, go, root_of, wait_file
 from ._helpers import worker as spec
@@ -229,12 +229,12 @@ def test_the_shim_survives_a_full_state_disk_and_writes_its_exits_when_space_ret
     with pytest.raises(LaunchError) as err:  # an exit could not be journalled: refused up front
         node.launch(spec("w-nospace", "pass", port=6701), on_exit=lambda r: None)
     assert err.value.step == "state" and "No space left" in err.value.reason
-    assert not Path(runc_config.runc_dir, "workers", "w-nospace").exists()
+    assert not Path(runc_config.runtime_dir("runc"), "workers", "w-nospace").exists()
     go(node, "w-full", "5")
     poll_until(lambda: node.inspect("w-full").state != "running", "the exit to be seen")
     st = node.inspect("w-full")
     assert (st.state, st.exit_code) == ("exited", 5)  # from the shim's memory: never "running" again
-    exit_file = Path(runc_config.runc_dir, "workers", "w-full", "exit.json")
+    exit_file = Path(runc_config.runtime_dir("runc"), "workers", "w-full", "exit.json")
     assert not exit_file.exists()  # no space for it yet
     assert shim.pid() == pid and shim.hello()["containers"] == 0  # alive, though it could not log
     filler.unlink()
@@ -264,7 +264,7 @@ def test_a_worker_dir_with_files_that_make_no_sense_is_left_alone_and_the_shim_s
     shim = _shim(runc_node)
     runc_node.launch(spec("w-ok", "raise SystemExit(4)"), on_exit=lambda r: None)
     assert runc_node.wait("w-ok", WAIT).exit_code == 4
-    bad = Path(runc_node.config.runc_dir, "workers", "w-bad")
+    bad = Path(runc_node.config.runtime_dir("runc"), "workers", "w-bad")
     bad.mkdir(mode=0o700)
     (bad / "started.json").write_text(garbage)
     (bad / "launch.json").write_text(garbage)

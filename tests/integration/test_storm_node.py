@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from berth import Node, NodeConfig
-from berth._core.storm import config_from_storm
+from berth._storm.yaml import config_from_storm
 
 from ._helpers import WAIT, worker
 from .conftest import PY_IMAGE, SOCKET

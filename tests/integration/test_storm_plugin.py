@@ -24,8 +24,8 @@ import yaml
 from bench._storm import HOSTILE, WORDCOUNT
 from bench._stormberth import IMAGE, BerthStorm
 from berth import Node
-from berth._core.storm import config_from_storm
 from berth._linux import cgroup
+from berth._storm.yaml import config_from_storm
 
 from .conftest import BASE, SOCKET, poll_until, purge_runc
 

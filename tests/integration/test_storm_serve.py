@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from berth import Node, load_config
-from berth._core.storm import BERTH_PLUGIN
 from berth._linux import cgroup
+from berth._storm.yaml import BERTH_PLUGIN
 
 from .conftest import PY_IMAGE, ROOT, RUNC_IMAGES, SOCKET, poll_until
 

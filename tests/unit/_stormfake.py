@@ -9,9 +9,9 @@ from typing import Any
 
 from berth import Identity, Node, NodeConfig
 from berth._core.config import config_from_mapping
-from berth._core.storm import BERTH_PLUGIN
 from berth._node.stormdirs import StormDirs
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
+from berth._storm.yaml import BERTH_PLUGIN
 
 from .conftest import FOUR_CPUS
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from berth import Identity, Node, WorkerSpec
 from berth._core.config import config_from_mapping
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
 from berth._service.assignments import Assignments, parse_document
 from berth._service.bus import Event, Exited, Forgotten, PassDone, PassFailed, Transition
 from berth._service.supervisor import Supervisor

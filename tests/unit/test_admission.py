@@ -21,8 +21,8 @@ from berth import CapacityError, ConfigError, HostFacts, Identity, Node, PolicyE
 from berth._core.config import config_from_mapping
 from berth._core.limits import NodeCapacity, Usage, check_admission, node_capacity
 from berth._core.plan import Plan
-from berth._core.storm import config_from_storm
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
+from berth._storm.yaml import config_from_storm
 
 RAM = 10000
 HOST = HostFacts(cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}), memory_mb=RAM, pid_max=32768,
@@ -290,3 +290,20 @@ def test_a_process_reuses_its_listing_only_while_no_other_admitted_anything(base
     fake.finish("b0")  # ended: a's listing (made just now) still says it runs
     a.launch(_spec("a4", 6704, memory_mb=1000, cpu_percent=10))  # refused on it, then fits on a fresh one
     assert listings() == 3 and fake.inspect("a4").running
+
+
+def test_labels_decode_the_same_way_for_every_reader() -> None:
+    """One decoder for berth's labels: a value that is not a plain number (a negative memory label on a
+    container made by hand would have lowered what the node's workers hold) reads as absent."""
+    from berth._core.labels import WorkerLabels
+
+    good = WorkerLabels.decode({"berth.worker": "w1", "berth.topology": "t", "berth.port": "6700",
+                                "berth.user": "alice", "berth.spec": "d1", "berth.owner": "/s",
+                                "berth.memory_mb": "64", "berth.cpu_percent": "50", "berth.pids_limit": "9"})
+    assert (good.worker_id, good.topology_id, good.port, good.user, good.spec_digest, good.owner) == \
+        ("w1", "t", 6700, "alice", "d1", "/s")
+    assert (good.memory_mb, good.cpu_percent, good.pids_limit) == (64, 50, 9)
+    bad = WorkerLabels.decode({"berth.port": "99999", "berth.memory_mb": "-100000", "berth.cpu_percent": "1e3"})
+    assert (bad.worker_id, bad.port, bad.memory_mb, bad.cpu_percent, bad.pids_limit) == ("", 0, None, None, None)
+    assert bad.request() == {"port": 99999}  # the audit re-plans what was written, and refuses it
+    assert WorkerLabels.decode({"berth.port": "x1"}).request() == {"port": "x1"}

@@ -24,7 +24,7 @@ from berth._node.audit import (
     process_checks,
     spec_from_request,
 )
-from berth._runtimes.docker import request_from_inspect
+from berth._runtimes.docker.runtime import request_from_inspect
 
 from .conftest import ALICE, FOUR_CPUS
 

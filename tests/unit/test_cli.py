@@ -176,7 +176,7 @@ def test_explain_text_shows_the_nodes_capacity_and_what_it_holds(tmp_path: Path)
 def test_serve_and_agent_refuse_a_node_whose_storm_yaml_names_berths_plugin(tmp_path: Path) -> None:
     """Storm's supervisor runs such a node's workers; berth's own supervisor or agent would stop them
     as unassigned. Both refuse before they start anything, naming the key."""
-    from berth._core.storm import BERTH_PLUGIN
+    from berth._storm.yaml import BERTH_PLUGIN
 
     for d in ("home", "nscd", "logs"):
         (tmp_path / d).mkdir()

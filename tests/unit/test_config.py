@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 from berth import ConfigError, NodeConfig, load_config
-from berth._core.config import DEFAULT_FORBIDDEN, config_from_mapping
+from berth._core.config import DEFAULT_FORBIDDEN
+from berth._runtimes.docker import engine_socket
+from berth._runtimes.runc.config import RuncSection
+from berth._storm.loading import checked_config as config_from_mapping
 
 
 def test_defaults() -> None:
@@ -43,7 +46,7 @@ readonly_mounts = ["/etc/storm"]
     assert c.container.cgroup_parent == "/storm"
     assert c.images.allowed == ("*",)
     assert c.container.readonly_mounts == ("/etc/storm",)
-    assert c.docker_socket == "/run/x/docker.sock"
+    assert engine_socket(c) == "/run/x/docker.sock"
     forbidden = c.forbidden_mounts
     assert "/srv/storm" in forbidden and "/run/x/docker.sock" in forbidden
     assert "/srv/logs/workers-artifacts" in forbidden
@@ -98,9 +101,10 @@ def test_the_runc_runtime_needs_a_directory_for_the_default_image_at_load() -> N
         config_from_mapping(base)
     with pytest.raises(ConfigError, match=r"^runc\.images: .*other/python:1 has none"):
         config_from_mapping({**base, "images": {"default": "other/python:1"}, "runc": {"image_root": "/srv"}})
-    assert config_from_mapping({**base, "runc": {"image_root": "/srv"}}).runc.image_path("berth/python:1") == \
+    root = config_from_mapping({**base, "runc": {"image_root": "/srv"}})
+    assert RuncSection.of(root).image_path("berth/python:1") == \
         "/srv/python"
-    assert config_from_mapping({**base, "runc": {"images": {"berth/python:1": "/r/py"}}}).runc.image_path(
+    assert RuncSection.of(config_from_mapping({**base, "runc": {"images": {"berth/python:1": "/r/py"}}})).image_path(
         "berth/python:1") == "/r/py"
     with pytest.raises(ConfigError, match=r"^runc\.images: runtime runc runs each image from a root filesystem "
                                           r"directory, and none is named"):

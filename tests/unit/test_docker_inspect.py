@@ -9,7 +9,7 @@ import pytest
 
 from berth._core.plan import LogLimits
 from berth._linux.proc import is_stopped
-from berth._runtimes.docker_inspect import log_limits, oom_victim
+from berth._runtimes.docker.inspect import log_limits, oom_victim
 
 
 @pytest.mark.parametrize(("config", "limits"), [
@@ -39,3 +39,18 @@ def test_a_stopped_or_traced_process_is_told_from_its_stat(tmp_path: Path) -> No
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "stat").write_text(f"{pid} (odd ) name) {state} 1 {pid} {pid} 0 -1\n")
     assert [is_stopped(p, str(tmp_path)) for p in (10, 11, 12, 13, 99)] == [False, True, True, False, False]
+
+
+def test_a_container_made_by_hand_with_odd_labels_is_listed_not_a_crash() -> None:
+    """Anyone with the engine's socket can label a container as this node's; a port label that is not
+    a number made the whole listing (``ps``, every reconcile) raise. The labels are decoded by the
+    one helper every runtime uses: a bad value reads as absent."""
+    from berth._runtimes.docker.runtime import DockerRuntime
+
+    listed = {"Id": "c1", "State": "running", "Status": "Up 1 second", "Image": "x",
+              "Labels": {"berth.worker": "w1", "berth.port": "sixty-seven", "berth.node": "n"}}
+    state = DockerRuntime._state_from_list(listed)
+    assert (state.worker_id, state.port) == ("w1", 0)
+    inspected = {"Id": "c1", "Config": {"Image": "x", "Labels": listed["Labels"]},
+                 "State": {"Status": "running", "Pid": 0}}
+    assert DockerRuntime._state(inspected).port == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from berth._runtimes.shim.durable import append_record, replace_file
+from berth._runtimes.runc.shim.durable import append_record, replace_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_a_replacement_is_whole_with_its_mode_whatever_the_umask(tmp_path: Path)
 
 FSIZE_CHILD = r"""
 import os, resource, signal, sys
-from berth._runtimes.shim.durable import replace_file
+from berth._runtimes.runc.shim.durable import replace_file
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
@@ -111,7 +111,7 @@ def test_an_appended_record_is_flushed(tmp_path: Path) -> None:
 
 WRITERS = {
     "shim exit file": """
-from berth._runtimes.shim.files import write_json
+from berth._runtimes.runc.shim.files import write_json
 write_json(d + "/exit.json", {"id": "c1", "exit_code": 3})
 """,
     "supervisor state": """

@@ -17,9 +17,9 @@ from berth import (
     build_plan,
     spec_from_mapping,
 )
-from berth._core.config import config_from_mapping
-from berth._core.loading import load_config
-from berth._core.storm import config_from_storm
+from berth._storm.loading import checked_config as config_from_mapping
+from berth._storm.loading import load_config
+from berth._storm.yaml import config_from_storm
 
 from .conftest import ALICE, FOUR_CPUS, make_config
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from berth._core.config import config_from_mapping
-from berth._core.storm import BERTH_PLUGIN
 from berth._node import launcher
 from berth._node.launcher import LauncherPolicy, Outcome, Workers, resolve_policy
 from berth._node.stormtrees import launcher_mode
 from berth._runtimes.base import ExecResult, WorkerState, WorkerStatus
+from berth._storm.yaml import BERTH_PLUGIN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="gives trees to other users, as berth does")
 

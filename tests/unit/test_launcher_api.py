@@ -23,12 +23,12 @@ import berth_launcher
 from berth._cli.launcher import install_program
 from berth._cli.service import storm_routers
 from berth._core.config import DEFAULT_STATE_DIR, config_from_mapping
-from berth._core.storm import BERTH_PLUGIN
 from berth._node.stormdirs import StormDirs
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
 from berth._service.api import create_app
 from berth._service.storm_api import PEER_HOST, create_storm_app, peer_protocol
 from berth._service.stormnode import StormService
+from berth._storm.yaml import BERTH_PLUGIN
 
 from ..polling import poll_until
 from ._supfake import Harness

@@ -17,11 +17,11 @@ import pytest
 from berth import ConfigError
 from berth._cli.launcher import install_program
 from berth._core.config import config_from_mapping
-from berth._core.storm import config_from_storm
 from berth._core.tomlout import config_toml
 from berth._exceptions import CleanupError
 from berth._node.launcher import LauncherPolicy, resolve_policy
 from berth._node.workdirs import remove_at
+from berth._storm.yaml import config_from_storm
 
 
 @pytest.fixture

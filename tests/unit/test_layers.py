@@ -16,14 +16,16 @@ RANK = {
     "_linux": 1,
     "_core": 2,
     "_runtimes": 3,
-    "_node": 4,
-    "_service": 5,
-    "_cluster": 6,
-    "_cli": 7,
-    "__init__": 8, "__main__": 8,
+    "_storm": 4,
+    "_node": 5,
+    "_service": 6,
+    "_cluster": 7,
+    "_cli": 8,
+    "__init__": 9, "__main__": 9,
 }
 MAX_LINES = 420
-STDLIB_ONLY: tuple[str, ...] = tuple(str(p.relative_to(SRC)) for p in sorted((SRC / "_runtimes" / "shim").glob("*.py")))
+STDLIB_ONLY: tuple[str, ...] = tuple(str(p.relative_to(SRC))
+                                     for p in sorted((SRC / "_runtimes" / "runc" / "shim").glob("*.py")))
 """Modules that must import nothing outside the standard library: the runc monitor (berth-shim),
 which runs as its own program loaded from its directory alone."""
 

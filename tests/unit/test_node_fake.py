@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from berth import (
     WorkerStatus,
 )
 from berth._core.config import config_from_mapping
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake import CAPABILITIES
+from berth._runtimes.fake.runtime import FakeRuntime
 
 from ..exits import Exits
 from .conftest import FOUR_CPUS
@@ -150,6 +152,26 @@ def test_cleanup_removes_the_container_and_the_worker_dirs_but_keeps_artifacts(n
     assert ("remove", "w1") in fake.calls
     assert not Path(handle.plan.layout.worker_root).exists()
     assert Path(handle.plan.layout.artifacts).is_dir()
+
+
+def test_the_node_makes_host_dirs_and_the_cidfile_only_for_a_runtime_that_declares_them(
+        base: Path, fake: FakeRuntime) -> None:
+    """Capabilities are declared, and Node acts on them: a runtime whose workers run elsewhere
+    (host_dirs=False) gets no directories made, none removed, and no container.cid."""
+    fake.capabilities = replace(CAPABILITIES, cidfile=False)
+    with make_node(base, fake) as node:
+        handle = node.launch(spec("local", 6700))
+        assert Path(handle.plan.layout.worker_root).is_dir()
+        assert not Path(handle.plan.cid_file).exists()
+    remote = FakeRuntime()
+    remote.capabilities = replace(CAPABILITIES, host_dirs=False, cidfile=False)
+    with make_node(base, remote) as node:
+        handle = node.launch(spec("remote", 6701))
+        root = Path(handle.plan.layout.worker_root)
+        assert node.inspect("remote").state == WorkerStatus.RUNNING and not root.exists()
+        root.mkdir(parents=True)  # what the runtime itself keeps there is not the node's to remove
+        node.cleanup("remote")
+        assert ("remove", "remote") in remote.calls and root.is_dir()
 
 
 def test_a_launch_error_keeps_a_permanent_cause_so_the_supervisor_stops_retrying(node: Node, fake: FakeRuntime) -> None:

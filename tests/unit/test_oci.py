@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from berth import ConfigError, WorkerSpec, build_plan
-from berth._core.oci import LABEL_IMAGE, oci_config, oci_mounts
-from berth._core.seccomp import load_oci_seccomp, oci_seccomp
+from berth import ConfigError, Plan, WorkerSpec, build_plan
+from berth._core.labels import LABEL_IMAGE
 from berth._linux.mountinfo import parse_mountinfo
+from berth._runtimes.runc.oci import oci_config, oci_mounts
+from berth._runtimes.seccomp import load_oci_seccomp, oci_seccomp
 
 from .conftest import ALICE, FOUR_CPUS, make_config
 
@@ -148,9 +149,13 @@ def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(no
 def test_explain_storm_keeps_storms_mount_order_while_the_oci_config_goes_parent_first(
         node: dict[str, Path]) -> None:
     from berth import docker_run_argv
+    from berth._runtimes.docker.render import berth_values
+
+    def storms(p: Plan) -> list[str]:
+        return docker_run_argv(p, berth_values(p))
 
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
-    storm = docker_run_argv(plan, storm=True)
+    storm = storms(plan)
     volumes = [storm[i + 1].split(":")[1] for i, t in enumerate(storm) if t == "-v"]
     assert volumes == [m.target for m in plan.mounts] and volumes[8] == "/tmp"  # Storm's ninth mount
     oci = [m["destination"] for m in oci_config(plan, "/r")["mounts"]]
@@ -158,7 +163,7 @@ def test_explain_storm_keeps_storms_mount_order_while_the_oci_config_goes_parent
 
 
 def test_hardened_refuses_what_the_engines_default_refuses_a_worker_without_capabilities_and_io_uring() -> None:
-    from berth._core.seccomp import hardened
+    from berth._runtimes.seccomp import hardened
 
     allow_all = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
         {"names": ["read", "clone", "clone3", "unshare", "keyctl", "io_uring_setup"], "action": "SCMP_ACT_ALLOW"},
@@ -181,7 +186,7 @@ def test_hardened_refuses_what_the_engines_default_refuses_a_worker_without_capa
 
 
 def test_filters_convert_once_per_file_version_and_give_the_engine_the_same_filter_as_runc(tmp_path: Path) -> None:
-    from berth._core.seccomp import Filters, hardened
+    from berth._runtimes.seccomp import Filters, hardened
 
     default, mine = tmp_path / "default.json", tmp_path / "mine.json"
     default.write_text(json.dumps(PROFILE))

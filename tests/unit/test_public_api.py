@@ -9,14 +9,15 @@ import berth
 
 PUBLIC = {
     # node and supervisor
-    "Node", "WorkerHandle", "RecoveryReport", "Supervisor", "Assignments", "Rejection", "load_assignments",
+    "Node", "Launched", "WorkerHandle", "RecoveryReport", "Supervisor", "Assignments", "Rejection", "load_assignments",
     # request, config, plan and its renderers
     "WorkerSpec", "load_spec", "spec_from_mapping", "NodeConfig", "load_config", "HostFacts", "Identity",
     "resolve_identity", "Plan", "Mount", "Resources", "Security", "build_plan", "plan_for",
     "docker_run_argv", "docker_run_line", "engine_create_body", "text_summary",
     "prepare_worker_dirs", "remove_worker_dirs",
     # what runtimes report
-    "Runtime", "Capabilities", "ExecResult", "ExitRecord", "WorkerDescription", "WorkerState", "WorkerStatus",
+    "Runtime", "RuntimePlugin", "register_runtime",
+    "Capabilities", "ExecResult", "ExitRecord", "WorkerDescription", "WorkerState", "WorkerStatus",
     # audit
     "AuditReport", "Check", "audit_all", "audit_worker",
     # errors

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from berth import WorkerSpec, build_plan, docker_run_argv, docker_run_line, engine_create_body
+from berth import Plan, WorkerSpec, build_plan, docker_run_argv, docker_run_line, engine_create_body
 from berth._core.render import text_summary
+from berth._runtimes.docker.render import berth_values
 
 from .conftest import ALICE, FOUR_CPUS, make_config
+
+
+def storms(plan: Plan) -> list[str]:
+    """Storm's line for a berth.toml's plan: Storm's flags with berth's values, nothing added
+    (what ``explain --storm`` prints without a storm.yaml)."""
+    return docker_run_argv(plan, berth_values(plan))
 
 SPEC = WorkerSpec(worker_id="9c3e-41ab", topology_id="wc-1-1700000000", port=6700, user="alice",
                   command=("java", "-Xmx768m", "org.apache.storm.daemon.worker.Worker"),
@@ -42,12 +49,12 @@ def test_storm_reference_example_matches_storm_token_for_token(node: dict[str, P
         "--cpus=2.6", "--memory=1024m",
         "storm/worker:2.6", "bash", f"{root}/storm-worker-script.sh",
     ]
-    assert docker_run_argv(plan, storm=True) == expected
+    assert storms(plan) == expected
 
 
 def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[str, Path]) -> None:
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
-    storm = docker_run_argv(plan, storm=True)
+    storm = storms(plan)
     berth = docker_run_argv(plan)
     extras = ["--pids-limit=1024", "--memory-swap=1024m", "--log-driver=json-file", "--log-opt", "max-size=20m",
               "--log-opt", "max-file=5", "--init", "--label=berth.worker=9c3e-41ab",
@@ -60,7 +67,7 @@ def test_berth_line_adds_its_flags_after_storms_and_before_the_image(node: dict[
 
 def test_numa_pinning_adds_cpuset_flags_after_mounts(node: dict[str, Path]) -> None:
     spec = SPEC.model_copy(update={"cores": (1, 3), "numa_node": 0, "cpu_percent": 100})
-    argv = docker_run_argv(build_plan(spec, make_config(node, readonly_mounts=()), ALICE, FOUR_CPUS), storm=True)
+    argv = storms(build_plan(spec, make_config(node, readonly_mounts=()), ALICE, FOUR_CPUS))
     i = argv.index("--cgroup-parent=/storm")
     assert argv[i - 2:i] == ["--cpuset-cpus=1,3", "--cpuset-mems=0"]
     assert argv[i - 4:i - 2] == ["-v", "/data/storm/workers/9c3e-41ab/tmp:/tmp"]
@@ -71,11 +78,12 @@ def test_numa_pinning_adds_cpuset_flags_after_mounts(node: dict[str, Path]) -> N
                                                 (1, "--cpus=0.01"), (333, "--cpus=3.33"), (400, "--cpus=4.0")])
 def test_cpus_printed_like_java_doubles(node: dict[str, Path], percent: int, token: str) -> None:
     spec = SPEC.model_copy(update={"cpu_percent": percent})
-    assert token in docker_run_argv(build_plan(spec, make_config(node), ALICE, FOUR_CPUS), storm=True)
+    assert token in storms(build_plan(spec, make_config(node), ALICE, FOUR_CPUS))
 
 
 def test_docker_line_is_shell_quoted(node: dict[str, Path]) -> None:
-    line = docker_run_line(build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS), storm=True)
+    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    line = docker_run_line(plan, berth_values(plan))
     assert line.startswith("docker run --name=9c3e-41ab ")
     # the install dir has a space: quoted as one word, not split in two
     assert f"'{node['home']}:{node['home']}:ro'" in line
@@ -155,7 +163,7 @@ def test_text_summary_names_limits_mounts_and_security(node: dict[str, Path]) ->
 
 
 def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
-    from berth._core.oci import oci_config
+    from berth._runtimes.runc.oci import oci_config
 
     spec = SPEC.model_copy(update={"cores": (1,), "numa_node": 0})
     plan = build_plan(spec, make_config(node), ALICE, FOUR_CPUS)
@@ -184,8 +192,8 @@ def test_oci_config_matches_the_plan(node: dict[str, Path]) -> None:
 def test_the_engine_body_reads_the_profile_with_the_same_bound_and_errors_as_runc(node: dict[str, Path]) -> None:
     """One reader of a seccomp profile: at most MAX_PROFILE_BYTES, a ConfigError naming the key."""
     from berth import ConfigError
-    from berth._core.render import read_seccomp
-    from berth._core.seccomp import MAX_PROFILE_BYTES
+    from berth._runtimes.docker.render import read_seccomp
+    from berth._runtimes.seccomp import MAX_PROFILE_BYTES
 
     plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
     assert read_seccomp(plan) == '{"defaultAction": "SCMP_ACT_ALLOW"}'

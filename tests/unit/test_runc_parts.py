@@ -15,14 +15,14 @@ import pytest
 
 from berth import ExitRecord
 from berth._cli.views import ended
-from berth._core.config import config_from_mapping
 from berth._linux.cgroup import CgroupMount, memory_dir_for
 from berth._runtimes.logfile import read_logs
-from berth._runtimes.runc import RuncRuntime, record_from_exit
-from berth._runtimes.runcbundle import request_from_oci
-from berth._runtimes.shim.files import cgroup_numbers, decode_status
-from berth._runtimes.shim.logs import Output, make_pipe
-from berth._runtimes.shimclient import ShimClient, ShimError
+from berth._runtimes.runc.bundle import request_from_oci
+from berth._runtimes.runc.runtime import RuncRuntime, record_from_exit
+from berth._runtimes.runc.shim.files import cgroup_numbers, decode_status
+from berth._runtimes.runc.shim.logs import Output, make_pipe
+from berth._runtimes.runc.shimclient import ShimClient, ShimError
+from berth._storm.loading import checked_config as config_from_mapping
 
 STARTED, FINISHED = "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.500000Z"
 EXIT: dict[str, object] = {"id": "c1", "worker": "w1", "pid": 42, "status": 35072, "started_at": STARTED,
@@ -141,7 +141,7 @@ def test_an_output_goes_on_in_its_file_after_an_upgrade(tmp_path: Path) -> None:
 
 FULL_DISK = r"""
 import os, resource, signal, sys
-from berth._runtimes.shim.logs import Output, make_pipe
+from berth._runtimes.runc.shim.logs import Output, make_pipe
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 r, w = make_pipe()
@@ -240,7 +240,7 @@ def test_whether_a_process_handles_a_signal_is_read_from_its_masks() -> None:
     the kernel would drop it otherwise (the shim sends SIGKILL at once instead)."""
     import signal
 
-    from berth._runtimes.shim.files import handles
+    from berth._runtimes.runc.shim.files import handles
 
     old = signal.getsignal(signal.SIGTERM)
     try:
@@ -258,9 +258,9 @@ def test_whether_a_process_handles_a_signal_is_read_from_its_masks() -> None:
 def test_no_stub_of_the_shims_halves_shadows_the_real_method() -> None:
     """The shim is one class of three halves; a stub standing for another half's method must never
     be the one called (one was, and the shim crashed on every start)."""
-    from berth._runtimes.shim.exits import ExitBook
-    from berth._runtimes.shim.monitor import Shim
-    from berth._runtimes.shim.wire import Wire
+    from berth._runtimes.runc.shim.exits import ExitBook
+    from berth._runtimes.runc.shim.monitor import Shim
+    from berth._runtimes.runc.shim.wire import Wire
 
     for half in (ExitBook, Wire):
         stubs = [n for n, f in vars(half).items()

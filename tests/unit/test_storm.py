@@ -16,8 +16,11 @@ import pytest
 import yaml
 
 from berth import HostFacts, NodeConfig, WorkerSpec, build_plan, docker_run_argv
-from berth._core.storm import config_from_storm
+from berth._core.plan import draft_plan
 from berth._exceptions import ConfigError, PolicyError
+from berth._runtimes.runc.config import RuncSection
+from berth._storm.explain import storm_notes, storm_view_of
+from berth._storm.yaml import config_from_storm
 
 from .conftest import ALICE
 
@@ -55,7 +58,8 @@ def storm_yaml(n: dict[str, str], **extra: Any) -> dict[str, Any]:
 
 
 def line(config: NodeConfig, spec: WorkerSpec = SPEC, storm: bool = True) -> list[str]:
-    return docker_run_argv(build_plan(spec, config, ALICE, HOST, keep_refusals=True), storm=storm)
+    draft = draft_plan(spec, config, ALICE, HOST)  # Storm's line even where berth refuses
+    return list(storm_view_of(spec, config, draft).argv) if storm else docker_run_argv(draft.plan)
 
 
 def expected(n: dict[str, str], local: str | None = None, artifacts: str | None = None, tail: tuple[str, ...] = (),
@@ -96,7 +100,7 @@ def test_berth_line_is_storms_plus_berths_hardening(n: dict[str, str]) -> None:
     assert berth[berth.index("--cpus=2.6") + 1:berth.index("--init") + 1] == [
         "--memory=1024m", "--pids-limit=1024", "--memory-swap=1024m", "--log-driver=json-file", "--log-opt",
         "max-size=20m", "--log-opt", "max-file=5", "--init"]
-    notes = build_plan(SPEC, config, ALICE, HOST).notes
+    notes = storm_notes(SPEC, config, build_plan(SPEC, config, ALICE, HOST))
     assert any("enforcement.enable is false" in x and "1024 MiB with no swap" in x for x in notes)
 
 
@@ -148,7 +152,7 @@ def test_memory_on_storms_line_only_with_enforcement(n: dict[str, str]) -> None:
     config = config_from_storm(storm_yaml(n, storm_cgroup_memory_enforcement_enable=True))
     argv = line(config)
     assert argv[argv.index("--cpus=2.6") + 1] == "--memory=1024m"
-    assert not any("enforcement" in x for x in build_plan(SPEC, config, ALICE, HOST).notes)
+    assert not any("enforcement" in x for x in storm_notes(SPEC, config, build_plan(SPEC, config, ALICE, HOST)))
 
 
 @pytest.mark.parametrize(("limit", "token"), [(150, "--cpus=1.5"), (150.9, "--cpus=1.5"), (100, "--cpus=1.0")])
@@ -342,9 +346,9 @@ def test_a_forbidden_mount_shows_storms_line_but_never_launches(n: dict[str, str
     """Storm mounts whatever storm.oci.readwrite.bindmounts says; berth refuses /proc, the engine's
     socket, the install dir's parents… (docs/security.md). explain --storm still prints Storm's line."""
     config = config_from_storm(storm_yaml(n, storm_oci_readwrite_bindmounts=["/proc"]))
-    plan = build_plan(SPEC, config, ALICE, HOST, keep_refusals=True)
-    assert plan.refusals == ("storm.oci.readwrite.bindmounts[0]: /proc is /proc or lies under it (forbidden)",)
-    assert "/proc:/proc" in docker_run_argv(plan, storm=True)
+    view = storm_view_of(SPEC, config, draft_plan(SPEC, config, ALICE, HOST))
+    assert view.refusals == ("storm.oci.readwrite.bindmounts[0]: /proc is /proc or lies under it (forbidden)",)
+    assert "/proc:/proc" in view.argv
     with pytest.raises(PolicyError, match=r"^storm\.oci\.readwrite\.bindmounts\[0\]: /proc"):
         build_plan(SPEC, config, ALICE, HOST)
 
@@ -357,9 +361,9 @@ def test_memory_above_the_nodes_maximum_shows_storms_line_but_never_launches(n: 
     host = HostFacts(cpus=HOST.cpus, mems=HOST.mems, memory_mb=8192)
     for enforce, tail in ((False, []), (True, ["--memory=999999m"])):
         config = config_from_storm(storm_yaml(n, storm_cgroup_memory_enforcement_enable=enforce or None))
-        plan = build_plan(big, config, ALICE, host, keep_refusals=True)
-        assert docker_run_argv(plan, storm=True) == [*expected(n)[:-4], "--cpus=2.6", *tail, *expected(n)[-3:]]
-        assert plan.refusals == ("memory_mb: 999999 MiB is above the node's maximum of 7168 MiB per worker "
+        view = storm_view_of(big, config, draft_plan(big, config, ALICE, host))
+        assert list(view.argv) == [*expected(n)[:-4], "--cpus=2.6", *tail, *expected(n)[-3:]]
+        assert view.refusals == ("memory_mb: 999999 MiB is above the node's maximum of 7168 MiB per worker "
                                  "(berth.container.max.memory.mb)",)
         with pytest.raises(PolicyError, match=r"^memory_mb: 999999 MiB is above the node's maximum"):
             build_plan(big, config, ALICE, host)
@@ -374,7 +378,7 @@ def test_only_numa_zones_pin_on_storms_line(n: dict[str, str]) -> None:
     config = config_from_storm(storm_yaml(n))
     assert line(config, pinned) == expected(n)
     assert "--cpuset-cpus=1,3" in line(config, pinned, storm=False)
-    notes = build_plan(pinned, config, ALICE, HOST).notes
+    notes = storm_notes(pinned, config, build_plan(pinned, config, ALICE, HOST))
     assert any(x.startswith("cores: the request pins cpus 1,3 and memory node 1") for x in notes)
 
 
@@ -393,7 +397,9 @@ def test_runc_from_a_storm_yaml_needs_its_image_directories_named_at_load(n: dic
     c = config_from_storm({**storm_yaml(n, storm_resource_isolation_plugin=RUNC, storm_oci_image="berth/python:1",
                                         storm_oci_allowed_images=["berth/python:1"]),
                            "berth.runc.image.root": "/srv/rootfs"})
-    assert (c.runc.image_root, c.runc.image_path("berth/python:1")) == ("/srv/rootfs", "/srv/rootfs/python")
+    runc = RuncSection.of(c)
+    assert (runc.image_root, runc.image_path("berth/python:1")) == ("/srv/rootfs", "/srv/rootfs/python")
     assert c.storm is not None and "berth.runc.image.root" not in c.storm.unused_keys
     docker = config_from_storm({**storm_yaml(n), "berth.runc.images": {"storm/worker:2.6": "/srv/rootfs/worker"}})
-    assert docker.node.runtime == "docker" and docker.runc.images == {"storm/worker:2.6": "/srv/rootfs/worker"}
+    assert docker.node.runtime == "docker"
+    assert RuncSection.of(docker).images == {"storm/worker:2.6": "/srv/rootfs/worker"}

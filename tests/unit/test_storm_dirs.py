@@ -18,11 +18,11 @@ import yaml
 
 from berth import LaunchError, Node
 from berth._core.spec import WorkerSpec
-from berth._core.storm import BERTH_PLUGIN, config_from_storm
 from berth._exceptions import ConfigError
 from berth._node import stormdirs
 from berth._node.stormtrees import launcher_mode
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
+from berth._storm.yaml import BERTH_PLUGIN, config_from_storm
 
 from ._stormfake import STORM_GID, STORM_UID, TOPO, mode, owner, storm_node, storm_setup
 

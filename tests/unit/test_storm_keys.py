@@ -15,11 +15,12 @@ from click.testing import CliRunner
 
 from berth import NodeConfig, WorkerSpec, build_plan
 from berth._cli import main
-from berth._core.config import config_from_mapping
 from berth._core.render import text_summary
-from berth._core.storm import USED, config_from_storm, storm_keys
 from berth._core.tomlout import config_toml
 from berth._exceptions import ConfigError
+from berth._storm.explain import storm_notes
+from berth._storm.loading import checked_config
+from berth._storm.yaml import USED, config_from_storm, storm_keys
 
 from .conftest import ALICE, FOUR_CPUS
 
@@ -115,7 +116,8 @@ def test_unused_keys_are_listed_by_explain_text(tmp_path: Path) -> None:
     (tmp_path / "nscd").mkdir()
     c = config_from_storm(data, env={})
     spec = WorkerSpec(worker_id="w1", topology_id="t1", port=6700, user="alice", command=("x",))
-    text = text_summary(build_plan(spec, c, ALICE, FOUR_CPUS), c.storm.unused_keys if c.storm else ())
+    plan = build_plan(spec, c, ALICE, FOUR_CPUS)
+    text = text_summary(plan, c.storm.unused_keys if c.storm else (), storm_notes(spec, c, plan))
     assert "Storm key not used by berth: storm.zookeeper.servers" in text
     assert "differences from Storm" in text and "no swap beyond it" in text
 
@@ -149,7 +151,7 @@ def test_printed_toml_loads_to_the_same_config(example: str) -> None:
     assert toml["storm"]["numa"] == [{"id": "0", "cores": [1, 0], "memory_mb": 1024.0, "ports": [6700]}]
     from berth._core.config import tuples as _tuples
 
-    assert config_from_mapping(_tuples(toml)) == _without_notes(storm)
+    assert checked_config(_tuples(toml)) == _without_notes(storm)
 
 
 def test_config_from_storm_command(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from berth import ExitRecord, PolicyError, WorkerSpec
 from berth._cli.demo import wait_until
 from berth._node.node import Node
-from berth._runtimes.fake import FakeRuntime
+from berth._runtimes.fake.runtime import FakeRuntime
 from berth._service import storm_api
 from berth._service.storm_api import create_storm_app
 from berth._service.stormexits import ExitLedger

@@ -40,7 +40,7 @@ def test_the_engine_probe_never_waits_on_a_frozen_engine(base: Path) -> None:
     "not answering", said then; the last listing that did come back stays for the metrics."""
     from berth import Node
     from berth._runtimes.base import WorkerState
-    from berth._runtimes.fake import FakeRuntime
+    from berth._runtimes.fake.runtime import FakeRuntime
     from berth._service.probe import NOT_ANSWERING, OK, EngineProbe
 
     from ._supfake import USERS, config

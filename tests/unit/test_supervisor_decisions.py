@@ -335,7 +335,7 @@ def test_an_exit_reported_before_its_launch_returned_waits_for_the_launch(base: 
     handled at once, against a slot still ``starting`` (starting -> backoff); the launch then said
     ``running``, and the next pass started it again at once, its backoff ignored. An exit now waits
     for the action in flight for its worker, then is handled: running -> backoff, one launch."""
-    from berth._runtimes.fake import FakeRuntime
+    from berth._runtimes.fake.runtime import FakeRuntime
 
     from ._supfake import WAIT, Clock
 

@@ -8,7 +8,8 @@ from . import cluster as _cluster_commands  # noqa: F401 - agent, schedule, clus
 from . import commands as _node_commands  # noqa: F401 - explain, launch, ps, kill, rm, logs, audit, demo, …
 from . import launcher as _launcher_commands  # noqa: F401 - worker-launcher install
 from . import service as _service_commands  # noqa: F401 - supervise, serve
-from . import shim as _shim_commands  # noqa: F401 - shim
-from .app import main
+from .app import add_runtime_commands, main
+
+add_runtime_commands()  # each runtime's own (runc: shim)
 
 __all__ = ["main"]

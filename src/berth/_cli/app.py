@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .._core.config import NodeConfig
-from .._core.loading import load_config
 from .._core.printable import printable
 from .._exceptions import BerthError
+from .._storm.loading import load_config
 
 if TYPE_CHECKING:
     from .._node.node import Node
@@ -51,11 +51,24 @@ def get_config(ctx: click.Context) -> NodeConfig:
     return config
 
 
+def add_runtime_commands() -> None:
+    """Each built-in runtime's own command group (``RuntimePlugin.commands``), on ``main``."""
+    import importlib
+
+    from .._runtimes.registry import names, plugin
+
+    for name in names():
+        target = plugin(name).commands
+        if target is not None:
+            module, _, attr = target.partition(":")
+            main.add_command(getattr(importlib.import_module(module), attr)(get_config))
+
+
 def storm_dirs(config: NodeConfig) -> StormDirs | None:
     """Storm's supervisor makes the workers' dirs on a node whose storm.yaml names berth's plugin
     (and says who the supervisor is): ``berth rm`` and the rest then leave Storm's files to it."""
-    from .._core.storm import BERTH_PLUGIN
     from .._node.stormdirs import StormDirs
+    from .._storm.yaml import BERTH_PLUGIN
 
     s = config.storm
     if s is None or s.plugin != BERTH_PLUGIN or not s.plugin_enabled or s.supervisor_user is None:

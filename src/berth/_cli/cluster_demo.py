@@ -28,6 +28,8 @@ from .._cluster.zk import Connection
 from .._core.clusterconfig import ClusterSection
 from .._core.config import NodeConfig
 from .._exceptions import BerthError
+from .._runtimes.base import Runtime
+from .._runtimes.registry import make_runtime
 from .cluster_views import cluster_rows, cluster_tables
 from .demo import wait_until as _until
 
@@ -78,15 +80,19 @@ class _Demo:
         self.cred = new_credential("berth-coordinator")
         self.admin = Connection(hosts, self.cred, SESSION_S, 0.5, patient=True)
         self.coordinator: Coordinator | None = None
+        self._runtimes: dict[str, Runtime] = {}
 
-    def docker(self) -> Any:
-        import docker
-
-        return docker.APIClient(base_url=self.base.node.docker_host or "unix:///var/run/docker.sock", version="auto")
+    def runtime(self, name: str) -> Runtime:
+        """The runtime of agent ``name``'s node, as its own berth.toml makes it (any runtime)."""
+        if name not in self._runtimes:
+            d, n = self.dir / name, self.base.node
+            node = n.model_copy(update={"name": name, "local_dir": f"{d}/local", "log_dir": f"{d}/log",
+                                        "state_dir": f"{d}/state"})
+            self._runtimes[name] = make_runtime(self.base.model_copy(update={"node": node}))
+        return self._runtimes[name]
 
     def running(self, name: str) -> list[str]:
-        return sorted(c["Labels"]["berth.worker"] for c in self.docker().containers(
-            filters={"label": f"berth.node={name}"}) if c["State"] == "running")
+        return sorted(w.worker_id for w in self.runtime(name).list_workers() if w.running)
 
     def setup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -137,6 +143,11 @@ class _Demo:
                                      for n, r in sorted(conv.nodes.items())))
         return conv.done
 
+    def settle(self) -> None:
+        assert self.coordinator is not None
+        views = read_cluster(self.admin, self.layout)
+        self.coordinator.converge({n: v.doc_version for n, v in views.items() if v.doc_version and v.live}, 120)
+
     def where(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for name in self.names:
@@ -152,9 +163,10 @@ class _Demo:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            client = self.docker()
-            for c in client.containers(all=True, filters={"label": f"berth.node={name}"}):
-                client.remove_container(c["Id"], force=True)
+            runtime = self.runtime(name)
+            for w in runtime.list_workers():
+                runtime.remove(w.worker_id)
+            runtime.close()
         if self.coordinator is not None:
             self.coordinator.close()
         try:
@@ -214,6 +226,7 @@ def run_cluster_demo(base: NodeConfig, hosts: str, zk: ZkControl | None, console
         checks.append(demo.converge("the two remaining nodes"))
         demo.start_agent(victim)
         _until(lambda: not demo.running(victim), "the old copies to stop")
+        demo.settle()  # and every live agent to have applied its document: nothing still on its way
         where = demo.where()
         checks.append(len(where) == 6 and all(len(v) == 1 for v in where.values()) and not set(before) & set(where))
         console.print(f"{victim}'s agent is back: it read its new (empty) document and stopped the old copies; "

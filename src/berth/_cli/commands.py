@@ -11,25 +11,23 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from .._core.hostfacts import HostFacts, parse_cpu_list
 from .._core.plan import Plan, plan_for
 from .._core.printable import printable
-from .._core.render import docker_run_line, engine_create_body, read_seccomp, text_summary
-from .._core.seccomp import Filters
+from .._core.render import text_summary
 from .._core.spec import WorkerSpec, read_spec_file, spec_from_mapping
-from .._core.storm import load_storm_yaml
 from .._exceptions import BerthError, ConfigError, SpecError
+from .._runtimes.docker.render import docker_run_line, engine_create_body, read_seccomp
+from .._runtimes.seccomp import Filters
+from .._storm.explain import line_notes, storm_notes, storm_view
+from .._storm.yaml import load_storm_yaml
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
 from .views import ended, ps_notes, ps_rows, ps_table, rejection_line, with_supervisor
-
-if TYPE_CHECKING:
-
-    pass
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,24 +90,29 @@ def explain(ctx: click.Context, /, fmt: str, storm: bool, **opts: Any) -> None:
     With a storm.yaml, where berth differs from Storm is said on stderr (or in --format text).
     """
     config = get_config(ctx)
-    plan = plan_for(spec_from_options(opts), config, keep_refusals=storm)
+    spec = spec_from_options(opts)
+    if storm:
+        view = storm_view(spec, config)
+        click.echo(printable(view.line))
+        for note in (*line_notes(config), *view.notes):
+            click.echo(f"note: {note}", err=True)
+        for refusal in view.refusals:
+            click.echo(f"note: Storm would launch this; berth refuses: {refusal}", err=True)
+        return
+    plan = plan_for(spec, config)
+    notes = storm_notes(spec, config, plan)
     # A spec file may be a tenant's: what it says is shown escaped (JSON escapes its own).
-    if fmt == "text" and not storm:
-        text = text_summary(plan, config.storm.unused_keys if config.storm else ()).split("\n")
+    if fmt == "text":
+        text = text_summary(plan, config.storm.unused_keys if config.storm else (), notes).split("\n")
         click.echo("\n".join(printable(x) for x in [*text, *_capacity(ctx, plan)]))
         return
-    if fmt == "docker" or storm:
-        click.echo(printable(docker_run_line(plan, storm=storm)))
-        if storm and config.storm is not None and config.node.runtime == "runc":
-            click.echo("note: RuncLibContainerManager runs workers with runc, not docker run; the line is what "
-                       "Storm's DockerManager builds for this storm.yaml", err=True)
+    if fmt == "docker":
+        click.echo(printable(docker_run_line(plan)))
     else:
         body = engine_create_body(plan, seccomp_json=read_seccomp(plan, Filters.of(config)))
         click.echo(json.dumps({"name": plan.worker_id, "body": body}, indent=2))
-    for note in plan.notes:
+    for note in notes:
         click.echo(f"note: {note}", err=True)
-    for refusal in plan.refusals:
-        click.echo(f"note: Storm would launch this; berth refuses: {refusal}", err=True)
 
 
 def _capacity(ctx: click.Context, plan: Plan) -> list[str]:

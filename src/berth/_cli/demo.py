@@ -20,6 +20,7 @@ from .._core.timefmt import seconds_between
 from .._exceptions import BerthError, LaunchError
 from .._node.node import Node
 from .._runtimes.base import ExitRecord
+from .._runtimes.registry import plugin
 from .views import ended, ps_table
 
 WORKER = r"""
@@ -84,8 +85,7 @@ def exit_table(records: list[ExitRecord]) -> Table:
 def run_demo(node: Node, console: Console) -> int:
     cfg = node.config
     console.rule("[bold]berth demo")
-    where = (f"engine {cfg.node.docker_host or 'default'}" if cfg.node.runtime == "docker" else
-             f"runtime {node.runtime.name} (no daemon: berth-shim, exact exit statuses)")
+    where = plugin(cfg.node.runtime).describe(cfg)
     console.print(f"node [bold]{cfg.node.name}[/], {where}, "
                   f"local dir {cfg.node.local_dir}, image {cfg.images.default}")
     ids = [w[0] for w in DEMO_WORKERS]

@@ -55,7 +55,7 @@ def _make(ctx: click.Context, assignments: str | None) -> Supervisor:
 def refuse_storm_node(config: NodeConfig) -> None:
     """berth's supervisor stops every worker not assigned to it, and Storm's supervisor assigns
     a node whose storm.yaml names berth's plugin: that node's workers are Storm's."""
-    from .._core.storm import BERTH_PLUGIN
+    from .._storm.yaml import BERTH_PLUGIN
 
     if config.storm is not None and config.storm.plugin == BERTH_PLUGIN and config.storm.plugin_enabled:
         raise ConfigError("storm.resource.isolation.plugin", "names berth's plugin: Storm's supervisor runs this "

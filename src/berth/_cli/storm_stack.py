@@ -22,10 +22,11 @@ from typing import Any
 import yaml
 
 from .._core.config import NodeConfig
-from .._core.storm import BERTH_PLUGIN, config_from_storm
 from .._exceptions import BerthError
 from .._node.node import Node
 from .._node.stormdirs import StormDirs
+from .._runtimes.registry import plugin
+from .._storm.yaml import BERTH_PLUGIN, config_from_storm
 from .demo import wait_until
 from .launcher import install_program
 
@@ -46,9 +47,8 @@ def berth_lines(instance: str, runtime: str, base: Path, log_dir: str, launcher:
         "berth.runtime": runtime, "berth.node.name": f"storm-{instance}", "berth.state.dir": str(base / "state"),
         "berth.api.socket": str(base / "run" / "api.sock"), "berth.api.socket.group": "storm",
         "berth.storm.supervisor.user": "storm",
+        "berth.runc.images": {IMAGE: os.path.join(ROOTFS, "storm")},  # read by the runc runtime only
     }
-    if runtime == "runc":
-        conf["berth.runc.images"] = {IMAGE: os.path.join(ROOTFS, "storm")}
     if launcher:
         conf.update({"supervisor.run.worker.as.user": True, "supervisor.worker.launcher": launcher})
     return conf
@@ -185,9 +185,8 @@ class StormStack:
     def stop(self) -> None:
         """berth, its runc monitor (refused, and kept, while a worker runs), Storm's instance."""
         self.stop_berth()
-        if self.runtime == "runc" and self.env:
-            berth = os.path.join(os.path.dirname(sys.executable), "berth")
-            subprocess.run([berth, "--config", self.supervisor_conf, "shim", "stop"], env=self.berth_env(),
-                           capture_output=True, timeout=120)
+        if self.config is not None:
+            with contextlib.suppress(BerthError):
+                plugin(self.config.node.runtime).stop_helpers(self.config)
         with contextlib.suppress(BerthError, subprocess.TimeoutExpired):
             self.storm.run("purge")

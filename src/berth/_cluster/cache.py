@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ClusterError
-from .._runtimes.shim.durable import replace_file
+from .._runtimes.runc.shim.durable import replace_file
 from .documents import MAX_DOCUMENT_BYTES, load_json
 
 

@@ -2,7 +2,9 @@
 
 Loaded from ``berth.toml`` or from a Storm ``storm.yaml``; validated once, at load, so that a
 typo in a key or a relative path is reported by name instead of surfacing later as an odd
-container.
+container. A runtime's own table (``[runc]``, …) is kept here as plain data: the runtime's model
+parses it, and the runtime registry checks every such table, and ``node.runtime``, at load
+(``_runtimes.registry.check_config``); this layer knows no runtime by name.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,7 +21,6 @@ from .._exceptions import ConfigError
 from .._paths import is_under
 from .clusterconfig import ClusterSection
 from .fields import absolute, program, valid_image
-from .runcconfig import RuncSection, runc_images
 from .serviceconfig import CapacitySection, SupervisorSection, TenantToken, check_listen_address
 from .stormconf import StormSection
 from .trust import account_names, state_apart
@@ -27,7 +28,6 @@ from .validation import raise_validation
 
 DEFAULT_FORBIDDEN = ("/proc", "/sys", "/dev", "/root", "/boot", "/etc/shadow", "/etc/sudoers",
                      "/var/run/docker.sock", "/run/containerd")
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/berth/state"  # never where workers write (default local_dir: /var/lib/berth/local)
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -49,7 +49,8 @@ class NodeSection(BaseModel):
     artifacts_dir: str | None = None
     """Where workers' artifacts go (Storm's ``storm.workers.artifacts.dir``); ``<log_dir>/workers-artifacts``."""
     state_dir: str | None = None
-    runtime: Literal["docker", "runc", "process"] = "docker"
+    runtime: str = "docker"
+    """A runtime's name in the registry (``_runtimes.registry``), checked there at load."""
     docker_host: str | None = None
     min_uid: int = Field(default=1000, ge=1)
     banned_users: tuple[str, ...] = ("bin", "nobody")
@@ -63,6 +64,13 @@ class NodeSection(BaseModel):
     @classmethod
     def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return account_names(v)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", v):
+            raise ValueError(f"must be a runtime's name such as 'docker' or 'runc', got {v!r}")
+        return v
 
     @field_validator("local_dir", "log_dir", "install_dir", "artifacts_dir", "state_dir")
     @classmethod
@@ -238,12 +246,17 @@ class NodeConfig(BaseModel):
     images: ImagesSection = Field(default_factory=ImagesSection)
     container: ContainerSection = Field(default_factory=ContainerSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
-    runc: RuncSection = Field(default_factory=RuncSection)
     api: ApiSection = Field(default_factory=ApiSection)
     storm: StormSection | None = None
     """Storm's semantics, for a node configured by a storm.yaml (see ``stormconf``)."""
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     capacity: CapacitySection = Field(default_factory=CapacitySection)
+    runtime_tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each runtime's own table (``[runc]`` in berth.toml) as the file gave it; its runtime's model
+    parses it (``_runtimes.<name>.config``). Plain data here, so this layer needs no runtime."""
+    runtime_reserved: tuple[str, ...] = ()
+    """Paths the chosen runtime keeps for itself (its state root, the engine's socket): never a
+    worker's mount. Filled by ``_runtimes.registry.check_config``, not written in a file."""
 
     @property
     def configured_capacity(self) -> CapacitySection:
@@ -273,30 +286,23 @@ class NodeConfig(BaseModel):
     def state_dir(self) -> str:
         return self.node.state_dir or DEFAULT_STATE_DIR
 
-    @property
-    def runc_dir(self) -> str:
-        """The runc runtime's own state: workers' bundles, exit files, the shim's socket and lock."""
-        return os.path.join(self.state_dir, "runc")
+    def with_runtime_table(self, name: str, **values: Any) -> NodeConfig:
+        """A copy whose runtime table ``name`` has ``values`` set (callers that adjust a loaded config)."""
+        tables = {**self.runtime_tables, name: {**self.runtime_tables.get(name, {}), **values}}
+        return self.model_copy(update={"runtime_tables": tables})
+
+    def runtime_dir(self, name: str) -> str:
+        """A runtime's own state (runc's: workers' bundles, exit files, the shim's socket and lock)."""
+        return os.path.join(self.state_dir, name)
 
     @property
     def api_socket(self) -> str:
         return self.api.socket or os.path.join(self.state_dir, "api.sock")
 
     @property
-    def docker_socket(self) -> str | None:
-        host = self.node.docker_host or os.environ.get("DOCKER_HOST")
-        if host is None:
-            return DEFAULT_DOCKER_SOCKET
-        return host.removeprefix("unix://") if host.startswith("unix://") else None
-
-    @property
     def forbidden_mounts(self) -> tuple[str, ...]:
-        """The configured list plus what can never be mounted: berth's own state and the engine."""
-        extra = [self.node.local_dir, self.artifacts_root, self.state_dir]
-        if self.runc.root:
-            extra.append(self.runc.root)
-        if self.docker_socket:
-            extra.append(self.docker_socket)
+        """The configured list plus what can never be mounted: berth's own state and the runtime's."""
+        extra = [self.node.local_dir, self.artifacts_root, self.state_dir, *self.runtime_reserved]
         out: list[str] = []
         for p in (*self.container.forbidden_mounts, *extra):
             if p not in out:
@@ -304,13 +310,28 @@ class NodeConfig(BaseModel):
         return tuple(out)
 
 
+def _tables(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's own tables as the model's fields; any other table is a runtime's, kept as data
+    (whether a runtime of that name exists is the registry's question)."""
+    mine = {k: v for k, v in data.items() if k in NodeConfig.model_fields and k not in _DERIVED}
+    tables = {k: v for k, v in data.items() if k not in NodeConfig.model_fields}
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(str(name), "unknown key (a runtime's table, or a table of berth's)")
+    merged = {**mine.get("runtime_tables", {}), **{str(k): dict(v) for k, v in tables.items()}}
+    return {**mine, "runtime_tables": merged} if merged else mine
+
+
+_DERIVED = frozenset({"runtime_reserved"})
+
+
 def config_from_mapping(data: Mapping[str, Any], source: str = "config",
                         rename: Mapping[str, str] | None = None) -> NodeConfig:
+    """The node config a file's mapping gives; the runtimes' tables are checked by the registry."""
     try:
-        config = NodeConfig.model_validate(data)
+        config = NodeConfig.model_validate(_tables(data))
     except ValidationError as exc:
         raise raise_validation(exc, ConfigError, rename=rename) from None
-    runc_images(config.node.runtime, config.images.default, config.runc, config.storm is not None, rename or {})
     for key in ("memory_mb", "cpu_percent"):
         mine, offered = getattr(config.capacity, key), getattr(config.cluster, key)
         if mine is not None and offered is not None and mine != offered:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .._exceptions import ConfigError, PolicyError, SpecError
 from .._paths import is_under
@@ -19,28 +20,24 @@ from .config import ImagesSection, NodeConfig
 from .fields import valid_image
 from .hostfacts import HostFacts, format_cpu_list
 from .identity import Identity, check_identity, resolve_identity
+from .labels import (
+    LABEL_CPU,
+    LABEL_MEMORY,
+    LABEL_NODE,
+    LABEL_OWNER,
+    LABEL_PIDS,
+    LABEL_PORT,
+    LABEL_SPEC,
+    LABEL_TOPOLOGY,
+    LABEL_USER,
+    LABEL_WORKER,
+)
 from .layout import Layout, layout
 from .limits import key_of
 from .script import render_script
 from .spec import WorkerSpec, spec_digest
-from .storm import swap_hint
-from .stormline import StormLine, storm_line
+from .stormconf import swap_hint
 
-LABEL_PREFIX = "berth."
-LABEL_WORKER = "berth.worker"
-LABEL_TOPOLOGY = "berth.topology"
-LABEL_PORT = "berth.port"
-LABEL_USER = "berth.user"
-LABEL_NODE = "berth.node"
-LABEL_SPEC = "berth.spec"
-LABEL_OWNER = "berth.owner"
-"""The state dir of the berth that launched the container: two supervisors that share a node name
-on one engine see whose each worker is (and refuse to start instead of fighting)."""
-LABEL_MEMORY = "berth.memory_mb"
-LABEL_CPU = "berth.cpu_percent"
-LABEL_PIDS = "berth.pids_limit"
-"""What the container was given: admission counts what the node's workers hold from one listing,
-whoever launched them, without an inspect per container."""
 TMP_TARGET = "/tmp"
 
 
@@ -131,12 +128,6 @@ class Plan:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...] = field(default=())
-    storm: StormLine | None = None
-    """What Storm's DockerManager would put on its line for this worker (``explain --storm``)."""
-    notes: tuple[str, ...] = ()
-    """Where a storm.yaml's node behaves differently from Storm, and why (shown by ``explain``)."""
-    refusals: tuple[str, ...] = ()
-    """berth's hardening refusals, kept (not raised) only for ``explain --storm``: Storm would launch."""
 
     @property
     def workdir(self) -> str:
@@ -201,7 +192,7 @@ def _configured_source(path: str, field_name: str, forbidden: tuple[str, ...], r
     return real
 
 
-def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> WorkerSpec:
+def _storm_resources(spec: WorkerSpec, config: NodeConfig) -> WorkerSpec:
     """Storm's supervisor-side overrides: ``storm.worker.cgroup.cpu.limit`` replaces the CPU
     (OciContainerManager.reserveResourcesForWorker) and ``supervisor.numa.meta`` pins by port
     (BasicContainer.launch, SupervisorUtils.getNumaIdForPort)."""
@@ -210,22 +201,13 @@ def _storm_resources(spec: WorkerSpec, config: NodeConfig, notes: list[str]) -> 
         return spec
     update: dict[str, object] = {}
     if s.worker_cpu_limit is not None:
-        if spec.cpu_percent not in (None, s.worker_cpu_limit):
-            notes.append(f"cpu: storm.worker.cgroup.cpu.limit {s.worker_cpu_limit} replaces the request's "
-                         f"{spec.cpu_percent}, as in Storm")
         update["cpu_percent"] = s.worker_cpu_limit
     zone = s.zone_for(spec.port)
-    if zone is None and (spec.cores or spec.numa_node is not None):
-        notes.append(f"cores: the request pins cpus {','.join(map(str, spec.cores or ())) or 'any'} and memory node "
-                     f"{'any' if spec.numa_node is None else spec.numa_node}; Storm pins only by supervisor.numa.meta, "
-                     "so its line has no --cpuset-cpus/--cpuset-mems")
     if zone is not None:
         if (spec.cores is not None and spec.cores != zone.cores) or spec.numa_node not in (None, int(zone.id)):
             raise PolicyError("cores", f"port {spec.port} is bound to NUMA zone {zone.id} by supervisor.numa.meta; "
                               "the request may not pin other cores or memory nodes")
         update.update(cores=zone.cores or None, numa_node=int(zone.id))
-        notes.append(f"numa: port {spec.port} is in zone {zone.id} of supervisor.numa.meta: cores "
-                     f"{','.join(map(str, zone.cores)) or 'any'}, memory node {zone.id}")
     return spec.model_copy(update=update)
 
 
@@ -306,27 +288,45 @@ def _mounts(config: NodeConfig, lay: Layout, refused: list[PolicyError]) -> tupl
     return tuple(mounts)
 
 
-def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts,
-               keep_refusals: bool = False) -> Plan:
-    """The plan, or the first error. ``keep_refusals``: berth-only hardening refusals (which Storm
-    does not make) are kept in ``Plan.refusals`` instead, so that ``explain --storm`` can still
-    show Storm's line; nothing launches such a plan."""
+class Draft(NamedTuple):
+    """A plan with berth's own hardening refusals listed instead of raised: what ``explain --storm``
+    needs to show Storm's line for a request Storm would launch. Nothing launches a draft."""
+
+    plan: Plan
+    refusals: tuple[PolicyError, ...]
+
+
+def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts) -> Plan:
+    """The plan, or the first error."""
+    return _build(spec, config, identity, host, None).plan
+
+
+def draft_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts) -> Draft:
+    """The plan, or the first error that is not one of berth's hardening refusals (the install
+    dir over the node's state, a forbidden mount, memory over the node's maximum: Storm makes none
+    of them), which are listed in the draft instead."""
+    return _build(spec, config, identity, host, [])
+
+
+def _build(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: HostFacts,
+           listed: list[PolicyError] | None) -> Draft:
+    """``listed`` None: a refusal is raised where it is found (after the mounts: the first), as
+    every other error is; else refusals are collected in it."""
     if identity.user != spec.user:
         raise PolicyError("user", f"identity is for {identity.user!r}, the request names {spec.user!r}")
     n = config.node
     check_identity(identity, n.min_uid, n.banned_users, allowed_users=n.allowed_users, allowed_groups=n.allowed_groups)
     image = choose_image(spec.image, config.images)
-    notes: list[str] = []
     refused: list[PolicyError] = []
     spec_in = spec
-    spec = _storm_resources(spec, config, notes)
+    spec = _storm_resources(spec, config)
     resources = _resources(spec, config, host, refused)
     limits.check_exec_size(spec.command, spec.env, host)
     script = render_script(spec.command, spec.env, config.container.umask)
     limits.check_script_size(script)
     lay = layout(config, spec.worker_id, spec.topology_id, spec.port)
     mounts = _mounts(config, lay, refused)
-    if refused and not keep_refusals:
+    if refused and listed is None:
         raise refused[0]
     seccomp = config.container.seccomp_profile or None
     if seccomp and not os.path.isfile(seccomp):
@@ -345,16 +345,7 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         (LABEL_CPU, str(resources.cpu_percent)),
         (LABEL_PIDS, str(resources.pids_limit)),
     )
-    line = storm_line(config, spec.worker_id, spec.topology_id, spec.port, lay,
-                      tuple((m.source, m.target, m.read_only) for m in mounts), resources.cores,
-                      resources.cpuset_mems or None, resources.cpu_percent, resources.memory_mb)
-    if config.storm is not None and not config.storm.memory_enforcement:
-        notes.append(f"memory: storm.cgroup.memory.enforcement.enable is false, so Storm's line has no --memory; "
-                     f"berth limits the worker to {resources.memory_mb} MiB with no swap beyond it")
-    if config.storm is not None:
-        notes.append(f"berth adds its hardening after Storm's flags: --pids-limit={resources.pids_limit}, "
-                     f"--memory-swap={resources.memory_mb}m, --init, labels (left out by --storm)")
-    return Plan(
+    plan = Plan(
         worker_id=spec.worker_id,
         topology_id=spec.topology_id,
         port=spec.port,
@@ -370,16 +361,21 @@ def build_plan(spec: WorkerSpec, config: NodeConfig, identity: Identity, host: H
         command=spec.command,
         env=tuple(spec.env.items()),
         labels=labels,
-        storm=line,
-        notes=tuple(notes),
-        refusals=tuple(str(e) for e in refused),
     )
+    return Draft(plan, tuple(refused))
 
 
-def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None,
-             keep_refusals: bool = False) -> Plan:
-    """Resolve the user and the node's facts, then build the plan."""
+def _identity(spec: WorkerSpec, config: NodeConfig) -> Identity:
     n = config.node
-    identity = resolve_identity(spec.user, n.min_uid, n.banned_users, allowed_users=n.allowed_users,
-                                allowed_groups=n.allowed_groups)
-    return build_plan(spec, config, identity, host or HostFacts.probe(), keep_refusals)
+    return resolve_identity(spec.user, n.min_uid, n.banned_users, allowed_users=n.allowed_users,
+                            allowed_groups=n.allowed_groups)
+
+
+def plan_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None) -> Plan:
+    """Resolve the user and the node's facts, then build the plan."""
+    return build_plan(spec, config, _identity(spec, config), host or HostFacts.probe())
+
+
+def draft_for(spec: WorkerSpec, config: NodeConfig, host: HostFacts | None = None) -> Draft:
+    """Resolve the user and the node's facts, then draft the plan (``draft_plan``)."""
+    return draft_plan(spec, config, _identity(spec, config), host or HostFacts.probe())

@@ -10,13 +10,16 @@ builds while berth launches with normalised paths.
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .._paths import is_under
 from .trust import account_names
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
+CGROUP_FS = "/sys/fs/cgroup"
 
 BERTH_TO_STORM = {
     "node.name": "storm.local.hostname",
@@ -167,3 +170,15 @@ class StormSection(BaseModel):
     def zone_for(self, port: int) -> NumaZone | None:
         """Storm's ``SupervisorUtils.getNumaIdForPort``: the first zone whose ports hold ``port``."""
         return next((z for z in self.numa if port in z.ports), None)
+
+
+def looks_like_cgroup_mount(path: str) -> bool:
+    """A host path where cgroups are mounted, which belongs in the cgroup root, not the parent."""
+    return is_under(os.path.normpath(path), CGROUP_FS) or os.path.exists(os.path.join(path, "cgroup.procs"))
+
+
+def swap_hint(root: str, parent: str, root_key: str, parent_key: str) -> str:
+    if not os.path.exists(root) and looks_like_cgroup_mount(parent):
+        return (f" ({parent_key} is {parent}, which looks like a cgroup mount: did you swap {root_key} and "
+                f"{parent_key}? Storm's Docker-support.md example has them swapped)")
+    return ""

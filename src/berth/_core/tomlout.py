@@ -47,7 +47,11 @@ def config_toml(config: NodeConfig, header: str = "") -> str:
     storm = config.storm
     for name in NodeConfig.model_fields:
         section = getattr(config, name)
-        if section is None:
+        if name == "runtime_tables":
+            for table, data in section.items():
+                out += ["", f"[{table}]", *(f"{k} = {_value(v)}" for k, v in data.items())]
+            continue
+        if section is None or name == "runtime_reserved":
             continue
         skip: tuple[str, ...] = ("unused_keys", "notes") if name == "storm" else ()
         if name == "node":

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from .._core.config import NodeConfig
 from .._core.hostfacts import HostFacts
 from .._core.limits import NodeCapacity, Usage, check_admission, node_capacity
-from .._core.plan import LABEL_CPU, LABEL_MEMORY, LABEL_PIDS, Plan
+from .._core.plan import Plan
 from .._exceptions import BerthError, LaunchError
 from .._runtimes.base import Runtime, WorkerState, WorkerStatus
 from .state import Claim, StateDir
@@ -109,10 +109,9 @@ class Admission:
     def _held_by(self, w: WorkerState) -> Usage | None:
         """What a container was given: its labels, or (made before berth labelled it) its description."""
         margin = self.capacity.memory_margin_mb
-        try:
-            return Usage.of(int(w.labels[LABEL_MEMORY]), int(w.labels[LABEL_CPU]), int(w.labels[LABEL_PIDS]), margin)
-        except (KeyError, ValueError):
-            pass
+        held = w.decoded.held
+        if held is not None:
+            return Usage.of(*held, margin)
         try:
             req = self.runtime.describe(w.worker_id).request
             return Usage.of(int(req.get("memory_mb") or 0), int(req.get("cpu_percent") or 0),

@@ -350,7 +350,7 @@ def audit_processes(pids: Sequence[int], plan: Plan | None, security: Security, 
 def audit_worker(node: Node, worker_id: str) -> AuditReport:
     """Audit one worker of ``node``; raises ``WorkerNotFound`` when there is none."""
     desc = node.describe(worker_id)
-    cid = desc.state.container_id
+    cid = desc.worker.container_id
     config = node.config
     plan: Plan | None = None
     try:
@@ -364,9 +364,13 @@ def audit_worker(node: Node, worker_id: str) -> AuditReport:
         network=config.container.network, cgroup_parent=config.container.cgroup_parent,
         seccomp_profile=config.container.seccomp_profile or None)
     pid = desc.pid or 0
-    if not desc.state.running or pid <= 0:
-        checks.append(Check("running", False, "running", desc.state.state.value))
+    if not desc.worker.running or pid <= 0:
+        checks.append(Check("running", False, "running", desc.worker.state.value))
         return AuditReport(worker_id, cid, (), tuple(checks))
+    if not node.runtime.capabilities.isolated:  # nothing of what the checks below read was applied
+        checks.append(Check("isolation", False, "namespaces, limits, no capabilities, seccomp",
+                            f"none: the {node.runtime.name} runtime declares no isolation"))
+        return AuditReport(worker_id, cid, (pid,), tuple(checks))
     pids = worker_pids(pid)
     checks += audit_processes(pids, plan, security, node.host, config.node.min_uid)
     from .audit_limits import maxima_checks

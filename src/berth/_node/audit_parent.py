@@ -70,7 +70,9 @@ def _known(node: Node) -> set[str]:
 
 def parent_checks(node: Node) -> list[Check]:
     """One failed check per cgroup under the parent (or the parent itself) holding unboxed
-    processes that belong to no running worker of ``node``."""
+    processes that belong to no running worker of ``node`` (nor the runtime's own, starting one:
+    ``Capabilities.starters``)."""
+    starters = node.runtime.capabilities.starters
     parent = node.config.container.cgroup_parent
     where = _cgroup.memory_dir_for(parent)
     if where is None or not os.path.isdir(where[0]):
@@ -89,7 +91,7 @@ def parent_checks(node: Node) -> list[Check]:
                 st = read_status(pid)
             except OSError:
                 continue  # ended meanwhile
-            if not boxed(st) and not st.get("Name", "").startswith("runc:["):  # runc's own init, starting one
+            if not boxed(st) and not st.get("Name", "").startswith(starters or ("\0",)):
                 unboxed.append((pid, st))
         if unboxed:
             pid, st = unboxed[0]

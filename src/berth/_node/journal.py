@@ -28,7 +28,7 @@ from pathlib import Path
 from .._exceptions import LaunchError
 from .._linux.fsprobe import probe_write
 from .._runtimes.base import ExitRecord
-from .._runtimes.shim.durable import append_record, replace_file
+from .._runtimes.runc.shim.durable import append_record, replace_file
 
 log = logging.getLogger("berth.node")
 

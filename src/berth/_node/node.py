@@ -27,7 +27,7 @@ from .._core.plan import Plan, build_plan
 from .._core.spec import ID_PATTERN, WorkerSpec
 from .._exceptions import BerthError, LaunchError, PolicyError, SpecError, WaitTimeout, WorkerNotFound
 from .._runtimes.base import ExecResult, ExitRecord, Runtime, WorkerDescription, WorkerState, WorkerStatus
-from .._runtimes.registry import make_runtime
+from .._runtimes.registry import check_config, make_runtime
 from . import workdirs
 from .admission import Admission
 from .journal import ExitJournal
@@ -41,12 +41,17 @@ STALL_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
-class WorkerHandle:
-    """What a launch returns: enough to find the worker again and to explain it."""
+class Launched:
+    """What a launch returns: enough to find the worker again and to explain it (not a handle:
+    nothing is held; the worker is found again by its id)."""
 
     worker_id: str
     container_id: str
     plan: Plan
+
+
+WorkerHandle = Launched
+"""The name ``Launched`` had before: exported (``berth.WorkerHandle``), so kept for callers."""
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Node:
         """``identities`` resolves a user name (default: the node's user database, with the
         node's min_uid and banned users); tests give made-up users this way. ``dirs``: who makes
         the workers' directories (default berth; ``StormDirs`` when Storm's supervisor does)."""
-        self.config = config
+        self.config = config = check_config(config)  # the runtime's reserved paths are never a mount
         self.runtime = runtime if runtime is not None else make_runtime(config)
         self.host = host or HostFacts.probe()
         n = config.node
@@ -120,7 +125,7 @@ class Node:
         return self._admission.usage(listed, held, launching)
 
     def launch(self, spec: WorkerSpec, on_exit: ExitCallback | None = None,
-               held: Collection[str] = ()) -> WorkerHandle:
+               held: Collection[str] = ()) -> Launched:
         """Create the worker's directories, script and container, and start it.
 
         Either the worker runs, or a ``BerthError`` is raised and nothing the launch made is
@@ -134,7 +139,7 @@ class Node:
             self._admission.admit(plan, claim, held)
             return self._launch(plan, on_exit)
 
-    def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> WorkerHandle:
+    def _launch(self, plan: Plan, on_exit: ExitCallback | None) -> Launched:
         try:
             existing = self.runtime.inspect(plan.worker_id)
         except WorkerNotFound:
@@ -154,21 +159,24 @@ class Node:
         made: list[Path] = []
         step = "directories"
         container_id: str | None = None
+        caps = self.runtime.capabilities
         try:
-            self.dirs.prepare(plan, made)
+            if caps.host_dirs:  # else the runtime's workers run elsewhere and make their own
+                self.dirs.prepare(plan, made)
             step = "create"
             container_id = self.runtime.create(plan)
             with self._lock:
                 self._watched.add(container_id)
-            step = "cidfile"
-            workdirs.write(Path(plan.cid_file), container_id.encode() + b"\n", made, mode=0o644)
+            if caps.cidfile:
+                step = "cidfile"
+                workdirs.write(Path(plan.cid_file), container_id.encode() + b"\n", made, mode=0o644)
             step = "start"
             self.runtime.start(plan.worker_id)
         except (BerthError, OSError) as exc:
             self._rollback(plan.worker_id, container_id, made)
             reason = exc.reason if isinstance(exc, BerthError) else f"{exc.strerror or exc}"
             raise LaunchError(step, reason) from exc
-        return WorkerHandle(plan.worker_id, container_id, plan)
+        return Launched(plan.worker_id, container_id, plan)
 
     def _rollback(self, worker_id: str, container_id: str | None, made: list[Path]) -> None:
         if container_id is not None:
@@ -276,7 +284,8 @@ class Node:
                     self._reported.discard(state.container_id)
             if state is not None:
                 self._journal.forget(state.container_id)
-            self.dirs.remove(self.config, worker_id)
+            if self.runtime.capabilities.host_dirs:
+                self.dirs.remove(self.config, worker_id)
 
     def recover(self) -> RecoveryReport:
         """Adopt this node's workers after a restart of berth; relaunch nothing."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .._core.labels import WorkerLabels
 from .._core.plan import LogLimits, Plan
 
 
@@ -68,6 +69,20 @@ class WorkerState:
     @property
     def running(self) -> bool:
         return self.state.running
+
+    @property
+    def decoded(self) -> WorkerLabels:
+        """berth's labels on the container, decoded (``_core.labels``)."""
+        return WorkerLabels.decode(self.labels)
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str], **fields: Any) -> WorkerState:
+        """A state whose ids, user and digest come from berth's labels (``fields`` win), decoded by
+        the one decoder every runtime uses."""
+        d = WorkerLabels.decode(labels)
+        known = {"worker_id": d.worker_id, "topology_id": d.topology_id, "port": d.port, "user": d.user,
+                 "spec_digest": d.spec_digest, "labels": dict(labels)}
+        return cls(**{**known, **fields})
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,7 @@ class WorkerDescription:
     numa_node from its configuration), so the audit can re-plan it and compare.
     """
 
-    state: WorkerState
+    worker: WorkerState
     request: Mapping[str, Any]
     pid: int | None
     logs: LogLimits | None = None
@@ -178,6 +193,18 @@ class Capabilities:
     """Workers outlive berth; a new berth finds them again (``list_workers``)."""
     oom_reported: bool
     """OOM kills are reported as such."""
+    host_dirs: bool = True
+    """The worker's directories are on this host: the node makes them (and removes them) and the
+    runtime mounts them. False for a runtime whose workers run elsewhere and make their own."""
+    cidfile: bool = True
+    """The node writes the container's id to ``<worker root>/container.cid`` (Storm's layout)."""
+    runs_programs: bool = True
+    """The worker's command really runs: its output, memory and ``exec`` are a program's (False:
+    the in-memory fake, whose workers end when a test says)."""
+    starters: tuple[str, ...] = ()
+    """Name prefixes of the runtime's own short-lived processes that run, unboxed, under the
+    node's cgroup parent while a container starts (runc's ``runc:[2:INIT]``): the audit of the
+    parent does not count them as strangers."""
 
 
 class Runtime(Protocol):

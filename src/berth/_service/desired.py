@@ -16,7 +16,7 @@ from typing import Any
 
 from .._core.spec import WorkerSpec, spec_from_mapping
 from .._exceptions import BerthError, StateError
-from .._runtimes.shim.durable import replace_file
+from .._runtimes.runc.shim.durable import replace_file
 from .assignments import Rejection
 
 log = logging.getLogger("berth.supervisor")

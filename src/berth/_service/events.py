@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._runtimes.shim.durable import append_record
+from .._runtimes.runc.shim.durable import append_record
 from .phase import Phase, iso
 
 log = logging.getLogger("berth.supervisor")

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .._core.plan import LABEL_OWNER
 from .._exceptions import SupervisorLocked
 from .._runtimes.base import WorkerState
 
@@ -77,7 +76,7 @@ def foreign_owners(workers: Iterable[WorkerState], state_dir: str) -> dict[str, 
     workers. Containers without the label (launched before berth had it) count as ours."""
     out: dict[str, list[str]] = {}
     for w in workers:
-        owner = w.labels.get(LABEL_OWNER)
+        owner = w.decoded.owner
         if owner and owner != state_dir:
             out.setdefault(owner, []).append(w.worker_id)
     return out

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._core.spec import ID_PATTERN
 from .._runtimes.base import ExitRecord
-from .._runtimes.shim.durable import replace_file, unlink_durably
+from .._runtimes.runc.shim.durable import replace_file, unlink_durably
 
 log = logging.getLogger("berth.storm")
 

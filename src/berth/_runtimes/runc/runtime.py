@@ -23,16 +23,19 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._core.config import NodeConfig
-from .._core.oci import oci_config
-from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, LogLimits, Plan
-from .._core.seccomp import Filters
-from .._exceptions import BerthError, EngineError, WaitTimeout, WorkerNotFound, WorkerNotRunning
-from .._linux import cgroup as _cgroup
-from .._linux.mountinfo import read_mountinfo
-from . import runcbundle as rb
-from .base import Capabilities, ExecResult, ExitRecord, WorkerDescription, WorkerState, WorkerStatus
-from .logfile import read_logs
+from ..._core.config import NodeConfig
+from ..._core.labels import WorkerLabels
+from ..._core.plan import LogLimits, Plan
+from ..._exceptions import BerthError, EngineError, WaitTimeout, WorkerNotFound, WorkerNotRunning
+from ..._linux import cgroup as _cgroup
+from ..._linux.mountinfo import read_mountinfo
+from ..base import ExecResult, ExitRecord, WorkerDescription, WorkerState, WorkerStatus
+from ..logfile import read_logs
+from ..seccomp import Filters
+from . import CAPABILITIES
+from . import bundle as bundles
+from .config import RuncSection
+from .oci import oci_config
 from .shim.files import now_iso, proc_state, start_time
 from .shim.logs import rotated
 from .shimclient import ShimClient
@@ -77,17 +80,21 @@ def _log_limits(meta: dict[str, Any]) -> LogLimits:
 
 class RuncRuntime:
     name = "runc"
-    capabilities = Capabilities(isolated=True, exact_status=True, survives_restart=True, oom_reported=True)
+    capabilities = CAPABILITIES
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, section: RuncSection | None = None, name: str = "runc") -> None:
+        """``section`` and ``name``: another OCI runtime with runc's command line (crun, youki) runs
+        through this class with its own table and its own state directory (``<state_dir>/<name>``)."""
+        self.name = name
         self._config = config
         self._node = config.node.name
-        self._base = config.runc_dir
+        self._section = section or RuncSection.of(config)
+        self._base = config.runtime_dir(name)
         self._workers = os.path.join(self._base, "workers")
-        self._root = config.runc.root or os.path.join(self._base, "root")
+        self._root = self._section.root or os.path.join(self._base, "root")
         self._runc: str | None = None
         self._shim: ShimClient | None = None
-        self._filters = Filters.of(config)
+        self._filters = Filters(self._section.default_seccomp, self._section.seccomp_compat_arches)
         self._memfiles: dict[str, str] = {}
         self._closed = threading.Event()
         self._shim_quiet_until = 0.0
@@ -95,7 +102,7 @@ class RuncRuntime:
     @property
     def runc(self) -> str:
         if self._runc is None:
-            self._runc = find_runc(self._config.runc.binary)
+            self._runc = find_runc(self._section.binary)
         return self._runc
 
     @property
@@ -110,7 +117,7 @@ class RuncRuntime:
         return os.path.join(self._workers, worker_id)
 
     def _meta(self, worker_id: str) -> dict[str, Any]:
-        meta = rb.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        meta = bundles.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
         if meta is None:
             raise WorkerNotFound(worker_id)
         return meta
@@ -119,7 +126,7 @@ class RuncRuntime:
 
     def image_dir(self, image: str) -> str | None:
         """The read-only root filesystem directory of ``image`` (``RuncSection.image_path``), if it is one."""
-        path = self._config.runc.image_path(image)
+        path = self._section.image_path(image)
         return path if path is not None and os.path.isdir(path) else None
 
     def image_present(self, image: str) -> bool:
@@ -133,7 +140,7 @@ class RuncRuntime:
         seccomp = self._filters.oci(plan.security.seccomp_profile)  # a runc worker never runs without one
         wdir = self._wdir(plan.worker_id)
         os.makedirs(self._workers, mode=0o700, exist_ok=True)
-        rb.remove_worker_dir(wdir)  # the leftovers of a worker whose container is gone (checked by the node)
+        bundles.remove_worker_dir(wdir)  # the leftovers of a worker whose container is gone (checked by the node)
         cid = uuid.uuid4().hex
         bundle, rootfs = os.path.join(wdir, "bundle"), os.path.join(wdir, "bundle", "rootfs")
         try:
@@ -144,17 +151,17 @@ class RuncRuntime:
             top = os.stat(image)  # the root directory the worker sees is the upper one: make it the image's
             os.chown(os.path.join(wdir, "upper"), top.st_uid, top.st_gid)
             os.chmod(os.path.join(wdir, "upper"), top.st_mode & 0o7777)
-            rb.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
+            bundles.mount_overlay(image, os.path.join(wdir, "upper"), os.path.join(wdir, "work"), rootfs)
             config = oci_config(plan, rootfs, seccomp=seccomp, table=read_mountinfo())
-            rb.write_json(os.path.join(bundle, "config.json"), config, durable=False)  # dies with its container
+            bundles.write_json(os.path.join(bundle, "config.json"), config, durable=False)  # dies with its container
             where = _cgroup.memory_dir_for(config["linux"]["cgroupsPath"])
-            rb.write_json(os.path.join(wdir, "meta.json"), {
+            bundles.write_json(os.path.join(wdir, "meta.json"), {
                 "id": cid, "worker": plan.worker_id, "image": plan.image, "labels": plan.label_map,
                 "memcg": where[0] if where else None, "cgroup_version": where[1] if where else 1,
                 "created_at": now_iso(), "logs": [plan.resources.logs.file_mb, plan.resources.logs.files]},
                 durable=False)  # not flushed on a launch's path: see shim/durable.py
         except (OSError, BerthError) as exc:
-            rb.remove_worker_dir(wdir)
+            bundles.remove_worker_dir(wdir)
             if isinstance(exc, BerthError):
                 raise
             raise EngineError("runc", f"cannot make the bundle of {plan.worker_id!r}: {exc}") from exc
@@ -178,18 +185,18 @@ class RuncRuntime:
     def remove(self, worker_id: str) -> None:
         wdir = self._wdir(worker_id)
         self._memfiles.pop(worker_id, None)
-        meta = rb.read_json(os.path.join(wdir, "meta.json"))
+        meta = bundles.read_json(os.path.join(wdir, "meta.json"))
         if meta is not None:
             if any(os.path.exists(os.path.join(wdir, f)) for f in ("started.json", "launch.json")):
                 self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)  # asked to run it: it knows
-            rb.remove_worker_dir(wdir)
+            bundles.remove_worker_dir(wdir)
             return
         hand = self._by_hand().get(worker_id)
         if hand is not None:
             subprocess.run([self.runc, "--root", self._root, "delete", "--force", hand["id"]], capture_output=True,
                            check=False)
         elif os.path.isdir(wdir):
-            rb.remove_worker_dir(wdir)
+            bundles.remove_worker_dir(wdir)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -197,7 +204,7 @@ class RuncRuntime:
         """How the worker ended: its ``exit.json``, else, once its process is gone, the record the
         shim holds in memory (not yet written: a full disk, or the moment before it is). None
         while it runs, and for a worker gone while no shim watched it (recovered as lost)."""
-        ended = rb.read_json(os.path.join(wdir, "exit.json"))
+        ended = bundles.read_json(os.path.join(wdir, "exit.json"))
         if ended is not None or started is None:
             return ended
         pid = int(started["pid"])
@@ -213,12 +220,12 @@ class RuncRuntime:
             return _UNANSWERED
         except BerthError:
             return None
-        return reply.get("exit") or rb.read_json(os.path.join(wdir, "exit.json"))
+        return reply.get("exit") or bundles.read_json(os.path.join(wdir, "exit.json"))
 
     def _state(self, worker_id: str, meta: dict[str, Any]) -> WorkerState:
         wdir = self._wdir(worker_id)
         labels = dict(meta.get("labels") or {})
-        started = rb.read_json(os.path.join(wdir, "started.json"))
+        started = bundles.read_json(os.path.join(wdir, "started.json"))
         ended = self._ended(wdir, str(meta["id"]), started)
         unanswered = ended is _UNANSWERED
         ended = None if unanswered else ended
@@ -235,14 +242,12 @@ class RuncRuntime:
             elif st is None or st[0] == "Z" or start_time(pid) != started.get("start_time"):
                 status, pid = WorkerStatus.MISSING, None  # ended, and no shim has its status: recovered as lost
         rec = record_from_exit(ended) if ended is not None else None
-        return WorkerState(
-            worker_id=worker_id, container_id=str(meta["id"]), topology_id=labels.get(LABEL_TOPOLOGY, ""),
-            port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""),
-            image=str(meta.get("image", "")), state=status, spec_digest=labels.get(LABEL_SPEC),
+        return WorkerState.from_labels(
+            labels, worker_id=worker_id, container_id=str(meta["id"]), image=str(meta.get("image", "")), state=status,
             exit_code=rec.exit_code if rec else None,
             oom_killed=bool(rec and rec.oom_killed), oom_victim=rec.oom_victim if rec else None,
             started_at=(started or {}).get("started_at"),
-            finished_at=rec.finished_at if rec else None, pid=pid, labels=labels)
+            finished_at=rec.finished_at if rec else None, pid=pid)
 
     def _by_hand(self) -> dict[str, dict[str, Any]]:
         """Containers in this node's runc root that berth did not make but that carry this node's
@@ -262,23 +267,21 @@ class RuncRuntime:
             return {}
         mine: dict[str, dict[str, Any]] = {}
         for c in found:
-            ann = c.get("annotations") or {}
-            wid = ann.get(LABEL_WORKER)
-            if ann.get(LABEL_NODE) == self._node and wid and not os.path.exists(
+            ann = WorkerLabels.decode(c.get("annotations") or {})
+            wid = ann.worker_id
+            if ann.node == self._node and wid and not os.path.exists(
                     os.path.join(self._workers, wid, "meta.json")):
                 mine[wid] = c
         return mine
 
     def _hand_state(self, c: dict[str, Any]) -> WorkerState:
         ann = c.get("annotations") or {}
-        config = rb.read_json(os.path.join(c.get("bundle") or "/nonexistent", "config.json")) or {}
+        config = bundles.read_json(os.path.join(c.get("bundle") or "/nonexistent", "config.json")) or {}
         status = _RUNC_STATUS.get(c.get("status", ""), WorkerStatus.UNKNOWN)
-        return WorkerState(
-            worker_id=ann.get(LABEL_WORKER, ""), container_id=str(c["id"]), topology_id=ann.get(LABEL_TOPOLOGY, ""),
-            port=int(ann.get(LABEL_PORT, "0")) if str(ann.get(LABEL_PORT, "0")).isdigit() else 0,
-            user=ann.get(LABEL_USER, ""), image=str(rb.request_from_oci(config).get("image", "")), state=status,
-            spec_digest=ann.get(LABEL_SPEC), started_at=c.get("created"),
-            pid=int(c["pid"]) if status.running and c.get("pid") else None, labels=rb.labels_of(config) or dict(ann))
+        return WorkerState.from_labels(
+            bundles.labels_of(config) or dict(ann), container_id=str(c["id"]),
+            image=str(bundles.request_from_oci(config).get("image", "")), state=status, started_at=c.get("created"),
+            pid=int(c["pid"]) if status.running and c.get("pid") else None)
 
     def inspect(self, worker_id: str) -> WorkerState:
         try:
@@ -291,13 +294,13 @@ class RuncRuntime:
 
     def describe(self, worker_id: str) -> WorkerDescription:
         state = self.inspect(worker_id)
-        meta = rb.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        meta = bundles.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
         if meta is not None:
             bundle, logs = os.path.join(self._wdir(worker_id), "bundle"), _log_limits(meta)
         else:  # started by hand: runc passes its stdio through, with no bound berth can state
             bundle, logs = str(self._by_hand()[worker_id].get("bundle") or "/nonexistent"), None
-        config = rb.read_json(os.path.join(bundle, "config.json")) or {}
-        return WorkerDescription(state=state, request=rb.request_from_oci(config),
+        config = bundles.read_json(os.path.join(bundle, "config.json")) or {}
+        return WorkerDescription(worker=state, request=bundles.request_from_oci(config),
                                  pid=state.pid if state.running else None, logs=logs)
 
     def memory_usage(self, worker_id: str) -> int:
@@ -330,10 +333,10 @@ class RuncRuntime:
         st = self._state(worker_id, meta)
         if not st.running:
             raise WorkerNotRunning(worker_id, st.state)
-        config = rb.read_json(os.path.join(wdir, "bundle", "config.json")) or {}
+        config = bundles.read_json(os.path.join(wdir, "bundle", "config.json")) or {}
         proc = {**config.get("process", {}), "args": list(argv), "terminal": False}
         path = os.path.join(wdir, f"exec-{uuid.uuid4().hex[:8]}.json")
-        rb.write_json(path, proc, durable=False)
+        bundles.write_json(path, proc, durable=False)
         try:
             out = subprocess.run([self.runc, "--root", self._root, "exec", "-p", path, meta["id"]],
                                  stdin=subprocess.DEVNULL, capture_output=True, check=False)
@@ -355,7 +358,7 @@ class RuncRuntime:
         except FileNotFoundError:
             names = []
         for name in names:
-            meta = rb.read_json(os.path.join(self._workers, name, "meta.json"))
+            meta = bundles.read_json(os.path.join(self._workers, name, "meta.json"))
             if meta is not None:
                 out.append(self._state(name, meta))
         out += [self._hand_state(c) for c in self._by_hand().values()]
@@ -363,10 +366,10 @@ class RuncRuntime:
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
         wdir = self._wdir(worker_id)
-        meta = rb.read_json(os.path.join(wdir, "meta.json"))
+        meta = bundles.read_json(os.path.join(wdir, "meta.json"))
         if meta is None:
             return None
-        ended = self._ended(wdir, str(meta["id"]), rb.read_json(os.path.join(wdir, "started.json")))
+        ended = self._ended(wdir, str(meta["id"]), bundles.read_json(os.path.join(wdir, "started.json")))
         return record_from_exit(ended) if ended is not None else None
 
     def exit_events(self) -> Iterator[ExitRecord | None]:

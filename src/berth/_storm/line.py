@@ -10,30 +10,11 @@ module only says what Storm's line would be, for ``explain --storm``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from decimal import Decimal
 
-from .config import NodeConfig
-from .layout import SCRIPT_NAME, Layout
-
-StormMount = tuple[str, str, bool]
-"""(source, target, read-only)"""
-
-
-@dataclass(frozen=True)
-class StormLine:
-    mounts: tuple[StormMount, ...]
-    cores: tuple[int, ...]
-    mems: str | None
-    cgroup_parent: str
-    workdir: str
-    cid_file: str
-    seccomp: str | None
-    cpu_percent: int
-    memory_mb: int | None
-    """None when Storm's line carries no ``--memory`` (storm.cgroup.memory.enforcement.enable false)."""
-    argv: tuple[str, ...]
-    network: str
+from .._core.config import NodeConfig
+from .._core.layout import SCRIPT_NAME
+from .._core.plan import Plan
+from .._runtimes.docker.render import LineMount, LineValues, berth_values
 
 
 def java_file_path(path: str) -> str:
@@ -43,28 +24,14 @@ def java_file_path(path: str) -> str:
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
-def java_double(value: float) -> str:
-    """``Double.toString``: plain decimal in [1e-3, 1e7) (where it agrees with Python's shortest
-    repr), else Java's ``d.dddE<exp>``."""
-    if value == 0 or 1e-3 <= abs(value) < 1e7:
-        return repr(float(value))
-    sign, digits, exp = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exp, int)
-    text = "".join(map(str, digits))
-    mantissa = text[0] + "." + (text[1:] or "0")
-    return ("-" if sign else "") + f"{mantissa}E{exp + len(text) - 1}"
-
-
-def storm_line(config: NodeConfig, worker_id: str, topology_id: str, port: int, lay: Layout,
-               berth_mounts: tuple[StormMount, ...], cores: tuple[int, ...], mems: str | None,
-               cpu_percent: int, memory_mb: int) -> StormLine:
-    """Storm's line: from the storm.yaml's spellings when there is one, else berth's own values."""
+def storm_line(config: NodeConfig, plan: Plan) -> LineValues:
+    """Storm's line for the worker ``plan`` runs: from the storm.yaml's spellings when there is one,
+    else berth's own values (for a berth.toml, Storm's flags are berth's)."""
     c, s = config.container, config.storm
     if s is None:
-        return StormLine(mounts=berth_mounts, cores=cores, mems=mems, cgroup_parent=c.cgroup_parent,
-                         workdir=lay.worker_root, cid_file=lay.cid_file, seccomp=c.seccomp_profile or None,
-                         cpu_percent=cpu_percent, memory_mb=memory_mb, argv=(c.shell, lay.script),
-                         network=c.network)
+        return berth_values(plan)
+    worker_id, topology_id, port = plan.worker_id, plan.topology_id, plan.port
+    r = plan.resources
     # DockerManager.launchWorkerProcess, with ConfigUtils' joins
     local = s.local_dir or config.node.local_dir
     root = f"{local}/workers/{worker_id}"
@@ -76,7 +43,7 @@ def storm_line(config: NodeConfig, worker_id: str, topology_id: str, port: int, 
     cgroup_root = s.cgroup_root or c.cgroup_root
     home = config.node.install_dir or ""
     nscd = s.nscd_dir if s.nscd_dir is not None else c.nscd_dir
-    mounts: list[StormMount] = [(cgroup_root, cgroup_root, True), (home, home, True),
+    mounts: list[LineMount] = [(cgroup_root, cgroup_root, True), (home, home, True),
                                 (supervisor, supervisor, True), (root, root, False), (artifacts, artifacts, False),
                                 (user_file, user_file, False)]
     if nscd:
@@ -88,8 +55,8 @@ def storm_line(config: NodeConfig, worker_id: str, topology_id: str, port: int, 
     workdir = java_file_path(root)  # targetDir.getAbsolutePath()
     seccomp = s.seccomp_profile or c.seccomp_profile or None
     zone = s.zone_for(port)  # Storm pins only by the port's NUMA zone (reserveResourcesForWorker)
-    return StormLine(mounts=tuple(mounts), cores=zone.cores if zone else (), mems=zone.id if zone else None,
-                     cgroup_parent=s.cgroup_parent or c.cgroup_parent, workdir=workdir,
-                     cid_file=f"{root}/container.cid", seccomp=seccomp, cpu_percent=cpu_percent,
-                     memory_mb=memory_mb if s.memory_enforcement else None,
-                     argv=("bash", f"{workdir}/{SCRIPT_NAME}"), network=c.network)
+    return LineValues(mounts=tuple(mounts), cores=zone.cores if zone else (), mems=zone.id if zone else None,
+                      cgroup_parent=s.cgroup_parent or c.cgroup_parent, workdir=workdir,
+                      cid_file=f"{root}/container.cid", seccomp=seccomp, cpu_percent=r.cpu_percent,
+                      memory_mb=r.memory_mb if s.memory_enforcement else None,
+                      argv=("bash", f"{workdir}/{SCRIPT_NAME}"), network=c.network)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .._exceptions import EngineError, ShimError, WaitTimeout
+from ..._exceptions import EngineError, ShimError, WaitTimeout
 from .shim import LOCK_NAME, SOCKET_NAME, VERSION
 from .shim.argv import command
 

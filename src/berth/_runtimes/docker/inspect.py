@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .._core.plan import LogLimits
+from ..._core.plan import LogLimits
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)b?", re.IGNORECASE)
 _LOCAL_DEFAULTS = {"max-size": "20m", "max-file": "5"}

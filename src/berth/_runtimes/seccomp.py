@@ -20,11 +20,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._core.docfile import read_bytes
 from .._exceptions import ConfigError
-from .docfile import read_bytes
 
 if TYPE_CHECKING:
-    from .config import NodeConfig
+    from .._core.config import NodeConfig
 
 GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "x86", "i386": "x86", "armv7l": "arm",
            "ppc64le": "ppc64le", "s390x": "s390x", "mips64": "mips64", "riscv64": "riscv64"}
@@ -198,7 +198,10 @@ class Filters:
 
     @classmethod
     def of(cls, config: NodeConfig) -> Filters:
-        return cls(config.runc.default_seccomp, config.runc.seccomp_compat_arches)
+        from .runc.config import RuncSection  # berth's default filter is set in [runc]; both runtimes use it
+
+        runc = RuncSection.of(config)
+        return cls(runc.default_seccomp, runc.seccomp_compat_arches)
 
     def _load(self, path: str, field: str, harden: bool) -> tuple[dict[str, Any], str]:
         try:

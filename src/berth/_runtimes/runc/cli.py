@@ -1,28 +1,43 @@
 """``berth shim start|stop|status|upgrade``: the runc runtime's per-node monitor, by hand.
 
 berth starts the shim on demand; these are for operators (see docs/runtimes.md): look at it,
-stop it before a host maintenance, or re-execute it in place after upgrading berth.
+stop it before a host maintenance, or re-execute it in place after upgrading berth. The CLI adds
+this group (``commands``, named by the runtime's ``PLUGIN``) with its own way to load the config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
-from .._runtimes.runc import RuncRuntime
-from .._runtimes.shimclient import ShimClient
-from .app import get_config, main
+from ..._core.config import NodeConfig
+from .runtime import RuncRuntime
+from .shimclient import ShimClient
+
+ConfigOf = Callable[[click.Context], NodeConfig]
 
 
 def _client(ctx: click.Context) -> ShimClient:
-    return RuncRuntime(get_config(ctx)).shim
+    config_of: ConfigOf = ctx.find_root().obj["runtime_config"]
+    return RuncRuntime(config_of(ctx)).shim
 
 
-@main.group()
-def shim() -> None:
-    """The runc runtime's monitor (berth-shim): one per node, parent of every runc worker."""
+def commands(config_of: ConfigOf) -> click.Group:
+    """The ``shim`` group, its commands loading the node config with ``config_of``."""
+
+    @click.group(name="shim")
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        """The runc runtime's monitor (berth-shim): one per node, parent of every runc worker."""
+        ctx.find_root().obj["runtime_config"] = config_of
+
+    for command in (start, stop, status, upgrade):
+        group.add_command(command)
+    return group
 
 
-@shim.command()
+@click.command()
 @click.pass_context
 def start(ctx: click.Context, /) -> None:
     """Start the shim unless it runs (berth also starts it on demand)."""
@@ -30,7 +45,7 @@ def start(ctx: click.Context, /) -> None:
     click.echo(f"berth-shim running, pid {client.start()} ({client.socket_path})")
 
 
-@shim.command()
+@click.command()
 @click.option("--force", is_flag=True, help="Stop even with workers running (their exit statuses are then lost).")
 @click.pass_context
 def stop(ctx: click.Context, /, force: bool) -> None:
@@ -39,7 +54,7 @@ def stop(ctx: click.Context, /, force: bool) -> None:
     click.echo(f"berth-shim (pid {reply['pid']}) stopping; workers keep running")
 
 
-@shim.command()
+@click.command()
 @click.pass_context
 def status(ctx: click.Context, /) -> None:
     """Whether the shim runs, and what it watches. Exit status 1 when it does not run."""
@@ -57,7 +72,7 @@ def status(ctx: click.Context, /) -> None:
                f"exits not yet written {h.get('unwritten', 0)}")
 
 
-@shim.command()
+@click.command()
 @click.pass_context
 def upgrade(ctx: click.Context, /) -> None:
     """Re-execute the shim from the code now installed: same pid, containers stay its children."""

@@ -17,10 +17,9 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from .._core.hostfacts import parse_cpu_list
-from .._core.oci import LABEL_IMAGE
-from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER
-from .._exceptions import EngineError
+from ..._core.hostfacts import parse_cpu_list
+from ..._core.labels import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, WorkerLabels
+from ..._exceptions import EngineError
 from .shim import files
 from .shim.files import read_json as read_json  # the runc runtime reads its files with the shim's reader
 
@@ -61,15 +60,7 @@ def write_json(path: str, data: Mapping[str, Any], mode: int = 0o600, *, durable
 def request_from_oci(config: Mapping[str, Any]) -> dict[str, Any]:
     """The request fields a runc container stands for: ids and user from its annotations, its
     image, and the resources runc was given, rounded up to the request's units."""
-    ann = config.get("annotations") or {}
-    fields: dict[str, Any] = {}
-    for key, label in (("worker_id", LABEL_WORKER), ("topology_id", LABEL_TOPOLOGY), ("user", LABEL_USER),
-                       ("image", LABEL_IMAGE)):
-        if ann.get(label):
-            fields[key] = ann[label]
-    port = str(ann.get(LABEL_PORT, ""))
-    if port:
-        fields["port"] = int(port) if port.isdigit() else port
+    fields: dict[str, Any] = WorkerLabels.decode(config.get("annotations") or {}).request()
     res = (config.get("linux") or {}).get("resources") or {}
     cpu, mem, pids = res.get("cpu") or {}, res.get("memory") or {}, res.get("pids") or {}
     if cpu.get("quota") and cpu.get("period") and int(cpu["quota"]) > 0:

@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .._core.config import NodeConfig
-from .._core.plan import LABEL_SPEC, Plan
-from .._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.plan import Plan
+from ..._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
     WorkerState,
     WorkerStatus,
 )
+from . import CAPABILITIES
 
 
 def _iso(t: float) -> str:
@@ -45,6 +45,8 @@ class FakeWorker:
     memory: int = 1 << 20
     log: bytearray = field(default_factory=bytearray)
     ignores_sigterm: bool = False
+    on_term: int | None = None
+    """The exit code of a worker that handles SIGTERM by exiting (None: SIGTERM's default action)."""
     main_stopped: bool = False
     """As if a process of the worker had ptrace-stopped its PID 1 (reported while it runs)."""
 
@@ -61,7 +63,7 @@ class FakeRuntime:
     """Implements ``base.Runtime`` in memory. Thread-safe; one thread may iterate exits."""
 
     name = "fake"
-    capabilities = Capabilities(isolated=False, exact_status=True, survives_restart=True, oom_reported=True)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -160,14 +162,12 @@ class FakeRuntime:
 
     def _state(self, w: FakeWorker) -> WorkerState:
         plan = w.plan
-        return WorkerState(worker_id=plan.worker_id, container_id=w.container_id, topology_id=plan.topology_id,
-                           port=plan.port, user=plan.identity.user, image=plan.image, state=w.state,
-                           spec_digest=plan.label_map.get(LABEL_SPEC),
+        return WorkerState.from_labels(plan.label_map, container_id=w.container_id, image=plan.image, state=w.state,
                            exit_code=w.exit.exit_code if w.exit else None,
                            oom_killed=bool(w.exit and w.exit.oom_killed),
                            oom_victim=w.exit.oom_victim if w.exit else None, started_at=w.started_at,
                            finished_at=w.finished_at,
-                           pid=4242 if w.state.running else None, labels=plan.label_map,
+                           pid=4242 if w.state.running else None,
                            main_stopped=w.main_stopped and w.state.running)
 
     # -- the Runtime interface ---------------------------------------------------------------
@@ -203,7 +203,9 @@ class FakeRuntime:
             gate = self._holds.get(worker_id)
         if gate is not None:
             gate.wait()
-        if w.state == WorkerStatus.RUNNING:
+        if w.state == WorkerStatus.RUNNING and w.on_term is not None and not w.ignores_sigterm:
+            self.finish(worker_id, w.on_term)
+        elif w.state == WorkerStatus.RUNNING:
             self.finish(worker_id, signal=9 if w.ignores_sigterm else 15)
 
     def force_kill(self, worker_id: str) -> None:
@@ -230,7 +232,7 @@ class FakeRuntime:
                        "user": plan.identity.user, "image": plan.image, "cpu_percent": r.cpu_percent,
                        "memory_mb": r.memory_mb, "pids_limit": r.pids_limit}
             state = self._state(w)
-        return WorkerDescription(state=state, request=request, pid=state.pid)
+        return WorkerDescription(worker=state, request=request, pid=state.pid)
 
     def memory_usage(self, worker_id: str) -> int:
         self._enter("memory_usage", worker_id)

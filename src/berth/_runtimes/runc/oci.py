@@ -13,12 +13,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._linux.mountinfo import MountEntry, submounts
-from .._paths import is_under
-from .plan import Plan
-
-LABEL_IMAGE = "berth.image"
-"""The annotation naming the image a runc worker runs (the engine keeps it as Config.Image)."""
+from ..._core.labels import LABEL_IMAGE
+from ..._core.plan import Plan
+from ..._linux.mountinfo import MountEntry, submounts
+from ..._paths import is_under
 
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
           "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"]

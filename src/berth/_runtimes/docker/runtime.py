@@ -23,17 +23,15 @@ import requests
 from docker import errors as derr
 from docker.constants import DEFAULT_UNIX_SOCKET
 
-from .._core.config import NodeConfig
-from .._core.hostfacts import parse_cpu_list
-from .._core.plan import LABEL_NODE, LABEL_PORT, LABEL_SPEC, LABEL_TOPOLOGY, LABEL_USER, LABEL_WORKER, Plan
-from .._core.render import engine_create_body, read_seccomp
-from .._core.seccomp import Filters
-from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
-from .._linux import cgroup as _cgroup
-from .._linux.mountinfo import read_only_all_the_way_down
-from .._linux.proc import is_stopped
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.hostfacts import parse_cpu_list
+from ..._core.labels import LABEL_NODE, LABEL_WORKER, WorkerLabels
+from ..._core.plan import Plan
+from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from ..._linux import cgroup as _cgroup
+from ..._linux.mountinfo import read_only_all_the_way_down
+from ..._linux.proc import is_stopped
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
@@ -41,7 +39,10 @@ from .base import (
     WorkerStatus,
     split_status,
 )
-from .docker_inspect import log_limits, oom_victim
+from ..seccomp import Filters
+from . import CAPABILITIES
+from .inspect import log_limits, oom_victim
+from .render import engine_create_body, read_seccomp
 
 log = logging.getLogger("berth.docker")
 
@@ -76,13 +77,7 @@ def request_from_inspect(data: dict[str, Any]) -> dict[str, Any]:
     the resources from what the engine applied (HostConfig), rounded up to the request's units."""
     labels = (data.get("Config") or {}).get("Labels") or {}
     host = data.get("HostConfig") or {}
-    fields: dict[str, Any] = {}
-    for key, label in (("worker_id", LABEL_WORKER), ("topology_id", LABEL_TOPOLOGY), ("user", LABEL_USER)):
-        if label in labels:
-            fields[key] = labels[label]
-    if LABEL_PORT in labels:
-        port = labels[LABEL_PORT]
-        fields["port"] = int(port) if port.isdigit() else port
+    fields: dict[str, Any] = WorkerLabels.decode(labels).request()
     image = (data.get("Config") or {}).get("Image")
     if image:
         fields["image"] = image
@@ -111,7 +106,7 @@ class DockerRuntime:
     """Runs plans as Docker containers. Thread-safe for calls; one thread may iterate exits."""
 
     name = "docker"
-    capabilities = Capabilities(isolated=True, exact_status=False, survives_restart=True, oom_reported=True)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig, base_url: str | None = None) -> None:
         self._config = config
@@ -191,22 +186,17 @@ class DockerRuntime:
         status = _status(st.get("Status"))
         ended = status == WorkerStatus.EXITED
         victim = oom_victim(bool(st.get("OOMKilled")), st.get("ExitCode")) if ended else None
-        return WorkerState(
-            worker_id=labels.get(LABEL_WORKER, ""),
+        return WorkerState.from_labels(
+            labels,
             container_id=data["Id"],
-            topology_id=labels.get(LABEL_TOPOLOGY, ""),
-            port=int(labels.get(LABEL_PORT, "0") or 0),
-            user=labels.get(LABEL_USER, ""),
             image=data["Config"].get("Image", ""),
             state=status,
-            spec_digest=labels.get(LABEL_SPEC),
             exit_code=st.get("ExitCode") if ended else None,
             oom_killed=victim == "worker",
             oom_victim=victim,
             started_at=_timestamp(st.get("StartedAt")),
             finished_at=_timestamp(st.get("FinishedAt")) if ended else None,
             pid=st.get("Pid") or None,
-            labels=labels,
             main_stopped=status == WorkerStatus.RUNNING and bool(st.get("Pid")) and is_stopped(st["Pid"]),
         )
 
@@ -215,11 +205,9 @@ class DockerRuntime:
         labels = c.get("Labels") or {}
         status = _status(c.get("State"))
         m = _EXITED.match(c.get("Status") or "")
-        return WorkerState(
-            worker_id=labels.get(LABEL_WORKER, ""), container_id=c["Id"], topology_id=labels.get(LABEL_TOPOLOGY, ""),
-            port=int(labels.get(LABEL_PORT, "0") or 0), user=labels.get(LABEL_USER, ""), image=c.get("Image", ""),
-            state=status, spec_digest=labels.get(LABEL_SPEC),
-            exit_code=int(m.group(1)) if m and status == WorkerStatus.EXITED else None, labels=labels)
+        return WorkerState.from_labels(
+            labels, container_id=c["Id"], image=c.get("Image", ""), state=status,
+            exit_code=int(m.group(1)) if m and status == WorkerStatus.EXITED else None)
 
     # -- the Runtime interface ------------------------------------------------------------
 
@@ -270,7 +258,7 @@ class DockerRuntime:
     def describe(self, worker_id: str) -> WorkerDescription:
         data = self._inspect_raw(worker_id)
         state = self._state(data)
-        return WorkerDescription(state=state, request=request_from_inspect(data),
+        return WorkerDescription(worker=state, request=request_from_inspect(data),
                                  pid=state.pid if state.running else None,
                                  logs=log_limits((data.get("HostConfig") or {}).get("LogConfig")))
 
@@ -364,7 +352,7 @@ class DockerRuntime:
                 pass  # removed already: the event carries what we need
         counted = self._oom.pop(cid, None)
         victim = oom_victim(oom_flag or bool(counted), code)
-        return ExitRecord(worker_id=attrs.get(LABEL_WORKER, ""), container_id=cid, exit_code=code, signal=sig,
+        return ExitRecord(worker_id=WorkerLabels.decode(attrs).worker_id, container_id=cid, exit_code=code, signal=sig,
                           oom_killed=victim == "worker", started_at=started, finished_at=finished,
                           oom_victim=victim)
 

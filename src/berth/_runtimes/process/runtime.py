@@ -19,12 +19,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .._core.config import NodeConfig
-from .._core.plan import LABEL_SPEC, Plan
-from .._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
-from .._linux.proc import rss_bytes
-from .base import (
-    Capabilities,
+from ..._core.config import NodeConfig
+from ..._core.plan import Plan
+from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
+from ..._linux.proc import rss_bytes
+from ..base import (
     ExecResult,
     ExitRecord,
     WorkerDescription,
@@ -32,7 +31,8 @@ from .base import (
     WorkerStatus,
     code_from_returncode,
 )
-from .logfile import read_log
+from ..logfile import read_log
+from . import CAPABILITIES
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -59,7 +59,7 @@ class _Proc:
 
 class ProcessRuntime:
     name = "process"
-    capabilities = Capabilities(isolated=False, exact_status=True, survives_restart=False, oom_reported=False)
+    capabilities = CAPABILITIES
 
     def __init__(self, config: NodeConfig) -> None:
         if config.node.runtime != "process":
@@ -124,12 +124,10 @@ class ProcessRuntime:
         if p.popen is not None and p.state == WorkerStatus.RUNNING and p.popen.poll() is not None:
             self._finish(p)
         plan = p.plan
-        return WorkerState(worker_id=plan.worker_id, container_id=p.container_id, topology_id=plan.topology_id,
-                           port=plan.port, user=plan.identity.user, image="(process)", state=p.state,
-                           spec_digest=plan.label_map.get(LABEL_SPEC), exit_code=p.exit_code,
-                           started_at=p.started_at, finished_at=p.finished_at,
-                           pid=p.popen.pid if p.popen and p.state == WorkerStatus.RUNNING else None,
-                           labels=plan.label_map)
+        return WorkerState.from_labels(plan.label_map, container_id=p.container_id, image="(process)",
+                                       state=p.state, exit_code=p.exit_code, started_at=p.started_at,
+                                       finished_at=p.finished_at,
+                                       pid=p.popen.pid if p.popen and p.state == WorkerStatus.RUNNING else None)
 
     def _finish(self, p: _Proc) -> None:
         assert p.popen is not None
@@ -146,7 +144,7 @@ class ProcessRuntime:
         request = {"worker_id": plan.worker_id, "topology_id": plan.topology_id, "port": plan.port,
                    "user": plan.identity.user, "image": plan.image, "cpu_percent": r.cpu_percent,
                    "memory_mb": r.memory_mb, "pids_limit": r.pids_limit}
-        return WorkerDescription(state=state, request=request, pid=state.pid)
+        return WorkerDescription(worker=state, request=request, pid=state.pid)
 
     def memory_usage(self, worker_id: str) -> int:
         st = self.inspect(worker_id)

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._exceptions import ConfigError
-from .fields import absolute, program, valid_image
+from ..._core.config import NodeConfig
+from ..._core.fields import absolute, program, valid_image
+from ..._exceptions import ConfigError
 
 _strict = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -34,6 +35,11 @@ class RuncSection(BaseModel):
     """Also filter (and so allow) the profile's compatible architectures (x86 and x32 on x86_64).
     Off: the filter covers the native architecture only and any 32-bit system call is refused, which
     also makes each launch ~15 ms cheaper (runc compiles one filter per architecture)."""
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> RuncSection:
+        """The node's ``[runc]`` table, parsed (``_runtimes.registry.check_config`` checked it at load)."""
+        return cls.model_validate(config.runtime_tables.get("runc", {}))
 
     @field_validator("root", "image_root")
     @classmethod
@@ -73,12 +79,10 @@ class RuncSection(BaseModel):
         return {k: os.path.normpath(p) for k, p in v.items()}
 
 
-def runc_images(runtime: str, default: str | None, runc: RuncSection, storm: bool, rename: Mapping[str, str]) -> None:
+def runc_images(default: str | None, runc: RuncSection, storm: bool, rename: Mapping[str, str]) -> None:
     """The runc runtime runs images from root filesystem directories, named in the config: say so
     at load, not at every launch. (Whether the directory exists is checked at launch, as the
     engine's images are.)"""
-    if runtime != "runc":
-        return
     key = rename.get("runc.images", "runc.images")
     if storm:
         why = ("storm.resource.isolation.plugin selects RuncLibContainerManager, which berth runs with runc from a "

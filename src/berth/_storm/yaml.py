@@ -19,18 +19,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._core.config import NodeConfig, config_from_mapping
+from .._core.docfile import read_document
+from .._core.stormconf import BERTH_TO_STORM, NumaZone, swap_hint
 from .._exceptions import ConfigError
-from .._paths import is_under
-from .config import NodeConfig, config_from_mapping
-from .docfile import read_document
-from .stormconf import BERTH_TO_STORM, NumaZone
+from .._runtimes.registry import check_config
 
 DOCKER_PLUGIN = "org.apache.storm.container.docker.DockerManager"
 RUNC_PLUGIN = "org.apache.storm.container.oci.RuncLibContainerManager"
 BERTH_PLUGIN = "berth.storm.BerthIsolationManager"
 """berth's own plugin (``storm-plugin/``): Storm's supervisor asks ``berth serve --storm`` for
 every step; its containers are DockerManager's, on the runtime ``berth.runtime`` names."""
-CGROUP_FS = "/sys/fs/cgroup"
 
 DEFAULTS: dict[str, Any] = {
     # conf/defaults.yaml, for the keys berth uses
@@ -198,18 +197,6 @@ def _runtime(conf: Mapping[str, Any], notes: list[str]) -> str:
     return runtime
 
 
-def looks_like_cgroup_mount(path: str) -> bool:
-    """A host path where cgroups are mounted, which belongs in the cgroup root, not the parent."""
-    return is_under(os.path.normpath(path), CGROUP_FS) or os.path.exists(os.path.join(path, "cgroup.procs"))
-
-
-def swap_hint(root: str, parent: str, root_key: str, parent_key: str) -> str:
-    if not os.path.exists(root) and looks_like_cgroup_mount(parent):
-        return (f" ({parent_key} is {parent}, which looks like a cgroup mount: did you swap {root_key} and "
-                f"{parent_key}? Storm's Docker-support.md example has them swapped)")
-    return ""
-
-
 def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = None) -> NodeConfig:
     """The node config a storm.yaml means; ``env`` gives ``STORM_HOME`` (default: the process's)."""
     _check_keys(data)
@@ -262,8 +249,11 @@ def config_from_storm(data: Mapping[Any, Any], env: Mapping[str, str] | None = N
     runc = tables["runc"]
     if isinstance(runc.get("images"), dict):
         runc["images"] = {str(k): v for k, v in runc["images"].items()}
-    return config_from_mapping({"images": images, "capacity": capacity, **tables},
-                               rename={**BERTH_TO_STORM, "storm": "supervisor.numa.meta"})
+    if not runc:
+        del tables["runc"]  # the runc runtime's table, only when the storm.yaml says something for it
+    rename = {**BERTH_TO_STORM, "storm": "supervisor.numa.meta"}
+    return check_config(config_from_mapping({"images": images, "capacity": capacity, **tables}, rename=rename),
+                        rename)
 
 
 def _number(key: str, value: Any, low: float) -> float:
