@@ -92,7 +92,6 @@ def test_log_lines_say_what_happened(base: Path, stop_all: list[Harness], caplog
     import json
     import logging
 
-    from berth._runtimes.base import ExitRecord
     from berth._service.desired import STATE_FILE
 
     caplog.set_level(logging.INFO, "berth.supervisor")
@@ -105,12 +104,7 @@ def test_log_lines_say_what_happened(base: Path, stop_all: list[Harness], caplog
     assert len(rejected) == 1 and rejected[0].startswith("w3: assignment rejected: "), rejected
     assert not [m for m in lines if "None ->" in m or "-> None" in m], lines
 
-    cid = h.containers()["w2"]
-    h.fake.finish("w2", emit=False)  # it ended, and its monitor could not see how: the status is lost
-    lost = ExitRecord(worker_id="w2", container_id=cid, exit_code=None, signal=None, oom_killed=False,
-                      started_at=None, finished_at=None, status_lost=True)
-    h.fake.worker("w2").exit = lost  # the runtime's own record says so too (a pass may ask it first)
-    h.fake._events.put(lost)
+    h.fake.finish("w2", lost=True)  # it ended, and its monitor could not see how: the status is lost
     h.watch.until(lambda: h.watch.state("w2") != "running", "w2's lost exit to be handled")
     assert any(m.startswith("w2: running -> ") and "(exited: status lost" in m for m in
                (r.getMessage() for r in caplog.records)), [r.getMessage() for r in caplog.records]

@@ -105,9 +105,10 @@ class FakeRuntime:
         return gate
 
     def finish(self, worker_id: str, exit_code: int = 0, signal: int | None = None, oom: bool = False,
-               emit: bool = True) -> ExitRecord:
+               emit: bool = True, lost: bool = False) -> ExitRecord:
         """End a running worker as the test says; ``emit=False`` ends it without an event (as if
-        it ended while nobody was subscribed: only a reconcile finds it)."""
+        it ended while nobody was subscribed: only a reconcile finds it); ``lost``: its monitor
+        could not see how (one step, so that no reconcile sees it ended any other way)."""
         with self._lock:
             w = self._get(worker_id)
             if w.state != WorkerStatus.RUNNING:
@@ -119,6 +120,10 @@ class FakeRuntime:
                                       signal=signal, oom_killed=oom and signal == 9, started_at=w.started_at,
                                       finished_at=w.finished_at, exact=True,
                                       oom_victim="worker" if oom and signal == 9 else ("child" if oom else None))
+            if lost:
+                rec = w.exit = ExitRecord(worker_id=worker_id, container_id=w.container_id, exit_code=None,
+                                          signal=None, oom_killed=False, started_at=None, finished_at=None,
+                                          status_lost=True)
         if emit:
             self._events.put(rec)
         return rec
