@@ -14,12 +14,12 @@ import fcntl
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .._exceptions import SupervisorLocked
 from .._runtimes.base import WorkerState
+from .._time import iso_utc
 
 LOCK_FILE = "supervisor.lock"
 log = logging.getLogger("berth.supervisor")
@@ -48,7 +48,7 @@ class SupervisorLock:
             raise SupervisorLocked("state_dir", f"another supervisor holds {self.path} ({holder}); "
                                    "stop it first, one supervisor per node") from None
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **about}
+        info = {"pid": os.getpid(), "since": iso_utc(digits=0), **about}
         os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
         self._fd = fd
 

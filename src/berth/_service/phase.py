@@ -15,11 +15,11 @@ the loop that serves the others).
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from enum import StrEnum
 
 from .._exceptions import IllegalTransition
+from .._time import iso_utc
 
 log = logging.getLogger("berth.supervisor")
 
@@ -28,7 +28,7 @@ def iso(t: float | None) -> str | None:
     """A wall-clock time as ISO 8601 UTC with microseconds, the one time format of the API."""
     if t is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    return iso_utc(t)
 
 
 class Phase(StrEnum):

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from ..._linux import cgroup as _cgroup
 from ..._linux.mountinfo import read_only_all_the_way_down
 from ..._linux.proc import is_stopped
+from ..._time import iso_utc_ns
 from ..base import (
     ExecResult,
     ExitRecord,
@@ -52,11 +52,6 @@ _STREAM_ERRORS = (derr.DockerException, requests.exceptions.RequestException, OS
 
 def _since(time_nano: int) -> str:
     return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
-
-
-def _iso(time_nano: int) -> str:
-    secs, nanos = divmod(time_nano, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
 
 
 def _status(value: str | None) -> WorkerStatus:
@@ -338,7 +333,7 @@ class DockerRuntime:
         code, sig = split_status(int(attrs.get("exitCode", "-1")))
         oom_flag = cid in self._oom
         started = self._started.pop(cid, None)
-        finished = _iso(int(ev["timeNano"])) if "timeNano" in ev else None
+        finished = iso_utc_ns(int(ev["timeNano"])) if "timeNano" in ev else None
         self._memfiles.pop(cid, None)
         if started is None or finished is None:
             # Started before we subscribed: ask the engine (an inspect waits ~10 ms for the
@@ -378,7 +373,7 @@ class DockerRuntime:
                         since = _since(int(ev["timeNano"]))
                     action = ev.get("Action") or ev.get("status")
                     if action == "start" and "timeNano" in ev:
-                        self._started[ev["id"]] = _iso(int(ev["timeNano"]))
+                        self._started[ev["id"]] = iso_utc_ns(int(ev["timeNano"]))
                     elif action == "oom":
                         self._on_oom(ev["id"])
                     elif action == "die":

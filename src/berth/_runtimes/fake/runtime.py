@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..._core.config import NodeConfig
 from ..._core.plan import Plan
 from ..._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
+from ..._time import iso_utc
 from ..base import (
     ExecResult,
     ExitRecord,
@@ -27,11 +28,6 @@ from ..base import (
     WorkerStatus,
 )
 from . import CAPABILITIES
-
-
-def _iso(t: float) -> str:
-    secs = int(t)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{int((t - secs) * 1e9):09d}Z"
 
 
 @dataclass
@@ -114,7 +110,7 @@ class FakeRuntime:
             if w.state != WorkerStatus.RUNNING:
                 raise AssertionError(f"{worker_id} is {w.state}, not running")
             code = 128 + signal if signal is not None else exit_code
-            w.finished_at = _iso(self.clock())
+            w.finished_at = iso_utc(self.clock(), 9)
             w.state = WorkerStatus.EXITED
             rec = w.exit = ExitRecord(worker_id=worker_id, container_id=w.container_id, exit_code=code,
                                       signal=signal, oom_killed=oom and signal == 9, started_at=w.started_at,
@@ -199,7 +195,7 @@ class FakeRuntime:
         self._enter("start", worker_id)
         with self._lock:
             w = self._get(worker_id)
-            w.state, w.started_at = WorkerStatus.RUNNING, _iso(self.clock())
+            w.state, w.started_at = WorkerStatus.RUNNING, iso_utc(self.clock(), 9)
 
     def stop(self, worker_id: str, grace_s: float) -> None:
         self._enter("stop", worker_id)

@@ -14,7 +14,6 @@ import selectors
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ..._core.config import NodeConfig
 from ..._core.plan import Plan
 from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from ..._linux.proc import rss_bytes
+from ..._time import iso_utc
 from ..base import (
     ExecResult,
     ExitRecord,
@@ -35,10 +35,6 @@ from ..logfile import read_log
 from . import CAPABILITIES
 
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -93,7 +89,7 @@ class ProcessRuntime:
                 list(p.plan.argv), cwd=p.plan.workdir, env={"PATH": _PATH}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, user=ident.uid, group=ident.gid,
                 extra_groups=list(ident.groups), start_new_session=True)
-        p.state, p.started_at = WorkerStatus.RUNNING, _now()
+        p.state, p.started_at = WorkerStatus.RUNNING, iso_utc(digits=0)
         os.write(self._wake_w, b"x")
 
     def _signal(self, p: _Proc, sig: int) -> None:
@@ -132,7 +128,7 @@ class ProcessRuntime:
     def _finish(self, p: _Proc) -> None:
         assert p.popen is not None
         p.exit_code, p.signal = code_from_returncode(p.popen.wait())
-        p.state, p.finished_at = WorkerStatus.EXITED, p.finished_at or _now()
+        p.state, p.finished_at = WorkerStatus.EXITED, p.finished_at or iso_utc(digits=0)
 
     def inspect(self, worker_id: str) -> WorkerState:
         return self._state(self._get(worker_id))
