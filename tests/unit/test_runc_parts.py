@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from berth import ExitRecord
-from berth._cli.views import ended
 from berth._linux.cgroup import CgroupMount, memory_dir_for
 from berth._runtimes.logfile import read_logs
 from berth._runtimes.runc.bundle import request_from_oci
@@ -40,23 +39,23 @@ def test_raw_statuses_decode_exactly() -> None:
 def test_exit_files_become_exact_records() -> None:
     rec = record_from_exit(EXIT)
     assert rec == ExitRecord("w1", "c1", 137, None, False, STARTED, FINISHED, exact=True)
-    assert ended(rec) == "exited 137"
+    assert rec.brief() == "exited 137"
     killed = record_from_exit({**EXIT, "signal": 9})
     assert (killed.signal, killed.oom_killed, killed.oom_victim) == (9, False, None)
-    assert ended(killed) == "killed by SIGKILL"
+    assert killed.brief() == "killed by SIGKILL"
     oom = record_from_exit({**EXIT, "signal": 9, "oom_kills": 1})
     assert (oom.oom_killed, oom.oom_victim) == (True, "worker")
-    assert ended(oom) == "killed by SIGKILL, out of memory"
+    assert oom.brief() == "killed by SIGKILL, out of memory"
     child = record_from_exit({**EXIT, "exit_code": 0, "oom_kills": 2})
-    assert (child.oom_killed, child.oom_victim, ended(child)) == (False, "child", "exited 0, a child out of memory")
+    assert (child.oom_killed, child.oom_victim, child.brief()) == (False, "child", "exited 0, a child out of memory")
     lost = record_from_exit({**EXIT, "status_lost": True, "exit_code": None, "status": None})
     assert (lost.exit_code, lost.signal, lost.exact, lost.status_lost) == (None, None, False, True)
-    assert ended(lost) == "status lost"
+    assert lost.brief() == "status lost"
 
 
 def test_inexact_records_show_the_code_with_the_signal_it_may_stand_for() -> None:
     rec = ExitRecord("w", "c", 137, 9, False, None, None, exact=False)
-    assert ended(rec) == "exit code 137 (SIGKILL?)"
+    assert rec.brief() == "exit code 137 (SIGKILL?)"
 
 
 def test_cgroup_numbers_v1_and_v2_from_fabricated_files(tmp_path: Path) -> None:

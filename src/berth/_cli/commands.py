@@ -27,7 +27,7 @@ from .._storm.explain import line_notes, storm_notes, storm_view
 from .._storm.yaml import load_storm_yaml
 from .app import EXIT_BERTH_ERROR, get_config, get_node, main
 from .service import supervisor_view
-from .views import ended, ps_notes, ps_rows, ps_table, rejection_line, with_supervisor
+from .views import ps_notes, ps_rows, ps_table, rejection_line, with_supervisor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -199,7 +199,7 @@ def kill(ctx: click.Context, /, worker_id: str, force: bool, grace: float) -> No
     node = get_node(ctx)
     node.force_kill(worker_id) if force else node.kill(worker_id, grace)
     st, rec = node.inspect(worker_id), node.exit_record(worker_id)
-    click.echo(printable(f"{worker_id}: {st.state}, {ended(rec) if rec is not None else f'exit code {st.exit_code}'}"))
+    click.echo(printable(f"{worker_id}: {st.state}, {rec.brief() if rec is not None else f'exit code {st.exit_code}'}"))
 
 
 @main.command()

@@ -21,7 +21,7 @@ from .._exceptions import BerthError, LaunchError
 from .._node.node import Node
 from .._runtimes.base import ExitRecord
 from .._runtimes.registry import plugin
-from .views import ended, ps_table
+from .views import ps_table
 
 WORKER = r"""
 import json, os, signal, sys, time
@@ -78,7 +78,7 @@ def exit_table(records: list[ExitRecord]) -> Table:
     for r in records:
         secs = seconds_between(r.started_at, r.finished_at)
         ran = "-" if secs is None else f"{secs:.1f}s"
-        t.add_row(r.worker_id, str(r.exit_code), r.signal_name or "-", "YES" if r.oom_killed else "no", ended(r), ran)
+        t.add_row(r.worker_id, str(r.exit_code), r.signal_name or "-", "YES" if r.oom_killed else "no", r.brief(), ran)
     return t
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.printable import printable
 from .._core.timefmt import parse_time
 from .._exceptions import BerthError
-from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
+from .._runtimes.base import WorkerState, WorkerStatus
 from .._service.assignments import Rejection
 
 if TYPE_CHECKING:
@@ -30,25 +30,6 @@ def uptime(w: WorkerState) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
-def ended(rec: ExitRecord) -> str:
-    """How a worker ended, in ``ps``: where the runtime saw the raw status, "exited 137" and
-    "killed by SIGKILL" are different words; where it did not, the code is shown with the signal
-    it may stand for."""
-    if rec.status_lost:
-        return "status lost"
-    if rec.signal is not None and rec.exact:
-        text = f"killed by {rec.signal_name}" + (", core dumped" if rec.core_dumped else "")
-    elif rec.signal is not None:
-        text = f"exit code {rec.exit_code} ({rec.signal_name}?)"
-    else:
-        text = f"exited {rec.exit_code}"
-    if rec.oom_killed:
-        text += ", out of memory"
-    elif rec.oom_victim == "child":
-        text += ", a child out of memory"
-    return text
-
-
 def ps_rows(node: Node) -> list[dict[str, Any]]:
     rows = []
     for w in node.ps(detail=True):
@@ -65,7 +46,7 @@ def ps_rows(node: Node) -> list[dict[str, Any]]:
             except BerthError:
                 rec = None
             if rec is not None:
-                how = {"signal": rec.signal, "exact": rec.exact, "status_lost": rec.status_lost, "how": ended(rec)}
+                how = {"signal": rec.signal, "exact": rec.exact, "status_lost": rec.status_lost, "how": rec.brief()}
         rows.append({"worker_id": w.worker_id, "topology_id": w.topology_id, "port": w.port, "user": w.user,
                      "image": w.image, "state": w.state, "exit_code": w.exit_code, "oom_killed": w.oom_killed,
                      "oom_victim": w.oom_victim, "main_stopped": w.main_stopped, "memory_bytes": mem,

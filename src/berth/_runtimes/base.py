@@ -134,6 +134,22 @@ class ExitRecord:
             return f"killed by {self.signal_name}{core}{oom}{inferred}"
         return f"exit code {self.exit_code}{oom}"
 
+    def brief(self) -> str:
+        """The same in a column (``ps``): "exited 137" and "killed by SIGKILL" stay different
+        words where the runtime saw the raw status; elsewhere the code is shown with the signal it
+        may stand for."""
+        if self.status_lost:
+            return "status lost"
+        if self.signal is not None and self.exact:
+            text = f"killed by {self.signal_name}" + (", core dumped" if self.core_dumped else "")
+        elif self.signal is not None:
+            text = f"exit code {self.exit_code} ({self.signal_name}?)"
+        else:
+            text = f"exited {self.exit_code}"
+        if self.oom_killed:
+            return text + ", out of memory"
+        return text + (", a child out of memory" if self.oom_victim == "child" else "")
+
 
 def signal_name(sig: int | None) -> str | None:
     if sig is None:
