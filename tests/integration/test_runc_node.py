@@ -348,3 +348,30 @@ def test_node_dirs_under_tmp_or_through_a_symlink_are_not_hidden_by_the_workers_
         from berth._node.workdirs import remove_tree
 
         remove_tree(real)
+
+
+def test_a_broken_meta_json_costs_only_its_own_worker(runc_node: Node, runc_config: NodeConfig) -> None:
+    """A half-written or hand-edited ``meta.json`` (empty, not an object, no container id) must not
+    stop berth from listing, recovering and serving the node's other workers; ``rm`` clears it."""
+    workers = Path(runc_config.runtime_dir("runc"), "workers")
+    broken = {"w-empty": "", "w-list": "[1, 2]", "w-noid": '{"labels": {"berth.worker": "w-noid"}}',
+              "w-badlabels": '{"id": "0123", "labels": 5}'}
+    try:
+        runc_node.launch(spec("w-fine", READY_THEN_GO), on_exit=lambda r: None)
+        wait_file(root_of(runc_node, "w-fine") / "ready", runc_node, "w-fine")
+        for wid, text in broken.items():
+            (workers / wid).mkdir(parents=True)
+            (workers / wid / "meta.json").write_text(text)
+        listed = {w.worker_id: w for w in runc_node.ps()}
+        assert listed["w-fine"].running, listed
+        with Node(runc_config) as other:
+            other.recover()
+            assert other.inspect("w-fine").running
+        for wid in broken:
+            runc_node.cleanup(wid)
+            assert not (workers / wid).exists()
+        assert "w-fine" in {w.worker_id for w in runc_node.ps()}
+    finally:
+        go(runc_node, "w-fine", "0")
+        runc_node.wait("w-fine", WAIT)
+        runc_node.cleanup("w-fine")

@@ -117,7 +117,7 @@ class RuncRuntime:
         return os.path.join(self._workers, worker_id)
 
     def _meta(self, worker_id: str) -> dict[str, Any]:
-        meta = bundles.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        meta = _read_meta(self._wdir(worker_id))
         if meta is None:
             raise WorkerNotFound(worker_id)
         return meta
@@ -185,7 +185,7 @@ class RuncRuntime:
     def remove(self, worker_id: str) -> None:
         wdir = self._wdir(worker_id)
         self._memfiles.pop(worker_id, None)
-        meta = bundles.read_json(os.path.join(wdir, "meta.json"))
+        meta = _read_meta(wdir)
         if meta is not None:
             if any(os.path.exists(os.path.join(wdir, f)) for f in ("started.json", "launch.json")):
                 self.shim.request({"op": "remove", "id": meta["id"]}, timeout=60)  # asked to run it: it knows
@@ -195,7 +195,7 @@ class RuncRuntime:
         if hand is not None:
             subprocess.run([self.runc, "--root", self._root, "delete", "--force", hand["id"]], capture_output=True,
                            check=False)
-        elif os.path.isdir(wdir):
+        if os.path.isdir(wdir):  # a half-made worker, or one whose meta.json was broken
             bundles.remove_worker_dir(wdir)
 
     # -- state ----------------------------------------------------------------------------------
@@ -226,6 +226,8 @@ class RuncRuntime:
         wdir = self._wdir(worker_id)
         labels = dict(meta.get("labels") or {})
         started = bundles.read_json(os.path.join(wdir, "started.json"))
+        if started is not None and not isinstance(started.get("pid"), int):
+            started = None  # not the shim's: treated as not started rather than failing the listing
         ended = self._ended(wdir, str(meta["id"]), started)
         unanswered = ended is _UNANSWERED
         ended = None if unanswered else ended
@@ -269,8 +271,7 @@ class RuncRuntime:
         for c in found:
             ann = WorkerLabels.decode(c.get("annotations") or {})
             wid = ann.worker_id
-            if ann.node == self._node and wid and not os.path.exists(
-                    os.path.join(self._workers, wid, "meta.json")):
+            if ann.node == self._node and wid and _read_meta(os.path.join(self._workers, wid)) is None:
                 mine[wid] = c
         return mine
 
@@ -294,7 +295,7 @@ class RuncRuntime:
 
     def describe(self, worker_id: str) -> WorkerDescription:
         state = self.inspect(worker_id)
-        meta = bundles.read_json(os.path.join(self._wdir(worker_id), "meta.json"))
+        meta = _read_meta(self._wdir(worker_id))
         if meta is not None:
             bundle, logs = os.path.join(self._wdir(worker_id), "bundle"), _log_limits(meta)
         else:  # started by hand: runc passes its stdio through, with no bound berth can state
@@ -358,7 +359,7 @@ class RuncRuntime:
         except FileNotFoundError:
             names = []
         for name in names:
-            meta = bundles.read_json(os.path.join(self._workers, name, "meta.json"))
+            meta = _read_meta(os.path.join(self._workers, name))
             if meta is not None:
                 out.append(self._state(name, meta))
         out += [self._hand_state(c) for c in self._by_hand().values()]
@@ -366,7 +367,7 @@ class RuncRuntime:
 
     def exit_record(self, worker_id: str) -> ExitRecord | None:
         wdir = self._wdir(worker_id)
-        meta = bundles.read_json(os.path.join(wdir, "meta.json"))
+        meta = _read_meta(wdir)
         if meta is None:
             return None
         ended = self._ended(wdir, str(meta["id"]), bundles.read_json(os.path.join(wdir, "started.json")))
@@ -404,3 +405,16 @@ class RuncRuntime:
         self._closed.set()
         if self._shim is not None:
             self._shim.close()
+
+
+def _read_meta(wdir: str) -> dict[str, Any] | None:
+    """The worker's ``meta.json`` if it is one berth wrote (an object with a container id and
+    string labels), else None: an empty, half-written or hand-edited file costs its own worker
+    (seen as not berth's, so ``rm`` clears it) and never the listing of the others."""
+    meta = bundles.read_json(os.path.join(wdir, "meta.json"))
+    if meta is None or not isinstance(meta.get("id"), str) or not meta["id"]:
+        return None
+    labels = meta.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        return None
+    return meta
