@@ -41,12 +41,20 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
+def _may_start_engines() -> bool:
+    """Only the test command (scripts/test, which sets BERTH_TEST_ENGINES=start) or CI starts a
+    dockerd: a plain ``pytest`` as root on someone's machine uses the engine that runs, or skips."""
+    return os.environ.get("BERTH_TEST_ENGINES") == "start" or bool(os.environ.get("CI"))
+
+
 @pytest.fixture(scope="session")
 def engine() -> str:
     if os.geteuid() != 0:
         _unavailable("integration tests need root (they start dockerd and chown worker dirs)")
     status = subprocess.run([ROOT / "scripts/engine", "status"], capture_output=True)
     if status.returncode != 0:
+        if not _may_start_engines():
+            _unavailable("the engine is not running: scripts/engine start (or scripts/test, which starts it)")
         started = subprocess.run([ROOT / "scripts/engine", "start"], capture_output=True, text=True)
         if started.returncode != 0:
             _unavailable(f"cannot start dockerd: {started.stdout[-2000:]}{started.stderr[-2000:]}")
@@ -271,6 +279,8 @@ def private_engine(engine: str, users: dict[str, Any]) -> Iterator[PrivateEngine
     """
     import fcntl
 
+    if not _may_start_engines():
+        _unavailable("the fault tests start a dockerd of their own: run them with scripts/test")
     lock = open("/run/berth-fault-tests.lock", "w")  # noqa: SIM115 - held for the whole session
     fcntl.flock(lock, fcntl.LOCK_EX)
     eng = PrivateEngine()
