@@ -215,12 +215,13 @@ class Reconciler:
         t, cid = self.table, ex.container_id
         with t.lock:
             slot = t.get(ex.worker_id)
-            if slot is not None and slot.handled_exit == cid:
-                return  # told twice (the event and a listing), maybe after its successor started
-            assigned = slot is not None and slot.entry is not None
             planned = t.unplan(slot, cid)
+            told_twice = slot is not None and slot.handled_exit == cid  # the event and a listing
+            assigned = slot is not None and slot.entry is not None
             ours = slot is not None and slot.container_id in (None, cid)
-            if slot is None or not assigned or planned or not ours:
+            if told_twice:
+                moved = None  # maybe after its successor started: said once already
+            elif slot is None or not assigned or planned or not ours:
                 if slot is not None and assigned and planned and ours:
                     slot.handled_exit, slot.last_exit = cid, ex  # berth's own stop: never taken for a crash later
                 moved = None
@@ -239,7 +240,8 @@ class Reconciler:
                                restart_in_s=round(d.delay, 3), failures=d.failures)
         if moved is None:
             # not (or no longer) assigned, stopped by berth, or an older container of this worker
-            t.bus.publish(Exited(ex.worker_id, ex, exit_cause(ex, planned or not assigned)))
+            if not told_twice:
+                t.bus.publish(Exited(ex.worker_id, ex, exit_cause(ex, planned or not assigned)))
             if planned:
                 t.persist()  # the planned stop is over: supervisor.json no longer names it
             return
