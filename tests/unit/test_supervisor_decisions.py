@@ -52,8 +52,8 @@ def test_a_refused_launch_waits_for_capacity_is_rejected_or_backs_off() -> None:
 
 
 def test_the_loop_sleeps_until_the_first_thing_due() -> None:
-    from berth._service.decisions import next_wait
     from berth._service.slot import Entry, WorkerSlot
+    from berth._service.slots import next_wait
 
     a, b, c = (WorkerSlot.for_entry(Entry(spec(w, 6700 + i), "test")) for i, w in enumerate(("wa", "wb", "wc")))
     a.phase, a.next_start = Phase.BACKOFF, 107.0

@@ -7,10 +7,8 @@ unit-tested with exact values, without threads or an engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from .._core.serviceconfig import SupervisorSection
 from .._core.timefmt import seconds_between
@@ -24,10 +22,7 @@ from .._exceptions import (
     SpecError,
 )
 from .._runtimes.base import ExitRecord
-from .phase import WAITING, Phase
-
-if TYPE_CHECKING:
-    from .slot import WorkerSlot
+from .phase import Phase
 
 PERMANENT = (PolicyError, IdentityError, SpecError, ConfigError)
 """Errors that say the request can never launch as given on this node: retrying cannot help."""
@@ -130,20 +125,3 @@ def decide_launch_error(exc: BerthError, failures: int, s: SupervisorSection) ->
     if permanent(exc):
         return LaunchDecision(Phase.REJECTED, f"cannot launch as assigned: {exc}", failures, None)
     return LaunchDecision(Phase.FAILED, f"launch failed: {exc}", failures + 1, backoff_delay(failures + 1, s))
-
-
-def next_wait(now: float, most: float, slots: Iterable[WorkerSlot], stall_sweep_at: float) -> float:
-    """How long the loop may sleep (at most ``most``, at least 50 ms): until a backoff ends, a
-    stalled worker is due or looked at again, or a failed removal is tried again (slots with an
-    action in flight wake the loop when it ends)."""
-    wait = most
-    for s in slots:
-        if s.busy is not None:
-            continue
-        if s.phase in WAITING:
-            wait = min(wait, s.next_start - now)
-        elif s.phase == Phase.STALLED:
-            wait = min(wait, s.next_start - now, stall_sweep_at - now)
-        if s.stop_retry_at is not None:
-            wait = min(wait, s.stop_retry_at - now)
-    return max(wait, 0.05)

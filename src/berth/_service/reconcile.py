@@ -18,12 +18,12 @@ from .._node.node import Node
 from .._runtimes.base import ExitRecord, WorkerState, WorkerStatus
 from .actions import Actions
 from .bus import Exited, Forgotten, PassDone, PassFailed
-from .decisions import ExitCause, decide_exit, exit_cause, next_wait, pass_retry_wait
+from .decisions import ExitCause, decide_exit, exit_cause, pass_retry_wait
 from .lock import conflicts
 from .phase import WAITING, Phase
 from .room import Room, in_flight
 from .slot import WorkerSlot
-from .slots import SlotTable
+from .slots import SlotTable, next_wait
 
 log = logging.getLogger("berth.supervisor")
 

@@ -21,7 +21,7 @@ from .assignments import Rejection
 from .bus import Bus, Transition
 from .desired import DesiredStore, Saved
 from .events import EventLog
-from .phase import Phase
+from .phase import WAITING, Phase
 from .slot import Entry, SlotView, WorkerSlot
 
 log = logging.getLogger("berth.supervisor")
@@ -209,3 +209,20 @@ class SlotTable:
     def load(self) -> Saved | None:
         """The persisted state (``StateError`` when it is there but cannot be used)."""
         return self._store.load()
+
+
+def next_wait(now: float, most: float, slots: Iterable[WorkerSlot], stall_sweep_at: float) -> float:
+    """How long the loop may sleep (at most ``most``, at least 50 ms): until a backoff ends, a
+    stalled worker is due or looked at again, or a failed removal is tried again (slots with an
+    action in flight wake the loop when it ends)."""
+    wait = most
+    for s in slots:
+        if s.busy is not None:
+            continue
+        if s.phase in WAITING:
+            wait = min(wait, s.next_start - now)
+        elif s.phase == Phase.STALLED:
+            wait = min(wait, s.next_start - now, stall_sweep_at - now)
+        if s.stop_retry_at is not None:
+            wait = min(wait, s.stop_retry_at - now)
+    return max(wait, 0.05)
