@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "berth"
 
 RANK = {
-    "_exceptions": 0, "_paths": 0, "_time": 0, "_version": 0,
+    "_exceptions": 0, "_paths": 0, "_version": 0,
     "_linux": 1,
     "_core": 2,
     "_runtimes": 3,

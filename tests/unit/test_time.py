@@ -1,8 +1,8 @@
-"""The one time spelling (berth._time), with exact values."""
+"""The one time spelling (berth._core.timefmt), with exact values."""
 
 from __future__ import annotations
 
-from berth._time import iso_utc, iso_utc_ns
+from berth._core.timefmt import iso_utc, iso_utc_ns
 
 
 def test_each_precision_is_spelled_exactly_and_truncated() -> None:

@@ -17,9 +17,9 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .._core.timefmt import iso_utc
 from .._exceptions import SupervisorLocked
 from .._runtimes.base import WorkerState
-from .._time import iso_utc
 
 LOCK_FILE = "supervisor.lock"
 log = logging.getLogger("berth.supervisor")

@@ -18,8 +18,8 @@ import logging
 from collections import deque
 from enum import StrEnum
 
+from .._core.timefmt import iso_utc
 from .._exceptions import IllegalTransition
-from .._time import iso_utc
 
 log = logging.getLogger("berth.supervisor")
 

@@ -26,11 +26,11 @@ from ..._core.config import NodeConfig
 from ..._core.hostfacts import parse_cpu_list
 from ..._core.labels import LABEL_NODE, LABEL_WORKER, WorkerLabels
 from ..._core.plan import Plan
+from ..._core.timefmt import iso_utc_ns
 from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from ..._linux import cgroup as _cgroup
 from ..._linux.mountinfo import read_only_all_the_way_down
 from ..._linux.proc import is_stopped
-from ..._time import iso_utc_ns
 from ..base import (
     ExecResult,
     ExitRecord,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from ..._core.config import NodeConfig
 from ..._core.plan import Plan
+from ..._core.timefmt import iso_utc
 from ..._exceptions import BerthError, EngineError, WorkerNotFound, WorkerNotRunning
-from ..._time import iso_utc
 from ..base import (
     ExecResult,
     ExitRecord,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from ..._core.config import NodeConfig
 from ..._core.plan import Plan
+from ..._core.timefmt import iso_utc
 from ..._exceptions import EngineError, WorkerNotFound, WorkerNotRunning
 from ..._linux.proc import rss_bytes
-from ..._time import iso_utc
 from ..base import (
     ExecResult,
     ExitRecord,
