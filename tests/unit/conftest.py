@@ -45,7 +45,7 @@ def stop_all() -> Iterator[list[Harness]]:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> dict[str, Path]:
+def node_paths(tmp_path: Path) -> dict[str, Path]:
     """A node's operator-owned paths (install dir, nscd dir, a read-only mount, a seccomp file)."""
     paths = {
         "home": tmp_path / "storm home",  # a space, which broke Storm's launcher
@@ -60,11 +60,11 @@ def node(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def make_config(node: dict[str, Path], **container: object) -> NodeConfig:
+def make_config(paths: dict[str, Path], **container: object) -> NodeConfig:
     return config_from_mapping({
         "node": {"name": "node1", "local_dir": "/data/storm", "log_dir": "/logs/storm",
-                 "install_dir": str(node["home"])},
+                 "install_dir": str(paths["home"])},
         "images": {"default": "storm/worker:2.6", "allowed": ("storm/worker:2.6", "storm/py:3")},
-        "container": {"nscd_dir": str(node["nscd"]), "seccomp_profile": str(node["seccomp"]),
-                      "readonly_mounts": (str(node["ro"]),), "cgroup_parent": "storm", **container},
+        "container": {"nscd_dir": str(paths["nscd"]), "seccomp_profile": str(paths["seccomp"]),
+                      "readonly_mounts": (str(paths["ro"]),), "cgroup_parent": "storm", **container},
     })

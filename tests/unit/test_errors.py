@@ -64,13 +64,13 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], type[BerthError], str]] = [
 
 
 @pytest.mark.parametrize(("case", "change", "kind", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_request(node: dict[str, Path], case: str, change: dict[str, Any],
+def test_bad_request(node_paths: dict[str, Path], case: str, change: dict[str, Any],
                      kind: type[BerthError], field: str) -> None:
     data = {**GOOD, **change}
     data = {k: v for k, v in data.items() if v is not None}
     with pytest.raises(kind) as info:
         spec = spec_from_mapping(data)
-        build_plan(spec, make_config(node), ALICE, FOUR_CPUS)
+        build_plan(spec, make_config(node_paths), ALICE, FOUR_CPUS)
     assert info.value.field is not None and info.value.field.startswith(field), str(info.value)
     assert str(info.value).startswith(field)
 
@@ -84,10 +84,10 @@ BAD_IDENTITIES: list[tuple[str, Identity, str]] = [
 
 
 @pytest.mark.parametrize(("case", "ident", "words"), BAD_IDENTITIES, ids=[c[0] for c in BAD_IDENTITIES])
-def test_bad_identity(node: dict[str, Path], case: str, ident: Identity, words: str) -> None:
+def test_bad_identity(node_paths: dict[str, Path], case: str, ident: Identity, words: str) -> None:
     spec = spec_from_mapping({**GOOD, "user": ident.user})
     with pytest.raises(IdentityError, match=words) as info:
-        build_plan(spec, make_config(node), ident, FOUR_CPUS)
+        build_plan(spec, make_config(node_paths), ident, FOUR_CPUS)
     assert info.value.field == "user"
 
 
@@ -129,21 +129,21 @@ def test_bad_config(case: str, data: dict[str, Any], field: str) -> None:
     ("/", PolicyError), ("/etc", PolicyError), ("/var/run", PolicyError), ("/proc/1", PolicyError),
     ("/etc/shadow", PolicyError), ("/sys", PolicyError), ("/nonexistent-berth-dir", ConfigError),
 ])
-def test_forbidden_or_missing_mounts_refused(node: dict[str, Path], mount: str, kind: type[BerthError]) -> None:
+def test_forbidden_or_missing_mounts_refused(node_paths: dict[str, Path], mount: str, kind: type[BerthError]) -> None:
     spec = spec_from_mapping(GOOD)
     with pytest.raises(kind) as info:
-        build_plan(spec, make_config(node, readwrite_mounts=(mount,)), ALICE, FOUR_CPUS)
+        build_plan(spec, make_config(node_paths, readwrite_mounts=(mount,)), ALICE, FOUR_CPUS)
     assert info.value.field == "container.readwrite_mounts[0]"
 
 
-def test_mount_symlink_into_forbidden_path_refused(node: dict[str, Path], tmp_path: Path) -> None:
+def test_mount_symlink_into_forbidden_path_refused(node_paths: dict[str, Path], tmp_path: Path) -> None:
     link = tmp_path / "innocent"
     link.symlink_to("/etc")
     with pytest.raises(PolicyError, match="forbidden"):
-        build_plan(spec_from_mapping(GOOD), make_config(node, readonly_mounts=(str(link),)), ALICE, FOUR_CPUS)
+        build_plan(spec_from_mapping(GOOD), make_config(node_paths, readonly_mounts=(str(link),)), ALICE, FOUR_CPUS)
 
 
-def test_mount_under_local_dir_refused(node: dict[str, Path], tmp_path: Path) -> None:
+def test_mount_under_local_dir_refused(node_paths: dict[str, Path], tmp_path: Path) -> None:
     local = tmp_path / "local"
     (local / "workers" / "other").mkdir(parents=True)
     config = config_from_mapping({"node": {"local_dir": str(local), "log_dir": str(tmp_path / "log")},
@@ -153,24 +153,24 @@ def test_mount_under_local_dir_refused(node: dict[str, Path], tmp_path: Path) ->
         build_plan(spec_from_mapping(GOOD), config, ALICE, FOUR_CPUS)
 
 
-def test_etc_storm_like_mount_is_fine(node: dict[str, Path]) -> None:
-    plan = build_plan(spec_from_mapping(GOOD), make_config(node), ALICE, FOUR_CPUS)
-    assert any(m.source == str(node["ro"]) and m.read_only for m in plan.mounts)
+def test_etc_storm_like_mount_is_fine(node_paths: dict[str, Path]) -> None:
+    plan = build_plan(spec_from_mapping(GOOD), make_config(node_paths), ALICE, FOUR_CPUS)
+    assert any(m.source == str(node_paths["ro"]) and m.read_only for m in plan.mounts)
 
 
-def test_duplicate_mount_target_refused(node: dict[str, Path]) -> None:
+def test_duplicate_mount_target_refused(node_paths: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="already used"):
-        build_plan(spec_from_mapping(GOOD), make_config(node, readwrite_mounts=(str(node["ro"]),)),
+        build_plan(spec_from_mapping(GOOD), make_config(node_paths, readwrite_mounts=(str(node_paths["ro"]),)),
                    ALICE, FOUR_CPUS)
 
 
-def test_no_image_anywhere_is_an_error_not_a_silent_return(node: dict[str, Path]) -> None:
+def test_no_image_anywhere_is_an_error_not_a_silent_return(node_paths: dict[str, Path]) -> None:
     config = config_from_mapping({"node": {"local_dir": "/d", "log_dir": "/l"}})
     with pytest.raises(PolicyError, match="no default"):
         build_plan(spec_from_mapping(GOOD), config, ALICE, FOUR_CPUS)
 
 
-def test_empty_allowed_list_allows_only_the_default(node: dict[str, Path]) -> None:
+def test_empty_allowed_list_allows_only_the_default(node_paths: dict[str, Path]) -> None:
     config = config_from_mapping({"node": {"local_dir": "/d", "log_dir": "/l"}, "images": {"default": "a/b:1"},
                                   "container": {"mount_cgroup_root": False}})
     assert build_plan(spec_from_mapping({**GOOD, "image": "a/b:1"}), config, ALICE, FOUR_CPUS).image == "a/b:1"
@@ -178,7 +178,7 @@ def test_empty_allowed_list_allows_only_the_default(node: dict[str, Path]) -> No
         build_plan(spec_from_mapping({**GOOD, "image": "a/c:1"}), config, ALICE, FOUR_CPUS)
 
 
-def test_star_allows_any_valid_name(node: dict[str, Path]) -> None:
+def test_star_allows_any_valid_name(node_paths: dict[str, Path]) -> None:
     config = config_from_mapping({"node": {"local_dir": "/d", "log_dir": "/l"}, "images": {"allowed": ("*",)},
                                   "container": {"mount_cgroup_root": False}})
     assert build_plan(spec_from_mapping({**GOOD, "image": "reg.io:5000/x/y:2"}), config, ALICE,

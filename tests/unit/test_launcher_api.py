@@ -32,7 +32,7 @@ from berth._storm.yaml import BERTH_PLUGIN
 
 from ..polling import poll_until
 from ._supfake import Harness
-from .test_launcher import DAVE, stormdist
+from .test_launcher_rules import DAVE, stormdist
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs the launcher as the test users")
 

@@ -14,7 +14,7 @@ import pytest
 from berth._node.launcher import LauncherPolicy
 
 from ..polling import poll_until
-from .test_launcher import FakeWorkers, call, make_policy, state
+from .test_launcher_rules import FakeWorkers, call, make_policy, state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starts processes as the test users")
 

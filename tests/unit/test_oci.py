@@ -92,10 +92,10 @@ def test_an_unreadable_or_huge_profile_is_a_config_error(tmp_path: Path) -> None
         load_oci_seccomp(str(big), "runc.default_seccomp")
 
 
-def test_oci_config_carries_identity_limits_hardening_and_annotations(node: dict[str, Path]) -> None:
+def test_oci_config_carries_identity_limits_hardening_and_annotations(node_paths: dict[str, Path]) -> None:
     spec = SPEC.model_copy(update={"cores": (1, 2), "numa_node": 0, "cpu_percent": 150, "memory_mb": 64,
                                    "pids_limit": 99})
-    plan = build_plan(spec, make_config(node), ALICE, FOUR_CPUS)
+    plan = build_plan(spec, make_config(node_paths), ALICE, FOUR_CPUS)
     seccomp = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}
     cfg = oci_config(plan, "/b/rootfs", seccomp=seccomp)
     assert cfg["process"]["user"] == {"uid": 1001, "gid": 1001, "additionalGids": [1001, 2001]}
@@ -114,8 +114,8 @@ def test_oci_config_carries_identity_limits_hardening_and_annotations(node: dict
     assert cfg["process"]["args"] == ["bash", "/data/storm/workers/w1/storm-worker-script.sh"]  # no init
 
 
-def test_a_network_other_than_host_gets_its_own_namespace(node: dict[str, Path]) -> None:
-    plan = build_plan(SPEC, make_config(node, network="none"), ALICE, FOUR_CPUS)
+def test_a_network_other_than_host_gets_its_own_namespace(node_paths: dict[str, Path]) -> None:
+    plan = build_plan(SPEC, make_config(node_paths, network="none"), ALICE, FOUR_CPUS)
     assert {"type": "network"} in oci_config(plan, "/r")["linux"]["namespaces"]
 
 
@@ -127,9 +127,9 @@ MOUNTINFO = """\
 """
 
 
-def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(node: dict[str, Path]) -> None:
+def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(node_paths: dict[str, Path]) -> None:
     """Sorted by depth, as the engine does, and stably: Storm's order among mounts of one depth."""
-    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    plan = build_plan(SPEC, make_config(node_paths), ALICE, FOUR_CPUS)
     mounts = oci_mounts(plan, parse_mountinfo(MOUNTINFO))
     depth = [os.path.normpath(m["destination"]).count("/") for m in mounts]
     assert depth == sorted(depth)
@@ -147,14 +147,14 @@ def test_read_only_binds_are_read_only_in_their_submounts_and_go_parent_first(no
 
 
 def test_explain_storm_keeps_storms_mount_order_while_the_oci_config_goes_parent_first(
-        node: dict[str, Path]) -> None:
+        node_paths: dict[str, Path]) -> None:
     from berth import docker_run_argv
     from berth._runtimes.docker.render import berth_values
 
     def storms(p: Plan) -> list[str]:
         return docker_run_argv(p, berth_values(p))
 
-    plan = build_plan(SPEC, make_config(node), ALICE, FOUR_CPUS)
+    plan = build_plan(SPEC, make_config(node_paths), ALICE, FOUR_CPUS)
     storm = storms(plan)
     volumes = [storm[i + 1].split(":")[1] for i, t in enumerate(storm) if t == "-v"]
     assert volumes == [m.target for m in plan.mounts] and volumes[8] == "/tmp"  # Storm's ninth mount
